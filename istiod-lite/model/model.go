@@ -1,0 +1,138 @@
+// Package model is istiod-lite's translation of Kubernetes objects into the
+// Workload API resources served to ztunnel (istio.workload.Address and
+// istio.security.Authorization).
+//
+// It is pure: Build takes one consistent snapshot of typed Kubernetes objects
+// (k8s.io/api) and returns every resource, with no I/O, no clock and no
+// shared state. Both sources of objects — controller-runtime informers in
+// cluster mode and a watched directory of YAML in local mode — feed the same
+// functions, and the xDS server computes deltas between successive Outputs.
+package model
+
+import (
+	"cmp"
+	"slices"
+
+	corev1 "k8s.io/api/core/v1"
+
+	"github.com/ambient-go/mesh/pkg/workloadapi"
+	"github.com/ambient-go/mesh/pkg/workloadapi/security"
+)
+
+// Options are the mesh-wide settings the translation depends on. The zero
+// value is valid: each field's default is given in its comment.
+type Options struct {
+	TrustDomain   string // SPIFFE trust domain; default "cluster.local"
+	DomainSuffix  string // service hostnames are <name>.<ns>.svc.<suffix>; default "cluster.local"
+	ClusterID     string // cluster name used in workload UIDs; default "Kubernetes"
+	Network       string // network of every address; default "" (the default network)
+	RootNamespace string // mesh config namespace (mesh-wide policies); default "istio-system"
+}
+
+// Defaults used for the zero fields of Options.
+const (
+	DefaultTrustDomain   = "cluster.local"
+	DefaultDomainSuffix  = "cluster.local"
+	DefaultClusterID     = "Kubernetes"
+	DefaultRootNamespace = "istio-system"
+)
+
+// withDefaults returns opt with its zero fields set to their defaults.
+func (opt Options) withDefaults() Options {
+	if opt.TrustDomain == "" {
+		opt.TrustDomain = DefaultTrustDomain
+	}
+	if opt.DomainSuffix == "" {
+		opt.DomainSuffix = DefaultDomainSuffix
+	}
+	if opt.ClusterID == "" {
+		opt.ClusterID = DefaultClusterID
+	}
+	if opt.RootNamespace == "" {
+		opt.RootNamespace = DefaultRootNamespace
+	}
+	return opt
+}
+
+// Inputs is one consistent snapshot of the objects the model reads. Nil
+// entries in the slices are ignored.
+type Inputs struct {
+	Namespaces      []*corev1.Namespace
+	Pods            []*corev1.Pod
+	Services        []*corev1.Service
+	ServiceAccounts []*corev1.ServiceAccount
+	// later: EndpointSlices, AuthorizationPolicies, PeerAuthentications, Gateways, HTTPRoutes
+}
+
+// Output is every resource the control plane serves, keyed by xDS resource name.
+type Output struct {
+	// Addresses holds workloads keyed by uid and services keyed by
+	// "namespace/hostname".
+	Addresses map[string]*workloadapi.Address
+	// Authorizations holds policies keyed by "namespace/name".
+	Authorizations map[string]*security.Authorization
+}
+
+// Build translates a snapshot of Kubernetes objects into Workload API
+// resources. The result is deterministic: equal inputs give equal outputs,
+// with every repeated field in a stable order. in may be nil.
+func Build(in *Inputs, opt Options) *Output {
+	opt = opt.withDefaults()
+	out := &Output{
+		Addresses:      map[string]*workloadapi.Address{},
+		Authorizations: map[string]*security.Authorization{},
+	}
+	if in == nil {
+		return out
+	}
+	namespaces := namespacesByName(in.Namespaces)
+	services := servicesByNamespace(in.Services)
+
+	for _, svc := range in.Services {
+		if svc == nil || svc.Spec.Type == corev1.ServiceTypeExternalName {
+			continue
+		}
+		s := buildService(svc, opt)
+		out.Addresses[s.Namespace+"/"+s.Hostname] = &workloadapi.Address{
+			Type: &workloadapi.Address_Service{Service: s},
+		}
+	}
+	for _, pod := range in.Pods {
+		if pod == nil {
+			continue
+		}
+		w := buildWorkload(pod, namespaces[pod.Namespace], services[pod.Namespace], opt)
+		if w == nil {
+			continue
+		}
+		out.Addresses[w.Uid] = &workloadapi.Address{
+			Type: &workloadapi.Address_Workload{Workload: w},
+		}
+	}
+	return out
+}
+
+func namespacesByName(nss []*corev1.Namespace) map[string]*corev1.Namespace {
+	m := make(map[string]*corev1.Namespace, len(nss))
+	for _, ns := range nss {
+		if ns != nil {
+			m[ns.Name] = ns
+		}
+	}
+	return m
+}
+
+// servicesByNamespace groups the services by namespace, each group sorted by
+// name so that iteration is deterministic.
+func servicesByNamespace(svcs []*corev1.Service) map[string][]*corev1.Service {
+	m := map[string][]*corev1.Service{}
+	for _, s := range svcs {
+		if s != nil {
+			m[s.Namespace] = append(m[s.Namespace], s)
+		}
+	}
+	for _, group := range m {
+		slices.SortFunc(group, func(a, b *corev1.Service) int { return cmp.Compare(a.Name, b.Name) })
+	}
+	return m
+}
