@@ -55,10 +55,12 @@ func with(p *corev1.Pod, opts ...podOpt) *corev1.Pod {
 	return p
 }
 
-func serviceAccountName(sa string) podOpt { return func(p *corev1.Pod) { p.Spec.ServiceAccountName = sa } }
-func nodeName(n string) podOpt            { return func(p *corev1.Pod) { p.Spec.NodeName = n } }
-func phase(ph corev1.PodPhase) podOpt     { return func(p *corev1.Pod) { p.Status.Phase = ph } }
-func hostNetwork() podOpt                 { return func(p *corev1.Pod) { p.Spec.HostNetwork = true } }
+func serviceAccountName(sa string) podOpt {
+	return func(p *corev1.Pod) { p.Spec.ServiceAccountName = sa }
+}
+func nodeName(n string) podOpt        { return func(p *corev1.Pod) { p.Spec.NodeName = n } }
+func phase(ph corev1.PodPhase) podOpt { return func(p *corev1.Pod) { p.Status.Phase = ph } }
+func hostNetwork() podOpt             { return func(p *corev1.Pod) { p.Spec.HostNetwork = true } }
 func deleting() podOpt {
 	return func(p *corev1.Pod) { now := metav1.Now(); p.DeletionTimestamp = &now }
 }
