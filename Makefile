@@ -1,0 +1,53 @@
+# Set-up and everyday commands. `make demo` and `make test` are all a fresh
+# machine needs: they fetch Go modules through the module proxy and build
+# what they use.
+SHELL   := /bin/bash
+GO      ?= go
+MODULE  := github.com/ambient-go/mesh
+MODULES := pkg ztunnel istiod-lite tests
+PKGS    := $(foreach m,$(MODULES),$(MODULE)/$(m)/...)
+BIN     := bin
+TOOLS   := $(CURDIR)/.cache/tools
+PROTOC_GEN_GO_VERSION := v1.36.12
+
+.PHONY: build test demo bench generate lint check-imports tools
+
+build:
+	@echo ">> building istiod-lite, ztunnel and demo into $(BIN)/"
+	@$(GO) build -o $(BIN)/ $(MODULE)/istiod-lite/cmd/istiod-lite $(MODULE)/ztunnel/cmd/ztunnel $(MODULE)/tests/cmd/demo
+
+test: check-imports
+	@echo ">> go vet (all modules)"
+	@$(GO) vet $(PKGS)
+	@echo ">> go test -race (all modules)"
+	@$(GO) test -race -count=1 -timeout 25m $(PKGS)
+
+demo: build
+	@echo ">> running the demo: istiod-lite, two ztunnels (node-a, node-b) and echo apps on loopback"
+	@$(BIN)/demo -bin $(BIN) -config examples/local -out _out/demo
+
+bench:
+	@echo ">> Go benchmarks (data path and control plane)"
+	@$(GO) test -run '^$$' -bench . -benchmem -timeout 20m $(PKGS)
+
+# The ztunnel module must not depend on any Kubernetes package.
+check-imports:
+	@echo ">> checking that ztunnel imports no k8s.io package"
+	@deps=$$($(GO) list -deps $(MODULE)/ztunnel/... | grep -E '^k8s\.io/' || true); \
+	if [ -n "$$deps" ]; then echo "ztunnel depends on: $$deps"; exit 1; fi
+
+lint: check-imports
+	@echo ">> gofmt"
+	@out=$$(gofmt -l $(MODULES)); if [ -n "$$out" ]; then echo "not gofmt-formatted:"; echo "$$out"; exit 1; fi
+	@echo ">> go vet"
+	@$(GO) vet $(PKGS)
+
+tools:
+	@command -v protoc >/dev/null || { echo ">> installing protoc (Debian protobuf-compiler)"; \
+		apt-get update -qq && apt-get install -y -qq protobuf-compiler; }
+	@test -x $(TOOLS)/protoc-gen-go || { echo ">> installing protoc-gen-go $(PROTOC_GEN_GO_VERSION)"; \
+		GOBIN=$(TOOLS) $(GO) install google.golang.org/protobuf/cmd/protoc-gen-go@$(PROTOC_GEN_GO_VERSION); }
+
+generate: tools
+	@echo ">> generating Go code from pkg/workloadapi/proto"
+	@cd pkg/workloadapi && PATH=$(TOOLS):$$PATH $(GO) generate .

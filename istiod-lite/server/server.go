@@ -1,0 +1,257 @@
+// Package server assembles istiod-lite: a configuration source feeds the
+// model, whose output the delta xDS server pushes to every connected
+// ztunnel, and the CA signs workload certificates for the nodes that run
+// them. The xDS server and the CA share one gRPC server, exposed with TLS
+// (15012) and, for local mode and tests, in plaintext (15010).
+//
+// Only local mode exists so far: the source is a watched directory of
+// Kubernetes YAML (package localdir), and nodes authenticate to the CA with
+// per-node tokens from that directory.
+package server
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/ambient-go/mesh/istiod-lite/ca"
+	"github.com/ambient-go/mesh/istiod-lite/model"
+	"github.com/ambient-go/mesh/istiod-lite/source/localdir"
+	"github.com/ambient-go/mesh/istiod-lite/xds"
+	"github.com/ambient-go/mesh/pkg/workloadapi"
+)
+
+// Config configures istiod-lite. ConfigDir and StateDir are required.
+type Config struct {
+	// ConfigDir is the directory of Kubernetes YAML that local mode serves.
+	ConfigDir string
+	// StateDir keeps the CA's root key and certificate across restarts.
+	StateDir string
+	// Addr is the TLS gRPC address (xDS and CA); default ":15012".
+	Addr string
+	// PlaintextAddr is the plaintext gRPC address; default
+	// "127.0.0.1:15010". "off" disables it.
+	PlaintextAddr string
+	// Model holds the mesh-wide options (trust domain, cluster id...).
+	Model  model.Options
+	Logger *slog.Logger
+}
+
+// Server is a running istiod-lite.
+type Server struct {
+	cfg     Config
+	log     *slog.Logger
+	ca      *ca.CA
+	xds     *xds.Server
+	watcher *localdir.Watcher
+	grpc    *grpc.Server
+	plain   *grpc.Server
+	tlsL    net.Listener
+	plainL  net.Listener
+
+	// snapshot is what the CA authorizes against: the latest tokens and
+	// per-node identities.
+	snapshot atomic.Pointer[authSnapshot]
+	synced   chan struct{}
+	once     sync.Once
+}
+
+type authSnapshot struct {
+	tokens     map[string]string              // token → node
+	identities map[string]map[string]struct{} // node → SPIFFE IDs
+}
+
+// New builds istiod-lite and binds its listeners, so that Addr and
+// PlaintextAddr are known before Start.
+func New(cfg Config) (*Server, error) {
+	if cfg.ConfigDir == "" || cfg.StateDir == "" {
+		return nil, errors.New("istiod-lite: ConfigDir and StateDir are required")
+	}
+	if cfg.Addr == "" {
+		cfg.Addr = ":15012"
+	}
+	if cfg.PlaintextAddr == "" {
+		cfg.PlaintextAddr = "127.0.0.1:15010"
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	s := &Server{cfg: cfg, log: log.With("component", "istiod-lite"), synced: make(chan struct{})}
+	s.snapshot.Store(&authSnapshot{})
+
+	var err error
+	s.ca, err = ca.New(ca.Config{
+		StateDir:      cfg.StateDir,
+		TrustDomain:   cfg.Model.TrustDomain,
+		Authenticator: &ca.TokenAuthenticator{Tokens: func() map[string]string { return s.snapshot.Load().tokens }},
+		Authorizer:    s,
+		Logger:        log,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("istiod-lite: %w", err)
+	}
+	s.xds = xds.NewServer(xds.ServerConfig{Logger: log})
+	s.watcher, err = localdir.NewWatcher(localdir.Config{Dir: cfg.ConfigDir, Logger: log, OnUpdate: s.apply})
+	if err != nil {
+		return nil, fmt.Errorf("istiod-lite: %w", err)
+	}
+
+	cert := &servingCert{ca: s.ca}
+	if _, err := cert.get(); err != nil {
+		return nil, fmt.Errorf("istiod-lite: serving certificate: %w", err)
+	}
+	s.grpc = grpc.NewServer(grpc.Creds(credentials.NewTLS(&tls.Config{
+		MinVersion:     tls.VersionTLS12,
+		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return cert.get() },
+	})))
+	s.register(s.grpc)
+	if s.tlsL, err = net.Listen("tcp", cfg.Addr); err != nil {
+		return nil, fmt.Errorf("istiod-lite: %w", err)
+	}
+	if cfg.PlaintextAddr != "off" {
+		s.plain = grpc.NewServer()
+		s.register(s.plain)
+		if s.plainL, err = net.Listen("tcp", cfg.PlaintextAddr); err != nil {
+			s.tlsL.Close()
+			return nil, fmt.Errorf("istiod-lite: %w", err)
+		}
+	}
+	return s, nil
+}
+
+func (s *Server) register(g *grpc.Server) {
+	s.xds.Register(g)
+	s.ca.Register(g)
+}
+
+// Addr is the TLS gRPC listener's address.
+func (s *Server) Addr() net.Addr { return s.tlsL.Addr() }
+
+// PlaintextAddr is the plaintext gRPC listener's address, or nil.
+func (s *Server) PlaintextAddr() net.Addr {
+	if s.plainL == nil {
+		return nil
+	}
+	return s.plainL.Addr()
+}
+
+// RootPEM is the mesh's root certificate, which ztunnels use to verify
+// istiod-lite's TLS listener.
+func (s *Server) RootPEM() []byte { return s.ca.RootPEM() }
+
+// Synced is closed once the first configuration has been loaded and served.
+func (s *Server) Synced() <-chan struct{} { return s.synced }
+
+// XDS returns the xDS server (for its connected clients).
+func (s *Server) XDS() *xds.Server { return s.xds }
+
+// Start serves until ctx is done.
+func (s *Server) Start(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	errc := make(chan error, 3)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		if err := s.watcher.Start(ctx); err != nil {
+			errc <- fmt.Errorf("config source: %w", err)
+			cancel()
+		}
+	}()
+	serve := func(g *grpc.Server, l net.Listener) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := g.Serve(l); err != nil {
+				errc <- fmt.Errorf("grpc %s: %w", l.Addr(), err)
+				cancel()
+			}
+		}()
+	}
+	serve(s.grpc, s.tlsL)
+	if s.plain != nil {
+		serve(s.plain, s.plainL)
+	}
+	s.log.Info("serving", "grpc_tls", s.tlsL.Addr().String(), "grpc_plaintext", fmt.Sprint(s.PlaintextAddr()), "config_dir", s.cfg.ConfigDir)
+	<-ctx.Done()
+	// Streams to ztunnels never end by themselves; Stop closes them, and
+	// ztunnels keep their last configuration until we are back.
+	s.grpc.Stop()
+	if s.plain != nil {
+		s.plain.Stop()
+	}
+	wg.Wait()
+	close(errc)
+	return <-errc
+}
+
+// apply turns one snapshot of the config directory into xDS resources and
+// the CA's view of nodes.
+func (s *Server) apply(snap *localdir.Snapshot) {
+	start := time.Now()
+	out := model.Build(snap.Inputs, s.cfg.Model)
+	s.snapshot.Store(&authSnapshot{
+		tokens:     snap.NodeTokens,
+		identities: model.NodeIdentities(snap.Inputs, s.cfg.Model),
+	})
+	addrs := make(map[string]proto.Message, len(out.Addresses))
+	for k, v := range out.Addresses {
+		addrs[k] = v
+	}
+	pols := make(map[string]proto.Message, len(out.Authorizations))
+	for k, v := range out.Authorizations {
+		pols[k] = v
+	}
+	s.xds.Set(workloadapi.AddressTypeURL, addrs)
+	s.xds.Set(workloadapi.AuthorizationTypeURL, pols)
+	s.once.Do(func() { close(s.synced) })
+	s.log.Info("configuration applied", "addresses", len(addrs), "policies", len(pols), "took", time.Since(start).String())
+}
+
+var _ ca.Authorizer = (*Server)(nil)
+
+// IdentityOnNode implements ca.Authorizer: a node may obtain the identities
+// of the pods scheduled on it, nothing else.
+func (s *Server) IdentityOnNode(node string, id spiffeid.ID) bool {
+	_, ok := s.snapshot.Load().identities[node][id.String()]
+	return ok
+}
+
+// servingCert is istiod-lite's own TLS certificate, reissued at half its
+// lifetime.
+type servingCert struct {
+	ca   *ca.CA
+	mu   sync.Mutex
+	cert *tls.Certificate
+}
+
+const servingTTL = 24 * time.Hour
+
+func (c *servingCert) get() (*tls.Certificate, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.cert != nil && time.Until(c.cert.Leaf.NotAfter) > servingTTL/2 {
+		return c.cert, nil
+	}
+	cert, err := c.ca.ServingCertificate(
+		[]string{"istiod-lite.istio-system.svc", "istiod-lite.istio-system.svc.cluster.local", "localhost"},
+		[]net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback}, servingTTL)
+	if err != nil {
+		return nil, err
+	}
+	c.cert = &cert
+	return c.cert, nil
+}

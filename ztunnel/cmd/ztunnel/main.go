@@ -1,0 +1,72 @@
+// Command ztunnel is the mesh's per-node proxy.
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/spf13/cobra"
+
+	"github.com/ambient-go/mesh/ztunnel"
+)
+
+func main() {
+	var (
+		cfg               ztunnel.Config
+		tokenFile, caRoot string
+		level             string
+	)
+	cmd := &cobra.Command{
+		Use:           "ztunnel",
+		Short:         "Per-node proxy of the ambient mesh",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg.LogLevel = new(slog.LevelVar)
+			if err := cfg.LogLevel.UnmarshalText([]byte(level)); err != nil {
+				return fmt.Errorf("--log-level: %w", err)
+			}
+			cfg.Logger = slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: cfg.LogLevel}))
+			if tokenFile != "" {
+				t, err := ztunnel.ReadToken(tokenFile)
+				if err != nil {
+					return fmt.Errorf("--token-file: %w", err)
+				}
+				cfg.Token = t
+			}
+			if caRoot != "" {
+				b, err := os.ReadFile(caRoot)
+				if err != nil {
+					return fmt.Errorf("--ca-root: %w", err)
+				}
+				cfg.CARoot = b
+			}
+			z, err := ztunnel.New(cfg)
+			if err != nil {
+				return err
+			}
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			return z.Start(ctx)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&cfg.Node, "node", os.Getenv("NODE_NAME"), "name of this node (default $NODE_NAME)")
+	f.StringVar(&cfg.XDSAddress, "xds-address", "127.0.0.1:15012", "istiod-lite gRPC address (xDS and CA)")
+	f.StringVar(&caRoot, "ca-root", "", "PEM root to verify istiod-lite's TLS; empty: plaintext gRPC")
+	f.StringVar(&cfg.Token, "token", "", "node token for the CA")
+	f.StringVar(&tokenFile, "token-file", "", "file holding the node token for the CA")
+	f.DurationVar(&cfg.CertTTL, "cert-ttl", 0, "workload certificate lifetime to request (default 24h)")
+	f.StringVar(&cfg.AdminAddr, "admin-addr", "127.0.0.1:15000", "admin address (/config_dump, /logging)")
+	f.StringVar(&cfg.MetricsAddr, "metrics-addr", ":15020", "Prometheus metrics address")
+	f.StringVar(&cfg.ReadinessAddr, "readiness-addr", ":15021", "readiness address (/healthz/ready)")
+	f.StringVar(&level, "log-level", "info", "debug, info, warn or error")
+	if err := cmd.ExecuteContext(context.Background()); err != nil {
+		fmt.Fprintln(os.Stderr, "ztunnel:", err)
+		os.Exit(1)
+	}
+}

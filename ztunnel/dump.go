@@ -1,0 +1,83 @@
+package ztunnel
+
+import (
+	"encoding/json"
+	"time"
+
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+)
+
+// certificateDump describes one workload certificate in /config_dump.
+type certificateDump struct {
+	Identity  string    `json:"identity"`
+	Serial    string    `json:"serial"`
+	NotBefore time.Time `json:"notBefore"`
+	NotAfter  time.Time `json:"notAfter"`
+	Issuer    string    `json:"issuer"`
+}
+
+type listenerDump struct {
+	Address string `json:"address"`
+	UID     string `json:"uid"`
+	HBONE   string `json:"hbone"`
+	SOCKS5  string `json:"socks5"`
+}
+
+type configDump struct {
+	Node         string            `json:"node"`
+	Workloads    []json.RawMessage `json:"workloads"`
+	Services     []json.RawMessage `json:"services"`
+	Policies     []json.RawMessage `json:"policies"`
+	Certificates []certificateDump `json:"certificates"`
+	Listeners    []listenerDump    `json:"listeners"`
+}
+
+// configDump is what /config_dump shows: the state from istiod-lite (in
+// the protos' JSON form), the certificates held and the pod listeners.
+func (z *Ztunnel) configDump() any {
+	d := z.store.Dump()
+	out := configDump{
+		Node:         z.cfg.Node,
+		Workloads:    []json.RawMessage{},
+		Services:     []json.RawMessage{},
+		Policies:     []json.RawMessage{},
+		Certificates: []certificateDump{},
+		Listeners:    []listenerDump{},
+	}
+	for _, w := range d.Workloads {
+		out.Workloads = append(out.Workloads, protoJSON(w))
+	}
+	for _, s := range d.Services {
+		out.Services = append(out.Services, protoJSON(s))
+	}
+	for _, p := range d.Policies {
+		out.Policies = append(out.Policies, protoJSON(p))
+	}
+	for _, c := range z.certs.Certificates() {
+		out.Certificates = append(out.Certificates, certificateDump{
+			Identity:  c.ID.String(),
+			Serial:    c.Leaf.SerialNumber.Text(16),
+			NotBefore: c.Leaf.NotBefore,
+			NotAfter:  c.Leaf.NotAfter,
+			Issuer:    c.Leaf.Issuer.String(),
+		})
+	}
+	z.mu.Lock()
+	for a, pl := range z.listeners {
+		out.Listeners = append(out.Listeners, listenerDump{
+			Address: a.String(), UID: pl.uid,
+			HBONE: pl.hbone.Addr().String(), SOCKS5: pl.socks.Addr().String(),
+		})
+	}
+	z.mu.Unlock()
+	return out
+}
+
+func protoJSON(m proto.Message) json.RawMessage {
+	b, err := protojson.Marshal(m)
+	if err != nil {
+		return json.RawMessage(`null`)
+	}
+	return b
+}

@@ -1,0 +1,487 @@
+// Package proxy is ztunnel's data path: outbound (from a local pod to the
+// mesh), inbound (HBONE from the mesh to a local pod), and the SOCKS5 front
+// end that local mode uses in place of transparent capture.
+//
+// Outbound resolves the destination against the Store (a service VIP picks
+// an endpoint round robin; a pod IP is itself), then opens an HBONE tunnel
+// to the destination's ztunnel with the source workload's certificate, or
+// dials directly when the destination is not in the mesh. Inbound checks
+// the CONNECT, dials the application from the client's own address and only
+// then answers 200. Both ends write one access log record per connection
+// and update Istio's TCP metrics.
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/ambient-go/mesh/pkg/accesslog"
+	"github.com/ambient-go/mesh/pkg/hbone"
+	"github.com/ambient-go/mesh/pkg/telemetry"
+	"github.com/ambient-go/mesh/pkg/workloadapi"
+	"github.com/ambient-go/mesh/ztunnel/state"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+)
+
+// Ports that are never valid targets: connecting to them would loop
+// through ztunnel itself.
+var illegalPorts = map[uint16]bool{15001: true, 15006: true, 15008: true}
+
+// Config configures a Proxy. Store, Pool, Metrics and AccessLog are
+// required.
+type Config struct {
+	Store     *state.Store
+	Pool      *hbone.Pool
+	Metrics   *telemetry.Metrics
+	AccessLog *accesslog.Logger
+
+	// HBONEPort is the port of destination ztunnels; default 15008.
+	HBONEPort uint16
+	// ConnectTimeout bounds dials to applications; default 10s.
+	ConnectTimeout time.Duration
+	// HandshakeTimeout bounds reading a SOCKS5 request; default 10s.
+	HandshakeTimeout time.Duration
+	// Control, if set, is applied to every socket ztunnel dials to an
+	// application (in-pod capture sets SO_MARK and IP_TRANSPARENT here).
+	Control func(network, address string, c syscall.RawConn) error
+	Logger  *slog.Logger
+}
+
+// Proxy carries connections. It tracks every tunnel so Close can end them.
+type Proxy struct {
+	cfg Config
+	log *slog.Logger
+
+	mu     sync.Mutex
+	conns  map[net.Conn]struct{}
+	closed bool
+	wg     sync.WaitGroup
+}
+
+// New returns a Proxy.
+func New(cfg Config) (*Proxy, error) {
+	if cfg.Store == nil || cfg.Pool == nil || cfg.Metrics == nil || cfg.AccessLog == nil {
+		return nil, errors.New("proxy: Store, Pool, Metrics and AccessLog are required")
+	}
+	if cfg.HBONEPort == 0 {
+		cfg.HBONEPort = hbone.Port
+	}
+	if cfg.ConnectTimeout == 0 {
+		cfg.ConnectTimeout = 10 * time.Second
+	}
+	if cfg.HandshakeTimeout == 0 {
+		cfg.HandshakeTimeout = 10 * time.Second
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Proxy{cfg: cfg, log: log.With("component", "proxy"), conns: map[net.Conn]struct{}{}}, nil
+}
+
+// track registers c for Close; it returns false (and closes c) once the
+// proxy is closed.
+func (p *Proxy) track(c net.Conn) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		c.Close()
+		return false
+	}
+	p.conns[c] = struct{}{}
+	p.wg.Add(1)
+	return true
+}
+
+func (p *Proxy) untrack(c net.Conn) {
+	p.mu.Lock()
+	delete(p.conns, c)
+	p.mu.Unlock()
+	p.wg.Done()
+}
+
+// Close closes every connection the proxy carries and waits for their
+// handlers to finish.
+func (p *Proxy) Close() error {
+	p.mu.Lock()
+	p.closed = true
+	for c := range p.conns {
+		c.Close()
+	}
+	p.mu.Unlock()
+	p.wg.Wait()
+	return nil
+}
+
+// Errors of outbound resolution.
+var (
+	ErrUnknownHost  = errors.New("unknown host")
+	ErrIllegalPort  = errors.New("port is reserved for ztunnel")
+	errNoWorkload   = errors.New("no workload with this address on this node")
+	errAuthorityMis = errors.New("authority does not match the connection's destination")
+)
+
+// destination is where an outbound connection goes.
+type destination struct {
+	service  *state.Service  // nil when addressed to a pod or outside the mesh
+	workload *state.Workload // nil when outside the mesh (passthrough)
+	addr     netip.AddrPort  // the endpoint to reach: pod IP and target port
+}
+
+func (p *Proxy) resolve(target netip.AddrPort, host string) (destination, error) {
+	store := p.cfg.Store
+	var svc *state.Service
+	switch {
+	case host != "":
+		if svc = store.ServiceByHostname(host); svc == nil {
+			return destination{}, fmt.Errorf("%s: %w", host, ErrUnknownHost)
+		}
+	default:
+		svc = store.ServiceByVIP(target.Addr())
+	}
+	if svc != nil {
+		w, port, err := store.PickEndpoint(svc, target.Port())
+		if err != nil {
+			return destination{}, fmt.Errorf("service %s port %d: %w", svc.Hostname, target.Port(), err)
+		}
+		return destination{service: svc, workload: w, addr: netip.AddrPortFrom(w.Addrs[0], port)}, nil
+	}
+	if illegalPorts[target.Port()] {
+		return destination{}, ErrIllegalPort
+	}
+	return destination{workload: store.WorkloadByAddr(target.Addr()), addr: target}, nil
+}
+
+// ServeSOCKS accepts, on l, SOCKS5 clients of the local workload whose
+// address is src, until l is closed.
+func (p *Proxy) ServeSOCKS(l net.Listener, src netip.Addr) error {
+	for {
+		c, err := l.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			return fmt.Errorf("socks5 accept: %w", err)
+		}
+		if !p.track(c) {
+			continue
+		}
+		go func() {
+			defer p.untrack(c)
+			p.serveSOCKSConn(c, src)
+		}()
+	}
+}
+
+func (p *Proxy) serveSOCKSConn(c net.Conn, srcAddr netip.Addr) {
+	defer c.Close()
+	req, err := readSOCKSRequest(c, p.cfg.HandshakeTimeout)
+	if err != nil {
+		p.log.Debug("socks5 handshake failed", "src", c.RemoteAddr().String(), "error", err)
+		return
+	}
+	src := p.cfg.Store.WorkloadByAddr(srcAddr)
+	if src == nil {
+		writeSOCKSReply(c, socksGeneralFailure)
+		return
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	p.Outbound(ctx, c, src, req.Addr, req.Host, func(err error) error {
+		code := byte(socksSucceeded)
+		switch {
+		case err == nil:
+		case errors.Is(err, ErrUnknownHost):
+			code = socksHostUnreachable
+		case errors.Is(err, ErrIllegalPort):
+			code = socksNotAllowed
+		default:
+			var se *hbone.StatusError
+			if errors.As(err, &se) && se.Code == http.StatusUnauthorized {
+				code = socksNotAllowed
+			} else {
+				code = socksConnectionRefused
+			}
+		}
+		return writeSOCKSReply(c, code)
+	})
+}
+
+// Outbound carries the connection c of the local workload src to target
+// (or to the service named host, when host is set). ready, if not nil, is
+// called once the upstream is connected or has failed, before any byte is
+// copied; an error it returns aborts the connection.
+func (p *Proxy) Outbound(ctx context.Context, c net.Conn, src *state.Workload, target netip.AddrPort, host string, ready func(error) error) {
+	start := time.Now()
+	clientAddr := addrPort(c.RemoteAddr())
+	rec := &accesslog.Record{
+		Direction:    "outbound",
+		Start:        start,
+		SrcAddr:      clientAddr,
+		SrcWorkload:  src.Name,
+		SrcNamespace: src.Namespace,
+		SrcIdentity:  src.ID.String(),
+	}
+	labels := &telemetry.Labels{
+		Reporter:                "source",
+		SourceWorkload:          src.WorkloadName,
+		SourceCanonicalService:  src.CanonicalName,
+		SourceCanonicalRevision: src.CanonicalRevision,
+		SourceWorkloadNamespace: src.Namespace,
+		SourcePrincipal:         src.ID.String(),
+		SourceApp:               src.CanonicalName,
+		SourceVersion:           src.CanonicalRevision,
+		SourceCluster:           src.ClusterId,
+		RequestProtocol:         "tcp",
+	}
+
+	dst, err := p.resolve(target, host)
+	if err == nil {
+		rec.DstAddr = dst.addr
+		if dst.service != nil {
+			rec.DstService = dst.service.Hostname
+			labels.DestinationService = dst.service.Hostname
+			labels.DestinationServiceNamespace = dst.service.Namespace
+			labels.DestinationServiceName = dst.service.Name
+		}
+		if w := dst.workload; w != nil {
+			rec.DstWorkload, rec.DstNamespace = w.Name, w.Namespace
+			labels.DestinationWorkload = w.WorkloadName
+			labels.DestinationWorkloadNamespace = w.Namespace
+			labels.DestinationCanonicalService = w.CanonicalName
+			labels.DestinationCanonicalRevision = w.CanonicalRevision
+			labels.DestinationApp = w.CanonicalName
+			labels.DestinationVersion = w.CanonicalRevision
+			labels.DestinationCluster = w.ClusterId
+		}
+	} else {
+		rec.DstAddr = target
+	}
+
+	var upstream net.Conn
+	if err == nil {
+		if w := dst.workload; w != nil && w.TunnelProtocol == workloadapi.TunnelProtocol_HBONE {
+			hboneAddr := netip.AddrPortFrom(dst.addr.Addr(), p.cfg.HBONEPort)
+			rec.DstHBONEAddr = hboneAddr
+			rec.DstIdentity = w.ID.String()
+			labels.DestinationPrincipal = w.ID.String()
+			labels.ConnectionSecurityPolicy = "mutual_tls"
+			upstream, err = p.dialHBONE(ctx, src, clientAddr, dst, hboneAddr)
+		} else {
+			labels.ConnectionSecurityPolicy = "unknown"
+			upstream, err = p.dialDirect(ctx, src.Addrs[0], dst.addr)
+		}
+	}
+	if err != nil {
+		labels.ResponseFlags = "CONNECT"
+		var se *hbone.StatusError
+		if errors.As(err, &se) && se.Code == http.StatusUnauthorized {
+			labels.ResponseFlags = "DENY"
+		}
+	}
+	if ready != nil {
+		if rerr := ready(err); rerr != nil && err == nil {
+			err = rerr
+		}
+	}
+	m := p.cfg.Metrics.Open(labels)
+	if err != nil {
+		m.Close()
+		if upstream != nil {
+			upstream.Close()
+		}
+		rec.Err = err
+		rec.ResponseFlags = labels.ResponseFlags
+		rec.Duration = time.Since(start)
+		p.cfg.AccessLog.Log(ctx, rec)
+		return
+	}
+	if !p.track(upstream) {
+		m.Close()
+		return
+	}
+	defer p.untrack(upstream)
+	sent, recv, err := hbone.Relay(c, upstream)
+	m.AddReceived(sent)
+	m.AddSent(recv)
+	m.Close()
+	rec.BytesSent, rec.BytesRecv = sent, recv
+	rec.Duration = time.Since(start)
+	rec.Err = ignoreClosed(err)
+	p.cfg.AccessLog.Log(ctx, rec)
+}
+
+func (p *Proxy) dialHBONE(ctx context.Context, src *state.Workload, clientAddr netip.AddrPort, dst destination, hboneAddr netip.AddrPort) (net.Conn, error) {
+	forwarded := `for="` + clientAddr.String() + `"`
+	if dst.service != nil {
+		forwarded += ";host=" + dst.service.Hostname
+	}
+	h := http.Header{
+		"Forwarded": {forwarded},
+		"Baggage":   {baggage(src)},
+	}
+	ids := []spiffeid.ID{dst.workload.ID}
+	if dst.service != nil {
+		for _, san := range dst.service.SubjectAltNames {
+			if id, err := spiffeid.FromString(san); err == nil {
+				ids = append(ids, id)
+			}
+		}
+	}
+	return p.cfg.Pool.Dial(ctx, hbone.Target{
+		Addr:       hboneAddr,
+		Authority:  dst.addr.String(),
+		SourceID:   src.ID,
+		DestIDs:    ids,
+		SourceAddr: src.Addrs[0],
+		Header:     h,
+	})
+}
+
+// baggage describes the source workload as Istio's ztunnel does.
+func baggage(w *state.Workload) string {
+	kind := "pod"
+	switch w.WorkloadType {
+	case workloadapi.WorkloadType_DEPLOYMENT:
+		kind = "deployment"
+	case workloadapi.WorkloadType_JOB:
+		kind = "job"
+	case workloadapi.WorkloadType_CRONJOB:
+		kind = "cronjob"
+	}
+	return "k8s.namespace.name=" + w.Namespace +
+		",k8s." + kind + ".name=" + w.WorkloadName +
+		",service.name=" + w.CanonicalName +
+		",service.version=" + w.CanonicalRevision
+}
+
+// dialDirect dials addr from the local address from, as the application
+// itself would have.
+func (p *Proxy) dialDirect(ctx context.Context, from netip.Addr, addr netip.AddrPort) (net.Conn, error) {
+	d := net.Dialer{Timeout: p.cfg.ConnectTimeout, Control: p.cfg.Control}
+	if from.IsValid() {
+		d.LocalAddr = &net.TCPAddr{IP: from.AsSlice()}
+	}
+	return d.DialContext(ctx, "tcp", addr.String())
+}
+
+var _ hbone.Handler = (*Proxy)(nil)
+
+// ServeHBONE is the inbound side: one CONNECT from another ztunnel (or a
+// waypoint) to a workload on this node.
+func (p *Proxy) ServeHBONE(ctx context.Context, req *hbone.Request, t *hbone.Tunnel) {
+	start := time.Now()
+	rec := &accesslog.Record{
+		Direction:    "inbound",
+		Start:        start,
+		SrcAddr:      req.RemoteAddr,
+		SrcIdentity:  req.PeerID.String(),
+		DstAddr:      req.Authority,
+		DstHBONEAddr: req.LocalAddr,
+	}
+	labels := &telemetry.Labels{
+		Reporter:                 "destination",
+		SourcePrincipal:          req.PeerID.String(),
+		RequestProtocol:          "tcp",
+		ConnectionSecurityPolicy: "mutual_tls",
+	}
+	if fwd, ok := req.ForwardedFor(); ok {
+		rec.SrcAddr = fwd
+	}
+	if srcW := p.cfg.Store.WorkloadByAddr(req.RemoteAddr.Addr()); srcW != nil {
+		rec.SrcWorkload, rec.SrcNamespace = srcW.Name, srcW.Namespace
+		labels.SourceWorkload = srcW.WorkloadName
+		labels.SourceWorkloadNamespace = srcW.Namespace
+		labels.SourceCanonicalService = srcW.CanonicalName
+		labels.SourceCanonicalRevision = srcW.CanonicalRevision
+		labels.SourceApp = srcW.CanonicalName
+		labels.SourceVersion = srcW.CanonicalRevision
+		labels.SourceCluster = srcW.ClusterId
+	}
+	fail := func(code int, flags string, err error) {
+		t.Reject(code, err.Error())
+		labels.ResponseFlags = flags
+		p.cfg.Metrics.Open(labels).Close()
+		rec.Err = fmt.Errorf("%d: %w", code, err)
+		rec.ResponseFlags = flags
+		rec.Duration = time.Since(start)
+		p.cfg.AccessLog.Log(ctx, rec)
+	}
+
+	if req.Authority.Addr() != req.LocalAddr.Addr() {
+		fail(http.StatusBadRequest, "CONNECT", errAuthorityMis)
+		return
+	}
+	dstW := p.cfg.Store.WorkloadByAddr(req.Authority.Addr())
+	if dstW == nil {
+		fail(http.StatusServiceUnavailable, "CONNECT", errNoWorkload)
+		return
+	}
+	rec.DstWorkload, rec.DstNamespace, rec.DstIdentity = dstW.Name, dstW.Namespace, dstW.ID.String()
+	labels.DestinationWorkload = dstW.WorkloadName
+	labels.DestinationWorkloadNamespace = dstW.Namespace
+	labels.DestinationCanonicalService = dstW.CanonicalName
+	labels.DestinationCanonicalRevision = dstW.CanonicalRevision
+	labels.DestinationApp = dstW.CanonicalName
+	labels.DestinationVersion = dstW.CanonicalRevision
+	labels.DestinationCluster = dstW.ClusterId
+	labels.DestinationPrincipal = dstW.ID.String()
+	if illegalPorts[req.Authority.Port()] {
+		fail(http.StatusBadRequest, "CONNECT", ErrIllegalPort)
+		return
+	}
+
+	// Dial the application from the client's own address, so that it sees
+	// the real source.
+	upstream, err := p.dialDirect(ctx, req.RemoteAddr.Addr(), req.Authority)
+	if err != nil {
+		fail(http.StatusServiceUnavailable, "CONNECT", err)
+		return
+	}
+	down, err := t.Accept()
+	if err != nil {
+		upstream.Close()
+		fail(http.StatusServiceUnavailable, "CONNECT", err)
+		return
+	}
+	m := p.cfg.Metrics.Open(labels)
+	if !p.track(down) {
+		upstream.Close()
+		m.Close()
+		return
+	}
+	defer p.untrack(down)
+	recv, sent, err := hbone.Relay(down, upstream)
+	m.AddReceived(recv)
+	m.AddSent(sent)
+	m.Close()
+	// As at the source, bytes_sent counts what the client sent.
+	rec.BytesSent, rec.BytesRecv = recv, sent
+	rec.Duration = time.Since(start)
+	rec.Err = ignoreClosed(err)
+	p.cfg.AccessLog.Log(ctx, rec)
+}
+
+func ignoreClosed(err error) error {
+	if errors.Is(err, net.ErrClosed) {
+		return nil
+	}
+	return err
+}
+
+func addrPort(a net.Addr) netip.AddrPort {
+	if ta, ok := a.(*net.TCPAddr); ok {
+		ap := ta.AddrPort()
+		return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+	}
+	ap, _ := netip.ParseAddrPort(a.String())
+	return ap
+}

@@ -1,0 +1,428 @@
+// Package state holds what ztunnel knows of the mesh: the workloads,
+// services and authorization policies that istiod-lite serves over xDS.
+//
+// Store applies xDS deltas (it is the xds.Handler of ztunnel's client) and
+// answers the data path's lookups: which workload or service an IP belongs
+// to, and which endpoint of a service to dial. A rejected update leaves the
+// previous state in place, and a lost connection to istiod-lite leaves the
+// whole store untouched, so ztunnel keeps working on its last good config.
+package state
+
+import (
+	"fmt"
+	"net/netip"
+	"slices"
+	"sort"
+	"sync"
+	"sync/atomic"
+
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/ambient-go/mesh/pkg/workloadapi"
+	"github.com/ambient-go/mesh/pkg/workloadapi/security"
+)
+
+// Workload is a workload as the data path uses it: the proto plus what is
+// derived from it once per update.
+type Workload struct {
+	*workloadapi.Workload
+	Addrs []netip.Addr
+	// ID is the workload's SPIFFE identity.
+	ID spiffeid.ID
+}
+
+// Service is a service with its parsed VIPs.
+type Service struct {
+	*workloadapi.Service
+	// Key is "namespace/hostname", the xDS resource name.
+	Key  string
+	VIPs []netip.Addr
+}
+
+// TargetPort returns the target port the service declares for servicePort:
+// 0 when the port is named (each workload then says), and ok=false when the
+// service has no such port.
+func (s *Service) TargetPort(servicePort uint16) (target uint16, ok bool) {
+	for _, p := range s.Ports {
+		if p.ServicePort == uint32(servicePort) {
+			return uint16(p.TargetPort), true
+		}
+	}
+	return 0, false
+}
+
+// Store is ztunnel's view of the mesh. The zero value is not usable; call
+// NewStore.
+type Store struct {
+	mu        sync.RWMutex
+	workloads map[string]*Workload            // by uid
+	byAddr    map[netip.Addr]*Workload        // by pod IP (default network)
+	services  map[string]*Service             // by namespace/hostname
+	byVIP     map[netip.Addr]*Service         // by VIP
+	endpoints map[string]map[string]*Workload // service key → uid → workload
+	policies  map[string]*security.Authorization
+	kinds     map[string]byte // Address resource name → 'w' or 's'
+
+	rr        sync.Map // service key → *atomic.Uint64, round robin cursor
+	version   atomic.Uint64
+	listeners []func()
+}
+
+// NewStore returns an empty store.
+func NewStore() *Store {
+	return &Store{
+		workloads: map[string]*Workload{},
+		byAddr:    map[netip.Addr]*Workload{},
+		services:  map[string]*Service{},
+		byVIP:     map[netip.Addr]*Service{},
+		endpoints: map[string]map[string]*Workload{},
+		policies:  map[string]*security.Authorization{},
+		kinds:     map[string]byte{},
+	}
+}
+
+// OnChange registers f to be called (without the store's lock) after every
+// applied update. Register before the store receives updates.
+func (s *Store) OnChange(f func()) {
+	s.mu.Lock()
+	s.listeners = append(s.listeners, f)
+	s.mu.Unlock()
+}
+
+// Version counts the updates applied so far.
+func (s *Store) Version() uint64 { return s.version.Load() }
+
+// OnUpdate applies one xDS response. It decodes every resource first and
+// changes nothing if any of them is invalid, so a bad push is NACKed and the
+// last good state is kept.
+func (s *Store) OnUpdate(typeURL string, updated []*discoveryv3.Resource, removed []string) error {
+	switch typeURL {
+	case workloadapi.AddressTypeURL:
+		return s.updateAddresses(updated, removed)
+	case workloadapi.AuthorizationTypeURL:
+		return s.updatePolicies(updated, removed)
+	default:
+		return fmt.Errorf("unknown type %q", typeURL)
+	}
+}
+
+func (s *Store) updateAddresses(updated []*discoveryv3.Resource, removed []string) error {
+	var (
+		workloads []*Workload
+		services  []*Service
+	)
+	for _, r := range updated {
+		addr := &workloadapi.Address{}
+		if r.GetResource() == nil {
+			return fmt.Errorf("resource %q: empty", r.GetName())
+		}
+		if err := r.GetResource().UnmarshalTo(addr); err != nil {
+			return fmt.Errorf("resource %q: %w", r.GetName(), err)
+		}
+		switch t := addr.Type.(type) {
+		case *workloadapi.Address_Workload:
+			w, err := newWorkload(t.Workload)
+			if err != nil {
+				return fmt.Errorf("workload %q: %w", r.GetName(), err)
+			}
+			workloads = append(workloads, w)
+		case *workloadapi.Address_Service:
+			svc, err := newService(t.Service)
+			if err != nil {
+				return fmt.Errorf("service %q: %w", r.GetName(), err)
+			}
+			services = append(services, svc)
+		default:
+			return fmt.Errorf("resource %q: neither a workload nor a service", r.GetName())
+		}
+	}
+
+	s.mu.Lock()
+	for _, name := range removed {
+		switch s.kinds[name] {
+		case 'w':
+			s.removeWorkload(name)
+		case 's':
+			s.removeService(name)
+		}
+	}
+	for _, w := range workloads {
+		s.removeWorkload(w.Uid)
+		s.workloads[w.Uid] = w
+		s.kinds[w.Uid] = 'w'
+		for _, a := range w.Addrs {
+			s.byAddr[a] = w
+		}
+		for key := range w.Services {
+			eps := s.endpoints[key]
+			if eps == nil {
+				eps = map[string]*Workload{}
+				s.endpoints[key] = eps
+			}
+			eps[w.Uid] = w
+		}
+	}
+	for _, svc := range services {
+		s.removeService(svc.Key)
+		s.services[svc.Key] = svc
+		s.kinds[svc.Key] = 's'
+		for _, a := range svc.VIPs {
+			s.byVIP[a] = svc
+		}
+	}
+	s.mu.Unlock()
+	s.changed()
+	return nil
+}
+
+// removeWorkload and removeService are called with mu held.
+func (s *Store) removeWorkload(uid string) {
+	old := s.workloads[uid]
+	if old == nil {
+		return
+	}
+	delete(s.workloads, uid)
+	delete(s.kinds, uid)
+	for _, a := range old.Addrs {
+		if s.byAddr[a] == old {
+			delete(s.byAddr, a)
+		}
+	}
+	for key := range old.Services {
+		if eps := s.endpoints[key]; eps != nil {
+			delete(eps, uid)
+			if len(eps) == 0 {
+				delete(s.endpoints, key)
+			}
+		}
+	}
+}
+
+func (s *Store) removeService(key string) {
+	old := s.services[key]
+	if old == nil {
+		return
+	}
+	delete(s.services, key)
+	delete(s.kinds, key)
+	for _, a := range old.VIPs {
+		if s.byVIP[a] == old {
+			delete(s.byVIP, a)
+		}
+	}
+}
+
+func (s *Store) updatePolicies(updated []*discoveryv3.Resource, removed []string) error {
+	policies := make([]*security.Authorization, 0, len(updated))
+	for _, r := range updated {
+		p := &security.Authorization{}
+		if r.GetResource() == nil {
+			return fmt.Errorf("resource %q: empty", r.GetName())
+		}
+		if err := r.GetResource().UnmarshalTo(p); err != nil {
+			return fmt.Errorf("resource %q: %w", r.GetName(), err)
+		}
+		policies = append(policies, p)
+	}
+	s.mu.Lock()
+	for _, name := range removed {
+		delete(s.policies, name)
+	}
+	for i, p := range policies {
+		s.policies[updated[i].GetName()] = p
+	}
+	s.mu.Unlock()
+	s.changed()
+	return nil
+}
+
+func (s *Store) changed() {
+	s.version.Add(1)
+	s.mu.RLock()
+	ls := s.listeners
+	s.mu.RUnlock()
+	for _, f := range ls {
+		f()
+	}
+}
+
+func newWorkload(w *workloadapi.Workload) (*Workload, error) {
+	if w.Uid == "" {
+		return nil, fmt.Errorf("no uid")
+	}
+	out := &Workload{Workload: w}
+	for _, b := range w.Addresses {
+		a, ok := netip.AddrFromSlice(b)
+		if !ok {
+			return nil, fmt.Errorf("bad address %x", b)
+		}
+		out.Addrs = append(out.Addrs, a.Unmap())
+	}
+	td := w.TrustDomain
+	if td == "" {
+		td = "cluster.local"
+	}
+	sa := w.ServiceAccount
+	if sa == "" {
+		sa = "default"
+	}
+	id, err := spiffeid.FromSegments(spiffeid.RequireTrustDomainFromString(td), "ns", w.Namespace, "sa", sa)
+	if err != nil {
+		return nil, fmt.Errorf("identity: %w", err)
+	}
+	out.ID = id
+	return out, nil
+}
+
+func newService(svc *workloadapi.Service) (*Service, error) {
+	out := &Service{Service: svc, Key: svc.Namespace + "/" + svc.Hostname}
+	for _, na := range svc.Addresses {
+		a, ok := netip.AddrFromSlice(na.Address)
+		if !ok {
+			return nil, fmt.Errorf("bad address %x", na.Address)
+		}
+		out.VIPs = append(out.VIPs, a.Unmap())
+	}
+	return out, nil
+}
+
+// WorkloadByAddr returns the workload that has IP a, or nil.
+func (s *Store) WorkloadByAddr(a netip.Addr) *Workload {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.byAddr[a.Unmap()]
+}
+
+// ServiceByVIP returns the service that has VIP a, or nil.
+func (s *Store) ServiceByVIP(a netip.Addr) *Service {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.byVIP[a.Unmap()]
+}
+
+// ServiceByHostname returns the service with this FQDN (in any namespace),
+// or nil; used for SOCKS5 requests that name a host.
+func (s *Store) ServiceByHostname(host string) *Service {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	for _, svc := range s.services {
+		if svc.Hostname == host {
+			return svc
+		}
+	}
+	return nil
+}
+
+// Errors returned by PickEndpoint.
+var (
+	ErrNoPort      = fmt.Errorf("service has no such port")
+	ErrNoEndpoints = fmt.Errorf("service has no healthy endpoint")
+)
+
+// PickEndpoint chooses, round robin, a healthy endpoint of svc that serves
+// servicePort, and returns it with the port to dial on it.
+func (s *Store) PickEndpoint(svc *Service, servicePort uint16) (*Workload, uint16, error) {
+	declared, ok := svc.TargetPort(servicePort)
+	if !ok {
+		return nil, 0, ErrNoPort
+	}
+	type candidate struct {
+		w    *Workload
+		port uint16
+	}
+	s.mu.RLock()
+	cands := make([]candidate, 0, len(s.endpoints[svc.Key]))
+	for _, w := range s.endpoints[svc.Key] {
+		if w.Status != workloadapi.WorkloadStatus_HEALTHY || len(w.Addrs) == 0 {
+			continue
+		}
+		port := declared
+		if pl := w.Services[svc.Key]; pl != nil {
+			for _, p := range pl.Ports {
+				if p.ServicePort == uint32(servicePort) && p.TargetPort != 0 {
+					port = uint16(p.TargetPort)
+				}
+			}
+		}
+		if port == 0 {
+			continue
+		}
+		cands = append(cands, candidate{w, port})
+	}
+	s.mu.RUnlock()
+	if len(cands) == 0 {
+		return nil, 0, ErrNoEndpoints
+	}
+	sort.Slice(cands, func(i, j int) bool { return cands[i].w.Uid < cands[j].w.Uid })
+	v, _ := s.rr.LoadOrStore(svc.Key, new(atomic.Uint64))
+	n := v.(*atomic.Uint64).Add(1) - 1
+	c := cands[n%uint64(len(cands))]
+	return c.w, c.port, nil
+}
+
+// NodeWorkloads returns the workloads scheduled on node, sorted by uid.
+func (s *Store) NodeWorkloads(node string) []*Workload {
+	s.mu.RLock()
+	var out []*Workload
+	for _, w := range s.workloads {
+		if w.Node == node {
+			out = append(out, w)
+		}
+	}
+	s.mu.RUnlock()
+	slices.SortFunc(out, func(a, b *Workload) int {
+		if a.Uid < b.Uid {
+			return -1
+		}
+		if a.Uid > b.Uid {
+			return 1
+		}
+		return 0
+	})
+	return out
+}
+
+// Policies returns the authorization policies, keyed by namespace/name.
+func (s *Store) Policies() map[string]*security.Authorization {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	out := make(map[string]*security.Authorization, len(s.policies))
+	for k, v := range s.policies {
+		out[k] = v
+	}
+	return out
+}
+
+// Dump is the store's content for /config_dump.
+type Dump struct {
+	Workloads []*workloadapi.Workload   `json:"workloads"`
+	Services  []*workloadapi.Service    `json:"services"`
+	Policies  []*security.Authorization `json:"policies"`
+}
+
+// Dump returns a snapshot of the store, sorted by key.
+func (s *Store) Dump() Dump {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	var d Dump
+	for _, k := range sortedKeys(s.workloads) {
+		d.Workloads = append(d.Workloads, s.workloads[k].Workload)
+	}
+	for _, k := range sortedKeys(s.services) {
+		d.Services = append(d.Services, s.services[k].Service)
+	}
+	for _, k := range sortedKeys(s.policies) {
+		d.Policies = append(d.Policies, s.policies[k])
+	}
+	return d
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}

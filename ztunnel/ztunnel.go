@@ -1,0 +1,428 @@
+// Package ztunnel assembles the node proxy: it connects to istiod-lite for
+// configuration (delta xDS) and certificates (CA), keeps the mesh state,
+// and serves the data path for the workloads of its node.
+//
+// In local mode (the only mode so far) every pod IP is a loopback address,
+// and ztunnel binds, on each ambient pod's own address, an HBONE listener
+// (inbound, 15008) and a SOCKS5 listener (outbound, 15080). It dials
+// applications from the client's pod address, so applications see the real
+// source address without any capture rules or privileges.
+package ztunnel
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/ambient-go/mesh/pkg/accesslog"
+	"github.com/ambient-go/mesh/pkg/hbone"
+	"github.com/ambient-go/mesh/pkg/identity"
+	"github.com/ambient-go/mesh/pkg/telemetry"
+	"github.com/ambient-go/mesh/pkg/workloadapi"
+	"github.com/ambient-go/mesh/pkg/xds"
+	"github.com/ambient-go/mesh/ztunnel/admin"
+	"github.com/ambient-go/mesh/ztunnel/proxy"
+	"github.com/ambient-go/mesh/ztunnel/state"
+)
+
+// Config configures a ztunnel. Node and Token are required.
+type Config struct {
+	// Node is the name of the node this ztunnel serves.
+	Node string
+	// XDSAddress is istiod-lite's gRPC address (xDS and CA); default
+	// "127.0.0.1:15012".
+	XDSAddress string
+	// CARoot, when set, is the PEM root that istiod-lite's serving
+	// certificate chains to, and the connection uses TLS; empty means
+	// plaintext (istiod-lite's 15010, for local mode and tests).
+	CARoot []byte
+	// Token authenticates this node to the CA (local mode: the node's
+	// token from the config directory).
+	Token string
+	// ClusterID is sent to the CA; default "Kubernetes".
+	ClusterID string
+	// CertTTL is the certificate lifetime requested; default 24h.
+	CertTTL time.Duration
+
+	// HBONEPort and SOCKSPort are bound on every local pod address;
+	// defaults 15008 and 15080.
+	HBONEPort, SOCKSPort uint16
+
+	// AdminAddr, MetricsAddr and ReadinessAddr default to
+	// 127.0.0.1:15000, :15020 and :15021.
+	AdminAddr, MetricsAddr, ReadinessAddr string
+
+	// Logger receives ztunnel's logs and access logs; LogLevel, if set, is
+	// the level /logging changes.
+	Logger   *slog.Logger
+	LogLevel *slog.LevelVar
+}
+
+// Ztunnel is a running node proxy.
+type Ztunnel struct {
+	cfg    Config
+	log    *slog.Logger
+	store  *state.Store
+	certs  *identity.Manager
+	pool   *hbone.Pool
+	server *hbone.Server
+	proxy  *proxy.Proxy
+	xds    *xds.Client
+	admin  *admin.Server
+	conn   *grpc.ClientConn
+	access *accesslog.Logger
+
+	kick      chan struct{}
+	ready     chan struct{}
+	readyOnce sync.Once
+	bound     atomic.Bool
+
+	mu        sync.Mutex
+	listeners map[netip.Addr]*podListeners
+}
+
+// podListeners are the listeners bound on one local pod's address.
+type podListeners struct {
+	uid   string
+	hbone net.Listener
+	socks net.Listener
+}
+
+// New validates cfg and builds a ztunnel; Start runs it.
+func New(cfg Config) (*Ztunnel, error) {
+	if cfg.Node == "" {
+		return nil, errors.New("ztunnel: Node is required")
+	}
+	if cfg.Token == "" {
+		return nil, errors.New("ztunnel: Token is required")
+	}
+	if cfg.XDSAddress == "" {
+		cfg.XDSAddress = "127.0.0.1:15012"
+	}
+	if cfg.ClusterID == "" {
+		cfg.ClusterID = "Kubernetes"
+	}
+	if cfg.HBONEPort == 0 {
+		cfg.HBONEPort = hbone.Port
+	}
+	if cfg.SOCKSPort == 0 {
+		cfg.SOCKSPort = 15080
+	}
+	if cfg.LogLevel == nil {
+		cfg.LogLevel = new(slog.LevelVar)
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	z := &Ztunnel{
+		cfg:       cfg,
+		log:       log.With("component", "ztunnel", "node", cfg.Node),
+		store:     state.NewStore(),
+		kick:      make(chan struct{}, 1),
+		ready:     make(chan struct{}),
+		listeners: map[netip.Addr]*podListeners{},
+	}
+
+	creds := insecure.NewCredentials()
+	if len(cfg.CARoot) > 0 {
+		roots := x509.NewCertPool()
+		if !roots.AppendCertsFromPEM(cfg.CARoot) {
+			return nil, errors.New("ztunnel: CARoot holds no PEM certificate")
+		}
+		creds = credentials.NewTLS(&tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12, ServerName: "istiod-lite.istio-system.svc"})
+	}
+	conn, err := grpc.NewClient(cfg.XDSAddress, grpc.WithTransportCredentials(creds))
+	if err != nil {
+		return nil, fmt.Errorf("ztunnel: istiod-lite client: %w", err)
+	}
+	z.conn = conn
+
+	z.certs = identity.NewManager(identity.ManagerConfig{
+		Requester: &identity.CAClient{
+			Conn:        conn,
+			Token:       func(context.Context) (string, error) { return cfg.Token, nil },
+			Impersonate: true,
+			ClusterID:   cfg.ClusterID,
+		},
+		TTL:    cfg.CertTTL,
+		Logger: log,
+	})
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	z.access = accesslog.New(log)
+	z.pool = hbone.NewPool(hbone.PoolConfig{TLSConfig: z.certs.ClientTLSConfig, Logger: log})
+	z.proxy, err = proxy.New(proxy.Config{
+		Store:     z.store,
+		Pool:      z.pool,
+		Metrics:   telemetry.NewMetrics(reg),
+		AccessLog: z.access,
+		HBONEPort: cfg.HBONEPort,
+		Logger:    log,
+	})
+	if err != nil {
+		return nil, err
+	}
+	z.server = &hbone.Server{
+		TLSConfig: z.certs.ServerTLSConfig(z.serverIdentity),
+		Handler:   z.proxy,
+		Logger:    log,
+	}
+
+	z.xds, err = xds.NewClient(xds.ClientConfig{
+		Target:      cfg.XDSAddress,
+		DialOptions: []grpc.DialOption{grpc.WithTransportCredentials(creds)},
+		Node: &corev3.Node{
+			Id:      "ztunnel~127.0.0.1~ztunnel-" + cfg.Node + ".istio-system~istio-system.svc.cluster.local",
+			Cluster: cfg.ClusterID,
+		},
+		TypeURLs: []string{workloadapi.AddressTypeURL, workloadapi.AuthorizationTypeURL},
+		Handler:  z.store,
+		Logger:   log,
+	})
+	if err != nil {
+		return nil, err
+	}
+	z.store.OnChange(func() {
+		select {
+		case z.kick <- struct{}{}:
+		default:
+		}
+	})
+
+	z.admin, err = admin.New(admin.Config{
+		AdminAddr:     cfg.AdminAddr,
+		MetricsAddr:   cfg.MetricsAddr,
+		ReadinessAddr: cfg.ReadinessAddr,
+		Gatherer:      reg,
+		ConfigDump:    z.configDump,
+		Ready:         z.readyErr,
+		Level:         cfg.LogLevel,
+		Logger:        log,
+	})
+	if err != nil {
+		return nil, err
+	}
+	return z, nil
+}
+
+// serverIdentity picks the certificate the HBONE server presents: that of
+// the local workload whose address the client dialed.
+func (z *Ztunnel) serverIdentity(hello *tls.ClientHelloInfo) (spiffeid.ID, error) {
+	a := addrOf(hello.Conn.LocalAddr())
+	w := z.store.WorkloadByAddr(a)
+	if w == nil || w.Node != z.cfg.Node {
+		return spiffeid.ID{}, fmt.Errorf("no local workload at %s", a)
+	}
+	return w.ID, nil
+}
+
+// Start runs the ztunnel until ctx is done, then drains it.
+func (z *Ztunnel) Start(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	errc := make(chan error, 4)
+	run := func(name string, f func(context.Context) error) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := f(ctx); err != nil {
+				errc <- fmt.Errorf("%s: %w", name, err)
+				cancel()
+			}
+		}()
+	}
+	run("admin", z.admin.Start)
+	run("certificates", z.certs.Start)
+	run("xds", z.xds.Start)
+	run("listeners", z.reconcileLoop)
+
+	<-ctx.Done()
+	wg.Wait()
+	z.closeListeners()
+	z.server.Close()
+	z.proxy.Close()
+	z.pool.Close()
+	z.conn.Close()
+	close(errc)
+	return <-errc
+}
+
+// Ready is closed once ztunnel has its configuration and has bound its
+// listeners.
+func (z *Ztunnel) Ready() <-chan struct{} { return z.ready }
+
+func (z *Ztunnel) readyErr() error {
+	select {
+	case <-z.ready:
+		return nil
+	default:
+	}
+	select {
+	case <-z.xds.Synced():
+		return errors.New("binding listeners")
+	default:
+		return errors.New("waiting for configuration from istiod-lite")
+	}
+}
+
+// Admin returns the admin server, for its addresses.
+func (z *Ztunnel) Admin() *admin.Server { return z.admin }
+
+// AccessLog returns the access logger, to subscribe to records.
+func (z *Ztunnel) AccessLog() *accesslog.Logger { return z.access }
+
+// Store returns the mesh state.
+func (z *Ztunnel) Store() *state.Store { return z.store }
+
+// Certificates returns the certificate manager.
+func (z *Ztunnel) Certificates() *identity.Manager { return z.certs }
+
+// reconcileLoop keeps one set of listeners per local ambient pod, level
+// based: after each store change it binds what is missing and closes what
+// is no longer wanted.
+func (z *Ztunnel) reconcileLoop(ctx context.Context) error {
+	select {
+	case <-z.xds.Synced():
+	case <-ctx.Done():
+		return nil
+	}
+	retry := time.NewTimer(0)
+	defer retry.Stop()
+	for {
+		if err := z.reconcile(ctx); err != nil {
+			z.log.Warn("binding pod listeners", "error", err)
+			retry.Reset(time.Second)
+		} else {
+			z.readyOnce.Do(func() { close(z.ready) })
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-z.kick:
+		case <-retry.C:
+		}
+	}
+}
+
+func (z *Ztunnel) reconcile(ctx context.Context) error {
+	want := map[netip.Addr]*state.Workload{}
+	for _, w := range z.store.NodeWorkloads(z.cfg.Node) {
+		if w.TunnelProtocol != workloadapi.TunnelProtocol_HBONE {
+			continue
+		}
+		for _, a := range w.Addrs {
+			want[a] = w
+		}
+	}
+	z.mu.Lock()
+	defer z.mu.Unlock()
+	ids := map[spiffeid.ID]bool{}
+	for a, pl := range z.listeners {
+		if w := want[a]; w == nil || w.Uid != pl.uid {
+			pl.hbone.Close()
+			pl.socks.Close()
+			delete(z.listeners, a)
+			z.log.Info("pod listeners closed", "addr", a.String(), "uid", pl.uid)
+		}
+	}
+	var errs []error
+	for a, w := range want {
+		ids[w.ID] = true
+		if z.listeners[a] != nil {
+			continue
+		}
+		pl, err := z.listen(a, w)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		z.listeners[a] = pl
+		z.log.Info("pod listeners bound", "addr", a.String(), "workload", w.Namespace+"/"+w.Name, "identity", w.ID.String())
+	}
+	// Fetch certificates ahead of the first connection, and forget those
+	// of identities that left the node.
+	for id := range ids {
+		go func() {
+			if _, err := z.certs.Get(ctx, id); err != nil && ctx.Err() == nil {
+				z.log.Warn("fetching certificate", "identity", id.String(), "error", err)
+			}
+		}()
+	}
+	for _, c := range z.certs.Certificates() {
+		if !ids[c.ID] {
+			z.certs.Forget(c.ID)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (z *Ztunnel) listen(a netip.Addr, w *state.Workload) (*podListeners, error) {
+	hl, err := net.Listen("tcp", netip.AddrPortFrom(a, z.cfg.HBONEPort).String())
+	if err != nil {
+		return nil, fmt.Errorf("hbone listener for %s/%s: %w", w.Namespace, w.Name, err)
+	}
+	sl, err := net.Listen("tcp", netip.AddrPortFrom(a, z.cfg.SOCKSPort).String())
+	if err != nil {
+		hl.Close()
+		return nil, fmt.Errorf("socks5 listener for %s/%s: %w", w.Namespace, w.Name, err)
+	}
+	go func() {
+		if err := z.server.Serve(hl); err != nil && !errors.Is(err, net.ErrClosed) {
+			z.log.Warn("hbone listener stopped", "addr", hl.Addr().String(), "error", err)
+		}
+	}()
+	go func() {
+		if err := z.proxy.ServeSOCKS(sl, a); err != nil {
+			z.log.Warn("socks5 listener stopped", "addr", sl.Addr().String(), "error", err)
+		}
+	}()
+	return &podListeners{uid: w.Uid, hbone: hl, socks: sl}, nil
+}
+
+func (z *Ztunnel) closeListeners() {
+	z.mu.Lock()
+	defer z.mu.Unlock()
+	for a, pl := range z.listeners {
+		pl.hbone.Close()
+		pl.socks.Close()
+		delete(z.listeners, a)
+	}
+}
+
+func addrOf(a net.Addr) netip.Addr {
+	if ta, ok := a.(*net.TCPAddr); ok {
+		return ta.AddrPort().Addr().Unmap()
+	}
+	ap, _ := netip.ParseAddrPort(a.String())
+	return ap.Addr().Unmap()
+}
+
+// ReadToken reads a token file, trimming whitespace.
+func ReadToken(path string) (string, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", err
+	}
+	return strings.TrimSpace(string(b)), nil
+}
