@@ -1,0 +1,527 @@
+// Package xds is istiod-lite's delta ADS server: it holds the current resources of every type and pushes
+// what changes to each connected proxy.
+//
+// The server speaks envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources as Istio
+// does for ztunnel. The first request for a type subscribes the stream (as a wildcard when it names no
+// resources) and is always answered, even when there is nothing to send, so a proxy is never left waiting;
+// initial_resource_versions on a reconnect make that answer hold only the differences. Later changes arrive
+// through Set, which replaces all resources of one type: Set hashes each resource's deterministic encoding
+// into its version, diffs once against the previous set, and hands the changed names to every subscribed
+// stream. Each stream keeps a set of pending names and a single sender goroutine that sends the latest state
+// of those names, so a slow proxy coalesces pushes instead of blocking Set or other proxies. Encoded
+// resources are shared by all streams.
+//
+// Streams that name resources explicitly (resource_names_subscribe without "*") get those resources only;
+// that on-demand mode is minimal: it does not track which versions such a stream already holds.
+package xds
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"io"
+	"log/slog"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+)
+
+// ServerConfig configures a Server.
+type ServerConfig struct {
+	// Logger receives stream events and NACKs. Default: discard.
+	Logger *slog.Logger
+}
+
+// ClientInfo describes one connected stream.
+type ClientInfo struct {
+	NodeID      string    // Node.Id from the stream's first request that carried a Node
+	ConnectedAt time.Time // when the stream opened
+	Types       []string  // subscribed type URLs, in subscription order
+}
+
+// Stats are counters since the server was created.
+type Stats struct {
+	Streams   int    // streams open now
+	Pushes    uint64 // responses sent
+	Resources uint64 // resources sent, summed over responses
+	Nacks     uint64 // distinct NACKed nonces
+}
+
+// Server is a delta ADS server. Create it with NewServer, Register it on a grpc.Server and feed it with Set.
+type Server struct {
+	log *slog.Logger
+
+	setMu sync.Mutex // serializes Set
+
+	mu      sync.RWMutex // guards types and streams; taken before stream.mu
+	types   map[string]map[string]*discoveryv3.Resource
+	streams map[*stream]struct{}
+
+	nonce     atomic.Uint64
+	pushes    atomic.Uint64
+	resources atomic.Uint64
+	nacks     atomic.Uint64
+}
+
+// NewServer returns a Server with no resources.
+func NewServer(cfg ServerConfig) *Server {
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Server{
+		log:     log.With("component", "xds-server"),
+		types:   make(map[string]map[string]*discoveryv3.Resource),
+		streams: make(map[*stream]struct{}),
+	}
+}
+
+// Register serves DeltaAggregatedResources on g; StreamAggregatedResources (state of the world) answers
+// codes.Unimplemented. Streams end only when the client leaves or g stops, so shut g down with Stop (or
+// GracefulStop after the clients are gone). Requests carrying initial_resource_versions for a whole
+// cluster can exceed gRPC's default 4 MiB receive limit; raise it with grpc.MaxRecvMsgSize when needed.
+func (s *Server) Register(g *grpc.Server) {
+	discoveryv3.RegisterAggregatedDiscoveryServiceServer(g, &adsService{s: s})
+}
+
+type adsService struct {
+	discoveryv3.UnimplementedAggregatedDiscoveryServiceServer
+	s *Server
+}
+
+func (a *adsService) DeltaAggregatedResources(ss discoveryv3.AggregatedDiscoveryService_DeltaAggregatedResourcesServer) error {
+	return a.s.serve(ss)
+}
+
+// Set replaces all resources of typeURL (name → message). Only resources whose encoding changed, and names
+// that disappeared, are pushed to the streams subscribed to typeURL. A message whose full name does not match
+// typeURL ("type.googleapis.com/<full name>") is logged and left out. Messages must not be modified during Set.
+func (s *Server) Set(typeURL string, resources map[string]proto.Message) {
+	if typeURL == "" {
+		s.log.Error("xds set without type url")
+		return
+	}
+	s.setMu.Lock()
+	defer s.setMu.Unlock()
+
+	// Only Set writes s.types, and setMu is held: reading it without s.mu is safe.
+	old := s.types[typeURL]
+	next := make(map[string]*discoveryv3.Resource, len(resources))
+	var changed []string
+	opts := proto.MarshalOptions{Deterministic: true}
+	wantName := "type.googleapis.com/"
+	for name, msg := range resources {
+		if name == "" || msg == nil {
+			s.log.Error("xds set skips resource without name or message", "type_url", typeURL, "name", name)
+			continue
+		}
+		if got := wantName + string(msg.ProtoReflect().Descriptor().FullName()); got != typeURL {
+			s.log.Error("xds set skips resource of another type", "type_url", typeURL, "name", name, "message", got)
+			continue
+		}
+		b, err := opts.Marshal(msg)
+		if err != nil {
+			s.log.Error("xds set skips resource that does not encode", "type_url", typeURL, "name", name, "error", err)
+			continue
+		}
+		sum := sha256.Sum256(b)
+		version := hex.EncodeToString(sum[:8])
+		if prev, ok := old[name]; ok && prev.GetVersion() == version {
+			next[name] = prev
+			continue
+		}
+		next[name] = &discoveryv3.Resource{
+			Name:     name,
+			Version:  version,
+			Resource: &anypb.Any{TypeUrl: typeURL, Value: b},
+		}
+		changed = append(changed, name)
+	}
+	for name := range old {
+		if _, ok := next[name]; !ok {
+			changed = append(changed, name)
+		}
+	}
+
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.types[typeURL] = next
+	if len(changed) == 0 {
+		return
+	}
+	for st := range s.streams {
+		st.enqueue(typeURL, changed)
+	}
+	s.log.Debug("xds set", "type_url", typeURL, "resources", len(next), "changed", len(changed), "streams", len(s.streams))
+}
+
+// Clients lists the open streams, oldest first.
+func (s *Server) Clients() []ClientInfo {
+	s.mu.RLock()
+	out := make([]ClientInfo, 0, len(s.streams))
+	for st := range s.streams {
+		st.mu.Lock()
+		out = append(out, ClientInfo{NodeID: st.nodeID, ConnectedAt: st.connectedAt, Types: slices.Clone(st.order)})
+		st.mu.Unlock()
+	}
+	s.mu.RUnlock()
+	slices.SortFunc(out, func(a, b ClientInfo) int {
+		if c := a.ConnectedAt.Compare(b.ConnectedAt); c != 0 {
+			return c
+		}
+		return strings.Compare(a.NodeID, b.NodeID)
+	})
+	return out
+}
+
+// Version returns the version of a resource, or "" if the server does not hold it.
+func (s *Server) Version(typeURL, name string) string {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.types[typeURL][name].GetVersion()
+}
+
+// Stats returns the server's counters.
+func (s *Server) Stats() Stats {
+	s.mu.RLock()
+	n := len(s.streams)
+	s.mu.RUnlock()
+	return Stats{Streams: n, Pushes: s.pushes.Load(), Resources: s.resources.Load(), Nacks: s.nacks.Load()}
+}
+
+// subscription is what one stream wants of one type.
+type subscription struct {
+	wildcard bool
+	names    map[string]struct{} // explicit names when not wildcard
+}
+
+func (s *subscription) wants(name string) bool {
+	if s.wildcard {
+		return true
+	}
+	_, ok := s.names[name]
+	return ok
+}
+
+// stream is the server side of one DeltaAggregatedResources call.
+type stream struct {
+	connectedAt time.Time
+	wake        chan struct{} // capacity 1: pending has names
+
+	mu      sync.Mutex
+	nodeID  string
+	subs    map[string]*subscription
+	order   []string
+	pending map[string]map[string]struct{} // type URL → names to (re)send
+
+	// Owned by the goroutine serving the stream.
+	nonces      map[string]string              // type URL → last nonce sent
+	nacked      map[string]string              // type URL → last NACKed nonce logged
+	outstanding map[string][]string            // nonce → names sent in that response, until ACKed or NACKed
+	retry       map[string]map[string]struct{} // type URL → names of NACKed responses, resent with the next push
+}
+
+// maxOutstanding bounds the responses a stream remembers for NACK retries when its client does not answer.
+const maxOutstanding = 64
+
+// enqueue records changed names for the stream. The caller holds s.mu.
+func (st *stream) enqueue(typeURL string, names []string) {
+	st.mu.Lock()
+	sub := st.subs[typeURL]
+	added := false
+	if sub != nil {
+		p := st.pending[typeURL]
+		for _, name := range names {
+			if !sub.wants(name) {
+				continue
+			}
+			if p == nil {
+				p = make(map[string]struct{}, len(names))
+				st.pending[typeURL] = p
+			}
+			p[name] = struct{}{}
+			added = true
+		}
+	}
+	st.mu.Unlock()
+	if added {
+		select {
+		case st.wake <- struct{}{}:
+		default:
+		}
+	}
+}
+
+func (s *Server) serve(ss discoveryv3.AggregatedDiscoveryService_DeltaAggregatedResourcesServer) error {
+	ctx := ss.Context()
+	st := &stream{
+		connectedAt: time.Now(),
+		wake:        make(chan struct{}, 1),
+		subs:        make(map[string]*subscription),
+		pending:     make(map[string]map[string]struct{}),
+		nonces:      make(map[string]string),
+		nacked:      make(map[string]string),
+		outstanding: make(map[string][]string),
+		retry:       make(map[string]map[string]struct{}),
+	}
+	s.mu.Lock()
+	s.streams[st] = struct{}{}
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.streams, st)
+		s.mu.Unlock()
+	}()
+
+	reqs := make(chan *discoveryv3.DeltaDiscoveryRequest)
+	recvErr := make(chan error, 1)
+	go func() {
+		for {
+			req, err := ss.Recv()
+			if err != nil {
+				recvErr <- err
+				return
+			}
+			select {
+			case reqs <- req:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case err := <-recvErr:
+			st.mu.Lock()
+			node := st.nodeID
+			st.mu.Unlock()
+			if errors.Is(err, io.EOF) || status.Code(err) == codes.Canceled {
+				s.log.Info("xds stream closed", "node", node)
+				return nil
+			}
+			s.log.Info("xds stream ended", "node", node, "error", err)
+			return err
+		case req := <-reqs:
+			if err := s.handleRequest(ss, st, req); err != nil {
+				return err
+			}
+		case <-st.wake:
+			if err := s.flush(ss, st); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+func (s *Server) handleRequest(ss discoveryv3.AggregatedDiscoveryService_DeltaAggregatedResourcesServer, st *stream, req *discoveryv3.DeltaDiscoveryRequest) error {
+	typeURL := req.GetTypeUrl()
+	st.mu.Lock()
+	if st.nodeID == "" && req.GetNode().GetId() != "" {
+		st.nodeID = req.GetNode().GetId()
+		s.log.Info("xds stream opened", "node", st.nodeID)
+	}
+	node := st.nodeID
+	st.mu.Unlock()
+	if typeURL == "" {
+		return status.Error(codes.InvalidArgument, "request without type_url")
+	}
+
+	if nonce := req.GetResponseNonce(); nonce != "" {
+		sent, known := st.outstanding[nonce]
+		delete(st.outstanding, nonce)
+		switch {
+		case req.GetErrorDetail() != nil:
+			// The client kept its previous state for what it rejected: send those names again with the next
+			// push of the type, so a later fix reaches it even if it changes only some of them.
+			if known {
+				r := st.retry[typeURL]
+				if r == nil {
+					r = make(map[string]struct{}, len(sent))
+					st.retry[typeURL] = r
+				}
+				for _, name := range sent {
+					r[name] = struct{}{}
+				}
+			}
+			if st.nacked[typeURL] != nonce {
+				st.nacked[typeURL] = nonce
+				s.nacks.Add(1)
+				s.log.Warn("xds nack", "node", node, "type_url", typeURL, "nonce", nonce,
+					"error", req.GetErrorDetail().GetMessage())
+			}
+		case nonce == st.nonces[typeURL]:
+			s.log.Debug("xds ack", "node", node, "type_url", typeURL, "nonce", nonce)
+		default:
+			s.log.Debug("xds stale ack ignored", "node", node, "type_url", typeURL, "nonce", nonce)
+		}
+	}
+
+	subscribe, unsubscribe := req.GetResourceNamesSubscribe(), req.GetResourceNamesUnsubscribe()
+	s.mu.RLock()
+	st.mu.Lock()
+	sub, ok := st.subs[typeURL]
+	var resp *discoveryv3.DeltaDiscoveryResponse
+	switch {
+	case !ok:
+		// First request for the type: subscribe and always answer.
+		sub = &subscription{names: make(map[string]struct{})}
+		for _, name := range subscribe {
+			if name == "*" {
+				sub.wildcard = true
+			} else {
+				sub.names[name] = struct{}{}
+			}
+		}
+		sub.wildcard = sub.wildcard || len(subscribe) == 0
+		st.subs[typeURL] = sub
+		st.order = append(st.order, typeURL)
+		resp = s.initialResponse(typeURL, sub, req.GetInitialResourceVersions())
+	case len(subscribe) > 0 || len(unsubscribe) > 0:
+		var added []string
+		for _, name := range unsubscribe {
+			if name == "*" {
+				sub.wildcard = false
+			} else {
+				delete(sub.names, name)
+			}
+		}
+		for _, name := range subscribe {
+			if name == "*" {
+				if !sub.wildcard {
+					sub.wildcard = true
+					for n := range s.types[typeURL] {
+						added = append(added, n)
+					}
+				}
+				continue
+			}
+			if _, ok := sub.names[name]; !ok {
+				sub.names[name] = struct{}{}
+				added = append(added, name)
+			}
+		}
+		if len(added) > 0 {
+			resp = s.response(typeURL, sub, added)
+		}
+	}
+	st.mu.Unlock()
+	s.mu.RUnlock()
+	if resp == nil {
+		return nil
+	}
+	return s.send(ss, st, resp)
+}
+
+// initialResponse answers the first request of a type: everything the client lacks or holds at another
+// version, and removals for names it holds that no longer exist. The caller holds s.mu.
+func (s *Server) initialResponse(typeURL string, sub *subscription, have map[string]string) *discoveryv3.DeltaDiscoveryResponse {
+	resp := &discoveryv3.DeltaDiscoveryResponse{TypeUrl: typeURL}
+	cur := s.types[typeURL]
+	add := func(name string, r *discoveryv3.Resource) {
+		if v, ok := have[name]; !ok || v != r.GetVersion() {
+			resp.Resources = append(resp.Resources, r)
+		}
+	}
+	if sub.wildcard {
+		for name, r := range cur {
+			add(name, r)
+		}
+	} else {
+		for name := range sub.names {
+			if r, ok := cur[name]; ok {
+				add(name, r)
+			}
+		}
+	}
+	for name := range have {
+		if _, ok := cur[name]; !ok {
+			resp.RemovedResources = append(resp.RemovedResources, name)
+		}
+	}
+	return resp
+}
+
+// response holds the current state of names: the resource, or a removal when it no longer exists. Names the
+// subscription does not want are left out. The caller holds s.mu.
+func (s *Server) response(typeURL string, sub *subscription, names []string) *discoveryv3.DeltaDiscoveryResponse {
+	resp := &discoveryv3.DeltaDiscoveryResponse{TypeUrl: typeURL}
+	cur := s.types[typeURL]
+	for _, name := range names {
+		if !sub.wants(name) {
+			continue
+		}
+		if r, ok := cur[name]; ok {
+			resp.Resources = append(resp.Resources, r)
+		} else {
+			resp.RemovedResources = append(resp.RemovedResources, name)
+		}
+	}
+	return resp
+}
+
+// flush sends the latest state of every pending name, one response per type.
+func (s *Server) flush(ss discoveryv3.AggregatedDiscoveryService_DeltaAggregatedResourcesServer, st *stream) error {
+	var resps []*discoveryv3.DeltaDiscoveryResponse
+	s.mu.RLock()
+	st.mu.Lock()
+	for _, typeURL := range st.order {
+		pending := st.pending[typeURL]
+		if len(pending) == 0 {
+			continue
+		}
+		delete(st.pending, typeURL)
+		names := make([]string, 0, len(pending)+len(st.retry[typeURL]))
+		for name := range pending {
+			names = append(names, name)
+		}
+		for name := range st.retry[typeURL] {
+			if _, ok := pending[name]; !ok {
+				names = append(names, name)
+			}
+		}
+		delete(st.retry, typeURL)
+		if resp := s.response(typeURL, st.subs[typeURL], names); len(resp.Resources)+len(resp.RemovedResources) > 0 {
+			resps = append(resps, resp)
+		}
+	}
+	st.mu.Unlock()
+	s.mu.RUnlock()
+	for _, resp := range resps {
+		if err := s.send(ss, st, resp); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (s *Server) send(ss discoveryv3.AggregatedDiscoveryService_DeltaAggregatedResourcesServer, st *stream, resp *discoveryv3.DeltaDiscoveryResponse) error {
+	resp.Nonce = strconv.FormatUint(s.nonce.Add(1), 10)
+	st.nonces[resp.TypeUrl] = resp.Nonce
+	if len(st.outstanding) >= maxOutstanding {
+		clear(st.outstanding)
+	}
+	sent := make([]string, 0, len(resp.Resources)+len(resp.RemovedResources))
+	for _, r := range resp.Resources {
+		sent = append(sent, r.GetName())
+	}
+	st.outstanding[resp.Nonce] = append(sent, resp.RemovedResources...)
+	if err := ss.Send(resp); err != nil {
+		return err
+	}
+	s.pushes.Add(1)
+	s.resources.Add(uint64(len(resp.Resources)))
+	return nil
+}
