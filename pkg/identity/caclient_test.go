@@ -69,17 +69,17 @@ func serveCA(t *testing.T, ca *recordingCA) *grpc.ClientConn {
 
 func TestCAClient(t *testing.T) {
 	tests := []struct {
-		name          string
-		client        CAClient
-		wantAuth      []string
-		wantCluster   []string
-		wantImperson  string
+		name         string
+		client       CAClient
+		wantAuth     []string
+		wantCluster  []string
+		wantImperson string
 		wantValidity int64
 	}{
 		{
-			name:          "workload asking for itself",
-			client:        CAClient{Token: func(context.Context) (string, error) { return "tok-1", nil }},
-			wantAuth:      []string{"Bearer tok-1"},
+			name:         "workload asking for itself",
+			client:       CAClient{Token: func(context.Context) (string, error) { return "tok-1", nil }},
+			wantAuth:     []string{"Bearer tok-1"},
 			wantValidity: 3600,
 		},
 		{
@@ -89,14 +89,14 @@ func TestCAClient(t *testing.T) {
 				Impersonate: true,
 				ClusterID:   "Kubernetes",
 			},
-			wantAuth:      []string{"Bearer node-tok"},
-			wantCluster:   []string{"Kubernetes"},
-			wantImperson:  sleepID.String(),
+			wantAuth:     []string{"Bearer node-tok"},
+			wantCluster:  []string{"Kubernetes"},
+			wantImperson: sleepID.String(),
 			wantValidity: 3600,
 		},
 		{
-			name:          "no token",
-			client:        CAClient{},
+			name:         "no token",
+			client:       CAClient{},
 			wantValidity: 3600,
 		},
 	}
