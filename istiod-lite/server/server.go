@@ -255,3 +255,7 @@ func (c *servingCert) get() (*tls.Certificate, error) {
 	c.cert = &cert
 	return c.cert, nil
 }
+
+// Errors are the configuration source's current parse errors (file and
+// line); their files' last good content stays served.
+func (s *Server) Errors() []error { return s.watcher.Errors() }
