@@ -1,0 +1,572 @@
+package hbone
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"net/url"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"golang.org/x/net/http2"
+)
+
+// Target says where and as whom to open a tunnel.
+type Target struct {
+	Addr       netip.AddrPort // where the HBONE server listens (port 15008)
+	Authority  string         // :authority, the real target ip:port
+	SourceID   spiffeid.ID    // identity we present
+	DestIDs    []spiffeid.ID  // identities the server may present; empty: any the TLS config accepts
+	SourceAddr netip.Addr     // local address to bind to; zero: any
+	Header     http.Header    // extra request headers (forwarded, baggage, traceparent)
+}
+
+// PoolConfig configures a [Pool].
+type PoolConfig struct {
+	// TLSConfig returns the client mTLS config presenting src and verifying
+	// that the server is one of dst. Required.
+	TLSConfig func(ctx context.Context, src spiffeid.ID, dst []spiffeid.ID) (*tls.Config, error)
+	// Dialer opens the TCP connection. Default: net.Dialer with a 10 s
+	// timeout, bound to laddr when it is not empty.
+	Dialer func(ctx context.Context, network, laddr, raddr string) (net.Conn, error)
+	// MaxStreamsPerConn is the number of concurrent streams past which a new
+	// connection is opened. Default 100.
+	MaxStreamsPerConn int
+	// IdleTimeout closes connections without streams for this long. Default 5 min.
+	IdleTimeout time.Duration
+	// PingInterval: an HTTP/2 PING is sent after this long without frames
+	// from the server. Default 10 s.
+	PingInterval time.Duration
+	// PingTimeout closes a connection whose PING is not answered. Default 20 s.
+	PingTimeout time.Duration
+	// Logger; default discards.
+	Logger *slog.Logger
+}
+
+// PoolStats counts the pool's connections and open streams.
+type PoolStats struct {
+	Conns   int
+	Streams int
+}
+
+// Pool opens HBONE tunnels over shared HTTP/2 connections, keyed by
+// {source identity, destination identities, destination address, source address}.
+type Pool struct {
+	cfg PoolConfig
+	log *slog.Logger
+	t2  *http2.Transport
+
+	mu     sync.Mutex
+	conns  map[poolKey][]*poolConn
+	dials  map[poolKey]*dialCall
+	closed bool
+}
+
+type poolKey struct {
+	src     string
+	dst     string // sorted, space separated
+	addr    netip.AddrPort
+	srcAddr netip.Addr
+}
+
+type poolConn struct {
+	key     poolKey
+	cc      *http2.ClientConn
+	tc      *tls.Conn
+	streams int // guarded by Pool.mu
+}
+
+type dialCall struct {
+	done     chan struct{}
+	err      error
+	canceled bool // the dialing caller's context ended; others should retry
+}
+
+// NewPool returns a pool. It panics if cfg.TLSConfig is nil.
+func NewPool(cfg PoolConfig) *Pool {
+	if cfg.TLSConfig == nil {
+		panic("hbone: PoolConfig.TLSConfig is required")
+	}
+	if cfg.MaxStreamsPerConn <= 0 {
+		cfg.MaxStreamsPerConn = 100
+	}
+	if cfg.IdleTimeout <= 0 {
+		cfg.IdleTimeout = 5 * time.Minute
+	}
+	if cfg.PingInterval <= 0 {
+		cfg.PingInterval = 10 * time.Second
+	}
+	if cfg.PingTimeout <= 0 {
+		cfg.PingTimeout = 20 * time.Second
+	}
+	if cfg.Dialer == nil {
+		cfg.Dialer = defaultDial
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	// The flow-control windows are only settable through net/http's
+	// HTTP2Config, so link the http2.Transport to an (otherwise unused)
+	// http.Transport.
+	t1 := &http.Transport{
+		HTTP2: &http.HTTP2Config{
+			MaxReceiveBufferPerConnection: connWindow,
+			MaxReceiveBufferPerStream:     streamWindow,
+			MaxReadFrameSize:              maxFrameSize,
+		},
+	}
+	t2, err := http2.ConfigureTransports(t1)
+	if err != nil {
+		t2 = &http2.Transport{}
+	}
+	t2.MaxReadFrameSize = maxFrameSize
+	t2.DisableCompression = true
+	t2.IdleConnTimeout = cfg.IdleTimeout
+	t2.ReadIdleTimeout = cfg.PingInterval
+	t2.PingTimeout = cfg.PingTimeout
+	t2.WriteByteTimeout = cfg.PingTimeout
+	return &Pool{
+		cfg:   cfg,
+		log:   log.With("component", "hbone-pool"),
+		t2:    t2,
+		conns: make(map[poolKey][]*poolConn),
+		dials: make(map[poolKey]*dialCall),
+	}
+}
+
+func defaultDial(ctx context.Context, network, laddr, raddr string) (net.Conn, error) {
+	d := net.Dialer{Timeout: 10 * time.Second}
+	if laddr != "" {
+		a, err := net.ResolveTCPAddr(network, laddr)
+		if err != nil {
+			return nil, err
+		}
+		d.LocalAddr = a
+	}
+	return d.DialContext(ctx, network, raddr)
+}
+
+func keyOf(t *Target) poolKey {
+	dst := make([]string, len(t.DestIDs))
+	for i, id := range t.DestIDs {
+		dst[i] = id.String()
+	}
+	slices.Sort(dst)
+	return poolKey{
+		src:     t.SourceID.String(),
+		dst:     strings.Join(slices.Compact(dst), " "),
+		addr:    t.Addr,
+		srcAddr: t.SourceAddr,
+	}
+}
+
+// Dial opens a CONNECT stream to t. It returns once the server answered
+// 200; any other status is returned as a *StatusError. ctx bounds the dial
+// and the wait for the answer, not the life of the returned Conn.
+func (p *Pool) Dial(ctx context.Context, t Target) (*Conn, error) {
+	if _, err := netip.ParseAddrPort(t.Authority); err != nil {
+		return nil, fmt.Errorf("hbone: authority %q is not ip:port: %w", t.Authority, err)
+	}
+	key := keyOf(&t)
+	const attempts = 3 // only for streams the server did not process
+	var err error
+	for range attempts {
+		var pc *poolConn
+		pc, err = p.getConn(ctx, key, &t)
+		if err != nil {
+			return nil, err
+		}
+		var c *Conn
+		c, err = p.roundTrip(ctx, pc, &t)
+		if err == nil {
+			return c, nil
+		}
+		p.release(pc)
+		if !retryable(err) || ctx.Err() != nil {
+			return nil, err
+		}
+		p.log.Debug("retrying CONNECT on another connection", "error", err)
+	}
+	return nil, err
+}
+
+// retryable reports whether err says the server did not process the stream.
+func retryable(err error) bool {
+	var se http2.StreamError
+	if errors.As(err, &se) {
+		return se.Code == http2.ErrCodeRefusedStream
+	}
+	// x/net/http2 does not export these errors.
+	msg := err.Error()
+	return strings.Contains(msg, "client conn not usable") ||
+		strings.Contains(msg, "graceful shutdown GOAWAY") ||
+		strings.Contains(msg, "client connection lost")
+}
+
+// getConn returns a connection with a stream reserved for the caller,
+// dialing one if none has room. Concurrent callers share one dial.
+func (p *Pool) getConn(ctx context.Context, key poolKey, t *Target) (*poolConn, error) {
+	p.mu.Lock()
+	for {
+		if p.closed {
+			p.mu.Unlock()
+			return nil, ErrPoolClosed
+		}
+		if pc := p.reserveLocked(key); pc != nil {
+			p.mu.Unlock()
+			return pc, nil
+		}
+		if d := p.dials[key]; d != nil {
+			p.mu.Unlock()
+			select {
+			case <-d.done:
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
+			if d.err != nil && !d.canceled {
+				return nil, d.err
+			}
+			p.mu.Lock()
+			continue
+		}
+		d := &dialCall{done: make(chan struct{})}
+		p.dials[key] = d
+		p.mu.Unlock()
+
+		pc, err := p.dialConn(ctx, key, t)
+
+		p.mu.Lock()
+		delete(p.dials, key)
+		d.err = err
+		d.canceled = err != nil && ctx.Err() != nil
+		if err == nil && p.closed {
+			err = ErrPoolClosed
+			pc.cc.Close()
+		}
+		close(d.done)
+		if err != nil {
+			p.mu.Unlock()
+			return nil, err
+		}
+		p.conns[key] = append(p.conns[key], pc)
+	}
+}
+
+// reserveLocked reserves a stream on a pooled connection with room.
+func (p *Pool) reserveLocked(key poolKey) *poolConn {
+	for _, pc := range p.conns[key] {
+		if pc.streams >= p.cfg.MaxStreamsPerConn {
+			continue
+		}
+		if !pc.cc.ReserveNewRequest() {
+			// Full at the server's limit, or closing: if closing, forget it.
+			if st := pc.cc.State(); st.Closing || st.Closed {
+				p.removeLocked(pc)
+				return p.reserveLocked(key)
+			}
+			continue
+		}
+		pc.streams++
+		return pc
+	}
+	return nil
+}
+
+func (p *Pool) removeLocked(pc *poolConn) {
+	conns := p.conns[pc.key]
+	if i := slices.Index(conns, pc); i >= 0 {
+		conns = slices.Delete(conns, i, i+1)
+	}
+	if len(conns) == 0 {
+		delete(p.conns, pc.key)
+	} else {
+		p.conns[pc.key] = conns
+	}
+}
+
+// release returns a stream reservation.
+func (p *Pool) release(pc *poolConn) {
+	p.mu.Lock()
+	pc.streams--
+	p.mu.Unlock()
+}
+
+// dialConn opens TCP, runs the TLS handshake and starts an HTTP/2 client connection.
+func (p *Pool) dialConn(ctx context.Context, key poolKey, t *Target) (*poolConn, error) {
+	laddr := ""
+	if t.SourceAddr.IsValid() {
+		laddr = netip.AddrPortFrom(t.SourceAddr, 0).String()
+	}
+	raw, err := p.cfg.Dialer(ctx, "tcp", laddr, t.Addr.String())
+	if err != nil {
+		return nil, fmt.Errorf("hbone: dial %v: %w", t.Addr, err)
+	}
+	cfg, err := p.cfg.TLSConfig(ctx, t.SourceID, t.DestIDs)
+	if err != nil {
+		raw.Close()
+		return nil, fmt.Errorf("hbone: tls config: %w", err)
+	}
+	if !slices.Contains(cfg.NextProtos, http2.NextProtoTLS) {
+		cfg = cfg.Clone()
+		cfg.NextProtos = []string{http2.NextProtoTLS}
+	}
+	tc := tls.Client(raw, cfg)
+	hctx, cancel := context.WithTimeout(ctx, handshakeTimeout)
+	err = tc.HandshakeContext(hctx)
+	cancel()
+	if err != nil {
+		tc.Close()
+		return nil, fmt.Errorf("hbone: tls handshake with %v: %w", t.Addr, err)
+	}
+	state := tc.ConnectionState()
+	if state.NegotiatedProtocol != http2.NextProtoTLS {
+		tc.Close()
+		return nil, fmt.Errorf("hbone: %v did not negotiate h2", t.Addr)
+	}
+	if err := checkPeer(&state, t.DestIDs); err != nil {
+		tc.Close()
+		return nil, fmt.Errorf("hbone: %v: %w", t.Addr, err)
+	}
+	pc := &poolConn{key: key, tc: tc}
+	cc, err := p.t2.NewClientConn(&trackedConn{Conn: tc, onClose: func() { p.forget(pc) }})
+	if err != nil {
+		tc.Close()
+		return nil, fmt.Errorf("hbone: http2 client conn: %w", err)
+	}
+	pc.cc = cc
+	p.log.Debug("connection opened", "addr", t.Addr.String(), "src", t.SourceID.String())
+	return pc, nil
+}
+
+// checkPeer checks that the server's identity is one of want (any if empty).
+// The TLS config already verified the chain; this is defence in depth.
+func checkPeer(cs *tls.ConnectionState, want []spiffeid.ID) error {
+	if len(want) == 0 {
+		return nil
+	}
+	id, err := PeerIDFromState(cs)
+	if err != nil {
+		return err
+	}
+	if !slices.Contains(want, id) {
+		return fmt.Errorf("hbone: server identity %v is not one of %v", id, want)
+	}
+	return nil
+}
+
+// forget drops a connection whose network connection closed.
+func (p *Pool) forget(pc *poolConn) {
+	p.mu.Lock()
+	p.removeLocked(pc)
+	p.mu.Unlock()
+}
+
+// trackedConn tells the pool when x/net/http2 closes the connection (idle,
+// lost PING, GOAWAY, read error).
+type trackedConn struct {
+	*tls.Conn
+	once    sync.Once
+	onClose func()
+}
+
+func (c *trackedConn) Close() error {
+	c.once.Do(c.onClose)
+	return c.Conn.Close()
+}
+
+// roundTrip sends the CONNECT on pc and waits for the answer.
+func (p *Pool) roundTrip(ctx context.Context, pc *poolConn, t *Target) (*Conn, error) {
+	pr, pw := io.Pipe()
+	body := &reqBody{pr: pr}
+	// The stream outlives ctx: it ends with Conn.Close, not with ctx.
+	sctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	hdr := t.Header.Clone()
+	if hdr == nil {
+		hdr = make(http.Header)
+	}
+	req := (&http.Request{
+		Method:     http.MethodConnect,
+		URL:        &url.URL{Host: t.Authority},
+		Host:       t.Authority,
+		Proto:      "HTTP/2.0",
+		ProtoMajor: 2,
+		Header:     hdr,
+		Body:       body,
+	}).WithContext(sctx)
+	stop := context.AfterFunc(ctx, cancel)
+	resp, err := pc.cc.RoundTrip(req)
+	if !stop() {
+		err = ctx.Err()
+	}
+	if err != nil {
+		if resp != nil {
+			resp.Body.Close()
+		}
+		cancel()
+		pw.CloseWithError(err)
+		return nil, fmt.Errorf("hbone: CONNECT %s via %v: %w", t.Authority, t.Addr, err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		resp.Body.Close()
+		cancel()
+		pw.Close()
+		return nil, &StatusError{Code: resp.StatusCode, Reason: resp.Header.Get(ReasonHeader)}
+	}
+	cs := &clientStream{pw: pw, resp: resp.Body, body: body, cancel: cancel}
+	cs.release = sync.OnceFunc(func() { p.release(pc) })
+	return &Conn{s: cs, local: pc.tc.LocalAddr(), remote: pc.tc.RemoteAddr()}, nil
+}
+
+// reqBody is the request body of a CONNECT: what Conn.Write writes. It
+// reports when x/net/http2 is done with it (END_STREAM written or stream aborted).
+type reqBody struct {
+	pr *io.PipeReader
+
+	mu     sync.Mutex
+	closed bool
+	onDone func()
+}
+
+func (b *reqBody) Read(p []byte) (int, error) { return b.pr.Read(p) }
+
+func (b *reqBody) Close() error {
+	b.pr.CloseWithError(net.ErrClosed)
+	b.mu.Lock()
+	b.closed = true
+	f := b.onDone
+	b.mu.Unlock()
+	if f != nil {
+		f()
+	}
+	return nil
+}
+
+// whenDone runs f once the body is closed (now, if it already is).
+func (b *reqBody) whenDone(f func()) {
+	b.mu.Lock()
+	closed := b.closed
+	if !closed {
+		b.onDone = f
+	}
+	b.mu.Unlock()
+	if closed {
+		f()
+	}
+}
+
+// closeLinger bounds how long a closed stream may keep sending data that
+// was written before Close.
+const closeLinger = 30 * time.Second
+
+// clientStream is the client side of a CONNECT stream.
+type clientStream struct {
+	pw      *io.PipeWriter
+	resp    io.ReadCloser
+	body    *reqBody
+	cancel  context.CancelFunc
+	release func()
+
+	mu      sync.Mutex
+	readEOF bool
+	closed  bool
+}
+
+var _ stream = (*clientStream)(nil)
+
+func (s *clientStream) Read(p []byte) (int, error) {
+	n, err := s.resp.Read(p)
+	if err == io.EOF {
+		s.mu.Lock()
+		s.readEOF = true
+		s.mu.Unlock()
+	}
+	return n, err
+}
+
+func (s *clientStream) Write(p []byte) (int, error) {
+	n, err := s.pw.Write(p)
+	if errors.Is(err, io.ErrClosedPipe) {
+		err = errWriteShutdown
+	}
+	return n, err
+}
+
+func (s *clientStream) CloseWrite() error { return s.pw.Close() }
+
+// Close ends the stream. If everything the server sent was read, data
+// already written is still delivered, followed by END_STREAM; otherwise the
+// stream is reset.
+func (s *clientStream) Close() error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil
+	}
+	s.closed = true
+	readEOF := s.readEOF
+	s.mu.Unlock()
+	s.release()
+	s.pw.Close()
+	abort := func() {
+		// Cancel first: the response body's Close then returns at once
+		// instead of waiting for the stream's cleanup, which may be what
+		// is calling us (through reqBody.Close).
+		s.cancel()
+		s.resp.Close()
+	}
+	if !readEOF {
+		abort()
+		return nil
+	}
+	timer := time.AfterFunc(closeLinger, abort)
+	s.body.whenDone(func() {
+		timer.Stop()
+		abort()
+	})
+	return nil
+}
+
+var errNoDeadlines = errors.New("hbone: deadlines are not supported on client streams")
+
+func (s *clientStream) SetReadDeadline(time.Time) error  { return errNoDeadlines }
+func (s *clientStream) SetWriteDeadline(time.Time) error { return errNoDeadlines }
+
+// Close closes every connection. Dial fails afterwards; open streams end.
+func (p *Pool) Close() error {
+	p.mu.Lock()
+	p.closed = true
+	var all []*poolConn
+	for _, conns := range p.conns {
+		all = append(all, conns...)
+	}
+	p.conns = make(map[poolKey][]*poolConn)
+	p.mu.Unlock()
+	for _, pc := range all {
+		pc.cc.Close()
+	}
+	return nil
+}
+
+// Stats returns the number of pooled connections and open streams.
+func (p *Pool) Stats() PoolStats {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var s PoolStats
+	for _, conns := range p.conns {
+		s.Conns += len(conns)
+		for _, pc := range conns {
+			s.Streams += pc.streams
+		}
+	}
+	return s
+}

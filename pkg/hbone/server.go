@@ -1,0 +1,314 @@
+package hbone
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+		"log/slog"
+	"maps"
+	"net"
+	"net/http"
+	"net/netip"
+	"runtime/debug"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+)
+
+// Handler serves one tunnel. It must call exactly one of t.Accept or
+// t.Reject; if it returns without either, the server answers 503. When it
+// returns, the tunnel is closed, so a handler that accepted relays the
+// stream before returning. ctx is cancelled when the stream is reset, the
+// connection closes, or the handler returns.
+type Handler interface {
+	ServeHBONE(ctx context.Context, req *Request, t *Tunnel)
+}
+
+// HandlerFunc adapts a function to a [Handler].
+type HandlerFunc func(ctx context.Context, req *Request, t *Tunnel)
+
+// ServeHBONE calls f(ctx, req, t).
+func (f HandlerFunc) ServeHBONE(ctx context.Context, req *Request, t *Tunnel) { f(ctx, req, t) }
+
+// Server terminates HBONE: mTLS, then HTTP/2 CONNECT streams.
+type Server struct {
+	// TLSConfig is the server-side mTLS config (client certificates
+	// required and verified, ALPN h2). Required.
+	TLSConfig *tls.Config
+	// Handler serves each CONNECT. Required.
+	Handler Handler
+	// MaxConcurrentStreams per connection. Default 200.
+	MaxConcurrentStreams uint32
+	// PeerID extracts the client's identity from the verified TLS state.
+	// Default PeerIDFromState (first URI SAN of the leaf).
+	PeerID func(*tls.ConnectionState) (spiffeid.ID, error)
+	// Logger; default discards.
+	Logger *slog.Logger
+
+	mu        sync.Mutex
+	listeners map[net.Listener]struct{}
+	conns     map[net.Conn]*serverConn // nil while handshaking
+	closing   bool
+	wg        sync.WaitGroup // connection goroutines (and, through them, handlers)
+}
+
+// handshakeTimeout bounds the TLS handshake and the HTTP/2 preface.
+const handshakeTimeout = 10 * time.Second
+
+func (s *Server) logger() *slog.Logger {
+	if s.Logger == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return s.Logger
+}
+
+// Serve accepts TCP connections on l and serves HBONE on them. It returns
+// ErrServerClosed after Shutdown or Close, or the listener's error.
+func (s *Server) Serve(l net.Listener) error {
+	if s.TLSConfig == nil || s.Handler == nil {
+		return errors.New("hbone: Server needs TLSConfig and Handler")
+	}
+	s.mu.Lock()
+	if s.closing {
+		s.mu.Unlock()
+		return ErrServerClosed
+	}
+	if s.listeners == nil {
+		s.listeners = make(map[net.Listener]struct{})
+	}
+	s.listeners[l] = struct{}{}
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.listeners, l)
+		s.mu.Unlock()
+		l.Close()
+	}()
+
+	log := s.logger().With("component", "hbone-server")
+	var backoff time.Duration
+	for {
+		c, err := l.Accept()
+		if err != nil {
+			s.mu.Lock()
+			closing := s.closing
+			s.mu.Unlock()
+			if closing {
+				return ErrServerClosed
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) {
+				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+				log.Warn("accept failed, retrying", "error", err, "backoff", backoff)
+				time.Sleep(backoff)
+				continue
+			}
+			return fmt.Errorf("hbone: accept: %w", err)
+		}
+		backoff = 0
+		s.mu.Lock()
+		if s.closing {
+			s.mu.Unlock()
+			c.Close()
+			return ErrServerClosed
+		}
+		if s.conns == nil {
+			s.conns = make(map[net.Conn]*serverConn)
+		}
+		s.conns[c] = nil // handshaking
+		s.wg.Add(1)
+		s.mu.Unlock()
+		go s.serveConn(c, log)
+	}
+}
+
+// serveConn runs the TLS handshake and the HTTP/2 connection on c.
+func (s *Server) serveConn(c net.Conn, log *slog.Logger) {
+	defer func() {
+		s.mu.Lock()
+		delete(s.conns, c)
+		s.mu.Unlock()
+		s.wg.Done()
+	}()
+	log = log.With("remote", c.RemoteAddr().String())
+	tc := tls.Server(c, s.TLSConfig)
+	ctx, cancel := context.WithTimeout(context.Background(), handshakeTimeout)
+	err := tc.HandshakeContext(ctx)
+	cancel()
+	if err != nil {
+		log.Debug("tls handshake failed", "error", err)
+		tc.Close()
+		return
+	}
+	state := tc.ConnectionState()
+	if state.NegotiatedProtocol != "h2" {
+		log.Debug("client did not negotiate h2", "alpn", state.NegotiatedProtocol)
+		tc.Close()
+		return
+	}
+	peerID := s.PeerID
+	if peerID == nil {
+		peerID = PeerIDFromState
+	}
+	peer, err := peerID(&state)
+	if err != nil {
+		log.Debug("no peer identity", "error", err)
+		tc.Close()
+		return
+	}
+	maxStreams := s.MaxConcurrentStreams
+	if maxStreams == 0 {
+		maxStreams = 200
+	}
+	sc := newServerConn(s, tc, peer, maxStreams, log.With("peer", peer.String()))
+
+	s.mu.Lock()
+	if s.closing {
+		s.mu.Unlock()
+		tc.Close()
+		return
+	}
+	s.conns[c] = sc
+	s.mu.Unlock()
+
+	sc.serve()
+}
+
+// Shutdown stops accepting connections, sends GOAWAY on every connection and
+// waits for their tunnels to finish. When ctx is done first, it closes what
+// remains and returns ctx's error.
+func (s *Server) Shutdown(ctx context.Context) error {
+	for c, sc := range s.stopListening() {
+		if sc == nil {
+			c.Close() // still handshaking: no tunnels to drain
+			continue
+		}
+		sc.goAway()
+	}
+	done := make(chan struct{})
+	go func() {
+		s.wg.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		s.Close()
+		<-done
+		return ctx.Err()
+	}
+}
+
+// Close closes the listeners and every connection, and waits for the
+// handlers to return.
+func (s *Server) Close() error {
+	for c, sc := range s.stopListening() {
+		if sc == nil {
+			c.Close()
+			continue
+		}
+		sc.close(errServerClosing)
+	}
+	s.wg.Wait()
+	return nil
+}
+
+// stopListening marks the server closing, closes the listeners and returns
+// a copy of the current connections.
+func (s *Server) stopListening() map[net.Conn]*serverConn {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.closing = true
+	for l := range s.listeners {
+		l.Close()
+	}
+	return maps.Clone(s.conns)
+}
+
+// Tunnel is the server's side of one CONNECT before it is answered.
+type Tunnel struct {
+	st *serverStream
+
+	mu        sync.Mutex
+	responded bool
+	conn      *Conn
+}
+
+// Accept answers 200 and returns the stream.
+func (t *Tunnel) Accept() (*Conn, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.responded {
+		return nil, errors.New("hbone: tunnel already answered")
+	}
+	t.responded = true
+	if err := t.st.respond(http.StatusOK, "", false); err != nil {
+		return nil, err
+	}
+	sc := t.st.sc
+	t.conn = &Conn{s: t.st, local: sc.conn.LocalAddr(), remote: sc.conn.RemoteAddr()}
+	return t.conn, nil
+}
+
+// Reject answers status (400, 401, 503, ...) and ends the stream. reason is
+// sent in the ReasonHeader response header for debugging; there is no body.
+// Reject after Accept or Reject does nothing.
+func (t *Tunnel) Reject(status int, reason string) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.responded {
+		return
+	}
+	t.responded = true
+	t.st.reject(status, reason)
+}
+
+// finish is called when the handler returned.
+func (t *Tunnel) finish() {
+	t.mu.Lock()
+	responded, conn := t.responded, t.conn
+	t.mu.Unlock()
+	if !responded {
+		t.Reject(http.StatusServiceUnavailable, "no response from handler")
+		return
+	}
+	if conn != nil {
+		conn.Close()
+	}
+}
+
+// runHandler serves one stream.
+func (sc *serverConn) runHandler(st *serverStream, req *Request) {
+	defer sc.handlers.Done()
+	t := &Tunnel{st: st}
+	defer func() {
+		if r := recover(); r != nil {
+			sc.log.Error("handler panic", "panic", r, "stack", string(debug.Stack()))
+			t.Reject(http.StatusInternalServerError, "handler panic")
+			st.reset(errHandlerPanic)
+		}
+		t.finish()
+		st.cancel()
+	}()
+	sc.srv.Handler.ServeHBONE(st.ctx, req, t)
+}
+
+// request builds the Request of a new stream.
+func (sc *serverConn) request(authority netip.AddrPort, h http.Header) *Request {
+	return &Request{
+		Authority:  authority,
+		Header:     h,
+		PeerID:     sc.peer,
+		LocalAddr:  addrPortOf(sc.conn.LocalAddr()),
+		RemoteAddr: addrPortOf(sc.conn.RemoteAddr()),
+	}
+}
+
+var (
+	errServerClosing = errors.New("hbone: server closing")
+	errHandlerPanic  = errors.New("hbone: handler panic")
+)
