@@ -320,7 +320,8 @@ func (p *Pool) dialConn(ctx context.Context, key poolKey, t *Target) (*poolConn,
 		cfg = cfg.Clone()
 		cfg.NextProtos = []string{http2.NextProtoTLS}
 	}
-	tc := tls.Client(raw, cfg)
+	rc := newRawConn(raw)
+	tc := tls.Client(rc, cfg)
 	hctx, cancel := context.WithTimeout(ctx, handshakeTimeout)
 	err = tc.HandshakeContext(hctx)
 	cancel()
@@ -338,7 +339,7 @@ func (p *Pool) dialConn(ctx context.Context, key poolKey, t *Target) (*poolConn,
 		return nil, fmt.Errorf("hbone: %v: %w", t.Addr, err)
 	}
 	pc := &poolConn{key: key, tc: tc}
-	cc, err := p.t2.NewClientConn(&trackedConn{Conn: tc, onClose: func() { p.forget(pc) }})
+	cc, err := p.t2.NewClientConn(&trackedConn{Conn: tc, w: tlsWriter{tc, rc}, onClose: func() { p.forget(pc) }})
 	if err != nil {
 		tc.Close()
 		return nil, fmt.Errorf("hbone: http2 client conn: %w", err)
@@ -375,9 +376,12 @@ func (p *Pool) forget(pc *poolConn) {
 // lost PING, GOAWAY, read error).
 type trackedConn struct {
 	*tls.Conn
+	w       tlsWriter
 	once    sync.Once
 	onClose func()
 }
+
+func (c *trackedConn) Write(p []byte) (int, error) { return c.w.Write(p) }
 
 func (c *trackedConn) Close() error {
 	c.once.Do(c.onClose)

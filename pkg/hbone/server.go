@@ -5,7 +5,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
-		"log/slog"
+	"log/slog"
 	"maps"
 	"net"
 	"net/http"
@@ -134,7 +134,8 @@ func (s *Server) serveConn(c net.Conn, log *slog.Logger) {
 		s.wg.Done()
 	}()
 	log = log.With("remote", c.RemoteAddr().String())
-	tc := tls.Server(c, s.TLSConfig)
+	raw := newRawConn(c)
+	tc := tls.Server(raw, s.TLSConfig)
 	ctx, cancel := context.WithTimeout(context.Background(), handshakeTimeout)
 	err := tc.HandshakeContext(ctx)
 	cancel()
@@ -163,7 +164,7 @@ func (s *Server) serveConn(c net.Conn, log *slog.Logger) {
 	if maxStreams == 0 {
 		maxStreams = 200
 	}
-	sc := newServerConn(s, tc, peer, maxStreams, log.With("peer", peer.String()))
+	sc := newServerConn(s, tc, tlsWriter{tc, raw}, peer, maxStreams, log.With("peer", peer.String()))
 
 	s.mu.Lock()
 	if s.closing {

@@ -97,7 +97,7 @@ type serverConn struct {
 	closeErr       error
 }
 
-func newServerConn(s *Server, tc *tls.Conn, peer spiffeid.ID, maxStreams uint32, log *slog.Logger) *serverConn {
+func newServerConn(s *Server, tc *tls.Conn, w io.Writer, peer spiffeid.ID, maxStreams uint32, log *slog.Logger) *serverConn {
 	sc := &serverConn{
 		srv:            s,
 		conn:           tc,
@@ -119,7 +119,7 @@ func newServerConn(s *Server, tc *tls.Conn, peer spiffeid.ID, maxStreams uint32,
 	sc.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
 	sc.fr.MaxHeaderListSize = maxHeaderList
 	sc.fr.SetReuseFrames()
-	sc.bw = bufio.NewWriterSize(tc, 32<<10)
+	sc.bw = bufio.NewWriterSize(w, 32<<10)
 	sc.wfr = http2.NewFramer(sc.bw, nil)
 	sc.henc = hpack.NewEncoder(&sc.hbuf)
 	return sc

@@ -1,0 +1,104 @@
+package hbone
+
+import (
+	"context"
+	"io"
+	"net"
+	"testing"
+)
+
+// sink reads everything from c into a 32 KiB buffer, then half-closes c.
+func sink(c net.Conn) {
+	buf := make([]byte, 32<<10)
+	io.CopyBuffer(struct{ io.Writer }{io.Discard}, struct{ io.Reader }{c}, buf)
+	closeWrite(c)
+}
+
+// source writes n chunks to c, then half-closes c.
+func source(c net.Conn, chunk []byte, n int) error {
+	for range n {
+		if _, err := c.Write(chunk); err != nil {
+			return err
+		}
+	}
+	return closeWrite(c)
+}
+
+// BenchmarkTunnelThroughput measures bytes/s through one HBONE tunnel on
+// loopback against a direct TCP connection, uploading (client writes) and
+// downloading (server writes).
+func BenchmarkTunnelThroughput(b *testing.B) {
+	const chunkSize = 64 << 10
+	chunk := make([]byte, chunkSize)
+
+	type dialer func(b *testing.B, serverSide func(net.Conn)) net.Conn
+	tcp := func(b *testing.B, serverSide func(net.Conn)) net.Conn {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			b.Fatal(err)
+		}
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			serverSide(c)
+			c.Close()
+		}()
+		b.Cleanup(func() { l.Close(); <-done })
+		c, err := net.Dial("tcp", l.Addr().String())
+		if err != nil {
+			b.Fatal(err)
+		}
+		return c
+	}
+	hbone := func(b *testing.B, serverSide func(net.Conn)) net.Conn {
+		ca := newTestCA(b, "cluster.local")
+		srvID, cliID := ca.id("/ns/b/sa/server"), ca.id("/ns/a/sa/client")
+		srv := &Server{TLSConfig: ca.serverTLS(b, srvID), Handler: HandlerFunc(func(_ context.Context, _ *Request, t *Tunnel) {
+			c, err := t.Accept()
+			if err == nil {
+				serverSide(c)
+			}
+		})}
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			b.Fatal(err)
+		}
+		go srv.Serve(l)
+		pool := NewPool(PoolConfig{TLSConfig: ca.poolTLS(b, nil)})
+		b.Cleanup(func() { pool.Close(); srv.Close() })
+		c, err := pool.Dial(context.Background(), Target{
+			Addr: l.Addr().(*net.TCPAddr).AddrPort(), Authority: "10.0.0.1:80", SourceID: cliID,
+		})
+		if err != nil {
+			b.Fatal(err)
+		}
+		return c
+	}
+	for _, d := range []struct {
+		name string
+		dial dialer
+	}{{"tcp", tcp}, {"hbone", hbone}} {
+		b.Run(d.name+"/upload", func(b *testing.B) {
+			c := d.dial(b, sink)
+			defer c.Close()
+			b.SetBytes(chunkSize)
+			b.ResetTimer()
+			if err := source(c, chunk, b.N); err != nil {
+				b.Fatal(err)
+			}
+			io.Copy(io.Discard, c) // the sink's EOF: everything arrived
+		})
+		b.Run(d.name+"/download", func(b *testing.B) {
+			n := b.N
+			c := d.dial(b, func(c net.Conn) { source(c, chunk, n); io.Copy(io.Discard, c) })
+			defer c.Close()
+			b.SetBytes(chunkSize)
+			b.ResetTimer()
+			sink(c)
+		})
+	}
+}

@@ -1,0 +1,77 @@
+package hbone
+
+import (
+	"bufio"
+	"crypto/tls"
+	"net"
+	"sync"
+)
+
+// crypto/tls reads and writes its transport once per record (16 KiB at
+// most), which makes syscalls the main cost of a bulk tunnel. rawConn sits
+// under tls.Conn: it reads through a 64 KiB buffer, and while a batch is
+// open (the span of one tlsWriter.Write) it collects the records and writes
+// them with one syscall.
+type rawConn struct {
+	net.Conn
+	br *bufio.Reader
+
+	mu       sync.Mutex // orders all writes to Conn
+	batching int
+	wbuf     []byte
+}
+
+func newRawConn(c net.Conn) *rawConn {
+	return &rawConn{Conn: c, br: bufio.NewReaderSize(c, 64<<10)}
+}
+
+func (c *rawConn) Read(p []byte) (int, error) { return c.br.Read(p) }
+
+func (c *rawConn) Write(p []byte) (int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.batching > 0 {
+		c.wbuf = append(c.wbuf, p...)
+		return len(p), nil
+	}
+	return c.Conn.Write(p)
+}
+
+func (c *rawConn) begin() {
+	c.mu.Lock()
+	c.batching++
+	c.mu.Unlock()
+}
+
+// end closes a batch and writes what was collected.
+func (c *rawConn) end() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.batching--
+	if len(c.wbuf) == 0 {
+		return nil
+	}
+	_, err := c.Conn.Write(c.wbuf)
+	if cap(c.wbuf) > 4<<20 {
+		c.wbuf = nil
+	} else {
+		c.wbuf = c.wbuf[:0]
+	}
+	return err
+}
+
+// tlsWriter writes through a tls.Conn on a rawConn, one syscall per Write.
+type tlsWriter struct {
+	tc  *tls.Conn
+	raw *rawConn
+}
+
+func (w tlsWriter) Write(p []byte) (int, error) {
+	w.raw.begin()
+	n, err := w.tc.Write(p)
+	if ferr := w.raw.end(); err == nil && ferr != nil {
+		err = ferr
+		n = 0
+	}
+	return n, err
+}
