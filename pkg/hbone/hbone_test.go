@@ -830,3 +830,30 @@ func TestRelayErrorClosesBoth(t *testing.T) {
 		t.Logf("Relay() returned nil after a reset")
 	}
 }
+
+func TestClientSettings(t *testing.T) {
+	e := newTestEnv(t, HandlerFunc(func(_ context.Context, _ *Request, tun *Tunnel) {
+		if c, err := tun.Accept(); err == nil {
+			io.Copy(io.Discard, c)
+		}
+	}))
+	c, err := e.pool.Dial(ctxT(t), e.target("10.0.0.1:80"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	type settings struct{ StreamWindow, ConnWindow, MaxFrame int64 }
+	var got settings
+	e.srv.mu.Lock()
+	for _, sc := range e.srv.conns {
+		sc.mu.Lock()
+		got = settings{sc.peerInitWindow, sc.sendWindow, sc.peerMaxFrame}
+		sc.mu.Unlock()
+	}
+	e.srv.mu.Unlock()
+	// x/net/http2 grants its connection buffer on top of the initial 65535.
+	want := settings{StreamWindow: 4 << 20, ConnWindow: 16<<20 + 65535, MaxFrame: 1 << 20}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("client's HTTP/2 settings as the server sees them (-want +got):\n%s", diff)
+	}
+}
