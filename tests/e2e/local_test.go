@@ -99,9 +99,9 @@ spec:
     targetPort: tcp-echo
 `, d.vip),
 	}, "---\n"))
-	// Wait until the client can reach both echo pods.
+	// Wait until the client reaches both echo pods through the mesh.
 	for _, ip := range []netip.Addr{d.echo0, d.echo1} {
-		waitReachable(t, d.client, netip.AddrPortFrom(ip, 9000).String(), 5*time.Second)
+		waitMeshed(t, d, "node-b", d.client, netip.AddrPortFrom(ip, 9000), 5*time.Second)
 	}
 	return d
 }
@@ -127,6 +127,43 @@ func waitReachable(t *testing.T, src netip.Addr, target string, timeout time.Dur
 		time.Sleep(20 * time.Millisecond)
 	}
 	t.Fatalf("%s not reachable from %s within %s: %v", target, src, timeout, last)
+	return 0
+}
+
+// waitMeshed polls until a connection from src to the pod at target gets
+// the echo hello through the mesh: node's ztunnel must have logged an
+// inbound HBONE record for it (a pod unknown to the mesh would be reached
+// directly, in passthrough). It returns how long that took.
+func waitMeshed(t *testing.T, d *demoMesh, node string, src netip.Addr, target netip.AddrPort, timeout time.Duration) time.Duration {
+	t.Helper()
+	z := d.Ztunnel(node)
+	start := time.Now()
+	for time.Since(start) < timeout {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		c, err := harness.Dial(ctx, src, target.String())
+		cancel()
+		if err == nil {
+			app := netip.MustParseAddrPort(c.LocalAddr().String())
+			_, _, _, err = harness.Hello(c)
+			c.Close()
+			if err == nil {
+				deadline := time.After(200 * time.Millisecond)
+			records:
+				for {
+					select {
+					case r := <-z.Records:
+						if r.Direction == "inbound" && r.SrcAddr == app && r.DstAddr == target {
+							return time.Since(start)
+						}
+					case <-deadline:
+						break records
+					}
+				}
+			}
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatalf("%s not reachable through the mesh from %s within %s", target, src, timeout)
 	return 0
 }
 
@@ -160,16 +197,20 @@ func TestCrossNodeThroughBothZtunnels(t *testing.T) {
 			}
 			const msg = "ping through the mesh\n"
 			io.WriteString(c, msg)
-			c.(interface{ CloseWrite() error }).CloseWrite()
+			c.CloseWrite()
 			rest, err := io.ReadAll(r)
 			if err != nil || string(rest) != msg {
 				t.Errorf("echo = %q, %v; want %q", rest, err, msg)
 			}
 			c.Close()
 
+			app := netip.MustParseAddrPort(c.LocalAddr().String())
 			in := harness.WaitRecord(t, d.Ztunnel("node-b"), 5*time.Second, func(r accesslog.Record) bool {
-				return r.Direction == "inbound" && r.DstWorkload == name && r.SrcAddr.Addr() == d.client
+				return r.Direction == "inbound" && r.SrcAddr == app
 			})
+			if in.DstWorkload != name {
+				t.Errorf("inbound record names workload %q, the app answered as %q", in.DstWorkload, name)
+			}
 			if in.SrcIdentity != clientID || in.DstIdentity != echoID {
 				t.Errorf("inbound record identities = %s → %s, want %s → %s", in.SrcIdentity, in.DstIdentity, clientID, echoID)
 			}
@@ -177,7 +218,7 @@ func TestCrossNodeThroughBothZtunnels(t *testing.T) {
 				t.Errorf("inbound record: err %v, bytes_sent %d, want nil, %d", in.Err, in.BytesSent, len(msg))
 			}
 			out := harness.WaitRecord(t, d.Ztunnel("node-a"), 5*time.Second, func(r accesslog.Record) bool {
-				return r.Direction == "outbound" && r.DstWorkload == name
+				return r.Direction == "outbound" && r.SrcAddr == app
 			})
 			if out.SrcIdentity != clientID || !out.DstHBONEAddr.IsValid() {
 				t.Errorf("outbound record = %+v, want source %s over HBONE", out, clientID)
@@ -445,7 +486,7 @@ func TestIstiodDownThenBack(t *testing.T) {
 	harness.StartEcho(t, "echo-2", netip.AddrPortFrom(newPod, 9000))
 	d.Write("late.yaml", pod("demo", "echo-2", "echo", "node-b", newPod, "app: late"))
 	d.StartIstiod()
-	waitReachable(t, d.client, netip.AddrPortFrom(newPod, 9000).String(), 10*time.Second)
+	waitMeshed(t, d, "node-b", d.client, netip.AddrPortFrom(newPod, 9000), 10*time.Second)
 	echo("after\n")
 }
 
@@ -454,7 +495,7 @@ func TestNewPodReachableWithinOneSecond(t *testing.T) {
 	newPod := d.PodIP(1, 3)
 	harness.StartEcho(t, "echo-3", netip.AddrPortFrom(newPod, 9000))
 	d.Write("new.yaml", pod("demo", "echo-3", "echo", "node-b", newPod, "app: new"))
-	took := waitReachable(t, d.client, netip.AddrPortFrom(newPod, 9000).String(), time.Second)
+	took := waitMeshed(t, d, "node-b", d.client, netip.AddrPortFrom(newPod, 9000), time.Second)
 	t.Logf("new pod reachable through the mesh %s after its file was written", took)
 }
 

@@ -20,6 +20,9 @@ type Echo struct {
 	Addr netip.AddrPort
 	l    net.Listener
 	wg   sync.WaitGroup
+
+	mu    sync.Mutex
+	conns map[net.Conn]struct{}
 }
 
 // StartEcho runs an Echo on addr until the test ends.
@@ -29,7 +32,7 @@ func StartEcho(t testing.TB, name string, addr netip.AddrPort) *Echo {
 	if err != nil {
 		t.Fatalf("echo app %s: %v", name, err)
 	}
-	e := &Echo{Name: name, Addr: addr, l: l}
+	e := &Echo{Name: name, Addr: addr, l: l, conns: map[net.Conn]struct{}{}}
 	e.wg.Add(1)
 	go e.serve()
 	t.Cleanup(e.Close)
@@ -45,10 +48,18 @@ func (e *Echo) serve() {
 		if err != nil {
 			return
 		}
+		e.mu.Lock()
+		e.conns[c] = struct{}{}
+		e.mu.Unlock()
 		conns.Add(1)
 		go func() {
 			defer conns.Done()
-			defer c.Close()
+			defer func() {
+				e.mu.Lock()
+				delete(e.conns, c)
+				e.mu.Unlock()
+				c.Close()
+			}()
 			fmt.Fprintf(c, "%s %s\n", e.Name, c.RemoteAddr())
 			io.Copy(c, c)
 			c.(*net.TCPConn).CloseWrite()
@@ -56,9 +67,14 @@ func (e *Echo) serve() {
 	}
 }
 
-// Close stops accepting; connections end when their clients close.
+// Close stops the app and closes its connections.
 func (e *Echo) Close() {
 	e.l.Close()
+	e.mu.Lock()
+	for c := range e.conns {
+		c.Close()
+	}
+	e.mu.Unlock()
 	e.wg.Wait()
 }
 

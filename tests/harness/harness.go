@@ -17,12 +17,11 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
-
-	"golang.org/x/net/proxy"
 
 	"github.com/ambient-go/mesh/istiod-lite/server"
 	"github.com/ambient-go/mesh/pkg/accesslog"
@@ -282,15 +281,71 @@ func start(f func(context.Context) error) *running {
 
 // Dial connects from the pod at src to target ("ip:port" or
 // "host:port") through src's ztunnel's SOCKS5 listener, from src's own
-// address, as a pod's application would be captured.
-func Dial(ctx context.Context, src netip.Addr, target string) (net.Conn, error) {
-	d, err := proxy.SOCKS5("tcp", netip.AddrPortFrom(src, 15080).String(), nil,
-		&net.Dialer{LocalAddr: &net.TCPAddr{IP: src.AsSlice()}, Timeout: 5 * time.Second})
+// address, as a pod's application would be captured. The connection is the
+// plain *net.TCPConn to the listener, so CloseWrite half-closes it.
+func Dial(ctx context.Context, src netip.Addr, target string) (*net.TCPConn, error) {
+	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: src.AsSlice()}, Timeout: 5 * time.Second}
+	c, err := d.DialContext(ctx, "tcp", netip.AddrPortFrom(src, 15080).String())
 	if err != nil {
 		return nil, err
 	}
-	return d.(proxy.ContextDialer).DialContext(ctx, "tcp", target)
+	tc := c.(*net.TCPConn)
+	if dl, ok := ctx.Deadline(); ok {
+		tc.SetDeadline(dl)
+	}
+	if err := socksConnect(tc, target); err != nil {
+		tc.Close()
+		return nil, fmt.Errorf("socks5 connect to %s: %w", target, err)
+	}
+	tc.SetDeadline(time.Time{})
+	return tc, nil
 }
+
+// socksConnect performs a SOCKS5 no-auth CONNECT handshake (RFC 1928).
+func socksConnect(c net.Conn, target string) error {
+	host, portStr, err := net.SplitHostPort(target)
+	if err != nil {
+		return err
+	}
+	port, err := strconv.ParseUint(portStr, 10, 16)
+	if err != nil {
+		return err
+	}
+	if _, err := c.Write([]byte{5, 1, 0}); err != nil {
+		return err
+	}
+	var b [10]byte
+	if _, err := io.ReadFull(c, b[:2]); err != nil {
+		return err
+	}
+	if b[0] != 5 || b[1] != 0 {
+		return fmt.Errorf("greeting answered %v", b[:2])
+	}
+	req := []byte{5, 1, 0}
+	if a, err := netip.ParseAddr(host); err == nil && a.Is4() {
+		req = append(append(req, 1), a.AsSlice()...)
+	} else if err == nil {
+		req = append(append(req, 4), a.AsSlice()...)
+	} else {
+		req = append(append(req, 3, byte(len(host))), host...)
+	}
+	req = append(req, byte(port>>8), byte(port))
+	if _, err := c.Write(req); err != nil {
+		return err
+	}
+	if _, err := io.ReadFull(c, b[:10]); err != nil {
+		return err
+	}
+	if b[1] != 0 {
+		return &SOCKSError{Code: b[1]}
+	}
+	return nil
+}
+
+// SOCKSError is a SOCKS5 reply other than success.
+type SOCKSError struct{ Code byte }
+
+func (e *SOCKSError) Error() string { return fmt.Sprintf("socks5 reply %d", e.Code) }
 
 // WaitRecord returns the first access log record of z that matches, or
 // fails the test after timeout.

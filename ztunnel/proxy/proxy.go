@@ -215,8 +215,8 @@ func (p *Proxy) serveSOCKSConn(c net.Conn, srcAddr netip.Addr) {
 	})
 }
 
-// Outbound carries the connection c of the local workload src to target
-// (or to the service named host, when host is set). ready, if not nil, is
+// Outbound carries the connection c of the local workload src to target,
+// or, when host is set, to the service of that name on target's port. ready, if not nil, is
 // called once the upstream is connected or has failed, before any byte is
 // copied; an error it returns aborts the connection.
 func (p *Proxy) Outbound(ctx context.Context, c net.Conn, src *state.Workload, target netip.AddrPort, host string, ready func(error) error) {

@@ -7,7 +7,6 @@ import (
 	"io"
 	"net"
 	"net/netip"
-	"strconv"
 	"time"
 )
 
@@ -28,18 +27,11 @@ const (
 	socksAddrUnsupported    = 0x08
 )
 
-// socksRequest is a parsed CONNECT: either an IP address or a host name.
+// socksRequest is a parsed CONNECT: an IP address and port, or a host name
+// (and then Addr holds only the port).
 type socksRequest struct {
-	Addr netip.AddrPort // set when the client sent an IP
-	Host string         // set when the client sent a domain name
-	Port uint16
-}
-
-func (r socksRequest) String() string {
-	if r.Host != "" {
-		return net.JoinHostPort(r.Host, strconv.Itoa(int(r.Port)))
-	}
-	return r.Addr.String()
+	Addr netip.AddrPort
+	Host string
 }
 
 // readSOCKSRequest performs the greeting and reads the CONNECT request. It
@@ -108,6 +100,10 @@ func readSOCKSRequest(c net.Conn, timeout time.Duration) (socksRequest, error) {
 		} else {
 			r.Host = string(b)
 		}
+		if r.Host == "" && !r.Addr.Addr().IsValid() {
+			writeSOCKSReply(c, socksAddrUnsupported)
+			return socksRequest{}, errors.New("socks5 request: empty host")
+		}
 	default:
 		writeSOCKSReply(c, socksAddrUnsupported)
 		return socksRequest{}, fmt.Errorf("socks5 request: address type %d not supported", req[3])
@@ -116,10 +112,8 @@ func readSOCKSRequest(c net.Conn, timeout time.Duration) (socksRequest, error) {
 	if _, err := io.ReadFull(c, p[:]); err != nil {
 		return socksRequest{}, fmt.Errorf("socks5 request: %w", err)
 	}
-	r.Port = binary.BigEndian.Uint16(p[:])
-	if r.Host == "" {
-		r.Addr = netip.AddrPortFrom(r.Addr.Addr(), r.Port)
-	}
+	// For a host name, Addr carries only the port.
+	r.Addr = netip.AddrPortFrom(r.Addr.Addr(), binary.BigEndian.Uint16(p[:]))
 	return r, nil
 }
 
