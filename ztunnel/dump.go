@@ -1,7 +1,9 @@
 package ztunnel
 
 import (
+	"encoding/base64"
 	"encoding/json"
+	"net/netip"
 	"time"
 
 	"google.golang.org/protobuf/encoding/protojson"
@@ -46,10 +48,10 @@ func (z *Ztunnel) configDump() any {
 		Listeners:    []listenerDump{},
 	}
 	for _, w := range d.Workloads {
-		out.Workloads = append(out.Workloads, protoJSON(w))
+		out.Workloads = append(out.Workloads, withIPs(protoJSON(w)))
 	}
 	for _, s := range d.Services {
-		out.Services = append(out.Services, protoJSON(s))
+		out.Services = append(out.Services, withIPs(protoJSON(s)))
 	}
 	for _, p := range d.Policies {
 		out.Policies = append(out.Policies, protoJSON(p))
@@ -72,6 +74,42 @@ func (z *Ztunnel) configDump() any {
 	}
 	z.mu.Unlock()
 	return out
+}
+
+// withIPs shows the addresses of a workload or service as IPs rather than
+// the base64 of their bytes.
+func withIPs(raw json.RawMessage) json.RawMessage {
+	var m map[string]any
+	if json.Unmarshal(raw, &m) != nil {
+		return raw
+	}
+	addrs, _ := m["addresses"].([]any)
+	for i, a := range addrs {
+		switch a := a.(type) {
+		case string: // Workload: bytes
+			addrs[i] = ipString(a)
+		case map[string]any: // Service: NetworkAddress
+			if s, ok := a["address"].(string); ok {
+				a["address"] = ipString(s)
+			}
+		}
+	}
+	b, err := json.Marshal(m)
+	if err != nil {
+		return raw
+	}
+	return b
+}
+
+func ipString(b64 string) string {
+	b, err := base64.StdEncoding.DecodeString(b64)
+	if err != nil {
+		return b64
+	}
+	if a, ok := netip.AddrFromSlice(b); ok {
+		return a.String()
+	}
+	return b64
 }
 
 func protoJSON(m proto.Message) json.RawMessage {

@@ -236,8 +236,13 @@ func (z *Ztunnel) serverIdentity(hello *tls.ClientHelloInfo) (spiffeid.ID, error
 	return w.ID, nil
 }
 
-// Start runs the ztunnel until ctx is done, then drains it.
+// Start runs the ztunnel until ctx is done, then drains it. The admin,
+// metrics and readiness listeners are bound before anything else starts.
 func (z *Ztunnel) Start(ctx context.Context) error {
+	if err := z.admin.Listen(); err != nil {
+		z.conn.Close()
+		return err
+	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var wg sync.WaitGroup
@@ -252,7 +257,7 @@ func (z *Ztunnel) Start(ctx context.Context) error {
 			}
 		}()
 	}
-	run("admin", z.admin.Start)
+	run("admin", z.admin.Serve)
 	run("certificates", z.certs.Start)
 	run("xds", z.xds.Start)
 	run("listeners", z.reconcileLoop)

@@ -508,3 +508,64 @@ func TestBadYAMLKeepsLastGoodState(t *testing.T) {
 		t.Errorf("istiod-lite errors = %v; want one naming demo.yaml", errs)
 	}
 }
+
+func TestTelemetryAndAdmin(t *testing.T) {
+	d := newDemoMesh(t, harness.Options{})
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c, err := harness.Dial(ctx, d.client, "echo.demo.svc.cluster.local:80")
+	if err != nil {
+		t.Fatal(err)
+	}
+	harness.Hello(c)
+	c.Close()
+	zb := d.Ztunnel("node-b")
+	harness.WaitRecord(t, zb, 5*time.Second, func(r accesslog.Record) bool {
+		return r.Direction == "inbound" && r.DstService == "echo.demo.svc.cluster.local"
+	})
+
+	get := func(addr net.Addr, path string) (int, string) {
+		t.Helper()
+		resp, err := http.Get("http://" + addr.String() + path)
+		if err != nil {
+			t.Fatalf("GET %s: %v", path, err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	if code, _ := get(zb.Admin().ReadinessAddr(), "/healthz/ready"); code != http.StatusOK {
+		t.Errorf("/healthz/ready = %d, want 200", code)
+	}
+	_, metrics := get(zb.Admin().MetricsAddr(), "/metrics")
+	for _, want := range []string{
+		`istio_tcp_connections_opened_total{`,
+		`reporter="destination"`,
+		`destination_service="echo.demo.svc.cluster.local"`,
+		`source_principal="spiffe://cluster.local/ns/demo/sa/client"`,
+		`connection_security_policy="mutual_tls"`,
+		`istio_tcp_received_bytes_total{`,
+	} {
+		if !strings.Contains(metrics, want) {
+			t.Errorf("/metrics lacks %s", want)
+		}
+	}
+	_, dump := get(zb.Admin().AdminAddr(), "/config_dump")
+	for _, want := range []string{
+		`"uid": "Kubernetes//Pod/demo/echo-0"`,
+		`"` + d.echo0.String() + `"`,
+		`"identity": "spiffe://cluster.local/ns/demo/sa/echo"`,
+		`"hostname": "echo.demo.svc.cluster.local"`,
+	} {
+		if !strings.Contains(dump, want) {
+			t.Errorf("/config_dump lacks %s", want)
+		}
+	}
+	resp, err := http.Post("http://"+zb.Admin().AdminAddr().String()+"/logging?level=debug", "", nil)
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Errorf("POST /logging?level=debug = %v, %v", resp, err)
+	}
+	if resp != nil {
+		resp.Body.Close()
+	}
+}

@@ -19,6 +19,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -396,6 +397,14 @@ func (p *Proxy) ServeHBONE(ctx context.Context, req *hbone.Request, t *hbone.Tun
 	if fwd, ok := req.ForwardedFor(); ok {
 		rec.SrcAddr = fwd
 	}
+	if host := forwardedHost(req.Header.Get("Forwarded")); host != "" {
+		if svc := p.cfg.Store.ServiceByHostname(host); svc != nil {
+			rec.DstService = svc.Hostname
+			labels.DestinationService = svc.Hostname
+			labels.DestinationServiceNamespace = svc.Namespace
+			labels.DestinationServiceName = svc.Name
+		}
+	}
 	if srcW := p.cfg.Store.WorkloadByAddr(req.RemoteAddr.Addr()); srcW != nil {
 		rec.SrcWorkload, rec.SrcNamespace = srcW.Name, srcW.Namespace
 		labels.SourceWorkload = srcW.WorkloadName
@@ -468,6 +477,18 @@ func (p *Proxy) ServeHBONE(ctx context.Context, req *hbone.Request, t *hbone.Tun
 	rec.Duration = time.Since(start)
 	rec.Err = ignoreClosed(err)
 	p.cfg.AccessLog.Log(ctx, rec)
+}
+
+// forwardedHost returns the host parameter of a Forwarded header
+// (RFC 7239), which the source ztunnel sets to the service's hostname.
+func forwardedHost(h string) string {
+	for _, part := range strings.Split(h, ";") {
+		k, v, ok := strings.Cut(strings.TrimSpace(part), "=")
+		if ok && strings.EqualFold(k, "host") {
+			return strings.Trim(v, `"`)
+		}
+	}
+	return ""
 }
 
 func ignoreClosed(err error) error {
