@@ -1,0 +1,108 @@
+package proxy
+
+import (
+	"bytes"
+	"io"
+	"net"
+	"net/netip"
+	"testing"
+	"time"
+)
+
+func TestReadSOCKSRequest(t *testing.T) {
+	tests := []struct {
+		name      string
+		in        []byte
+		wantAddr  netip.AddrPort
+		wantHost  string
+		wantErr   bool
+		wantReply []byte // what the server writes after the greeting answer
+	}{
+		{
+			name:     "IPv4",
+			in:       []byte{5, 1, 0, 5, 1, 0, 1, 127, 1, 2, 3, 0x1f, 0x90},
+			wantAddr: netip.MustParseAddrPort("127.1.2.3:8080"),
+		},
+		{
+			name:     "IPv6",
+			in:       append(append([]byte{5, 1, 0, 5, 1, 0, 4}, netip.MustParseAddr("::1").AsSlice()...), 0, 80),
+			wantAddr: netip.MustParseAddrPort("[::1]:80"),
+		},
+		{
+			name:     "host name keeps its port",
+			in:       append(append([]byte{5, 1, 0, 5, 1, 0, 3, 4}, "echo"...), 0, 80),
+			wantHost: "echo",
+			wantAddr: netip.AddrPortFrom(netip.Addr{}, 80),
+		},
+		{
+			name:     "IP literal sent as a name",
+			in:       append(append([]byte{5, 1, 0, 5, 1, 0, 3, 8}, "10.0.0.1"...), 0, 80),
+			wantAddr: netip.MustParseAddrPort("10.0.0.1:80"),
+		},
+		{
+			name:      "BIND is refused",
+			in:        []byte{5, 1, 0, 5, 2, 0, 1, 127, 0, 0, 1, 0, 80},
+			wantErr:   true,
+			wantReply: []byte{5, socksCommandUnsupported},
+		},
+		{
+			name:    "only username/password auth offered",
+			in:      []byte{5, 1, 2},
+			wantErr: true,
+		},
+		{
+			name:    "SOCKS4",
+			in:      []byte{4, 1, 0, 80, 127, 0, 0, 1, 0},
+			wantErr: true,
+		},
+		{
+			name:    "truncated",
+			in:      []byte{5, 1, 0, 5, 1, 0, 1, 127},
+			wantErr: true,
+		},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			server, client := net.Pipe()
+			defer client.Close()
+			go func() {
+				client.Write(tc.in)
+				if tc.name == "truncated" {
+					client.Close()
+				}
+			}()
+			var out bytes.Buffer
+			done := make(chan struct{})
+			go func() { io.Copy(&out, client); close(done) }()
+			got, err := readSOCKSRequest(server, time.Second)
+			server.Close()
+			<-done
+			if (err != nil) != tc.wantErr {
+				t.Fatalf("readSOCKSRequest() error = %v, want error %v", err, tc.wantErr)
+			}
+			if tc.wantReply != nil && !bytes.Contains(out.Bytes(), tc.wantReply) {
+				t.Errorf("server wrote %v, want it to contain %v", out.Bytes(), tc.wantReply)
+			}
+			if err != nil {
+				return
+			}
+			if got.Addr != tc.wantAddr || got.Host != tc.wantHost {
+				t.Errorf("readSOCKSRequest() = %v %q, want %v %q", got.Addr, got.Host, tc.wantAddr, tc.wantHost)
+			}
+		})
+	}
+}
+
+func TestForwardedHost(t *testing.T) {
+	tests := []struct{ in, want string }{
+		{`for="127.0.0.1:80";host=echo.demo.svc.cluster.local`, "echo.demo.svc.cluster.local"},
+		{`for="127.0.0.1:80"`, ""},
+		{`Host="a.b"; for=1.2.3.4`, "a.b"},
+		{``, ""},
+	}
+	for _, tc := range tests {
+		if got := forwardedHost(tc.in); got != tc.want {
+			t.Errorf("forwardedHost(%q) = %q, want %q", tc.in, got, tc.want)
+		}
+	}
+}
