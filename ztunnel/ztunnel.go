@@ -70,6 +70,10 @@ type Config struct {
 	// 127.0.0.1:15000, :15020 and :15021.
 	AdminAddr, MetricsAddr, ReadinessAddr string
 
+	// DrainTimeout is how long open connections may run on after Start's
+	// context ends; default 5s.
+	DrainTimeout time.Duration
+
 	// Logger receives ztunnel's logs and access logs; LogLevel, if set, is
 	// the level /logging changes.
 	Logger   *slog.Logger
@@ -125,6 +129,9 @@ func New(cfg Config) (*Ztunnel, error) {
 	}
 	if cfg.SOCKSPort == 0 {
 		cfg.SOCKSPort = 15080
+	}
+	if cfg.DrainTimeout == 0 {
+		cfg.DrainTimeout = 5 * time.Second
 	}
 	if cfg.LogLevel == nil {
 		cfg.LogLevel = new(slog.LevelVar)
@@ -265,8 +272,11 @@ func (z *Ztunnel) Start(ctx context.Context) error {
 	<-ctx.Done()
 	wg.Wait()
 	z.closeListeners()
-	z.server.Close()
-	z.proxy.Close()
+	// Drain: no new connections; open tunnels get DrainTimeout to finish.
+	drain, cancelDrain := context.WithTimeout(context.Background(), z.cfg.DrainTimeout)
+	z.server.Shutdown(drain)
+	z.proxy.Drain(drain)
+	cancelDrain()
 	z.pool.Close()
 	z.conn.Close()
 	close(errc)

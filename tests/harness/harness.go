@@ -221,6 +221,7 @@ func (m *Mesh) StartZtunnel(node string) *Ztunnel {
 		AdminAddr:     "127.0.0.1:0",
 		MetricsAddr:   "127.0.0.1:0",
 		ReadinessAddr: "127.0.0.1:0",
+		DrainTimeout:  200 * time.Millisecond,
 		Logger:        logger(m.t, "ztunnel-"+node),
 	})
 	if err != nil {

@@ -61,9 +61,10 @@ type Proxy struct {
 	cfg Config
 	log *slog.Logger
 
-	mu     sync.Mutex
-	conns  map[net.Conn]struct{}
-	closed bool
+	mu       sync.Mutex
+	conns    map[net.Conn]struct{}
+	closed   bool
+	draining bool
 	wg     sync.WaitGroup
 }
 
@@ -93,7 +94,7 @@ func New(cfg Config) (*Proxy, error) {
 func (p *Proxy) track(c net.Conn) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.closed {
+	if p.closed || p.draining {
 		c.Close()
 		return false
 	}
@@ -107,6 +108,22 @@ func (p *Proxy) untrack(c net.Conn) {
 	delete(p.conns, c)
 	p.mu.Unlock()
 	p.wg.Done()
+}
+
+// Drain waits until every connection has ended by itself or ctx is done,
+// then closes what remains.
+func (p *Proxy) Drain(ctx context.Context) {
+	p.mu.Lock()
+	p.draining = true // no new connections: Add never races with Wait
+	p.mu.Unlock()
+	idle := make(chan struct{})
+	go func() { p.wg.Wait(); close(idle) }()
+	select {
+	case <-idle:
+	case <-ctx.Done():
+	}
+	p.Close()
+	<-idle
 }
 
 // Close closes every connection the proxy carries and waits for their
