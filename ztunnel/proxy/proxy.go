@@ -65,7 +65,7 @@ type Proxy struct {
 	conns    map[net.Conn]struct{}
 	closed   bool
 	draining bool
-	wg     sync.WaitGroup
+	wg       sync.WaitGroup
 }
 
 // New returns a Proxy.
