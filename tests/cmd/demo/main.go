@@ -157,11 +157,11 @@ func run(ctx context.Context, binDir, example, outDir string, once bool) error {
 
 func explain(client netip.Addr) {
 	fmt.Printf(`
-==> every request above crossed two ztunnels over mutual TLS (HBONE, port 15008):
-    node-a's ztunnel presented spiffe://cluster.local/ns/demo/sa/client, node-b's
-    presented spiffe://cluster.local/ns/demo/sa/echo, and the echo app saw the
-    client pod's own address. The access log lines (prefixed [node-a]/[node-b])
-    are printed as the ztunnels write them. Traffic repeats every 10 s.
+==> each [node-a]/[node-b] line above is an access log record as that ztunnel
+    wrote it: the source and destination SPIFFE identities that the two ends
+    presented to each other over mutual TLS (HBONE on port 15008), and the
+    addresses. The echo app's answer shows the client address it saw: the
+    client pod's own. Traffic repeats every 10 s.
 
     Try more, in another terminal:
       curl --socks5-hostname %[1]s:%[2]d http://echo.demo.svc.cluster.local/
