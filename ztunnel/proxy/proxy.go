@@ -249,36 +249,22 @@ func (p *Proxy) Outbound(ctx context.Context, c net.Conn, src *state.Workload, t
 		SrcIdentity:  src.ID.String(),
 	}
 	labels := &telemetry.Labels{
-		Reporter:                "source",
-		SourceWorkload:          src.WorkloadName,
-		SourceCanonicalService:  src.CanonicalName,
-		SourceCanonicalRevision: src.CanonicalRevision,
-		SourceWorkloadNamespace: src.Namespace,
-		SourcePrincipal:         src.ID.String(),
-		SourceApp:               src.CanonicalName,
-		SourceVersion:           src.CanonicalRevision,
-		SourceCluster:           src.ClusterId,
-		RequestProtocol:         "tcp",
+		Reporter:        "source",
+		SourcePrincipal: src.ID.String(),
+		RequestProtocol: "tcp",
 	}
+	setSource(labels, src)
 
 	dst, err := p.resolve(target, host)
 	if err == nil {
 		rec.DstAddr = dst.addr
 		if dst.service != nil {
 			rec.DstService = dst.service.Hostname
-			labels.DestinationService = dst.service.Hostname
-			labels.DestinationServiceNamespace = dst.service.Namespace
-			labels.DestinationServiceName = dst.service.Name
+			setService(labels, dst.service)
 		}
 		if w := dst.workload; w != nil {
 			rec.DstWorkload, rec.DstNamespace = w.Name, w.Namespace
-			labels.DestinationWorkload = w.WorkloadName
-			labels.DestinationWorkloadNamespace = w.Namespace
-			labels.DestinationCanonicalService = w.CanonicalName
-			labels.DestinationCanonicalRevision = w.CanonicalRevision
-			labels.DestinationApp = w.CanonicalName
-			labels.DestinationVersion = w.CanonicalRevision
-			labels.DestinationCluster = w.ClusterId
+			setDestination(labels, w)
 		}
 	} else {
 		rec.DstAddr = target
@@ -417,20 +403,12 @@ func (p *Proxy) ServeHBONE(ctx context.Context, req *hbone.Request, t *hbone.Tun
 	if host := forwardedHost(req.Header.Get("Forwarded")); host != "" {
 		if svc := p.cfg.Store.ServiceByHostname(host); svc != nil {
 			rec.DstService = svc.Hostname
-			labels.DestinationService = svc.Hostname
-			labels.DestinationServiceNamespace = svc.Namespace
-			labels.DestinationServiceName = svc.Name
+			setService(labels, svc)
 		}
 	}
 	if srcW := p.cfg.Store.WorkloadByAddr(req.RemoteAddr.Addr()); srcW != nil {
 		rec.SrcWorkload, rec.SrcNamespace = srcW.Name, srcW.Namespace
-		labels.SourceWorkload = srcW.WorkloadName
-		labels.SourceWorkloadNamespace = srcW.Namespace
-		labels.SourceCanonicalService = srcW.CanonicalName
-		labels.SourceCanonicalRevision = srcW.CanonicalRevision
-		labels.SourceApp = srcW.CanonicalName
-		labels.SourceVersion = srcW.CanonicalRevision
-		labels.SourceCluster = srcW.ClusterId
+		setSource(labels, srcW)
 	}
 	fail := func(code int, flags string, err error) {
 		t.Reject(code, err.Error())
@@ -452,13 +430,7 @@ func (p *Proxy) ServeHBONE(ctx context.Context, req *hbone.Request, t *hbone.Tun
 		return
 	}
 	rec.DstWorkload, rec.DstNamespace, rec.DstIdentity = dstW.Name, dstW.Namespace, dstW.ID.String()
-	labels.DestinationWorkload = dstW.WorkloadName
-	labels.DestinationWorkloadNamespace = dstW.Namespace
-	labels.DestinationCanonicalService = dstW.CanonicalName
-	labels.DestinationCanonicalRevision = dstW.CanonicalRevision
-	labels.DestinationApp = dstW.CanonicalName
-	labels.DestinationVersion = dstW.CanonicalRevision
-	labels.DestinationCluster = dstW.ClusterId
+	setDestination(labels, dstW)
 	labels.DestinationPrincipal = dstW.ID.String()
 	if illegalPorts[req.Authority.Port()] {
 		fail(http.StatusBadRequest, "CONNECT", ErrIllegalPort)
