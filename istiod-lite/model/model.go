@@ -13,6 +13,7 @@ import (
 	"cmp"
 	"slices"
 
+	securityv1 "istio.io/client-go/pkg/apis/security/v1"
 	corev1 "k8s.io/api/core/v1"
 
 	"github.com/ambient-go/mesh/pkg/workloadapi"
@@ -61,7 +62,11 @@ type Inputs struct {
 	Pods            []*corev1.Pod
 	Services        []*corev1.Service
 	ServiceAccounts []*corev1.ServiceAccount
-	// later: EndpointSlices, AuthorizationPolicies, PeerAuthentications, Gateways, HTTPRoutes
+	// AuthorizationPolicies and PeerAuthentications (security.istio.io/v1)
+	// become istio.security.Authorization resources (see authz.go).
+	AuthorizationPolicies []*securityv1.AuthorizationPolicy
+	PeerAuthentications   []*securityv1.PeerAuthentication
+	// later: EndpointSlices, Gateways, HTTPRoutes
 }
 
 // Output is every resource the control plane serves, keyed by xDS resource name.
@@ -71,6 +76,10 @@ type Output struct {
 	Addresses map[string]*workloadapi.Address
 	// Authorizations holds policies keyed by "namespace/name".
 	Authorizations map[string]*security.Authorization
+	// PolicyStatuses holds the status of each AuthorizationPolicy and
+	// PeerAuthentication read, keyed by PolicyStatus.Key(); an
+	// AuthorizationPolicy left to waypoints (targetRefs) has none.
+	PolicyStatuses map[string]*PolicyStatus
 }
 
 // Build translates a snapshot of Kubernetes objects into Workload API
@@ -81,10 +90,12 @@ func Build(in *Inputs, opt Options) *Output {
 	out := &Output{
 		Addresses:      map[string]*workloadapi.Address{},
 		Authorizations: map[string]*security.Authorization{},
+		PolicyStatuses: map[string]*PolicyStatus{},
 	}
 	if in == nil {
 		return out
 	}
+	authz := buildAuthorizations(in, opt, out)
 	namespaces := namespacesByName(in.Namespaces)
 	services := servicesByNamespace(in.Services)
 
@@ -105,6 +116,7 @@ func Build(in *Inputs, opt Options) *Output {
 		if w == nil {
 			continue
 		}
+		w.AuthorizationPolicies = authz.policiesFor(pod.Namespace, pod.Labels)
 		out.Addresses[w.Uid] = &workloadapi.Address{
 			Type: &workloadapi.Address_Workload{Workload: w},
 		}
