@@ -2,16 +2,11 @@ package capture
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"io"
 	"net"
 	"net/netip"
 	"os"
-	"path/filepath"
-	"runtime"
-	"strings"
 	"testing"
 	"time"
 
@@ -20,180 +15,11 @@ import (
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"go.uber.org/goleak"
+
+	"github.com/ambient-go/mesh/ztunnel/capture/capturetest"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
-
-// testPrefix names every namespace and link the tests create.
-const testPrefix = "zcap-"
-
-// requireRoot skips the test without root, or fails it in CI.
-func requireRoot(t *testing.T) {
-	t.Helper()
-	if os.Geteuid() == 0 {
-		return
-	}
-	if os.Getenv("CI") == "true" {
-		t.Fatal("capture tests need root (CAP_NET_ADMIN, CAP_SYS_ADMIN) and CI=true: not skipping")
-	}
-	t.Skip("capture tests need root (CAP_NET_ADMIN, CAP_SYS_ADMIN) to create network namespaces; skipping")
-}
-
-// removeLeftovers deletes namespaces of earlier runs that did not clean up.
-func removeLeftovers(t *testing.T) {
-	ents, _ := os.ReadDir("/var/run/netns")
-	for _, e := range ents {
-		if strings.HasPrefix(e.Name(), testPrefix) {
-			if err := netns.DeleteNamed(e.Name()); err != nil {
-				t.Logf("removing leftover netns %s: %v", e.Name(), err)
-			}
-		}
-	}
-}
-
-func uniqueName(t *testing.T) string {
-	b := make([]byte, 3)
-	rand.Read(b)
-	return testPrefix + hex.EncodeToString(b)
-}
-
-// newNetns creates a named network namespace with lo up, removed at the end
-// of the test.
-func newNetns(t *testing.T, name string) *os.File {
-	t.Helper()
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			errc <- err
-			return
-		}
-		defer orig.Close()
-		ns, err := netns.NewNamed(name)
-		if err != nil {
-			netns.Set(orig)
-			errc <- err
-			return
-		}
-		ns.Close()
-		if err := netns.Set(orig); err != nil {
-			errc <- err // the thread stays locked and dies with the goroutine
-			return
-		}
-		runtime.UnlockOSThread()
-		errc <- nil
-	}()
-	if err := <-errc; err != nil {
-		t.Fatalf("creating netns %s: %v", name, err)
-	}
-	f, err := os.Open(filepath.Join("/var/run/netns", name))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		f.Close()
-		if err := netns.DeleteNamed(name); err != nil {
-			t.Errorf("deleting netns %s: %v", name, err)
-		}
-	})
-	h := handle(t, f)
-	lo, err := h.LinkByName("lo")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := h.LinkSetUp(lo); err != nil {
-		t.Fatal(err)
-	}
-	return f
-}
-
-func handle(t *testing.T, ns *os.File) *netlink.Handle {
-	t.Helper()
-	h, err := netlink.NewHandleAt(netns.NsHandle(ns.Fd()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(h.Close)
-	return h
-}
-
-// topology is a pod netns joined by a veth to a server netns:
-// pod 198.18.200.1/24 (eth0), server 198.18.200.2/24. No other route.
-type topology struct {
-	pod, server      *os.File
-	podIP, serverIP  netip.Addr
-	podLink, srvLink string
-}
-
-func newTopology(t *testing.T) *topology {
-	t.Helper()
-	requireRoot(t)
-	removeLeftovers(t)
-	name := uniqueName(t)
-	tp := &topology{
-		pod:      newNetns(t, name+"-pod"),
-		server:   newNetns(t, name+"-srv"),
-		podIP:    netip.MustParseAddr("198.18.200.1"),
-		serverIP: netip.MustParseAddr("198.18.200.2"),
-		podLink:  "eth0",
-		srvLink:  "eth0",
-	}
-	veth := &netlink.Veth{
-		LinkAttrs:     netlink.LinkAttrs{Name: tp.podLink, Namespace: netlink.NsFd(int(tp.pod.Fd()))},
-		PeerName:      tp.srvLink,
-		PeerNamespace: netlink.NsFd(int(tp.server.Fd())),
-	}
-	if err := netlink.LinkAdd(veth); err != nil {
-		t.Fatalf("veth: %v", err)
-	}
-	hp, hs := handle(t, tp.pod), handle(t, tp.server)
-	t.Cleanup(func() {
-		// Veths before namespaces (cleanups run last-in first-out).
-		if l, err := hp.LinkByName(tp.podLink); err == nil {
-			if err := hp.LinkDel(l); err != nil {
-				t.Errorf("deleting veth: %v", err)
-			}
-		}
-	})
-	for _, s := range []struct {
-		h    *netlink.Handle
-		link string
-		cidr string
-	}{{hp, tp.podLink, "198.18.200.1/24"}, {hs, tp.srvLink, "198.18.200.2/24"}} {
-		l, err := s.h.LinkByName(s.link)
-		if err != nil {
-			t.Fatal(err)
-		}
-		a, _ := netlink.ParseAddr(s.cidr)
-		if err := s.h.AddrAdd(l, a); err != nil {
-			t.Fatal(err)
-		}
-		if err := s.h.LinkSetUp(l); err != nil {
-			t.Fatal(err)
-		}
-	}
-	return tp
-}
-
-// listenIn opens a plain listener inside ns, as an unmodified application
-// would.
-func listenIn(t *testing.T, ns *os.File, addr string) net.Listener {
-	t.Helper()
-	var l net.Listener
-	if err := Do(ns, func() (err error) { l, err = net.Listen("tcp", addr); return err }); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { l.Close() })
-	return l
-}
-
-// dialIn dials from inside ns, as an unmodified application would.
-func dialIn(ns *os.File, addr string, timeout time.Duration) (net.Conn, error) {
-	var c net.Conn
-	err := Do(ns, func() (err error) { c, err = net.DialTimeout("tcp", addr, timeout); return err })
-	return c, err
-}
 
 // accept returns the next connection on l, or fails after a few seconds.
 func accept(t *testing.T, l net.Listener) net.Conn {
@@ -262,13 +88,13 @@ func apOf(a net.Addr) netip.AddrPort {
 }
 
 func TestInstallRemove(t *testing.T) {
-	tp := newTopology(t)
+	tp := capturetest.NewPair(t)
 	for i := 0; i < 2; i++ { // idempotent
-		if err := Install(tp.pod); err != nil {
+		if err := Install(tp.Pod); err != nil {
 			t.Fatalf("Install: %v", err)
 		}
 	}
-	c, err := nftables.New(nftables.WithNetNSFd(int(tp.pod.Fd())))
+	c, err := nftables.New(nftables.WithNetNSFd(int(tp.Pod.Fd())))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -291,11 +117,11 @@ func TestInstallRemove(t *testing.T) {
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("chains of table %s: rule counts (-want +got):\n%s", TableName, diff)
 	}
-	if rule, route, err := PolicyRouteInstalled(tp.pod); err != nil || !rule || !route {
+	if rule, route, err := PolicyRouteInstalled(tp.Pod); err != nil || !rule || !route {
 		t.Errorf("PolicyRouteInstalled = %v, %v, %v, want true, true, nil", rule, route, err)
 	}
 	// Exactly one policy rule, however often Install ran.
-	rules, err := handle(t, tp.pod).RuleList(netlink.FAMILY_V4)
+	rules, err := capturetest.Handle(t, tp.Pod).RuleList(netlink.FAMILY_V4)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -310,53 +136,53 @@ func TestInstallRemove(t *testing.T) {
 	}
 
 	for i := 0; i < 2; i++ { // idempotent
-		if err := Remove(tp.pod); err != nil {
+		if err := Remove(tp.Pod); err != nil {
 			t.Fatalf("Remove: %v", err)
 		}
 	}
-	if ok, err := Installed(tp.pod); err != nil || ok {
+	if ok, err := Installed(tp.Pod); err != nil || ok {
 		t.Errorf("Installed after Remove = %v, %v, want false, nil", ok, err)
 	}
-	if rule, route, err := PolicyRouteInstalled(tp.pod); err != nil || rule || route {
+	if rule, route, err := PolicyRouteInstalled(tp.Pod); err != nil || rule || route {
 		t.Errorf("PolicyRouteInstalled after Remove = %v, %v, %v, want false, false, nil", rule, route, err)
 	}
 	// The server netns was never touched.
-	if ok, err := Installed(tp.server); err != nil || ok {
+	if ok, err := Installed(tp.Server); err != nil || ok {
 		t.Errorf("Installed(server) = %v, %v, want false, nil", ok, err)
 	}
 }
 
 func TestRedirection(t *testing.T) {
-	tp := newTopology(t)
-	if err := Install(tp.pod); err != nil {
+	tp := capturetest.NewPair(t)
+	if err := Install(tp.Pod); err != nil {
 		t.Fatalf("Install: %v", err)
 	}
 	t.Cleanup(func() {
-		if err := Remove(tp.pod); err != nil {
+		if err := Remove(tp.Pod); err != nil {
 			t.Errorf("Remove: %v", err)
 		}
 	})
-	outL, err := Listen(tp.pod, netip.MustParseAddrPort("127.0.0.1:15001"), false)
+	outL, err := Listen(tp.Pod, netip.MustParseAddrPort("127.0.0.1:15001"), false)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer outL.Close()
-	inL, err := Listen(tp.pod, netip.MustParseAddrPort("0.0.0.0:15006"), true)
+	inL, err := Listen(tp.Pod, netip.MustParseAddrPort("0.0.0.0:15006"), true)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer inL.Close()
-	hbL, err := Listen(tp.pod, netip.MustParseAddrPort("0.0.0.0:15008"), true)
+	hbL, err := Listen(tp.Pod, netip.MustParseAddrPort("0.0.0.0:15008"), true)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer hbL.Close()
-	podDialer := &Dialer{Netns: tp.pod, Timeout: 2 * time.Second}
+	podDialer := &Dialer{Netns: tp.Pod, Timeout: 2 * time.Second}
 
 	t.Run("outbound is redirected to 15001 with its original destination", func(t *testing.T) {
-		srv := listenIn(t, tp.server, "198.18.200.2:80")
+		srv := capturetest.ListenIn(t, tp.Server, "198.18.200.2:80")
 		peer := echoOnce(t, srv)
-		app, err := dialIn(tp.pod, "198.18.200.2:80", 2*time.Second)
+		app, err := capturetest.DialIn(tp.Pod, "198.18.200.2:80", 2*time.Second)
 		if err != nil {
 			t.Fatalf("app dial: %v", err)
 		}
@@ -369,26 +195,26 @@ func TestRedirection(t *testing.T) {
 		if want := netip.MustParseAddrPort("198.18.200.2:80"); od != want {
 			t.Errorf("OriginalDst = %v, want %v", od, want)
 		}
-		if got := ipOf(zc.RemoteAddr()); got != tp.podIP {
-			t.Errorf("redirected connection from %v, want the pod's %v", got, tp.podIP)
+		if got := ipOf(zc.RemoteAddr()); got != tp.PodIP {
+			t.Errorf("redirected connection from %v, want the pod's %v", got, tp.PodIP)
 		}
 		// ztunnel's own connection (SO_MARK 0x539), from the pod's address,
 		// is not captured and reaches the server.
-		up, err := podDialer.Dial(context.Background(), tp.podIP, od, false)
+		up, err := podDialer.Dial(context.Background(), tp.PodIP, od, false)
 		if err != nil {
 			t.Fatalf("ztunnel dial: %v", err)
 		}
 		defer up.Close()
 		roundTrip(t, up, "outbound")
-		if got := ipOf(<-peer); got != tp.podIP {
-			t.Errorf("server sees %v, want %v", got, tp.podIP)
+		if got := ipOf(<-peer); got != tp.PodIP {
+			t.Errorf("server sees %v, want %v", got, tp.PodIP)
 		}
 	})
 
 	t.Run("inbound plaintext is TPROXY'd to 15006 and reaches the app from the client's address", func(t *testing.T) {
-		appL := listenIn(t, tp.pod, "0.0.0.0:8080")
+		appL := capturetest.ListenIn(t, tp.Pod, "0.0.0.0:8080")
 		peer := echoOnce(t, appL)
-		client, err := dialIn(tp.server, "198.18.200.1:8080", 2*time.Second)
+		client, err := capturetest.DialIn(tp.Server, "198.18.200.1:8080", 2*time.Second)
 		if err != nil {
 			t.Fatalf("client dial: %v", err)
 		}
@@ -397,43 +223,43 @@ func TestRedirection(t *testing.T) {
 		if got, want := apOf(zc.LocalAddr()), netip.MustParseAddrPort("198.18.200.1:8080"); got != want {
 			t.Errorf("TPROXY'd connection to %v, want %v", got, want)
 		}
-		if got := ipOf(zc.RemoteAddr()); got != tp.serverIP {
-			t.Errorf("TPROXY'd connection from %v, want %v", got, tp.serverIP)
+		if got := ipOf(zc.RemoteAddr()); got != tp.ServerIP {
+			t.Errorf("TPROXY'd connection from %v, want %v", got, tp.ServerIP)
 		}
 		// ztunnel dials the app from the client's own address.
-		up, err := podDialer.Dial(context.Background(), tp.serverIP, netip.MustParseAddrPort("198.18.200.1:8080"), true)
+		up, err := podDialer.Dial(context.Background(), tp.ServerIP, netip.MustParseAddrPort("198.18.200.1:8080"), true)
 		if err != nil {
 			t.Fatalf("ztunnel transparent dial: %v", err)
 		}
 		defer up.Close()
 		roundTrip(t, up, "inbound") // the app's replies come back to ztunnel
-		if got := ipOf(<-peer); got != tp.serverIP {
-			t.Errorf("app sees %v, want the client's %v", got, tp.serverIP)
+		if got := ipOf(<-peer); got != tp.ServerIP {
+			t.Errorf("app sees %v, want the client's %v", got, tp.ServerIP)
 		}
 	})
 
 	t.Run("HBONE is TPROXY'd to 15008", func(t *testing.T) {
-		client, err := dialIn(tp.server, "198.18.200.1:15008", 2*time.Second)
+		client, err := capturetest.DialIn(tp.Server, "198.18.200.1:15008", 2*time.Second)
 		if err != nil {
 			t.Fatalf("client dial: %v", err)
 		}
 		defer client.Close()
 		zc := accept(t, hbL)
-		if got := ipOf(zc.RemoteAddr()); got != tp.serverIP {
-			t.Errorf("HBONE connection from %v, want %v", got, tp.serverIP)
+		if got := ipOf(zc.RemoteAddr()); got != tp.ServerIP {
+			t.Errorf("HBONE connection from %v, want %v", got, tp.ServerIP)
 		}
 	})
 
 	t.Run("capture fails closed without listeners", func(t *testing.T) {
-		srv := listenIn(t, tp.server, "198.18.200.2:81")
-		appL := listenIn(t, tp.pod, "0.0.0.0:8081")
+		srv := capturetest.ListenIn(t, tp.Server, "198.18.200.2:81")
+		appL := capturetest.ListenIn(t, tp.Pod, "0.0.0.0:8081")
 		outL.Close()
 		inL.Close()
-		if c, err := dialIn(tp.pod, "198.18.200.2:81", time.Second); err == nil {
+		if c, err := capturetest.DialIn(tp.Pod, "198.18.200.2:81", time.Second); err == nil {
 			c.Close()
 			t.Errorf("outbound without ztunnel connected; want it refused")
 		}
-		if c, err := dialIn(tp.server, "198.18.200.1:8081", time.Second); err == nil {
+		if c, err := capturetest.DialIn(tp.Server, "198.18.200.1:8081", time.Second); err == nil {
 			c.Close()
 			t.Errorf("inbound without ztunnel connected; want it dropped")
 		}
@@ -450,37 +276,37 @@ func TestRedirection(t *testing.T) {
 	})
 
 	t.Run("after Remove traffic is plain", func(t *testing.T) {
-		if err := Remove(tp.pod); err != nil {
+		if err := Remove(tp.Pod); err != nil {
 			t.Fatal(err)
 		}
-		srv := listenIn(t, tp.server, "198.18.200.2:82")
+		srv := capturetest.ListenIn(t, tp.Server, "198.18.200.2:82")
 		peer := echoOnce(t, srv)
-		c, err := dialIn(tp.pod, "198.18.200.2:82", 2*time.Second)
+		c, err := capturetest.DialIn(tp.Pod, "198.18.200.2:82", 2*time.Second)
 		if err != nil {
 			t.Fatalf("dial after Remove: %v", err)
 		}
 		defer c.Close()
 		roundTrip(t, c, "plain")
-		if got := ipOf(<-peer); got != tp.podIP {
-			t.Errorf("server sees %v, want %v", got, tp.podIP)
+		if got := ipOf(<-peer); got != tp.PodIP {
+			t.Errorf("server sees %v, want %v", got, tp.PodIP)
 		}
 	})
 }
 
 func TestListenNamespaces(t *testing.T) {
-	tp := newTopology(t)
+	tp := capturetest.NewPair(t)
 	// A listener in the pod netns is not reachable from the server netns
 	// through loopback, and vice versa: each namespace has its own.
-	l, err := Listen(tp.pod, netip.MustParseAddrPort("127.0.0.1:0"), false)
+	l, err := Listen(tp.Pod, netip.MustParseAddrPort("127.0.0.1:0"), false)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer l.Close()
-	if c, err := dialIn(tp.server, l.Addr().String(), 500*time.Millisecond); err == nil {
+	if c, err := capturetest.DialIn(tp.Server, l.Addr().String(), 500*time.Millisecond); err == nil {
 		c.Close()
 		t.Errorf("dial from the server netns reached the pod's loopback listener")
 	}
-	c, err := dialIn(tp.pod, l.Addr().String(), time.Second)
+	c, err := capturetest.DialIn(tp.Pod, l.Addr().String(), time.Second)
 	if err != nil {
 		t.Fatalf("dial in the pod netns: %v", err)
 	}
@@ -488,7 +314,7 @@ func TestListenNamespaces(t *testing.T) {
 	accept(t, l)
 	// The thread that ran Do is back in the test's namespace.
 	var ns netns.NsHandle
-	if err := Do(tp.pod, func() (err error) { ns, err = netns.Get(); return err }); err != nil {
+	if err := Do(tp.Pod, func() (err error) { ns, err = netns.Get(); return err }); err != nil {
 		t.Fatal(err)
 	}
 	defer ns.Close()

@@ -53,6 +53,11 @@ type Config struct {
 	// Control, if set, is applied to every socket ztunnel dials to an
 	// application (in-pod capture sets SO_MARK and IP_TRANSPARENT here).
 	Control func(network, address string, c syscall.RawConn) error
+	// DialPod, if set, opens ztunnel's connections on behalf of the local
+	// pod whose address is pod (in-pod mode: inside the pod's network
+	// namespace), from the local address from: the pod's own, or, inbound,
+	// the client's. Nil dials with a net.Dialer (and Control) from here.
+	DialPod func(ctx context.Context, pod, from netip.Addr, to netip.AddrPort) (net.Conn, error)
 	Logger  *slog.Logger
 }
 
@@ -281,7 +286,7 @@ func (p *Proxy) Outbound(ctx context.Context, c net.Conn, src *state.Workload, t
 			upstream, err = p.dialHBONE(ctx, src, clientAddr, dst, hboneAddr)
 		} else {
 			labels.ConnectionSecurityPolicy = "unknown"
-			upstream, err = p.dialDirect(ctx, src.Addrs[0], dst.addr)
+			upstream, err = p.dialDirect(ctx, src.Addrs[0], src.Addrs[0], dst.addr)
 		}
 	}
 	if err != nil {
@@ -367,9 +372,14 @@ func baggage(w *state.Workload) string {
 		",service.version=" + w.CanonicalRevision
 }
 
-// dialDirect dials addr from the local address from, as the application
-// itself would have.
-func (p *Proxy) dialDirect(ctx context.Context, from netip.Addr, addr netip.AddrPort) (net.Conn, error) {
+// dialDirect dials addr, for the local pod whose address is pod, from the
+// local address from, as the application itself would have.
+func (p *Proxy) dialDirect(ctx context.Context, pod, from netip.Addr, addr netip.AddrPort) (net.Conn, error) {
+	if p.cfg.DialPod != nil {
+		ctx, cancel := context.WithTimeout(ctx, p.cfg.ConnectTimeout)
+		defer cancel()
+		return p.cfg.DialPod(ctx, pod, from, addr)
+	}
 	d := net.Dialer{Timeout: p.cfg.ConnectTimeout, Control: p.cfg.Control}
 	if from.IsValid() {
 		d.LocalAddr = &net.TCPAddr{IP: from.AsSlice()}
@@ -439,7 +449,7 @@ func (p *Proxy) ServeHBONE(ctx context.Context, req *hbone.Request, t *hbone.Tun
 
 	// Dial the application from the client's own address, so that it sees
 	// the real source.
-	upstream, err := p.dialDirect(ctx, req.RemoteAddr.Addr(), req.Authority)
+	upstream, err := p.dialDirect(ctx, req.Authority.Addr(), req.RemoteAddr.Addr(), req.Authority)
 	if err != nil {
 		fail(http.StatusServiceUnavailable, "CONNECT", err)
 		return

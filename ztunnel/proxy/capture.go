@@ -1,0 +1,137 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"time"
+
+	"github.com/ambient-go/mesh/pkg/accesslog"
+	"github.com/ambient-go/mesh/pkg/hbone"
+	"github.com/ambient-go/mesh/pkg/telemetry"
+	"github.com/ambient-go/mesh/ztunnel/capture"
+)
+
+// ServeOutboundCapture accepts, on l (port 15001 inside the pod's network
+// namespace), the connections that capture redirected from the local
+// workload whose address is src, and carries each to its original
+// destination (SO_ORIGINAL_DST), until l is closed.
+func (p *Proxy) ServeOutboundCapture(l net.Listener, src netip.Addr) error {
+	return p.serve(l, "outbound capture", func(c net.Conn) {
+		defer c.Close()
+		target, err := capture.OriginalDst(c)
+		if err != nil {
+			p.log.Warn("reading original destination", "src", c.RemoteAddr().String(), "error", err)
+			return
+		}
+		w := p.cfg.Store.WorkloadByAddr(src)
+		if w == nil {
+			p.log.Warn("captured connection from an unknown workload", "src", src.String(), "dst", target.String())
+			return
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		p.Outbound(ctx, c, w, target, "", nil)
+	})
+}
+
+// ServePlaintextInbound accepts, on l (port 15006 inside the network
+// namespace of the local pod whose address is pod), the plaintext TCP
+// connections that capture TPROXY'd to ztunnel, and carries each to the
+// application it was addressed to, dialing it from the client's own
+// address, until l is closed. There is no peer identity:
+// connection_security_policy is "unknown".
+func (p *Proxy) ServePlaintextInbound(l net.Listener, pod netip.Addr) error {
+	return p.serve(l, "plaintext inbound", func(c net.Conn) {
+		defer c.Close()
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		p.plaintextInbound(ctx, c, pod)
+	})
+}
+
+// serve accepts connections on l and handles each in its own tracked
+// goroutine until l is closed.
+func (p *Proxy) serve(l net.Listener, what string, handle func(net.Conn)) error {
+	for {
+		c, err := l.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				continue
+			}
+			return fmt.Errorf("%s accept: %w", what, err)
+		}
+		if !p.track(c) {
+			continue
+		}
+		go func() {
+			defer p.untrack(c)
+			handle(c)
+		}()
+	}
+}
+
+func (p *Proxy) plaintextInbound(ctx context.Context, c net.Conn, pod netip.Addr) {
+	start := time.Now()
+	client, dst := addrPort(c.RemoteAddr()), addrPort(c.LocalAddr())
+	rec := &accesslog.Record{
+		Direction: "inbound",
+		Start:     start,
+		SrcAddr:   client,
+		DstAddr:   dst,
+	}
+	labels := &telemetry.Labels{
+		Reporter:                 "destination",
+		RequestProtocol:          "tcp",
+		ConnectionSecurityPolicy: "unknown",
+	}
+	if w := p.cfg.Store.WorkloadByAddr(client.Addr()); w != nil {
+		rec.SrcWorkload, rec.SrcNamespace = w.Name, w.Namespace
+		setSource(labels, w)
+	}
+	fail := func(err error) {
+		labels.ResponseFlags = "CONNECT"
+		p.cfg.Metrics.Open(labels).Close()
+		rec.Err = err
+		rec.ResponseFlags = labels.ResponseFlags
+		rec.Duration = time.Since(start)
+		p.cfg.AccessLog.Log(ctx, rec)
+	}
+	dstW := p.cfg.Store.WorkloadByAddr(dst.Addr())
+	if dstW == nil || dst.Addr() != pod {
+		fail(fmt.Errorf("%v: %w", dst, errNoWorkload))
+		return
+	}
+	rec.DstWorkload, rec.DstNamespace, rec.DstIdentity = dstW.Name, dstW.Namespace, dstW.ID.String()
+	setDestination(labels, dstW)
+	labels.DestinationPrincipal = dstW.ID.String()
+	if illegalPorts[dst.Port()] {
+		fail(ErrIllegalPort)
+		return
+	}
+	upstream, err := p.dialDirect(ctx, pod, client.Addr(), dst)
+	if err != nil {
+		fail(err)
+		return
+	}
+	m := p.cfg.Metrics.Open(labels)
+	if !p.track(upstream) {
+		m.Close()
+		return
+	}
+	defer p.untrack(upstream)
+	recv, sent, err := hbone.Relay(c, upstream)
+	m.AddReceived(recv)
+	m.AddSent(sent)
+	m.Close()
+	rec.BytesSent, rec.BytesRecv = recv, sent
+	rec.Duration = time.Since(start)
+	rec.Err = ignoreClosed(err)
+	p.cfg.AccessLog.Log(ctx, rec)
+}
