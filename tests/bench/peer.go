@@ -1,0 +1,198 @@
+package bench
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"fmt"
+	"math/big"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+)
+
+// PeerConfig describes the peer variant: a stunnel4 client and server
+// doing TLS 1.3 with mutual authentication and ECDSA P-256 certificates,
+// the classic L4 mTLS tunnel, in front of the same applications.
+type PeerConfig struct {
+	// Stunnel is the stunnel binary; default "stunnel4".
+	Stunnel string
+	// Dir receives certificates, configuration and logs.
+	Dir string
+	// Client and Server are the addresses the stunnel client and server
+	// accept on.
+	Client, Server netip.Addr
+	// Backend is the applications' address (the server pod).
+	Backend netip.Addr
+}
+
+// Peer is a running stunnel pair.
+type Peer struct {
+	cfg    PeerConfig
+	procs  Processes
+	Client *Process
+	Server *Process
+}
+
+// The stunnel server accepts application port + peerPortOffset.
+const peerPortOffset = 1000
+
+// StartPeer generates the certificates and starts both stunnels.
+func StartPeer(ctx context.Context, cfg PeerConfig) (*Peer, error) {
+	if cfg.Stunnel == "" {
+		cfg.Stunnel = "stunnel4"
+	}
+	if err := os.MkdirAll(cfg.Dir, 0o755); err != nil {
+		return nil, err
+	}
+	if err := WriteCerts(cfg.Dir); err != nil {
+		return nil, err
+	}
+	p := &Peer{cfg: cfg}
+	for _, side := range []struct {
+		name   string
+		client bool
+		proc   **Process
+	}{{"server", false, &p.Server}, {"client", true, &p.Client}} {
+		conf := filepath.Join(cfg.Dir, "stunnel-"+side.name+".conf")
+		if err := os.WriteFile(conf, []byte(stunnelConf(cfg, side.client)), 0o644); err != nil {
+			return nil, err
+		}
+		var err error
+		*side.proc, err = p.procs.Start("stunnel "+side.name, cfg.Stunnel, filepath.Join(cfg.Dir, "stunnel-"+side.name+".log"), conf)
+		if err != nil {
+			p.Stop()
+			return nil, err
+		}
+	}
+	for _, a := range []netip.AddrPort{
+		netip.AddrPortFrom(cfg.Server, EchoPort+peerPortOffset),
+		netip.AddrPortFrom(cfg.Client, EchoPort),
+	} {
+		if err := WaitFor(ctx, 10*time.Second, "stunnel on "+a.String(), func() bool {
+			c, err := net.DialTimeout("tcp", a.String(), time.Second)
+			if err == nil {
+				c.Close()
+			}
+			return err == nil
+		}); err != nil {
+			p.Stop()
+			return nil, fmt.Errorf("%w (logs in %s)", err, cfg.Dir)
+		}
+	}
+	return p, nil
+}
+
+// Stop stops both stunnels.
+func (p *Peer) Stop() { p.procs.Stop() }
+
+// Dial connects to the stunnel client's listener for the application port.
+func (p *Peer) Dial(ctx context.Context, port uint16) (net.Conn, error) {
+	d := net.Dialer{Timeout: 5 * time.Second}
+	return d.DialContext(ctx, "tcp", netip.AddrPortFrom(p.cfg.Client, port).String())
+}
+
+// stunnelConf is the configuration of one side. Both sides pin TLS 1.3 and
+// TLS_AES_128_GCM_SHA256 (the suite Go's TLS prefers on machines with
+// AES-NI, so that both variants encrypt alike) and verify the peer's chain.
+func stunnelConf(cfg PeerConfig, client bool) string {
+	var b strings.Builder
+	name := "server"
+	if client {
+		name = "client"
+	}
+	fmt.Fprintf(&b, `foreground = yes
+pid =
+debug = warning
+socket = l:TCP_NODELAY=1
+socket = r:TCP_NODELAY=1
+sslVersionMin = TLSv1.3
+sslVersionMax = TLSv1.3
+ciphersuites = TLS_AES_128_GCM_SHA256
+curves = prime256v1
+cert = %[1]s/%[2]s.pem
+key = %[1]s/%[2]s-key.pem
+CAfile = %[1]s/ca.pem
+verifyChain = yes
+`, cfg.Dir, name)
+	for _, port := range []uint16{EchoPort, SinkPort} {
+		fmt.Fprintf(&b, "\n[app-%d]\n", port)
+		if client {
+			fmt.Fprintf(&b, "client = yes\naccept = %s\nconnect = %s\n",
+				netip.AddrPortFrom(cfg.Client, port), netip.AddrPortFrom(cfg.Server, port+peerPortOffset))
+		} else {
+			fmt.Fprintf(&b, "accept = %s\nconnect = %s\n",
+				netip.AddrPortFrom(cfg.Server, port+peerPortOffset), netip.AddrPortFrom(cfg.Backend, port))
+		}
+	}
+	return b.String()
+}
+
+// WriteCerts writes, into dir, a root (ca.pem) and two ECDSA P-256 leaves
+// signed by it, server.pem/server-key.pem and client.pem/client-key.pem,
+// each usable for both client and server authentication.
+func WriteCerts(dir string) error {
+	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return err
+	}
+	now := time.Now()
+	caTmpl := &x509.Certificate{
+		SerialNumber:          big.NewInt(1),
+		Subject:               pkix.Name{CommonName: "bench root"},
+		NotBefore:             now.Add(-time.Hour),
+		NotAfter:              now.Add(24 * time.Hour),
+		IsCA:                  true,
+		BasicConstraintsValid: true,
+		KeyUsage:              x509.KeyUsageCertSign,
+	}
+	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	if err != nil {
+		return err
+	}
+	caCert, _ := x509.ParseCertificate(caDER)
+	if err := writePEM(filepath.Join(dir, "ca.pem"), "CERTIFICATE", caDER); err != nil {
+		return err
+	}
+	for i, name := range []string{"server", "client"} {
+		key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		if err != nil {
+			return err
+		}
+		tmpl := &x509.Certificate{
+			SerialNumber: big.NewInt(int64(i + 2)),
+			Subject:      pkix.Name{CommonName: "bench " + name},
+			NotBefore:    now.Add(-time.Hour),
+			NotAfter:     now.Add(24 * time.Hour),
+			KeyUsage:     x509.KeyUsageDigitalSignature,
+			ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+			IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1)},
+		}
+		der, err := x509.CreateCertificate(rand.Reader, tmpl, caCert, &key.PublicKey, caKey)
+		if err != nil {
+			return err
+		}
+		keyDER, err := x509.MarshalPKCS8PrivateKey(key)
+		if err != nil {
+			return err
+		}
+		if err := writePEM(filepath.Join(dir, name+".pem"), "CERTIFICATE", der); err != nil {
+			return err
+		}
+		if err := writePEM(filepath.Join(dir, name+"-key.pem"), "PRIVATE KEY", keyDER); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func writePEM(path, typ string, der []byte) error {
+	return os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600)
+}

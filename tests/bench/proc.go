@@ -1,0 +1,158 @@
+package bench
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"runtime"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// clockTicks is USER_HZ, the unit of utime and stime in /proc/<pid>/stat.
+// It is 100 on every Linux architecture Go supports.
+const clockTicks = 100
+
+// ProcSample is one reading of a process's resource use.
+type ProcSample struct {
+	CPU time.Duration // user + system time since the process started
+	RSS int64         // resident set size, bytes (VmRSS)
+	HWM int64         // peak resident set size, bytes (VmHWM)
+}
+
+// ReadProc reads the CPU time and RSS of process pid from /proc.
+func ReadProc(pid int) (ProcSample, error) {
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return ProcSample{}, err
+	}
+	cpu, err := parseStatCPU(stat)
+	if err != nil {
+		return ProcSample{}, fmt.Errorf("/proc/%d/stat: %w", pid, err)
+	}
+	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return ProcSample{}, err
+	}
+	rss, err := parseStatusKB(status, "VmRSS")
+	if err != nil {
+		return ProcSample{}, fmt.Errorf("/proc/%d/status: %w", pid, err)
+	}
+	hwm, err := parseStatusKB(status, "VmHWM")
+	if err != nil {
+		return ProcSample{}, fmt.Errorf("/proc/%d/status: %w", pid, err)
+	}
+	return ProcSample{CPU: cpu, RSS: rss, HWM: hwm}, nil
+}
+
+// parseStatCPU returns utime+stime from the content of /proc/<pid>/stat.
+// The command name (field 2) is in parentheses and may hold spaces and
+// parentheses itself, so fields are counted from the last ')'.
+func parseStatCPU(b []byte) (time.Duration, error) {
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return 0, errors.New("no command name")
+	}
+	f := strings.Fields(string(b[i+1:]))
+	// After the name: state(3) ... utime is field 14, stime 15 (1-based
+	// over the whole line), so indexes 11 and 12 here.
+	if len(f) < 13 {
+		return 0, fmt.Errorf("only %d fields after the command name", len(f))
+	}
+	ut, err := strconv.ParseInt(f[11], 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("utime: %w", err)
+	}
+	st, err := strconv.ParseInt(f[12], 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("stime: %w", err)
+	}
+	return time.Duration(ut+st) * time.Second / clockTicks, nil
+}
+
+// parseStatusKB returns the field key (a size in kB, such as VmRSS), in
+// bytes, from /proc/<pid>/status.
+func parseStatusKB(b []byte, key string) (int64, error) {
+	sc := bufio.NewScanner(bytes.NewReader(b))
+	for sc.Scan() {
+		rest, ok := strings.CutPrefix(sc.Text(), key+":")
+		if !ok {
+			continue
+		}
+		f := strings.Fields(rest)
+		if len(f) != 2 || f[1] != "kB" {
+			return 0, fmt.Errorf("unexpected %s line %q", key, sc.Text())
+		}
+		kb, err := strconv.ParseInt(f[0], 10, 64)
+		if err != nil {
+			return 0, fmt.Errorf("%s: %w", key, err)
+		}
+		return kb << 10, nil
+	}
+	return 0, fmt.Errorf("no %s line", key)
+}
+
+// Machine describes the machine a run happened on.
+type Machine struct {
+	CPUModel string
+	Cores    int
+	Kernel   string
+	MemTotal int64 // bytes
+}
+
+func (m Machine) String() string {
+	return fmt.Sprintf("%s, %d cores, Linux %s, %d MiB RAM", m.CPUModel, m.Cores, m.Kernel, m.MemTotal>>20)
+}
+
+// ReadMachine reads the CPU model, core count, kernel release and memory
+// from /proc.
+func ReadMachine() Machine {
+	m := Machine{Cores: runtime.NumCPU()}
+	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		m.CPUModel, m.Cores = parseCPUInfo(b, m.Cores)
+	}
+	if b, err := os.ReadFile("/proc/sys/kernel/osrelease"); err == nil {
+		m.Kernel = strings.TrimSpace(string(b))
+	}
+	if b, err := os.ReadFile("/proc/meminfo"); err == nil {
+		for line := range strings.Lines(string(b)) {
+			if rest, ok := strings.CutPrefix(line, "MemTotal:"); ok {
+				f := strings.Fields(rest)
+				if len(f) == 2 {
+					kb, _ := strconv.ParseInt(f[0], 10, 64)
+					m.MemTotal = kb << 10
+				}
+			}
+		}
+	}
+	return m
+}
+
+// parseCPUInfo returns the first model name and the number of processors
+// listed in /proc/cpuinfo, or fallback cores when none is listed.
+func parseCPUInfo(b []byte, fallback int) (model string, cores int) {
+	for line := range strings.Lines(string(b)) {
+		k, v, ok := strings.Cut(line, ":")
+		if !ok {
+			continue
+		}
+		switch strings.TrimSpace(k) {
+		case "model name":
+			if model == "" {
+				model = strings.TrimSpace(v)
+			}
+		case "processor":
+			cores++
+		}
+	}
+	if cores == 0 {
+		cores = fallback
+	}
+	if model == "" {
+		model = "unknown CPU"
+	}
+	return model, cores
+}

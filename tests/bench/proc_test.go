@@ -1,0 +1,95 @@
+package bench
+
+import (
+	"os"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+)
+
+func TestParseStatCPU(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		stat    string
+		want    time.Duration
+		wantErr bool
+	}{
+		{
+			name: "plain name",
+			stat: "1234 (ztunnel) S 1 1234 1234 0 -1 4194560 2000 0 0 0 250 130 0 0 20 0 9 0 100 1000000 5000 18446744073709551615",
+			want: 3800 * time.Millisecond,
+		},
+		{
+			name: "name with spaces and parentheses",
+			stat: "77 (a (b) c) R 1 77 77 0 -1 0 0 0 0 0 7 3 0 0 20 0 1 0 5 100 10 0",
+			want: 100 * time.Millisecond,
+		},
+		{name: "truncated", stat: "77 (x) R 1 2 3", wantErr: true},
+		{name: "no name", stat: "77 x R", wantErr: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := parseStatCPU([]byte(tc.stat))
+			if (err != nil) != tc.wantErr {
+				t.Fatalf("parseStatCPU(%q) error = %v, want error %v", tc.stat, err, tc.wantErr)
+			}
+			if got != tc.want {
+				t.Errorf("parseStatCPU(%q) = %v, want %v", tc.stat, got, tc.want)
+			}
+		})
+	}
+}
+
+func TestParseStatusKB(t *testing.T) {
+	status := "Name:\tztunnel\nVmPeak:\t 1300000 kB\nVmHWM:\t   30000 kB\nVmRSS:\t   21504 kB\nThreads:\t9\n"
+	for _, tc := range []struct {
+		key     string
+		want    int64
+		wantErr bool
+	}{
+		{key: "VmRSS", want: 21504 << 10},
+		{key: "VmHWM", want: 30000 << 10},
+		{key: "VmSwap", wantErr: true},
+		{key: "Threads", wantErr: true}, // not a kB field
+	} {
+		t.Run(tc.key, func(t *testing.T) {
+			got, err := parseStatusKB([]byte(status), tc.key)
+			if (err != nil) != tc.wantErr {
+				t.Fatalf("parseStatusKB(%s) error = %v, want error %v", tc.key, err, tc.wantErr)
+			}
+			if got != tc.want {
+				t.Errorf("parseStatusKB(%s) = %d, want %d", tc.key, got, tc.want)
+			}
+		})
+	}
+}
+
+func TestParseCPUInfo(t *testing.T) {
+	info := "processor\t: 0\nmodel name\t: AMD EPYC 7B13\nflags\t: fpu\n\nprocessor\t: 1\nmodel name\t: AMD EPYC 7B13\n"
+	model, cores := parseCPUInfo([]byte(info), 9)
+	if diff := cmp.Diff([]any{"AMD EPYC 7B13", 2}, []any{model, cores}); diff != "" {
+		t.Errorf("parseCPUInfo() (-want +got):\n%s", diff)
+	}
+	model, cores = parseCPUInfo(nil, 9)
+	if diff := cmp.Diff([]any{"unknown CPU", 9}, []any{model, cores}); diff != "" {
+		t.Errorf("parseCPUInfo(nil) (-want +got):\n%s", diff)
+	}
+}
+
+// TestReadProcSelf reads this process: it has used some CPU and holds some
+// memory.
+func TestReadProcSelf(t *testing.T) {
+	if _, err := os.Stat("/proc/self/stat"); err != nil {
+		t.Skip("no /proc on this system")
+	}
+	s, err := ReadProc(os.Getpid())
+	if err != nil {
+		t.Fatalf("ReadProc(self): %v", err)
+	}
+	if s.RSS <= 0 || s.HWM < s.RSS || s.CPU < 0 {
+		t.Errorf("ReadProc(self) = %+v, want RSS > 0, HWM ≥ RSS, CPU ≥ 0", s)
+	}
+	if m := ReadMachine(); m.Cores < 1 || m.Kernel == "" {
+		t.Errorf("ReadMachine() = %+v, want cores and a kernel", m)
+	}
+}

@@ -1,0 +1,414 @@
+// Command bench measures the mesh against a direct connection and a
+// stunnel4 pair, then istiod-lite under a 10,000-pod cluster, prints every
+// figure with its ratios and targets, and writes docs/performance.md.
+// `make bench` builds the binaries and runs it.
+//
+// The variants of each figure run interleaved (direct, mesh, peer, direct,
+// mesh, peer, ...) in one run, and the table shows the median of the runs.
+// Topology: loopback, pods on 127.X.0.0/16 (X random); the netns topology
+// of issue 3 plugs in through the Topology hook below once it exists.
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"math"
+	"math/big"
+	"net/http"
+	"net/netip"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/ambient-go/mesh/tests/bench"
+)
+
+type options struct {
+	bin, out, doc, stunnel, topology string
+	runs                             int
+	quick, skipCP                    bool
+}
+
+func main() {
+	var o options
+	flag.StringVar(&o.bin, "bin", "bin", "directory holding the istiod-lite and ztunnel binaries")
+	flag.StringVar(&o.out, "out", "_out/bench", "working directory (configs, logs, profiles)")
+	flag.StringVar(&o.doc, "doc", "docs/performance.md", "report to write (empty: none)")
+	flag.StringVar(&o.stunnel, "stunnel", "stunnel4", "stunnel binary of the peer variant")
+	flag.StringVar(&o.topology, "topology", "loopback", "loopback (netns: once issue 3's topology exists)")
+	flag.IntVar(&o.runs, "runs", 5, "runs per variant of each figure (medians are reported)")
+	flag.BoolVar(&o.quick, "quick", false, "short runs, for trying the harness")
+	flag.BoolVar(&o.skipCP, "skip-control-plane", false, "skip the control-plane figures")
+	flag.Parse()
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, o); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}
+
+func say(format string, args ...any) { fmt.Printf("==> "+format+"\n", args...) }
+
+// variant is one way from the client to the applications.
+type variant struct {
+	name  string
+	dial  bench.Dialer
+	procs []*bench.Process // proxy processes whose CPU is charged to it
+}
+
+// durations of each figure's runs.
+type durations struct {
+	throughput, latency, saturation, conns, profile time.Duration
+	maxBytes                                        int64
+	idleConns                                       int
+}
+
+func run(ctx context.Context, o options) error {
+	if o.topology != "loopback" {
+		return fmt.Errorf("topology %q: only loopback exists so far (the netns topology is issue 3)", o.topology)
+	}
+	raiseFileLimit()
+	d := durations{throughput: 2 * time.Second, latency: 3 * time.Second, saturation: 2 * time.Second,
+		conns: 2 * time.Second, profile: 4 * time.Second, maxBytes: 4 << 30, idleConns: 1000}
+	if o.quick {
+		d = durations{throughput: 500 * time.Millisecond, latency: time.Second, saturation: 500 * time.Millisecond,
+			conns: 500 * time.Millisecond, profile: time.Second, maxBytes: 1 << 30, idleConns: 200}
+		o.runs = min(o.runs, 2)
+	}
+	if err := os.RemoveAll(o.out); err != nil {
+		return err
+	}
+	machine := bench.ReadMachine()
+	started := time.Now()
+	say("machine: %s", machine)
+	base := randomBase()
+	meshCfg := bench.MeshConfig{BinDir: o.bin, Dir: filepath.Join(o.out, "mesh"), Base: base}
+	server := meshCfg.Addr(2, 10)
+	say("topology: loopback, pods in 127.%d.0.0/16; server pod %s (node-b), client pod %s (node-a)", base, server, meshCfg.Addr(1, 10))
+
+	apps, err := bench.StartApps(server.String())
+	if err != nil {
+		return fmt.Errorf("applications: %w", err)
+	}
+	defer apps.Close()
+	say("starting istiod-lite and two ztunnels (separate processes) with 100 pods on node-a")
+	mesh, err := bench.StartMesh(ctx, meshCfg)
+	if err != nil {
+		return err
+	}
+	defer mesh.Stop()
+	say("mesh ready in %s", mesh.Started.Round(time.Millisecond))
+	say("starting the stunnel4 pair (TLS 1.3, mutual auth, ECDSA P-256)")
+	peer, err := bench.StartPeer(ctx, bench.PeerConfig{Stunnel: o.stunnel, Dir: filepath.Join(o.out, "peer"),
+		Client: meshCfg.Addr(3, 1), Server: meshCfg.Addr(3, 2), Backend: server})
+	if err != nil {
+		return err
+	}
+	defer peer.Stop()
+
+	variants := []variant{
+		{"direct", mesh.DirectDial, nil},
+		{"mesh", mesh.Dial, []*bench.Process{mesh.ZtA, mesh.ZtB}},
+		{"peer", peer.Dial, []*bench.Process{peer.Client, peer.Server}},
+	}
+	r := &results{series: map[string]map[string][]float64{}}
+
+	// Idle RSS before any traffic, after a moment to settle.
+	time.Sleep(time.Second)
+	for _, p := range []*bench.Process{mesh.ZtA, mesh.ZtB, mesh.Istiod, peer.Client, peer.Server} {
+		s, err := p.Sample()
+		if err != nil {
+			return err
+		}
+		r.idleRSS = append(r.idleRSS, procRSS{p.Name, s.RSS})
+	}
+
+	// Per-connection memory first, on idle processes: RSS with the
+	// connections open minus RSS idle.
+	say("RSS with %d open idle connections", d.idleConns)
+	for _, v := range variants[1:] {
+		before := rssOf(v.procs)
+		cs, err := bench.IdleConns(ctx, v.dial, d.idleConns)
+		if err != nil {
+			return fmt.Errorf("%s: idle connections: %w", v.name, err)
+		}
+		time.Sleep(time.Second)
+		after := rssOf(v.procs)
+		for i := range v.procs {
+			r.perConn = append(r.perConn, perConn{v.procs[i].Name, before[i], after[i], d.idleConns})
+		}
+		for _, c := range cs {
+			c.Close()
+		}
+	}
+	time.Sleep(time.Second)
+
+	say("warming up every variant")
+	for _, v := range variants {
+		if _, err := bench.Throughput(ctx, v.dial, 64<<20, time.Second); err != nil {
+			return fmt.Errorf("%s: warm-up: %w", v.name, err)
+		}
+		if _, err := bench.ClosedLoop(ctx, v.dial, 2, 200*time.Millisecond); err != nil {
+			return fmt.Errorf("%s: warm-up: %w", v.name, err)
+		}
+	}
+
+	say("single-stream throughput: %d runs × %d variants, %s or %d MiB each", o.runs, len(variants), d.throughput, d.maxBytes>>20)
+	err = interleave(ctx, o.runs, variants, func(v variant) error {
+		cpu := cpuBefore(v.procs)
+		res, err := bench.Throughput(ctx, v.dial, d.maxBytes, d.throughput)
+		if err != nil {
+			return err
+		}
+		r.add("throughput", v.name, res.BytesPerSecond()*8/1e9)
+		gb := float64(res.Bytes) / 1e9
+		for i, c := range cpuAfter(v.procs, cpu) {
+			r.add(fmt.Sprintf("cpu/GB/%d", i), v.name, c.Seconds()/gb)
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("throughput: %w", err)
+	}
+
+	say("1 KiB request/response at 1000 rps (open loop, 4 connections): %d runs × %d variants, %s each", o.runs, len(variants), d.latency)
+	err = interleave(ctx, o.runs, variants, func(v variant) error {
+		cpu := cpuBefore(v.procs)
+		res, err := bench.OpenLoop(ctx, v.dial, 4, 1000, d.latency)
+		if err != nil {
+			return err
+		}
+		addLatency(r, "fixed", v.name, res)
+		r.add("late", v.name, float64(res.Late)/1e3)
+		for i, c := range cpuAfter(v.procs, cpu) {
+			r.add(fmt.Sprintf("cpu/1000req/%d", i), v.name, c.Seconds()/(float64(res.Requests)/1000))
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("latency at 1000 rps: %w", err)
+	}
+
+	say("1 KiB request/response at saturation (closed loop, 8 connections): %d runs × %d variants, %s each", o.runs, len(variants), d.saturation)
+	err = interleave(ctx, o.runs, variants, func(v variant) error {
+		cpu := cpuBefore(v.procs)
+		res, err := bench.ClosedLoop(ctx, v.dial, 8, d.saturation)
+		if err != nil {
+			return err
+		}
+		addLatency(r, "sat", v.name, res)
+		r.add("sat-rps", v.name, res.RPS())
+		for i, c := range cpuAfter(v.procs, cpu) {
+			r.add(fmt.Sprintf("cpu/1000req-sat/%d", i), v.name, c.Seconds()/(float64(res.Requests)/1000))
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("saturation: %w", err)
+	}
+
+	say("new connections per second (16 workers; connect, 1-byte echo, close): %d runs × %d variants, %s each", o.runs, len(variants), d.conns)
+	err = interleave(ctx, o.runs, variants, func(v variant) error {
+		res := bench.NewConns(ctx, v.dial, 16, d.conns)
+		if res.Conns == 0 {
+			return fmt.Errorf("no connection succeeded (%d errors)", res.Errors)
+		}
+		r.add("conns", v.name, res.PerSecond())
+		r.add("conn-errors", v.name, float64(res.Errors))
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("new connections: %w", err)
+	}
+	time.Sleep(time.Second) // let closed connections drain
+
+	say("profiling both ztunnels during a throughput run and a saturation run (%s each)", d.profile)
+	r.profiles, err = profile(ctx, o, mesh, d)
+	if err != nil {
+		say("profiling failed: %v", err)
+	}
+	mesh.Stop()
+	peer.Stop()
+	apps.Close()
+
+	if !o.skipCP {
+		cpCfg := bench.ControlPlaneConfig{BinDir: o.bin, Dir: filepath.Join(o.out, "control-plane"),
+			Addr: netip.AddrFrom4([4]byte{127, base, 200, 1})}
+		if o.quick {
+			cpCfg.Pods, cpCfg.Services, cpCfg.Clients, cpCfg.Changes, cpCfg.Syncs = 2000, 400, 20, 10, 2
+		}
+		say("control plane: istiod-lite with %s pods, %s services, %s xDS clients", orDef(cpCfg.Pods, 10000), orDef(cpCfg.Services, 2000), orDef(cpCfg.Clients, 100))
+		r.cp, err = bench.RunControlPlane(ctx, cpCfg)
+		if err != nil {
+			return fmt.Errorf("control plane: %w", err)
+		}
+	}
+
+	rows := r.rows()
+	table := bench.Markdown(rows, []string{"direct", "mesh", "peer"})
+	fmt.Println()
+	fmt.Print(table)
+	fmt.Println()
+	for _, row := range rows {
+		if row.Verdict != "" {
+			fmt.Printf("%-4s %-55s %s\n", row.Verdict, row.Figure, strings.Join(row.Ratios, ", "))
+		}
+	}
+	if o.doc != "" {
+		doc := r.document(machine, started, time.Since(started), o, table)
+		if err := os.WriteFile(o.doc, []byte(doc), 0o644); err != nil {
+			return err
+		}
+		say("wrote %s (run took %s)", o.doc, time.Since(started).Round(time.Second))
+	}
+	return nil
+}
+
+func orDef(v, d int) string {
+	if v == 0 {
+		v = d
+	}
+	return fmt.Sprintf("%d", v)
+}
+
+// interleave runs f for every variant in turn, runs times over.
+func interleave(ctx context.Context, runs int, vs []variant, f func(variant) error) error {
+	for range runs {
+		for _, v := range vs {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			if err := f(v); err != nil {
+				return fmt.Errorf("%s: %w", v.name, err)
+			}
+		}
+	}
+	return nil
+}
+
+func cpuBefore(ps []*bench.Process) []time.Duration {
+	out := make([]time.Duration, len(ps))
+	for i, p := range ps {
+		s, _ := p.Sample()
+		out[i] = s.CPU
+	}
+	return out
+}
+
+func cpuAfter(ps []*bench.Process, before []time.Duration) []time.Duration {
+	out := make([]time.Duration, len(ps))
+	for i, p := range ps {
+		s, _ := p.Sample()
+		out[i] = s.CPU - before[i]
+	}
+	return out
+}
+
+func rssOf(ps []*bench.Process) []int64 {
+	out := make([]int64, len(ps))
+	for i, p := range ps {
+		s, _ := p.Sample()
+		out[i] = s.RSS
+	}
+	return out
+}
+
+func addLatency(r *results, key, v string, res bench.LoadResult) {
+	us := func(d time.Duration) float64 { return float64(d) / 1e3 }
+	r.add(key+"-p50", v, us(res.P50))
+	r.add(key+"-p90", v, us(res.P90))
+	r.add(key+"-p99", v, us(res.P99))
+}
+
+// profile takes a CPU profile of both ztunnels (their admin
+// /debug/pprof/profile) during a mesh throughput run and during a mesh
+// saturation run, and summarises each with go tool pprof -top.
+func profile(ctx context.Context, o options, mesh *bench.Mesh, d durations) ([]profileOut, error) {
+	var outs []profileOut
+	secs := int(d.profile.Seconds())
+	for _, load := range []struct {
+		name string
+		run  func() error
+	}{
+		{"throughput", func() error {
+			_, err := bench.Throughput(ctx, mesh.Dial, math.MaxInt64, d.profile-200*time.Millisecond)
+			return err
+		}},
+		{"saturation", func() error {
+			_, err := bench.ClosedLoop(ctx, mesh.Dial, 8, d.profile-200*time.Millisecond)
+			return err
+		}},
+	} {
+		type got struct {
+			node, file string
+			err        error
+		}
+		ch := make(chan got, 2)
+		for node, admin := range map[string]string{"node-a": mesh.AdminA, "node-b": mesh.AdminB} {
+			go func() {
+				file := filepath.Join(o.out, fmt.Sprintf("ztunnel-%s-%s.pprof", node, load.name))
+				ch <- got{node, file, fetch(ctx, fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", admin, secs), file)}
+			}()
+		}
+		time.Sleep(100 * time.Millisecond)
+		if err := load.run(); err != nil {
+			return outs, fmt.Errorf("%s: %w", load.name, err)
+		}
+		for range 2 {
+			g := <-ch
+			if g.err != nil {
+				return outs, g.err
+			}
+			top, err := exec.CommandContext(ctx, "go", "tool", "pprof", "-top", "-nodecount=18", filepath.Join(o.bin, "ztunnel"), g.file).Output()
+			if err != nil {
+				return outs, fmt.Errorf("go tool pprof %s: %w", g.file, err)
+			}
+			outs = append(outs, profileOut{load: load.name, node: g.node, file: g.file, top: string(top)})
+		}
+	}
+	return outs, nil
+}
+
+func fetch(ctx context.Context, url, file string) error {
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("GET %s: %s", url, resp.Status)
+	}
+	f, err := os.Create(file)
+	if err != nil {
+		return err
+	}
+	_, err = io.Copy(f, resp.Body)
+	return errors.Join(err, f.Close())
+}
+
+// randomBase picks X of 127.X.0.0/16 so as not to collide with the
+// harness (30..229 too, but per process) or the demo (127.10).
+func randomBase() byte {
+	n, _ := rand.Int(rand.Reader, big.NewInt(190))
+	return byte(30 + n.Int64())
+}
+
+// raiseFileLimit lifts the soft limit on open files to the hard limit;
+// children (stunnel) inherit it, for the 1,000 idle connections.
+func raiseFileLimit() {
+	var l syscall.Rlimit
+	if syscall.Getrlimit(syscall.RLIMIT_NOFILE, &l) == nil && l.Cur < l.Max {
+		l.Cur = l.Max
+		_ = syscall.Setrlimit(syscall.RLIMIT_NOFILE, &l)
+	}
+}
