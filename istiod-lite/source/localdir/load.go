@@ -24,6 +24,7 @@ import (
 	"strings"
 	"time"
 
+	securityv1 "istio.io/client-go/pkg/apis/security/v1"
 	corev1 "k8s.io/api/core/v1"
 
 	"github.com/ambient-go/mesh/istiod-lite/model"
@@ -189,6 +190,10 @@ func assemble(states map[string]*fileState) *Snapshot {
 				if obj.Namespace == NodeTokensNamespace && obj.Name == NodeTokensName {
 					snap.NodeTokens = nodeTokens(obj)
 				}
+			case *securityv1.AuthorizationPolicy:
+				snap.Inputs.AuthorizationPolicies = append(snap.Inputs.AuthorizationPolicies, obj)
+			case *securityv1.PeerAuthentication:
+				snap.Inputs.PeerAuthentications = append(snap.Inputs.PeerAuthentications, obj)
 			case *RawObject:
 				snap.Raw = append(snap.Raw, obj)
 			}

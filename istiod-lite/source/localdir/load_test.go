@@ -33,6 +33,7 @@ func writeFiles(t *testing.T, dir string, files map[string]string) {
 // object, in snapshot order.
 type summary struct {
 	Namespaces, Pods, Services, ServiceAccounts, Nodes, Secrets, Raw []string
+	AuthorizationPolicies, PeerAuthentications                       []string
 	NodeTokens                                                       map[string]string
 }
 
@@ -49,6 +50,12 @@ func summarize(s *Snapshot) summary {
 	}
 	for _, o := range s.Inputs.ServiceAccounts {
 		out.ServiceAccounts = append(out.ServiceAccounts, o.Namespace+"/"+o.Name)
+	}
+	for _, o := range s.Inputs.AuthorizationPolicies {
+		out.AuthorizationPolicies = append(out.AuthorizationPolicies, o.Namespace+"/"+o.Name)
+	}
+	for _, o := range s.Inputs.PeerAuthentications {
+		out.PeerAuthentications = append(out.PeerAuthentications, o.Namespace+"/"+o.Name)
 	}
 	for _, o := range s.Nodes {
 		out.Nodes = append(out.Nodes, o.Name)
@@ -313,14 +320,14 @@ func TestLoadExample(t *testing.T) {
 		t.Fatalf("Load(testdata/example) errors: %v", errs)
 	}
 	want := summary{
-		Namespaces:      []string{"istio-system", "demo"},
-		Pods:            []string{"demo/echo-5d8f7c9b4-x2x9q", "default/sleep"},
-		Services:        []string{"demo/echo"},
-		ServiceAccounts: []string{"demo/echo"},
-		Nodes:           []string{"node-1", "node-2"},
-		Secrets:         []string{"istio-system/ztunnel-node-tokens"},
-		Raw:             []string{"AuthorizationPolicy demo/echo-allow-demo"},
-		NodeTokens:      map[string]string{"node-1-token": "node-1", "node-2-token": "node-2"},
+		Namespaces:            []string{"istio-system", "demo"},
+		Pods:                  []string{"demo/echo-5d8f7c9b4-x2x9q", "default/sleep"},
+		Services:              []string{"demo/echo"},
+		ServiceAccounts:       []string{"demo/echo"},
+		Nodes:                 []string{"node-1", "node-2"},
+		Secrets:               []string{"istio-system/ztunnel-node-tokens"},
+		AuthorizationPolicies: []string{"demo/echo-allow-demo"},
+		NodeTokens:            map[string]string{"node-1-token": "node-1", "node-2-token": "node-2"},
 	}
 	if diff := cmp.Diff(want, summarize(snap)); diff != "" {
 		t.Errorf("Load(testdata/example) mismatch (-want +got):\n%s", diff)

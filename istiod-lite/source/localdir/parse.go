@@ -175,6 +175,16 @@ func parseDocument(file string, doc document) (*object, error) {
 	}
 	key := objectKey{apiVersion: tm.APIVersion, kind: tm.Kind, namespace: tm.Metadata.Namespace, name: tm.Metadata.Name}
 
+	if isPolicy(tm.APIVersion, tm.Kind) {
+		obj, err := decodePolicy(doc, js, tm.Kind)
+		if err != nil {
+			return nil, &ParseError{File: file, Line: policyErrorLine(doc, err), Err: err}
+		}
+		if key.namespace == "" {
+			key.namespace = DefaultNamespace
+		}
+		return &object{key: key, line: doc.line, obj: obj}, nil
+	}
 	if tm.APIVersion != "v1" || !decodedKinds[tm.Kind] {
 		return &object{key: key, line: doc.line, obj: &RawObject{
 			APIVersion: tm.APIVersion, Kind: tm.Kind, Namespace: tm.Metadata.Namespace, Name: tm.Metadata.Name,
