@@ -15,7 +15,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -65,6 +67,11 @@ type Server struct {
 	snapshot atomic.Pointer[authSnapshot]
 	synced   chan struct{}
 	once     sync.Once
+
+	// statuses are the latest policy statuses; statusLogged holds what was
+	// last logged per policy (owned by apply's goroutine).
+	statuses     atomic.Pointer[map[string]*model.PolicyStatus]
+	statusLogged map[string]string
 }
 
 type authSnapshot struct {
@@ -215,6 +222,7 @@ func (s *Server) apply(snap *localdir.Snapshot) {
 	for k, v := range out.Authorizations {
 		pols[k] = v
 	}
+	s.logPolicyStatuses(out.PolicyStatuses)
 	s.xds.Set(workloadapi.AddressTypeURL, addrs)
 	s.xds.Set(workloadapi.AuthorizationTypeURL, pols)
 	s.once.Do(func() { close(s.synced) })
@@ -257,5 +265,61 @@ func (c *servingCert) get() (*tls.Certificate, error) {
 }
 
 // Errors are the configuration source's current parse errors (file and
-// line); their files' last good content stays served.
-func (s *Server) Errors() []error { return s.watcher.Errors() }
+// line), whose files' last good content stays served, and the policies
+// that are not applied (status condition False).
+func (s *Server) Errors() []error {
+	errs := s.watcher.Errors()
+	for _, st := range s.PolicyStatuses() {
+		for _, c := range st.Conditions {
+			if c.Rejected() {
+				errs = append(errs, fmt.Errorf("%s %s/%s not applied: %s: %s", st.Kind, st.Namespace, st.Name, c.Reason, c.Message))
+			}
+		}
+	}
+	return errs
+}
+
+// PolicyStatuses returns the status of every AuthorizationPolicy and
+// PeerAuthentication, sorted by kind, namespace and name. Local mode has no
+// API server to write them to; they are logged when they change.
+func (s *Server) PolicyStatuses() []*model.PolicyStatus {
+	m := s.statuses.Load()
+	if m == nil {
+		return nil
+	}
+	out := make([]*model.PolicyStatus, 0, len(*m))
+	for _, k := range slices.Sorted(maps.Keys(*m)) {
+		out = append(out, (*m)[k])
+	}
+	return out
+}
+
+// logPolicyStatuses stores the statuses and logs each condition that
+// changed: a warning when the policy is not applied or only in part.
+func (s *Server) logPolicyStatuses(statuses map[string]*model.PolicyStatus) {
+	s.statuses.Store(&statuses)
+	if s.statusLogged == nil {
+		s.statusLogged = map[string]string{}
+	}
+	for k := range s.statusLogged {
+		if _, ok := statuses[k]; !ok {
+			delete(s.statusLogged, k)
+		}
+	}
+	for _, k := range slices.Sorted(maps.Keys(statuses)) {
+		st := statuses[k]
+		for _, c := range st.Conditions {
+			sig := c.Type + "|" + c.Status + "|" + c.Reason + "|" + c.Message
+			if s.statusLogged[k] == sig {
+				continue
+			}
+			s.statusLogged[k] = sig
+			level := slog.LevelInfo
+			if c.Rejected() || c.Reason != model.ReasonAccepted {
+				level = slog.LevelWarn
+			}
+			s.log.Log(context.Background(), level, "policy status", "kind", st.Kind, "namespace", st.Namespace, "name", st.Name,
+				"condition", c.Type, "status", c.Status, "reason", c.Reason, "message", c.Message)
+		}
+	}
+}
