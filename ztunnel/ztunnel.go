@@ -41,6 +41,7 @@ import (
 	"github.com/ambient-go/mesh/ztunnel/admin"
 	"github.com/ambient-go/mesh/ztunnel/proxy"
 	"github.com/ambient-go/mesh/ztunnel/state"
+	"github.com/ambient-go/mesh/ztunnel/zds"
 )
 
 // Config configures a ztunnel. Node and Token are required.
@@ -74,6 +75,18 @@ type Config struct {
 	// context ends; default 5s.
 	DrainTimeout time.Duration
 
+	// Mode is ModeLocal (default) or ModeInpod. In ModeInpod ztunnel
+	// captures the traffic of each ambient pod inside the pod's network
+	// namespace, which the CNI plugin hands over on ZDSSocket; pods that
+	// were running before ztunnel started are read from PodStateDir.
+	Mode string
+	// ZDSSocket is where in-pod mode listens for the CNI plugin; default
+	// zds.DefaultSocket.
+	ZDSSocket string
+	// PodStateDir holds the CNI plugin's pod records; default
+	// zds.DefaultStateDir.
+	PodStateDir string
+
 	// Logger receives ztunnel's logs and access logs; LogLevel, if set, is
 	// the level /logging changes.
 	Logger   *slog.Logger
@@ -101,6 +114,8 @@ type Ztunnel struct {
 
 	mu        sync.Mutex
 	listeners map[netip.Addr]*podListeners
+
+	inpod inpod // in-pod mode
 }
 
 // podListeners are the listeners bound on one local pod's address.
@@ -133,6 +148,19 @@ func New(cfg Config) (*Ztunnel, error) {
 	if cfg.DrainTimeout == 0 {
 		cfg.DrainTimeout = 5 * time.Second
 	}
+	switch cfg.Mode {
+	case "":
+		cfg.Mode = ModeLocal
+	case ModeLocal, ModeInpod:
+	default:
+		return nil, fmt.Errorf("ztunnel: unknown Mode %q (want %q or %q)", cfg.Mode, ModeLocal, ModeInpod)
+	}
+	if cfg.ZDSSocket == "" {
+		cfg.ZDSSocket = zds.DefaultSocket
+	}
+	if cfg.PodStateDir == "" {
+		cfg.PodStateDir = zds.DefaultStateDir
+	}
 	if cfg.LogLevel == nil {
 		cfg.LogLevel = new(slog.LevelVar)
 	}
@@ -147,6 +175,7 @@ func New(cfg Config) (*Ztunnel, error) {
 		kick:      make(chan struct{}, 1),
 		ready:     make(chan struct{}),
 		listeners: map[netip.Addr]*podListeners{},
+		inpod:     inpod{pods: map[string]*inpodPod{}},
 	}
 
 	creds := insecure.NewCredentials()
@@ -177,13 +206,20 @@ func New(cfg Config) (*Ztunnel, error) {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	z.access = accesslog.New(log)
-	z.pool = hbone.NewPool(hbone.PoolConfig{TLSConfig: z.certs.ClientTLSConfig, Logger: log})
+	poolCfg := hbone.PoolConfig{TLSConfig: z.certs.ClientTLSConfig, Logger: log}
+	var dialPod func(context.Context, netip.Addr, netip.Addr, netip.AddrPort) (net.Conn, error)
+	if cfg.Mode == ModeInpod {
+		// Every socket is opened inside the pod's netns, with SO_MARK.
+		poolCfg.Dialer, dialPod = z.dialHBONE, z.dialPod
+	}
+	z.pool = hbone.NewPool(poolCfg)
 	z.proxy, err = proxy.New(proxy.Config{
 		Store:     z.store,
 		Pool:      z.pool,
 		Metrics:   telemetry.NewMetrics(reg),
 		AccessLog: z.access,
 		HBONEPort: cfg.HBONEPort,
+		DialPod:   dialPod,
 		Logger:    log,
 	})
 	if err != nil {
@@ -268,10 +304,14 @@ func (z *Ztunnel) Start(ctx context.Context) error {
 	run("certificates", z.certs.Start)
 	run("xds", z.xds.Start)
 	run("listeners", z.reconcileLoop)
+	if z.cfg.Mode == ModeInpod {
+		run("zds", z.startInpod)
+	}
 
 	<-ctx.Done()
 	wg.Wait()
 	z.closeListeners()
+	z.closePods()
 	// Drain: no new connections; open tunnels get DrainTimeout to finish.
 	drain, cancelDrain := context.WithTimeout(context.Background(), z.cfg.DrainTimeout)
 	z.server.Shutdown(drain)
@@ -341,6 +381,9 @@ func (z *Ztunnel) reconcileLoop(ctx context.Context) error {
 }
 
 func (z *Ztunnel) reconcile(ctx context.Context) error {
+	if z.cfg.Mode == ModeInpod {
+		return z.reconcileInpod(ctx)
+	}
 	want := map[netip.Addr]*state.Workload{}
 	for _, w := range z.store.NodeWorkloads(z.cfg.Node) {
 		if w.TunnelProtocol != workloadapi.TunnelProtocol_HBONE {

@@ -12,6 +12,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/ambient-go/mesh/ztunnel"
+	"github.com/ambient-go/mesh/ztunnel/zds"
 )
 
 func main() {
@@ -65,6 +66,9 @@ func main() {
 	f.StringVar(&cfg.MetricsAddr, "metrics-addr", ":15020", "Prometheus metrics address")
 	f.StringVar(&cfg.ReadinessAddr, "readiness-addr", ":15021", "readiness address (/healthz/ready)")
 	f.StringVar(&level, "log-level", "info", "debug, info, warn or error")
+	f.StringVar(&cfg.Mode, "mode", ztunnel.ModeLocal, "local (loopback pods, SOCKS5) or inpod (capture inside each pod's netns; needs root)")
+	f.StringVar(&cfg.ZDSSocket, "zds-socket", zds.DefaultSocket, "inpod: unix socket the CNI plugin hands pods to")
+	f.StringVar(&cfg.PodStateDir, "pod-state-dir", zds.DefaultStateDir, "inpod: directory of the CNI plugin's pod records, read at start")
 	if err := cmd.ExecuteContext(context.Background()); err != nil {
 		fmt.Fprintln(os.Stderr, "ztunnel:", err)
 		os.Exit(1)
