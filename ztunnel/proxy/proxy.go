@@ -25,6 +25,7 @@ import (
 	"time"
 
 	"github.com/ambient-go/mesh/pkg/accesslog"
+	"github.com/ambient-go/mesh/pkg/authz"
 	"github.com/ambient-go/mesh/pkg/hbone"
 	"github.com/ambient-go/mesh/pkg/telemetry"
 	"github.com/ambient-go/mesh/pkg/workloadapi"
@@ -71,6 +72,8 @@ type Proxy struct {
 	closed   bool
 	draining bool
 	wg       sync.WaitGroup
+
+	authz authorizer // L4 policy enforcement (authz.go)
 }
 
 // New returns a Proxy.
@@ -91,7 +94,9 @@ func New(cfg Config) (*Proxy, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Proxy{cfg: cfg, log: log.With("component", "proxy"), conns: map[net.Conn]struct{}{}}, nil
+	p := &Proxy{cfg: cfg, log: log.With("component", "proxy"), conns: map[net.Conn]struct{}{}}
+	p.authz.init(cfg.Store, p.log)
+	return p, nil
 }
 
 // track registers c for Close; it returns false (and closes c) once the
@@ -446,6 +451,12 @@ func (p *Proxy) ServeHBONE(ctx context.Context, req *hbone.Request, t *hbone.Tun
 		fail(http.StatusBadRequest, "CONNECT", ErrIllegalPort)
 		return
 	}
+	ac := authz.Conn{Src: req.RemoteAddr.Addr(), Dst: req.Authority, Identity: req.PeerID.String()}
+	if d := p.Authorize(ac); !d.Allow {
+		rec.Policy = d.Policy
+		fail(http.StatusUnauthorized, "DENY", policyError(d))
+		return
+	}
 
 	// Dial the application from the client's own address, so that it sees
 	// the real source.
@@ -467,6 +478,8 @@ func (p *Proxy) ServeHBONE(ctx context.Context, req *hbone.Request, t *hbone.Tun
 		return
 	}
 	defer p.untrack(down)
+	ic := p.watchInbound(ac, down, upstream)
+	defer p.unwatchInbound(ic)
 	recv, sent, err := hbone.Relay(down, upstream)
 	m.AddReceived(recv)
 	m.AddSent(sent)
@@ -475,6 +488,7 @@ func (p *Proxy) ServeHBONE(ctx context.Context, req *hbone.Request, t *hbone.Tun
 	rec.BytesSent, rec.BytesRecv = recv, sent
 	rec.Duration = time.Since(start)
 	rec.Err = ignoreClosed(err)
+	ic.annotate(rec)
 	p.cfg.AccessLog.Log(ctx, rec)
 }
 
