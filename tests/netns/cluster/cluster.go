@@ -1,0 +1,387 @@
+// Package cluster runs the mesh on a network namespace topology (package
+// netns) the way it runs on Kubernetes nodes: istiod-lite in-process with
+// its gRPC listeners opened inside the underlay namespace (198.18.0.1), one
+// ztunnel process per node started inside the node's namespace in in-pod
+// mode, and the container runtime played by the cluster itself. Creating a
+// pod writes its Pod object to istiod-lite's config directory (local mode,
+// as package harness does), creates the pod's namespace and veth, and calls
+// the CNI plugin binary exactly as a runtime does (CNI_COMMAND, CNI_NETNS,
+// CNI_ARGS with the pod's name, namespace and UID, configuration with
+// prevResult on stdin); deleting it calls DEL, then removes the namespace.
+//
+// The ztunnel and ztunnel-cni binaries are built once per test process
+// (go build, cached under the user cache directory). Everything a cluster
+// starts or creates is stopped and removed in t.Cleanup, even on failure.
+package cluster
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/ambient-go/mesh/istiod-lite/server"
+	"github.com/ambient-go/mesh/tests/netns"
+)
+
+// Ports of istiod-lite in the underlay namespace.
+const (
+	IstiodTLSPort       = 15012
+	IstiodPlaintextPort = 15010
+)
+
+// Options configure a Cluster. The zero value gives two nodes.
+type Options struct {
+	// Nodes is the number of nodes (node-1, node-2...); default 2.
+	Nodes int
+	// CertTTL is the certificate lifetime ztunnels request; default 24h.
+	CertTTL time.Duration
+}
+
+// Cluster is a running mesh on a topology.
+type Cluster struct {
+	t    testing.TB
+	opts Options
+	// Topo is the topology the cluster runs on.
+	Topo *netns.Topology
+	// ConfigDir is istiod-lite's config directory (local mode).
+	ConfigDir string
+	// Istiod is the running istiod-lite.
+	Istiod   *server.Server
+	stateDir string
+	stopIst  func() error
+	bin      string
+	// Nodes are the nodes, Nodes[i-1] being node-i.
+	Nodes []*Node
+}
+
+// Node is one node of the cluster: its namespace, its ztunnel and its
+// pods.
+type Node struct {
+	*netns.Node
+	// Name is the Kubernetes node name, node-<index>.
+	Name string
+	// ZDSSocket is where the node's ztunnel listens for the CNI plugin.
+	ZDSSocket string
+	// PodStateDir holds the CNI plugin's pod records.
+	PodStateDir string
+
+	c    *Cluster
+	mu   sync.Mutex
+	zt   *Ztunnel
+	pods map[string]*Pod // by namespace/name
+}
+
+// New builds the topology, starts istiod-lite and one ztunnel per node, and
+// tears everything down in t.Cleanup: pods (CNI DEL, then their
+// namespaces), ztunnels, istiod-lite, then the topology.
+func New(t testing.TB, opts Options) *Cluster {
+	t.Helper()
+	netns.RequireRoot(t)
+	if opts.Nodes == 0 {
+		opts.Nodes = 2
+	}
+	bin, err := Binaries()
+	if err != nil {
+		t.Fatal(err)
+	}
+	topo, err := netns.Create(netns.Options{Nodes: opts.Nodes})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &Cluster{t: t, opts: opts, Topo: topo, ConfigDir: t.TempDir(), stateDir: t.TempDir(), bin: bin}
+	t.Cleanup(c.teardown)
+	run := t.TempDir()
+	var tokens strings.Builder
+	for _, tn := range topo.Nodes {
+		n := &Node{
+			Node:        tn,
+			Name:        fmt.Sprintf("node-%d", tn.Index),
+			ZDSSocket:   filepath.Join(run, fmt.Sprintf("node-%d", tn.Index), "zds.sock"),
+			PodStateDir: filepath.Join(run, fmt.Sprintf("node-%d", tn.Index), "pods"),
+			c:           c,
+			pods:        map[string]*Pod{},
+		}
+		c.Nodes = append(c.Nodes, n)
+		fmt.Fprintf(&tokens, "  %s: %s\n", n.Name, c.Token(n.Name))
+	}
+	c.Write("mesh.yaml", `apiVersion: v1
+kind: Namespace
+metadata:
+  name: istio-system
+---
+apiVersion: v1
+kind: Secret
+metadata:
+  name: ztunnel-node-tokens
+  namespace: istio-system
+stringData:
+`+tokens.String())
+	c.StartIstiod()
+	for _, n := range c.Nodes {
+		n.StartZtunnel()
+	}
+	return c
+}
+
+// Token is node's CA token.
+func (c *Cluster) Token(node string) string { return "token-" + node }
+
+// IstiodAddr is istiod-lite's plaintext gRPC address, in the underlay.
+func (c *Cluster) IstiodAddr() netip.AddrPort {
+	return netip.AddrPortFrom(netns.UnderlayIP, IstiodPlaintextPort)
+}
+
+// Node returns node-i (from 1).
+func (c *Cluster) Node(i int) *Node { return c.Nodes[i-1] }
+
+// Write creates or replaces a file of istiod-lite's config directory,
+// atomically.
+func (c *Cluster) Write(name, yaml string) {
+	c.t.Helper()
+	tmp := filepath.Join(c.ConfigDir, "."+name+".tmp")
+	if err := os.WriteFile(tmp, []byte(yaml), 0o644); err != nil {
+		c.t.Fatal(err)
+	}
+	if err := os.Rename(tmp, filepath.Join(c.ConfigDir, name)); err != nil {
+		c.t.Fatal(err)
+	}
+}
+
+// Remove deletes a file of the config directory; a missing file is fine.
+func (c *Cluster) Remove(name string) {
+	c.t.Helper()
+	if err := os.Remove(filepath.Join(c.ConfigDir, name)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		c.t.Fatal(err)
+	}
+}
+
+// Namespace writes a Namespace with labels (e.g.
+// "istio.io/dataplane-mode": "ambient"); writing it again relabels it.
+func (c *Cluster) Namespace(name string, labels map[string]string) {
+	c.t.Helper()
+	c.Write("namespace-"+name+".yaml", fmt.Sprintf(`apiVersion: v1
+kind: Namespace
+metadata:
+  name: %s
+  labels: %s
+`, name, flow(labels)))
+}
+
+// Service writes a Service with a cluster IP selecting pods by labels,
+// port → targetPort (a number).
+func (c *Cluster) Service(namespace, name string, vip netip.Addr, selector map[string]string, port, targetPort int) {
+	c.t.Helper()
+	c.Write("service-"+namespace+"-"+name+".yaml", fmt.Sprintf(`apiVersion: v1
+kind: Service
+metadata:
+  name: %s
+  namespace: %s
+spec:
+  clusterIP: %s
+  selector: %s
+  ports:
+  - name: tcp
+    port: %d
+    targetPort: %d
+`, name, namespace, vip, flow(selector), port, targetPort))
+}
+
+// flow renders a string map as a YAML flow mapping.
+func flow(m map[string]string) string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	parts := make([]string, len(keys))
+	for i, k := range keys {
+		parts[i] = fmt.Sprintf("%q: %q", k, m[k])
+	}
+	return "{" + strings.Join(parts, ", ") + "}"
+}
+
+func logger(t testing.TB, component string) *slog.Logger {
+	if testing.Verbose() {
+		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo})).With("test", t.Name(), "process", component)
+	}
+	return slog.New(slog.DiscardHandler)
+}
+
+// StartIstiod starts istiod-lite in-process; its listeners are opened
+// inside the underlay namespace, on 198.18.0.1.
+func (c *Cluster) StartIstiod() {
+	c.t.Helper()
+	var s *server.Server
+	err := c.Topo.Underlay.Do(func() (err error) {
+		s, err = server.New(server.Config{
+			ConfigDir:     c.ConfigDir,
+			StateDir:      c.stateDir,
+			Addr:          netip.AddrPortFrom(netns.UnderlayIP, IstiodTLSPort).String(),
+			PlaintextAddr: c.IstiodAddr().String(),
+			Logger:        logger(c.t, "istiod-lite"),
+		})
+		return err
+	})
+	if err != nil {
+		c.t.Fatalf("starting istiod-lite: %v", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Start(ctx) }()
+	c.Istiod = s
+	c.stopIst = func() error { cancel(); return <-done }
+	select {
+	case <-s.Synced():
+	case <-time.After(10 * time.Second):
+		c.t.Fatal("istiod-lite did not load its configuration within 10s")
+	}
+}
+
+// StopIstiod stops istiod-lite.
+func (c *Cluster) StopIstiod() error {
+	if c.stopIst == nil {
+		return nil
+	}
+	stop := c.stopIst
+	c.stopIst = nil
+	return stop()
+}
+
+func (c *Cluster) teardown() {
+	t := c.t
+	for _, n := range c.Nodes {
+		for _, p := range n.Pods() {
+			if err := p.Delete(); err != nil {
+				t.Errorf("deleting pod %s: %v", p.Key(), err)
+			}
+		}
+	}
+	for _, n := range c.Nodes {
+		if z := n.Ztunnel(); z != nil {
+			if t.Failed() {
+				z.dumpLogs(t, 40)
+			}
+			if err := z.Stop(); err != nil {
+				t.Errorf("ztunnel %s: %v", n.Name, err)
+			}
+		}
+	}
+	if err := c.StopIstiod(); err != nil {
+		t.Errorf("istiod-lite: %v", err)
+	}
+	if err := c.Topo.Close(); err != nil {
+		t.Errorf("removing the topology: %v", err)
+	}
+}
+
+// HTTPClient returns a client whose connections are opened inside ns (for
+// the admin endpoints of a node's ztunnel, say). It keeps no idle
+// connections.
+func HTTPClient(ns netns.NS) *httpClient {
+	return &httpClient{ns: ns}
+}
+
+type httpClient struct{ ns netns.NS }
+
+// Get fetches url from inside the namespace and returns the body of a 200
+// answer.
+func (h *httpClient) Get(ctx context.Context, url string) ([]byte, error) {
+	host, path, _ := strings.Cut(strings.TrimPrefix(url, "http://"), "/")
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	conn, err := h.ns.Dial(ctx, "tcp", host)
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Close()
+	if dl, ok := ctx.Deadline(); ok {
+		conn.SetDeadline(dl)
+	}
+	fmt.Fprintf(conn, "GET /%s HTTP/1.0\r\nHost: %s\r\n\r\n", path, host)
+	b, err := io.ReadAll(conn)
+	if err != nil {
+		return nil, err
+	}
+	head, body, ok := bytes.Cut(b, []byte("\r\n\r\n"))
+	if !ok {
+		return nil, fmt.Errorf("GET %s: malformed answer %q", url, b)
+	}
+	status, _, _ := bytes.Cut(head, []byte("\r\n"))
+	if !bytes.Contains(status, []byte(" 200 ")) {
+		return body, fmt.Errorf("GET %s: %s", url, status)
+	}
+	return body, nil
+}
+
+// Binaries builds ztunnel and ztunnel-cni once per process and returns the
+// directory holding them.
+func Binaries() (string, error) {
+	buildOnce.Do(func() { binDir, buildErr = build() })
+	return binDir, buildErr
+}
+
+var (
+	buildOnce sync.Once
+	binDir    string
+	buildErr  error
+)
+
+func build() (string, error) {
+	cache, err := os.UserCacheDir()
+	if err != nil {
+		cache = os.TempDir()
+	}
+	dir := filepath.Join(cache, "ambient-go-mesh", "netns-bin")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", err
+	}
+	for _, pkg := range []string{"ztunnel/cmd/ztunnel", "ztunnel/cmd/ztunnel-cni"} {
+		name := filepath.Base(pkg)
+		tmp, err := os.CreateTemp(dir, "."+name+"-*")
+		if err != nil {
+			return "", err
+		}
+		tmp.Close()
+		out, err := exec.Command("go", "build", "-o", tmp.Name(), "github.com/ambient-go/mesh/"+pkg).CombinedOutput()
+		if err != nil {
+			os.Remove(tmp.Name())
+			return "", fmt.Errorf("building %s: %w\n%s", name, err, out)
+		}
+		// A rename is atomic: concurrent test processes each install a
+		// complete binary, and running ones keep theirs.
+		if err := os.Rename(tmp.Name(), filepath.Join(dir, name)); err != nil {
+			os.Remove(tmp.Name())
+			return "", err
+		}
+	}
+	return dir, nil
+}
+
+// decodeLog parses one JSON log line.
+func decodeLog(line []byte) (Log, bool) {
+	var l Log
+	if err := json.Unmarshal(line, &l); err != nil {
+		return nil, false
+	}
+	return l, true
+}
+
+func removeIfExists(path string) error {
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	return nil
+}
