@@ -350,7 +350,7 @@ func (p *Proxy) dialHBONE(ctx context.Context, src *state.Workload, clientAddr n
 			}
 		}
 	}
-	return p.cfg.Pool.Dial(ctx, hbone.Target{
+	c, err := p.cfg.Pool.Dial(ctx, hbone.Target{
 		Addr:       hboneAddr,
 		Authority:  dst.addr.String(),
 		SourceID:   src.ID,
@@ -358,6 +358,10 @@ func (p *Proxy) dialHBONE(ctx context.Context, src *state.Workload, clientAddr n
 		SourceAddr: src.Addrs[0],
 		Header:     h,
 	})
+	if err != nil {
+		return nil, err // not a nil *hbone.Conn in a non-nil net.Conn
+	}
+	return c, nil
 }
 
 // baggage describes the source workload as Istio's ztunnel does.

@@ -85,7 +85,7 @@ var protoPosition = regexp.MustCompile(`^proto:\s*(\(line \d+:\d+\):\s*)?`)
 // protoErrorMessage drops protojson's prefix and its JSON position, which
 // would not match the YAML the user wrote.
 func protoErrorMessage(err error) string {
-	return strings.ReplaceAll(protoPosition.ReplaceAllString(err.Error(), ""), "\u00a0", " ")
+	return protoPosition.ReplaceAllString(strings.ReplaceAll(err.Error(), "\u00a0", " "), "")
 }
 
 var (
