@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/ambient-go/mesh/pkg/accesslog"
+	"github.com/ambient-go/mesh/pkg/authz"
 	"github.com/ambient-go/mesh/pkg/hbone"
 	"github.com/ambient-go/mesh/pkg/telemetry"
 	"github.com/ambient-go/mesh/ztunnel/capture"
@@ -115,6 +116,23 @@ func (p *Proxy) plaintextInbound(ctx context.Context, c net.Conn, pod netip.Addr
 		fail(ErrIllegalPort)
 		return
 	}
+	// A plaintext client has no identity: a STRICT PeerAuthentication (a
+	// DENY of connections without a principal) or any principal-based
+	// ALLOW refuses it. Refused connections are reset.
+	ac := authz.Conn{Src: client.Addr(), Dst: dst}
+	if d := p.Authorize(ac); !d.Allow {
+		if tc, ok := c.(*net.TCPConn); ok {
+			tc.SetLinger(0)
+		}
+		rec.Policy = d.Policy
+		labels.ResponseFlags = "DENY"
+		p.cfg.Metrics.Open(labels).Close()
+		rec.Err = policyError(d)
+		rec.ResponseFlags = labels.ResponseFlags
+		rec.Duration = time.Since(start)
+		p.cfg.AccessLog.Log(ctx, rec)
+		return
+	}
 	upstream, err := p.dialDirect(ctx, pod, client.Addr(), dst)
 	if err != nil {
 		fail(err)
@@ -126,6 +144,8 @@ func (p *Proxy) plaintextInbound(ctx context.Context, c net.Conn, pod netip.Addr
 		return
 	}
 	defer p.untrack(upstream)
+	ic := p.watchInbound(ac, c, upstream)
+	defer p.unwatchInbound(ic)
 	recv, sent, err := hbone.Relay(c, upstream)
 	m.AddReceived(recv)
 	m.AddSent(sent)
@@ -133,5 +153,6 @@ func (p *Proxy) plaintextInbound(ctx context.Context, c net.Conn, pod netip.Addr
 	rec.BytesSent, rec.BytesRecv = recv, sent
 	rec.Duration = time.Since(start)
 	rec.Err = ignoreClosed(err)
+	ic.annotate(rec)
 	p.cfg.AccessLog.Log(ctx, rec)
 }

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"syscall"
 	"testing"
 	"time"
 
@@ -17,11 +18,13 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"go.uber.org/goleak"
 	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/emptypb"
 
 	"github.com/ambient-go/mesh/pkg/accesslog"
 	"github.com/ambient-go/mesh/pkg/hbone"
 	"github.com/ambient-go/mesh/pkg/telemetry"
 	"github.com/ambient-go/mesh/pkg/workloadapi"
+	"github.com/ambient-go/mesh/pkg/workloadapi/security"
 	"github.com/ambient-go/mesh/ztunnel/capture"
 	"github.com/ambient-go/mesh/ztunnel/capture/capturetest"
 	"github.com/ambient-go/mesh/ztunnel/state"
@@ -184,6 +187,45 @@ func TestCapturedTraffic(t *testing.T) {
 		}
 		if n := countOpened(t, reg, map[string]string{"reporter": "destination", "connection_security_policy": "unknown", "destination_workload_namespace": "ns"}); n != 1 {
 			t.Errorf("%s{reporter=destination,connection_security_policy=unknown} = %v, want 1", telemetry.ConnectionsOpenedName, n)
+		}
+	})
+
+	t.Run("STRICT mTLS refuses plaintext", func(t *testing.T) {
+		// What istiod-lite makes of a mesh-wide STRICT PeerAuthentication.
+		strict, err := anypb.New(&security.Authorization{
+			Name: "istio_converted_static_strict", Namespace: "istio-system",
+			Scope: security.Scope_GLOBAL, Action: security.Action_DENY,
+			Rules: []*security.Rule{{Clauses: []*security.Clause{{Matches: []*security.Match{{
+				NotPrincipals: []*security.StringMatch{{MatchType: &security.StringMatch_Presence{Presence: &emptypb.Empty{}}}},
+			}}}}}},
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		const name = "istio-system/istio_converted_static_strict"
+		if err := store.OnUpdate(workloadapi.AuthorizationTypeURL, []*discoveryv3.Resource{{Name: name, Resource: strict}}, nil); err != nil {
+			t.Fatal(err)
+		}
+		defer store.OnUpdate(workloadapi.AuthorizationTypeURL, nil, []string{name})
+		peer := echo(t, capturetest.ListenIn(t, tp.Pod, "0.0.0.0:8081"))
+		// The reset may come before or after the dial returns.
+		if c, err := capturetest.DialIn(tp.Server, "198.18.200.1:8081", 2*time.Second); err == nil {
+			c.SetDeadline(time.Now().Add(5 * time.Second))
+			if n, err := c.Read(make([]byte, 1)); err == nil {
+				t.Errorf("read %d bytes through a plaintext connection STRICT mode should refuse", n)
+			}
+			c.Close()
+		} else if !errors.Is(err, syscall.ECONNRESET) {
+			t.Errorf("dial = %v, want success or a reset", err)
+		}
+		r := nextRecord(t, recs)
+		if !errors.Is(r.Err, ErrDenied) || r.ResponseFlags != "DENY" || r.Policy != name {
+			t.Errorf("record = err %v, flags %q, policy %q; want ErrDenied, DENY, %s", r.Err, r.ResponseFlags, r.Policy, name)
+		}
+		select {
+		case got := <-peer:
+			t.Errorf("the app accepted a connection from %v", got)
+		default:
 		}
 	})
 
