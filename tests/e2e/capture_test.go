@@ -518,4 +518,3 @@ func TestCaptureScale(t *testing.T) {
 		}
 	}
 }
-
