@@ -16,6 +16,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -458,7 +459,10 @@ func TestCaptureScale(t *testing.T) {
 	for _, p := range nodePods[2] {
 		startApp(t, p, 8080)
 	}
-	t.Logf("%d pods up and captured", 2*pods)
+	for _, n := range c.Nodes {
+		u := measure(n)
+		t.Logf("%s: %d pods up and captured; ztunnel goroutines %d, fds %d (%d and %d before)", n.Name, pods, u.goroutines, u.fds, base[n.Name].goroutines, base[n.Name].fds)
+	}
 
 	// Every pod of node-1 calls one pod of node-2, concurrently.
 	var wg sync.WaitGroup
@@ -493,6 +497,25 @@ func TestCaptureScale(t *testing.T) {
 	}
 	if left, _ := netns.List(c.Topo.Prefix); len(left) != 1+len(c.Nodes) {
 		t.Errorf("namespaces after deleting every pod: %v, want the underlay and the nodes only", left)
+	}
+	for _, n := range c.Nodes {
+		h, err := n.Handle()
+		if err != nil {
+			t.Fatal(err)
+		}
+		links, err := h.LinkList()
+		h.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var names []string
+		for _, l := range links {
+			names = append(names, l.Attrs().Name)
+		}
+		slices.Sort(names)
+		if !slices.Equal(names, []string{"br0", "eth0", "lo"}) {
+			t.Errorf("links of %s after deleting every pod: %v, want br0 eth0 lo", n.Name, names)
+		}
 	}
 	// Once every pod is gone, each ztunnel is back to its goroutines and
 	// descriptors before the pods came.
