@@ -27,8 +27,12 @@ demo: build
 	@$(BIN)/demo -bin $(BIN) -config examples/local -out _out/demo
 
 bench:
-	@echo ">> Go benchmarks (data path and control plane)"
-	@$(GO) test -run '^$$' -bench . -benchmem -timeout 20m $(PKGS)
+	@command -v stunnel4 >/dev/null || { echo ">> installing stunnel4 (Debian) for the peer variant"; \
+		apt-get update -qq && apt-get install -y -qq stunnel4; }
+	@echo ">> building istiod-lite, ztunnel and the bench runner into $(BIN)/"
+	@$(GO) build -o $(BIN)/ $(MODULE)/istiod-lite/cmd/istiod-lite $(MODULE)/ztunnel/cmd/ztunnel $(MODULE)/tests/cmd/bench
+	@echo ">> benchmarks: direct vs mesh vs stunnel, then the control plane (about 5 minutes); writes docs/performance.md"
+	@$(BIN)/bench -bin $(BIN) -out _out/bench -doc docs/performance.md
 
 # The ztunnel module must not depend on any Kubernetes package.
 check-imports:

@@ -31,7 +31,7 @@ type ControlPlaneConfig struct {
 	// Addr is where istiod-lite listens (plaintext gRPC on 15010, TLS on
 	// 15012).
 	Addr netip.Addr
-	// Defaults: 10,000 pods, 2,000 services, 100 clients, 30 changes, 5
+	// Defaults: 10,000 pods, 2,000 services, 100 clients, 15 changes, 5
 	// full syncs.
 	Pods, Services, Clients, Changes, Syncs int
 	// PodsPerFile splits the pods over files; default 100.
@@ -47,7 +47,7 @@ func (c *ControlPlaneConfig) defaults() {
 	def(&c.Pods, 10000)
 	def(&c.Services, 2000)
 	def(&c.Clients, 100)
-	def(&c.Changes, 30)
+	def(&c.Changes, 15)
 	def(&c.Syncs, 5)
 	def(&c.PodsPerFile, 100)
 }

@@ -20,6 +20,10 @@ type Dialer func(ctx context.Context, port uint16) (net.Conn, error)
 const (
 	EchoPort uint16 = 7000 // echoes every byte back
 	SinkPort uint16 = 7001 // reads to EOF, answers the byte count (8 bytes, big endian)
+	// GreetPort writes one byte and closes first, as a server ending a
+	// short exchange does: the TIME_WAIT state stays on the server's side
+	// and the client's ephemeral ports are free at once.
+	GreetPort uint16 = 7002
 )
 
 // ReqSize is the request and response size of the latency figures.
@@ -40,7 +44,7 @@ func StartApps(host string) (*Apps, error) {
 	for _, s := range []struct {
 		port  uint16
 		serve func(net.Conn)
-	}{{EchoPort, echo}, {SinkPort, sink}} {
+	}{{EchoPort, echo}, {SinkPort, sink}, {GreetPort, greet}} {
 		l, err := net.Listen("tcp", net.JoinHostPort(host, fmt.Sprint(s.port)))
 		if err != nil {
 			a.Close()
@@ -105,6 +109,8 @@ func echo(c net.Conn) {
 		}
 	}
 }
+
+func greet(c net.Conn) { c.Write([]byte{1}) }
 
 func sink(c net.Conn) {
 	buf := make([]byte, 64<<10)
@@ -319,9 +325,9 @@ type ConnResult struct {
 // PerSecond is the rate of completed connections.
 func (r ConnResult) PerSecond() float64 { return float64(r.Conns) / r.Elapsed.Seconds() }
 
-// NewConns opens connections to the echo application from workers
-// goroutines for duration; each sends one byte, waits for its echo and
-// closes.
+// NewConns opens connections to the greet application from workers
+// goroutines for duration; each reads the server's byte and its close,
+// then closes.
 func NewConns(ctx context.Context, dial Dialer, workers int, duration time.Duration) ConnResult {
 	var ok, failed atomic.Int64
 	var wg sync.WaitGroup
@@ -331,9 +337,8 @@ func NewConns(ctx context.Context, dial Dialer, workers int, duration time.Durat
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			var b [1]byte
 			for ctx.Err() == nil && time.Now().Before(end) {
-				if err := oneConn(ctx, dial, b[:]); err != nil {
+				if err := oneConn(ctx, dial); err != nil {
 					failed.Add(1)
 					time.Sleep(time.Millisecond)
 					continue
@@ -346,18 +351,19 @@ func NewConns(ctx context.Context, dial Dialer, workers int, duration time.Durat
 	return ConnResult{Conns: int(ok.Load()), Errors: int(failed.Load()), Elapsed: time.Since(start)}
 }
 
-func oneConn(ctx context.Context, dial Dialer, b []byte) error {
-	c, err := dial(ctx, EchoPort)
+func oneConn(ctx context.Context, dial Dialer) error {
+	c, err := dial(ctx, GreetPort)
 	if err != nil {
 		return err
 	}
 	defer c.Close()
 	c.SetDeadline(time.Now().Add(5 * time.Second))
-	if _, err := c.Write(b); err != nil {
-		return err
+	var b [2]byte
+	n, err := io.ReadFull(c, b[:])
+	if n == 1 && errors.Is(err, io.ErrUnexpectedEOF) {
+		return nil
 	}
-	_, err = io.ReadFull(c, b)
-	return err
+	return fmt.Errorf("greet: read %d bytes: %w", n, err)
 }
 
 // IdleConns opens n connections to the echo application, checks each with

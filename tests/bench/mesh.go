@@ -207,6 +207,6 @@ spec:
 	for i := 1; i < cfg.LocalPods; i++ {
 		pod(fmt.Sprintf("idle-%d", i), "idle", "node-a", cfg.Addr(1, byte(10+i)))
 	}
-	pod("server", "server", "node-b", cfg.Addr(2, 10), EchoPort, SinkPort)
+	pod("server", "server", "node-b", cfg.Addr(2, 10), EchoPort, SinkPort, GreetPort)
 	return b.String()
 }

@@ -122,7 +122,7 @@ key = %[1]s/%[2]s-key.pem
 CAfile = %[1]s/ca.pem
 verifyChain = yes
 `, cfg.Dir, name)
-	for _, port := range []uint16{EchoPort, SinkPort} {
+	for _, port := range []uint16{EchoPort, SinkPort, GreetPort} {
 		fmt.Fprintf(&b, "\n[app-%d]\n", port)
 		if client {
 			fmt.Fprintf(&b, "client = yes\naccept = %s\nconnect = %s\n",

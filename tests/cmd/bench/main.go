@@ -216,7 +216,7 @@ func run(ctx context.Context, o options) error {
 		return fmt.Errorf("saturation: %w", err)
 	}
 
-	say("new connections per second (16 workers; connect, 1-byte echo, close): %d runs × %d variants, %s each", o.runs, len(variants), d.conns)
+	say("new connections per second (16 workers; connect, read 1 byte and the server's close): %d runs × %d variants, %s each", o.runs, len(variants), d.conns)
 	err = interleave(ctx, o.runs, variants, func(v variant) error {
 		res := bench.NewConns(ctx, v.dial, 16, d.conns)
 		if res.Conns == 0 {

@@ -104,7 +104,7 @@ func (r *results) rows() []bench.Row {
 	}
 	cs := r.medians("conns")
 	rows = append(rows, bench.Row{
-		Figure: "new connections (connect, 1 B echo, close; 16 workers)", Unit: "conn/s", Values: cs,
+		Figure: "new connections (connect, 1 B from server, server closes; 16 workers)", Unit: "conn/s", Values: cs,
 		Ratios: []string{ratio("mesh/direct", cs["mesh"], cs["direct"]), ratio("mesh/peer", cs["mesh"], cs["peer"])},
 		Target: "mesh ≥ 10,000/s", Verdict: bench.Check(cs["mesh"] >= 10000),
 	})
@@ -227,7 +227,9 @@ How each figure is measured:
   shown in its own row and not charged to any variant). 3 s per run.
 - **saturation**: 8 connections send requests back to back for 2 s; latency
   from each request's send.
-- **new connections**: 16 workers connect, echo one byte and close, for 2 s.
+- **new connections**: 16 workers connect, read one byte and the server's
+  close, and close, for 2 s (the server closes first, so TIME_WAIT does not
+  eat the client's ephemeral ports).
   Through the mesh each connection also does the SOCKS5 handshake (one more
   round trip to the local ztunnel) and a new HBONE stream on the pooled
   HTTP/2 connection; the TLS handshake happens once per pool connection.
