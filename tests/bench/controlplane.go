@@ -31,7 +31,7 @@ type ControlPlaneConfig struct {
 	// Addr is where istiod-lite listens (plaintext gRPC on 15010, TLS on
 	// 15012).
 	Addr netip.Addr
-	// Defaults: 10,000 pods, 2,000 services, 100 clients, 15 changes, 5
+	// Defaults: 10,000 pods, 2,000 services, 100 clients, 10 changes, 5
 	// full syncs.
 	Pods, Services, Clients, Changes, Syncs int
 	// PodsPerFile splits the pods over files; default 100.
@@ -47,7 +47,7 @@ func (c *ControlPlaneConfig) defaults() {
 	def(&c.Pods, 10000)
 	def(&c.Services, 2000)
 	def(&c.Clients, 100)
-	def(&c.Changes, 15)
+	def(&c.Changes, 10)
 	def(&c.Syncs, 5)
 	def(&c.PodsPerFile, 100)
 }
@@ -205,14 +205,18 @@ func RunControlPlane(ctx context.Context, cfg ControlPlaneConfig) (*ControlPlane
 		}
 		var last time.Duration
 		lost := false
+		deadline := time.After(10 * time.Second) // for all clients together
 		for _, cc := range clients {
 			select {
 			case at := <-cc.got:
 				d := at.Sub(t0)
 				each = append(each, d)
 				last = max(last, d)
-			case <-time.After(10 * time.Second):
+			case <-deadline:
 				lost = true
+			}
+			if lost {
+				break
 			}
 		}
 		if lost {
