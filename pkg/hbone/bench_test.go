@@ -102,3 +102,82 @@ func BenchmarkTunnelThroughput(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkTunnelRequestResponse measures 1 KiB request/response round trips
+// through HBONE tunnels on one pooled connection: one stream, and 8 streams
+// in parallel (where writes of several streams can share a syscall).
+func BenchmarkTunnelRequestResponse(b *testing.B) {
+	const size = 1 << 10
+	ca := newTestCA(b, "cluster.local")
+	srvID, cliID := ca.id("/ns/b/sa/server"), ca.id("/ns/a/sa/client")
+	srv := &Server{TLSConfig: ca.serverTLS(b, srvID), Handler: HandlerFunc(func(_ context.Context, _ *Request, t *Tunnel) {
+		c, err := t.Accept()
+		if err != nil {
+			return
+		}
+		buf := make([]byte, size)
+		for {
+			if _, err := io.ReadFull(c, buf); err != nil {
+				break
+			}
+			if _, err := c.Write(buf); err != nil {
+				break
+			}
+		}
+		c.Close()
+	})}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	go srv.Serve(l)
+	pool := NewPool(PoolConfig{TLSConfig: ca.poolTLS(b, nil)})
+	b.Cleanup(func() { pool.Close(); srv.Close() })
+	dial := func() net.Conn {
+		c, err := pool.Dial(context.Background(), Target{
+			Addr: l.Addr().(*net.TCPAddr).AddrPort(), Authority: "10.0.0.1:80", SourceID: cliID,
+		})
+		if err != nil {
+			b.Fatal(err)
+		}
+		return c
+	}
+	roundTrips := func(c net.Conn, n int) error {
+		buf := make([]byte, size)
+		for range n {
+			if _, err := c.Write(buf); err != nil {
+				return err
+			}
+			if _, err := io.ReadFull(c, buf); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	b.Run("1stream", func(b *testing.B) {
+		c := dial()
+		defer c.Close()
+		b.ResetTimer()
+		if err := roundTrips(c, b.N); err != nil {
+			b.Fatal(err)
+		}
+	})
+	b.Run("8streams", func(b *testing.B) {
+		const streams = 8
+		conns := make([]net.Conn, streams)
+		for i := range conns {
+			conns[i] = dial()
+			defer conns[i].Close()
+		}
+		b.ResetTimer()
+		errs := make(chan error, streams)
+		for i := range conns {
+			go func() { errs <- roundTrips(conns[i], b.N/streams+1) }()
+		}
+		for range streams {
+			if err := <-errs; err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
