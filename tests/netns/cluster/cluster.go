@@ -287,22 +287,19 @@ func (c *Cluster) teardown() {
 	}
 }
 
-// HTTPClient returns a client whose connections are opened inside ns (for
-// the admin endpoints of a node's ztunnel, say). It keeps no idle
-// connections.
-func HTTPClient(ns netns.NS) *httpClient {
-	return &httpClient{ns: ns}
+// HTTPClient sends plain HTTP/1.0 GETs from inside a namespace (to the
+// admin endpoints of a node's ztunnel, say), one connection per request.
+type HTTPClient struct {
+	NS netns.NS
 }
-
-type httpClient struct{ ns netns.NS }
 
 // Get fetches url from inside the namespace and returns the body of a 200
 // answer.
-func (h *httpClient) Get(ctx context.Context, url string) ([]byte, error) {
+func (h HTTPClient) Get(ctx context.Context, url string) ([]byte, error) {
 	host, path, _ := strings.Cut(strings.TrimPrefix(url, "http://"), "/")
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	conn, err := h.ns.Dial(ctx, "tcp", host)
+	conn, err := h.NS.Dial(ctx, "tcp", host)
 	if err != nil {
 		return nil, err
 	}

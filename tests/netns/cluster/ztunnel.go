@@ -98,7 +98,7 @@ func (n *Node) startZtunnel() (*Ztunnel, error) {
 	n.mu.Unlock()
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
-	h := HTTPClient(n.NS)
+	h := HTTPClient{NS: n.NS}
 	for {
 		_, err := h.Get(ctx, "http://"+ReadinessAddr+"/healthz/ready")
 		if err == nil {
@@ -245,7 +245,7 @@ func (z *Ztunnel) Stop() error {
 
 // Admin fetches path from the admin server.
 func (z *Ztunnel) Admin(ctx context.Context, path string) ([]byte, error) {
-	return HTTPClient(z.Node.NS).Get(ctx, "http://"+AdminAddr+path)
+	return HTTPClient{NS: z.Node.NS}.Get(ctx, "http://"+AdminAddr+path)
 }
 
 // Goroutines is the process's goroutine count, from
