@@ -15,6 +15,7 @@ import (
 	"os"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -78,11 +79,12 @@ type serverConn struct {
 	done     chan struct{} // closed by close
 	wdone    chan struct{} // closed when the writer goroutine returns
 
-	wmu  sync.Mutex // guards the write side below
-	bw   *bufio.Writer
-	wfr  *http2.Framer
-	henc *hpack.Encoder
-	hbuf bytes.Buffer
+	wmu      sync.Mutex   // guards the write side below
+	wpending atomic.Int32 // writers holding or waiting for wmu (lockWrite)
+	bw       *bufio.Writer
+	wfr      *http2.Framer
+	henc     *hpack.Encoder
+	hbuf     bytes.Buffer
 
 	mu             sync.Mutex
 	streams        map[uint32]*serverStream
@@ -515,7 +517,7 @@ func (sc *serverConn) writeLoop() {
 		}
 		closeAfter := false
 		var err error
-		sc.wmu.Lock()
+		sc.lockWrite()
 		for i := range q {
 			if q[i].kind == ctrlClose {
 				closeAfter = true
@@ -525,10 +527,7 @@ func (sc *serverConn) writeLoop() {
 				break
 			}
 		}
-		if err == nil {
-			err = sc.bw.Flush()
-		}
-		sc.wmu.Unlock()
+		err = sc.unlockWrite(err)
 		clear(q)
 		if err != nil {
 			sc.close(fmt.Errorf("hbone: write: %w", err))
@@ -611,14 +610,29 @@ func (sc *serverConn) close(err error) {
 	sc.conn.Close()
 }
 
-// write writes one DATA frame; it is the only write of data frames.
-func (sc *serverConn) writeData(id uint32, end bool, p []byte) error {
+// lockWrite takes wmu and counts the caller as a pending writer.
+func (sc *serverConn) lockWrite() {
+	sc.wpending.Add(1)
 	sc.wmu.Lock()
-	err := sc.wfr.WriteData(id, end, p)
-	if err == nil {
+}
+
+// unlockWrite ends a write begun by lockWrite. It flushes the buffered
+// frames unless another writer is already waiting for wmu: that one will
+// flush, so the frames of concurrent writers (several streams, control
+// frames) leave in one TLS record and one write(2). It returns err, or the
+// flush's error.
+func (sc *serverConn) unlockWrite(err error) error {
+	if sc.wpending.Add(-1) == 0 && err == nil {
 		err = sc.bw.Flush()
 	}
 	sc.wmu.Unlock()
+	return err
+}
+
+// write writes one DATA frame; it is the only write of data frames.
+func (sc *serverConn) writeData(id uint32, end bool, p []byte) error {
+	sc.lockWrite()
+	err := sc.unlockWrite(sc.wfr.WriteData(id, end, p))
 	if err != nil {
 		sc.close(fmt.Errorf("hbone: write: %w", err))
 		return err
@@ -825,12 +839,8 @@ func (st *serverStream) respond(status int, reason string, end bool) error {
 	if err != nil {
 		return err
 	}
-	sc.wmu.Lock()
-	err = sc.writeHeadersLocked(st.id, status, reason, end)
-	if err == nil {
-		err = sc.bw.Flush()
-	}
-	sc.wmu.Unlock()
+	sc.lockWrite()
+	err = sc.unlockWrite(sc.writeHeadersLocked(st.id, status, reason, end))
 	if err != nil {
 		sc.close(fmt.Errorf("hbone: write: %w", err))
 	}
