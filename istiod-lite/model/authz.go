@@ -12,7 +12,6 @@ import (
 
 	securityapi "istio.io/api/security/v1beta1"
 	securityv1 "istio.io/client-go/pkg/apis/security/v1"
-	"k8s.io/apimachinery/pkg/labels"
 
 	"github.com/ambient-go/mesh/pkg/workloadapi/security"
 )
@@ -502,7 +501,7 @@ func indexPeerAuthns(pas []*securityv1.PeerAuthentication, root string) *peerAut
 // workloadPolicy is the oldest selector PeerAuthentication of ns selecting l.
 func (ix *peerAuthns) workloadPolicy(ns string, l map[string]string) *securityv1.PeerAuthentication {
 	for _, p := range ix.workload[ns] {
-		if labels.SelectorFromSet(p.Spec.GetSelector().GetMatchLabels()).Matches(labels.Set(l)) {
+		if selects(p.Spec.GetSelector().GetMatchLabels(), l) {
 			return p
 		}
 	}
@@ -659,14 +658,13 @@ func buildAuthorizations(in *Inputs, opt Options, out *Output) *authzIndex {
 // policies derived from PeerAuthentications.
 func (ix *authzIndex) policiesFor(ns string, l map[string]string) []string {
 	var keys []string
-	set := labels.Set(l)
 	namespaces := []string{ns}
 	if ns != ix.root {
 		namespaces = append(namespaces, ix.root)
 	}
 	for _, n := range namespaces {
 		for _, p := range ix.selector[n] {
-			if labels.SelectorFromSet(p.Spec.GetSelector().GetMatchLabels()).Matches(set) {
+			if selects(p.Spec.GetSelector().GetMatchLabels(), l) {
 				keys = append(keys, p.Namespace+"/"+p.Name)
 			}
 		}

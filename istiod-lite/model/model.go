@@ -97,7 +97,7 @@ func Build(in *Inputs, opt Options) *Output {
 	}
 	authz := buildAuthorizations(in, opt, out)
 	namespaces := namespacesByName(in.Namespaces)
-	services := servicesByNamespace(in.Services)
+	services := indexServices(in.Services, opt)
 
 	for _, svc := range in.Services {
 		if svc == nil || svc.Spec.Type == corev1.ServiceTypeExternalName {
@@ -134,17 +134,69 @@ func namespacesByName(nss []*corev1.Namespace) map[string]*corev1.Namespace {
 	return m
 }
 
-// servicesByNamespace groups the services by namespace, each group sorted by
-// name so that iteration is deterministic.
-func servicesByNamespace(svcs []*corev1.Service) map[string][]*corev1.Service {
-	m := map[string][]*corev1.Service{}
+// serviceIndex holds the services of one namespace that select pods (a
+// non-empty selector, not ExternalName), each filed under one pair of its
+// selector — the pair with the smallest key — so that a pod is matched only
+// against the services sharing at least that label with it, not against
+// every service of its namespace.
+type serviceIndex struct {
+	byLabel map[labelPair][]*indexedService
+}
+
+type labelPair struct{ key, value string }
+
+// indexedService is a selecting service with what every pod it selects
+// shares: its xDS key and its TCP ports.
+type indexedService struct {
+	svc   *corev1.Service
+	key   string // "namespace/hostname"
+	ports []corev1.ServicePort
+}
+
+// indexServices builds the per-namespace indexes; in each list, services
+// are in name order.
+func indexServices(svcs []*corev1.Service, opt Options) map[string]*serviceIndex {
+	m := map[string]*serviceIndex{}
+	sorted := make([]*corev1.Service, 0, len(svcs))
 	for _, s := range svcs {
-		if s != nil {
-			m[s.Namespace] = append(m[s.Namespace], s)
+		if s != nil && len(s.Spec.Selector) > 0 && s.Spec.Type != corev1.ServiceTypeExternalName {
+			sorted = append(sorted, s)
 		}
 	}
-	for _, group := range m {
-		slices.SortFunc(group, func(a, b *corev1.Service) int { return cmp.Compare(a.Name, b.Name) })
+	slices.SortStableFunc(sorted, func(a, b *corev1.Service) int {
+		return cmp.Or(cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name))
+	})
+	for _, s := range sorted {
+		ix := m[s.Namespace]
+		if ix == nil {
+			ix = &serviceIndex{byLabel: map[labelPair][]*indexedService{}}
+			m[s.Namespace] = ix
+		}
+		var first labelPair
+		for k, v := range s.Spec.Selector {
+			if first.key == "" || k < first.key {
+				first = labelPair{k, v}
+			}
+		}
+		e := &indexedService{svc: s, key: s.Namespace + "/" + ServiceHostname(s.Name, s.Namespace, opt.DomainSuffix)}
+		for _, p := range s.Spec.Ports {
+			if tcp(p.Protocol) {
+				e.ports = append(e.ports, p)
+			}
+		}
+		ix.byLabel[first] = append(ix.byLabel[first], e)
 	}
 	return m
+}
+
+// selects reports whether a selector (label equality, as
+// labels.SelectorFromSet) matches labels l: every pair of sel is in l. An
+// empty selector selects everything.
+func selects(sel, l map[string]string) bool {
+	for k, v := range sel {
+		if lv, ok := l[k]; !ok || lv != v {
+			return false
+		}
+	}
+	return true
 }

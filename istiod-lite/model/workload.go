@@ -7,7 +7,6 @@ import (
 	"strings"
 
 	corev1 "k8s.io/api/core/v1"
-	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/util/intstr"
 
 	"github.com/ambient-go/mesh/pkg/workloadapi"
@@ -84,7 +83,7 @@ func NodeIdentities(in *Inputs, opt Options) map[string]map[string]struct{} {
 // buildWorkload translates a pod, or returns nil when the pod is not a
 // workload: it has no IP yet or has terminated. services are the services of
 // the pod's namespace.
-func buildWorkload(pod *corev1.Pod, ns *corev1.Namespace, services []*corev1.Service, opt Options) *workloadapi.Workload {
+func buildWorkload(pod *corev1.Pod, ns *corev1.Namespace, services *serviceIndex, opt Options) *workloadapi.Workload {
 	if terminal(pod) {
 		return nil
 	}
@@ -108,7 +107,7 @@ func buildWorkload(pod *corev1.Pod, ns *corev1.Namespace, services []*corev1.Ser
 		CanonicalRevision: firstLabel(pod.Labels, "latest", labelCanonicalRevision, labelK8sVersion, labelVersion),
 		WorkloadType:      kind,
 		WorkloadName:      workloadName,
-		Services:          podServices(pod, services, opt),
+		Services:          podServices(pod, services),
 		Status:            workloadapi.WorkloadStatus_UNHEALTHY,
 	}
 	// A host-network pod shares its node's network namespace, which cannot be
@@ -230,31 +229,29 @@ func workloadNameAndType(pod *corev1.Pod) (workloadapi.WorkloadType, string) {
 // served by this pod. A named target port is resolved against the pod's
 // container ports; a port that does not resolve is left out (the pod still
 // belongs to the service).
-func podServices(pod *corev1.Pod, services []*corev1.Service, opt Options) map[string]*workloadapi.PortList {
+func podServices(pod *corev1.Pod, services *serviceIndex) map[string]*workloadapi.PortList {
+	if services == nil {
+		return nil
+	}
 	var out map[string]*workloadapi.PortList
-	podLabels := labels.Set(pod.Labels)
-	for _, svc := range services {
-		if len(svc.Spec.Selector) == 0 || svc.Spec.Type == corev1.ServiceTypeExternalName {
-			continue
-		}
-		if !labels.SelectorFromValidatedSet(svc.Spec.Selector).Matches(podLabels) {
-			continue
-		}
-		pl := &workloadapi.PortList{}
-		for _, p := range svc.Spec.Ports {
-			if !tcp(p.Protocol) {
+	for k, v := range pod.Labels {
+		for _, e := range services.byLabel[labelPair{k, v}] {
+			if !selects(e.svc.Spec.Selector, pod.Labels) {
 				continue
 			}
-			target, ok := resolveTargetPort(pod, p)
-			if !ok {
-				continue
+			pl := &workloadapi.PortList{}
+			for _, p := range e.ports {
+				target, ok := resolveTargetPort(pod, p)
+				if !ok {
+					continue
+				}
+				pl.Ports = append(pl.Ports, &workloadapi.Port{ServicePort: uint32(p.Port), TargetPort: target})
 			}
-			pl.Ports = append(pl.Ports, &workloadapi.Port{ServicePort: uint32(p.Port), TargetPort: target})
+			if out == nil {
+				out = map[string]*workloadapi.PortList{}
+			}
+			out[e.key] = pl
 		}
-		if out == nil {
-			out = map[string]*workloadapi.PortList{}
-		}
-		out[svc.Namespace+"/"+ServiceHostname(svc.Name, svc.Namespace, opt.DomainSuffix)] = pl
 	}
 	return out
 }
