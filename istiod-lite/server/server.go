@@ -4,12 +4,18 @@
 // them. The xDS server and the CA share one gRPC server, exposed with TLS
 // (15012) and, for local mode and tests, in plaintext (15010).
 //
-// Only local mode exists so far: the source is a watched directory of
-// Kubernetes YAML (package localdir), and nodes authenticate to the CA with
-// per-node tokens from that directory.
+// In local mode the source is a watched directory of Kubernetes YAML
+// (package localdir), and nodes authenticate to the CA with per-node tokens
+// from that directory. In cluster mode (Config.Kube set) the source is the
+// informer caches of a controller-runtime manager (package source/kube),
+// nodes authenticate with service account tokens checked by TokenReview
+// (ca.TokenReviewAuthenticator), and the elected leader writes policy
+// status onto the objects (package status). Both sources feed the same
+// model and the same xDS server.
 package server
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -22,22 +28,36 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/go-logr/logr"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/protobuf/proto"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/manager"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	"github.com/ambient-go/mesh/istiod-lite/ca"
 	"github.com/ambient-go/mesh/istiod-lite/model"
+	"github.com/ambient-go/mesh/istiod-lite/source/kube"
 	"github.com/ambient-go/mesh/istiod-lite/source/localdir"
+	"github.com/ambient-go/mesh/istiod-lite/status"
 	"github.com/ambient-go/mesh/istiod-lite/xds"
 	"github.com/ambient-go/mesh/pkg/workloadapi"
 )
 
-// Config configures istiod-lite. ConfigDir and StateDir are required.
+// Config configures istiod-lite. StateDir is required, and ConfigDir in
+// local mode (Kube nil).
 type Config struct {
 	// ConfigDir is the directory of Kubernetes YAML that local mode serves.
 	ConfigDir string
+	// Kube selects cluster mode: the API server istiod-lite watches, reviews
+	// tokens with and writes status to. Nil is local mode.
+	Kube *rest.Config
+	// Cluster tunes cluster mode.
+	Cluster ClusterOptions
 	// StateDir keeps the CA's root key and certificate across restarts.
 	StateDir string
 	// Addr is the TLS gRPC address (xDS and CA); default ":15012".
@@ -50,13 +70,30 @@ type Config struct {
 	Logger *slog.Logger
 }
 
+// ClusterOptions tune cluster mode; the zero value works.
+type ClusterOptions struct {
+	// LeaderElectionNamespace holds the Lease of the status writer's leader
+	// election; default model.Options.RootNamespace, or "istio-system".
+	LeaderElectionNamespace string
+	// LeaderElectionID names the Lease; default "istiod-lite".
+	LeaderElectionID string
+	// NodeAgents are the "namespace/name" of the service accounts that may
+	// obtain certificates for the identities on their pod's node; default
+	// [ca.DefaultNodeAgent].
+	NodeAgents []string
+	// Debounce coalesces cluster events; default kube.DefaultDebounce.
+	Debounce time.Duration
+}
+
 // Server is a running istiod-lite.
 type Server struct {
 	cfg     Config
 	log     *slog.Logger
 	ca      *ca.CA
 	xds     *xds.Server
-	watcher *localdir.Watcher
+	watcher *localdir.Watcher // local mode
+	mgr     manager.Manager   // cluster mode
+	status  *status.Writer    // cluster mode, when AuthorizationPolicy is installed
 	grpc    *grpc.Server
 	plain   *grpc.Server
 	tlsL    net.Listener
@@ -82,7 +119,7 @@ type authSnapshot struct {
 // New builds istiod-lite and binds its listeners, so that Addr and
 // PlaintextAddr are known before Start.
 func New(cfg Config) (*Server, error) {
-	if cfg.ConfigDir == "" || cfg.StateDir == "" {
+	if cfg.StateDir == "" || (cfg.ConfigDir == "" && cfg.Kube == nil) {
 		return nil, errors.New("istiod-lite: ConfigDir and StateDir are required")
 	}
 	if cfg.Addr == "" {
@@ -98,11 +135,21 @@ func New(cfg Config) (*Server, error) {
 	s := &Server{cfg: cfg, log: log.With("component", "istiod-lite"), synced: make(chan struct{})}
 	s.snapshot.Store(&authSnapshot{})
 
-	var err error
+	var (
+		err   error
+		authn ca.Authenticator = &ca.TokenAuthenticator{Tokens: func() map[string]string { return s.snapshot.Load().tokens }}
+	)
+	if cfg.Kube != nil {
+		cs, err := kubernetes.NewForConfig(cfg.Kube)
+		if err != nil {
+			return nil, fmt.Errorf("istiod-lite: kubernetes client: %w", err)
+		}
+		authn = &ca.TokenReviewAuthenticator{Client: cs, NodeAgents: cfg.Cluster.NodeAgents, TrustDomain: cfg.Model.TrustDomain}
+	}
 	s.ca, err = ca.New(ca.Config{
 		StateDir:      cfg.StateDir,
 		TrustDomain:   cfg.Model.TrustDomain,
-		Authenticator: &ca.TokenAuthenticator{Tokens: func() map[string]string { return s.snapshot.Load().tokens }},
+		Authenticator: authn,
 		Authorizer:    s,
 		Logger:        log,
 	})
@@ -110,9 +157,15 @@ func New(cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("istiod-lite: %w", err)
 	}
 	s.xds = xds.NewServer(xds.ServerConfig{Logger: log})
-	s.watcher, err = localdir.NewWatcher(localdir.Config{Dir: cfg.ConfigDir, Logger: log, OnUpdate: s.apply})
-	if err != nil {
-		return nil, fmt.Errorf("istiod-lite: %w", err)
+	if cfg.Kube != nil {
+		if err := s.newCluster(log); err != nil {
+			return nil, fmt.Errorf("istiod-lite: %w", err)
+		}
+	} else {
+		s.watcher, err = localdir.NewWatcher(localdir.Config{Dir: cfg.ConfigDir, Logger: log, OnUpdate: s.apply})
+		if err != nil {
+			return nil, fmt.Errorf("istiod-lite: %w", err)
+		}
 	}
 
 	cert := &servingCert{ca: s.ca}
@@ -138,6 +191,47 @@ func New(cfg Config) (*Server, error) {
 	return s, nil
 }
 
+// newCluster builds cluster mode's manager, source and status writer.
+func (s *Server) newCluster(log *slog.Logger) error {
+	scheme, err := kube.NewScheme()
+	if err != nil {
+		return err
+	}
+	opt := s.cfg.Cluster
+	if opt.LeaderElectionNamespace == "" {
+		opt.LeaderElectionNamespace = cmp.Or(s.cfg.Model.RootNamespace, model.DefaultRootNamespace)
+	}
+	if opt.LeaderElectionID == "" {
+		opt.LeaderElectionID = "istiod-lite"
+	}
+	s.mgr, err = manager.New(s.cfg.Kube, manager.Options{
+		Scheme:                        scheme,
+		Logger:                        logr.FromSlogHandler(log.With("component", "controller-runtime").Handler()),
+		Metrics:                       metricsserver.Options{BindAddress: "0"},
+		LeaderElection:                true,
+		LeaderElectionID:              opt.LeaderElectionID,
+		LeaderElectionNamespace:       opt.LeaderElectionNamespace,
+		LeaderElectionReleaseOnCancel: true,
+		Cache:                         cache.Options{DefaultTransform: cache.TransformStripManagedFields()},
+	})
+	if err != nil {
+		return fmt.Errorf("manager: %w", err)
+	}
+	src, err := kube.New(context.Background(), s.mgr, kube.Config{Debounce: opt.Debounce, Logger: log, OnUpdate: s.applyKube})
+	if err != nil {
+		return err
+	}
+	if !slices.Contains(src.Skipped(), model.KindAuthorizationPolicy) {
+		if s.status, err = status.New(status.Config{Client: s.mgr.GetClient(), Logger: log}); err != nil {
+			return err
+		}
+		if err := s.mgr.Add(s.status); err != nil {
+			return fmt.Errorf("manager: %w", err)
+		}
+	}
+	return nil
+}
+
 func (s *Server) register(g *grpc.Server) {
 	s.xds.Register(g)
 	s.ca.Register(g)
@@ -145,6 +239,10 @@ func (s *Server) register(g *grpc.Server) {
 
 // Addr is the TLS gRPC listener's address.
 func (s *Server) Addr() net.Addr { return s.tlsL.Addr() }
+
+// Manager is cluster mode's controller-runtime manager, or nil in local
+// mode.
+func (s *Server) Manager() manager.Manager { return s.mgr }
 
 // PlaintextAddr is the plaintext gRPC listener's address, or nil.
 func (s *Server) PlaintextAddr() net.Addr {
@@ -173,7 +271,11 @@ func (s *Server) Start(ctx context.Context) error {
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		if err := s.watcher.Start(ctx); err != nil {
+		start := func(ctx context.Context) error { return s.watcher.Start(ctx) }
+		if s.mgr != nil {
+			start = s.mgr.Start
+		}
+		if err := start(ctx); err != nil {
 			errc <- fmt.Errorf("config source: %w", err)
 			cancel()
 		}
@@ -192,7 +294,11 @@ func (s *Server) Start(ctx context.Context) error {
 	if s.plain != nil {
 		serve(s.plain, s.plainL)
 	}
-	s.log.Info("serving", "grpc_tls", s.tlsL.Addr().String(), "grpc_plaintext", fmt.Sprint(s.PlaintextAddr()), "config_dir", s.cfg.ConfigDir)
+	source := slog.String("config_dir", s.cfg.ConfigDir)
+	if s.mgr != nil {
+		source = slog.String("kubernetes", s.cfg.Kube.Host)
+	}
+	s.log.Info("serving", "grpc_tls", s.tlsL.Addr().String(), "grpc_plaintext", fmt.Sprint(s.PlaintextAddr()), source)
 	<-ctx.Done()
 	// Streams to ztunnels never end by themselves; Stop closes them, and
 	// ztunnels keep their last configuration until we are back.
@@ -205,14 +311,26 @@ func (s *Server) Start(ctx context.Context) error {
 	return <-errc
 }
 
-// apply turns one snapshot of the config directory into xDS resources and
-// the CA's view of nodes.
-func (s *Server) apply(snap *localdir.Snapshot) {
+// apply applies one snapshot of the config directory (local mode).
+func (s *Server) apply(snap *localdir.Snapshot) { s.applyInputs(snap.Inputs, snap.NodeTokens) }
+
+// applyKube applies one snapshot of the informer caches (cluster mode) and
+// hands the policy statuses to the status writer.
+func (s *Server) applyKube(snap *kube.Snapshot) {
+	st := s.applyInputs(snap.Inputs, nil)
+	if s.status != nil {
+		s.status.Update(st)
+	}
+}
+
+// applyInputs turns one snapshot of either source into xDS resources and
+// the CA's view of nodes, and returns the policy statuses.
+func (s *Server) applyInputs(in *model.Inputs, tokens map[string]string) map[string]*model.PolicyStatus {
 	start := time.Now()
-	out := model.Build(snap.Inputs, s.cfg.Model)
+	out := model.Build(in, s.cfg.Model)
 	s.snapshot.Store(&authSnapshot{
-		tokens:     snap.NodeTokens,
-		identities: model.NodeIdentities(snap.Inputs, s.cfg.Model),
+		tokens:     tokens,
+		identities: model.NodeIdentities(in, s.cfg.Model),
 	})
 	addrs := make(map[string]proto.Message, len(out.Addresses))
 	for k, v := range out.Addresses {
@@ -227,6 +345,7 @@ func (s *Server) apply(snap *localdir.Snapshot) {
 	s.xds.Set(workloadapi.AuthorizationTypeURL, pols)
 	s.once.Do(func() { close(s.synced) })
 	s.log.Info("configuration applied", "addresses", len(addrs), "policies", len(pols), "took", time.Since(start).String())
+	return out.PolicyStatuses
 }
 
 var _ ca.Authorizer = (*Server)(nil)
@@ -268,7 +387,10 @@ func (c *servingCert) get() (*tls.Certificate, error) {
 // line), whose files' last good content stays served, and the policies
 // that are not applied (status condition False).
 func (s *Server) Errors() []error {
-	errs := s.watcher.Errors()
+	var errs []error
+	if s.watcher != nil {
+		errs = s.watcher.Errors()
+	}
 	for _, st := range s.PolicyStatuses() {
 		for _, c := range st.Conditions {
 			if c.Rejected() {

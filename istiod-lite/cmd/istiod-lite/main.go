@@ -1,6 +1,7 @@
 // Command istiod-lite is the mesh's control plane. In local mode it serves
 // a directory of Kubernetes YAML to ztunnels over delta xDS and signs their
-// workload certificates.
+// workload certificates. With --mode=kube it watches a Kubernetes API
+// server instead (--kubeconfig, or the in-cluster configuration).
 package main
 
 import (
@@ -11,15 +12,21 @@ import (
 	"os/signal"
 	"syscall"
 
+	"github.com/go-logr/logr"
 	"github.com/spf13/cobra"
+	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/klog/v2"
+	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
 
 	"github.com/ambient-go/mesh/istiod-lite/server"
 )
 
 func main() {
 	var (
-		cfg   server.Config
-		level string
+		cfg        server.Config
+		level      string
+		mode       string
+		kubeconfig string
 	)
 	cmd := &cobra.Command{
 		Use:           "istiod-lite",
@@ -32,6 +39,23 @@ func main() {
 				return fmt.Errorf("--log-level: %w", err)
 			}
 			cfg.Logger = slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: &lv}))
+			switch mode {
+			case "local":
+				if cfg.ConfigDir == "" {
+					return fmt.Errorf("--config-dir is required in local mode")
+				}
+			case "kube":
+				// client-go and controller-runtime log through the same handler.
+				klog.SetSlogLogger(cfg.Logger)
+				ctrllog.SetLogger(logr.FromSlogHandler(cfg.Logger.Handler()))
+				rc, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
+				if err != nil {
+					return fmt.Errorf("kubernetes configuration: %w", err)
+				}
+				cfg.Kube = rc
+			default:
+				return fmt.Errorf(`--mode: %q is neither "local" nor "kube"`, mode)
+			}
 			s, err := server.New(cfg)
 			if err != nil {
 				return err
@@ -49,7 +73,10 @@ func main() {
 	f.StringVar(&cfg.Model.TrustDomain, "trust-domain", "cluster.local", "SPIFFE trust domain of the mesh")
 	f.StringVar(&cfg.Model.ClusterID, "cluster-id", "Kubernetes", "cluster id reported in workloads")
 	f.StringVar(&level, "log-level", "info", "debug, info, warn or error")
-	_ = cmd.MarkFlagRequired("config-dir")
+	f.StringVar(&mode, "mode", "local", `"local" (serve --config-dir) or "kube" (watch the Kubernetes API server)`)
+	f.StringVar(&kubeconfig, "kubeconfig", "", "kubeconfig file (kube mode); default: in-cluster configuration")
+	f.StringVar(&cfg.Cluster.LeaderElectionNamespace, "leader-election-namespace", "istio-system", "namespace of the status writer's leader election Lease (kube mode)")
+	f.StringSliceVar(&cfg.Cluster.NodeAgents, "node-agent", []string{"istio-system/ztunnel"}, "namespace/name of the node agents' service accounts (kube mode)")
 	_ = cmd.MarkFlagRequired("state-dir")
 	if err := cmd.ExecuteContext(context.Background()); err != nil {
 		fmt.Fprintln(os.Stderr, "istiod-lite:", err)
