@@ -541,3 +541,44 @@ func TestCaptureScale(t *testing.T) {
 		}
 	}
 }
+
+// TestDemoNetns runs the demo once in network namespace mode, as `make
+// demo` does as root.
+func TestDemoNetns(t *testing.T) {
+	netns.RequireRoot(t)
+	bin := t.TempDir()
+	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
+	defer cancel()
+	build := exec.CommandContext(ctx, "go", "build", "-o", bin+"/",
+		"github.com/ambient-go/mesh/istiod-lite/cmd/istiod-lite",
+		"github.com/ambient-go/mesh/ztunnel/cmd/ztunnel",
+		"github.com/ambient-go/mesh/ztunnel/cmd/ztunnel-cni",
+		"github.com/ambient-go/mesh/tests/cmd/demo")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	demo := exec.CommandContext(ctx, bin+"/demo", "-once", "-mode", "auto",
+		"-bin", bin, "-config", "../../examples/local", "-out", t.TempDir()+"/demo")
+	demo.Stderr = os.Stderr
+	out, err := demo.Output()
+	if err != nil {
+		t.Fatalf("demo -once -mode auto: %v\n%s", err, out)
+	}
+	for _, want := range []string{
+		"pods are network namespaces",
+		"hello from demo/echo-",
+		"you are 198.19.1.11:",
+		"[node-a] outbound spiffe://cluster.local/ns/demo/sa/client",
+		"[node-b] inbound  spiffe://cluster.local/ns/demo/sa/client",
+		"via HBONE",
+		"all processes stopped",
+		"removed every namespace",
+	} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("demo output lacks %q:\n%s", want, out)
+		}
+	}
+	if strings.Contains(string(out), "error") {
+		t.Errorf("demo output reports an error:\n%s", out)
+	}
+}

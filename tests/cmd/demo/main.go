@@ -30,6 +30,7 @@ import (
 	"golang.org/x/net/proxy"
 
 	"github.com/ambient-go/mesh/istiod-lite/source/localdir"
+	"github.com/ambient-go/mesh/tests/netns"
 )
 
 const (
@@ -47,11 +48,12 @@ func main() {
 		example = flag.String("config", "examples/local", "example configuration to copy and serve")
 		outDir  = flag.String("out", "_out/demo", "working directory (config copy, CA state, logs)")
 		once    = flag.Bool("once", false, "send one round of traffic, print it and exit")
+		mode    = flag.String("mode", "local", "local (loopback pods, SOCKS5), netns (network namespaces and transparent capture; needs root) or auto (netns when root)")
 	)
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx, *binDir, *example, *outDir, *once); err != nil {
+	if err := run(ctx, *binDir, *example, *outDir, *once, *mode); err != nil {
 		fmt.Fprintln(os.Stderr, "demo:", err)
 		os.Exit(1)
 	}
@@ -59,7 +61,19 @@ func main() {
 
 func say(format string, args ...any) { fmt.Printf("==> "+format+"\n", args...) }
 
-func run(ctx context.Context, binDir, example, outDir string, once bool) error {
+func run(ctx context.Context, binDir, example, outDir string, once bool, mode string) error {
+	switch mode {
+	case "local", "netns":
+	case "auto":
+		mode = "local"
+		if os.Geteuid() == 0 {
+			mode = "netns"
+		} else {
+			say("not root: running in local mode (loopback pods, SOCKS5); as root the demo runs in network namespaces with transparent capture")
+		}
+	default:
+		return fmt.Errorf("-mode %q: want local, netns or auto", mode)
+	}
 	configDir := filepath.Join(outDir, "config")
 	stateDir := filepath.Join(outDir, "state")
 	logDir := filepath.Join(outDir, "logs")
@@ -77,6 +91,10 @@ func run(ctx context.Context, binDir, example, outDir string, once bool) error {
 	snap, errs := localdir.Load(configDir)
 	if len(errs) > 0 {
 		return errors.Join(errs...)
+	}
+	if mode == "netns" {
+		say("serving %s (a copy of %s) with istiod-lite; pods are network namespaces", configDir, example)
+		return runNetns(ctx, binDir, configDir, stateDir, logDir, filepath.Join(outDir, "run"), snap, once)
 	}
 	say("serving %s (a copy of %s) with istiod-lite in local mode", configDir, example)
 
@@ -272,6 +290,15 @@ type logLine struct {
 }
 
 func (p *processes) start(ctx context.Context, name, bin, logFile string, records chan<- logLine, args ...string) error {
+	return p.startWith((*exec.Cmd).Start, name, bin, logFile, records, args...)
+}
+
+// startIn starts the process inside the network namespace ns.
+func (p *processes) startIn(ctx context.Context, ns netns.NS, name, bin, logFile string, records chan<- logLine, args ...string) error {
+	return p.startWith(ns.Start, name, bin, logFile, records, args...)
+}
+
+func (p *processes) startWith(launch func(*exec.Cmd) error, name, bin, logFile string, records chan<- logLine, args ...string) error {
 	f, err := os.Create(logFile)
 	if err != nil {
 		return err
@@ -283,7 +310,7 @@ func (p *processes) start(ctx context.Context, name, bin, logFile string, record
 		return err
 	}
 	cmd.Stdout = f
-	if err := cmd.Start(); err != nil {
+	if err := launch(cmd); err != nil {
 		f.Close()
 		return fmt.Errorf("starting %s: %w (run `make build` first)", name, err)
 	}
