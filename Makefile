@@ -13,8 +13,8 @@ PROTOC_GEN_GO_VERSION := v1.36.12
 .PHONY: build test demo bench generate lint check-imports check-modules tools
 
 build:
-	@echo ">> building istiod-lite, ztunnel and demo into $(BIN)/"
-	@$(GO) build -o $(BIN)/ $(MODULE)/istiod-lite/cmd/istiod-lite $(MODULE)/ztunnel/cmd/ztunnel $(MODULE)/tests/cmd/demo
+	@echo ">> building istiod-lite, ztunnel, ztunnel-cni and demo into $(BIN)/"
+	@$(GO) build -o $(BIN)/ $(MODULE)/istiod-lite/cmd/istiod-lite $(MODULE)/ztunnel/cmd/ztunnel $(MODULE)/ztunnel/cmd/ztunnel-cni $(MODULE)/tests/cmd/demo
 
 test: check-imports check-modules
 	@echo ">> go vet (all modules)"
@@ -23,8 +23,8 @@ test: check-imports check-modules
 	@$(GO) test -race -count=1 -timeout 25m $(PKGS)
 
 demo: build
-	@echo ">> running the demo: istiod-lite, two ztunnels (node-a, node-b) and echo apps on loopback"
-	@$(BIN)/demo -bin $(BIN) -config examples/local -out _out/demo
+	@echo ">> running the demo: istiod-lite, two ztunnels (node-a, node-b) and echo apps; as root in network namespaces with transparent capture, otherwise on loopback"
+	@$(BIN)/demo -mode auto -bin $(BIN) -config examples/local -out _out/demo
 
 bench:
 	@command -v stunnel4 >/dev/null || { echo ">> installing stunnel4 (Debian) for the peer variant"; \
