@@ -86,42 +86,87 @@ type Output struct {
 // resources. The result is deterministic: equal inputs give equal outputs,
 // with every repeated field in a stable order. in may be nil.
 func Build(in *Inputs, opt Options) *Output {
-	opt = opt.withDefaults()
+	out, _ := build(in, opt.withDefaults(), nil)
+	return out
+}
+
+// build is Build; with prev, the memo of the previous build, it reuses the
+// resources of objects that did not change and depend on nothing that
+// changed. It returns the memo of this build.
+func build(in *Inputs, opt Options, prev *memo) (*Output, *memo) {
 	out := &Output{
 		Addresses:      map[string]*workloadapi.Address{},
 		Authorizations: map[string]*security.Authorization{},
 		PolicyStatuses: map[string]*PolicyStatus{},
 	}
 	if in == nil {
-		return out
+		return out, nil
 	}
 	authz := buildAuthorizations(in, opt, out)
 	namespaces := namespacesByName(in.Namespaces)
 	services := indexServices(in.Services, opt)
+	next := &memo{
+		pods:       make(map[*corev1.Pod]*workloadapi.Address, len(in.Pods)),
+		services:   make(map[*corev1.Service]*workloadapi.Address, len(in.Services)),
+		namespaces: namespaces,
+		index:      services,
+		policies:   in.AuthorizationPolicies,
+		peers:      in.PeerAuthentications,
+	}
+	// Whether workloads may be reused: the policies (which every workload
+	// names) are the same objects, and per namespace, whether its
+	// Namespace object and selecting services are.
+	authzSame := prev != nil && slices.Equal(prev.policies, in.AuthorizationPolicies) && slices.Equal(prev.peers, in.PeerAuthentications)
+	nsSame := map[string]bool{}
+	reusable := func(pod *corev1.Pod) *workloadapi.Address {
+		if !authzSame {
+			return nil
+		}
+		a := prev.pods[pod]
+		if a == nil {
+			return nil
+		}
+		same, ok := nsSame[pod.Namespace]
+		if !ok {
+			same = prev.namespaces[pod.Namespace] == namespaces[pod.Namespace] &&
+				prev.index[pod.Namespace].same(services[pod.Namespace])
+			nsSame[pod.Namespace] = same
+		}
+		if !same {
+			return nil
+		}
+		return a
+	}
 
 	for _, svc := range in.Services {
 		if svc == nil || svc.Spec.Type == corev1.ServiceTypeExternalName {
 			continue
 		}
-		s := buildService(svc, opt)
-		out.Addresses[s.Namespace+"/"+s.Hostname] = &workloadapi.Address{
-			Type: &workloadapi.Address_Service{Service: s},
+		a := prev.service(svc)
+		if a == nil {
+			a = &workloadapi.Address{Type: &workloadapi.Address_Service{Service: buildService(svc, opt)}}
 		}
+		next.services[svc] = a
+		s := a.GetService()
+		out.Addresses[s.Namespace+"/"+s.Hostname] = a
 	}
 	for _, pod := range in.Pods {
 		if pod == nil {
 			continue
 		}
-		w := buildWorkload(pod, namespaces[pod.Namespace], services[pod.Namespace], opt)
-		if w == nil {
-			continue
+		a := reusable(pod)
+		if a == nil {
+			w := buildWorkload(pod, namespaces[pod.Namespace], services[pod.Namespace], opt)
+			if w == nil {
+				continue
+			}
+			w.AuthorizationPolicies = authz.policiesFor(pod.Namespace, pod.Labels)
+			a = &workloadapi.Address{Type: &workloadapi.Address_Workload{Workload: w}}
 		}
-		w.AuthorizationPolicies = authz.policiesFor(pod.Namespace, pod.Labels)
-		out.Addresses[w.Uid] = &workloadapi.Address{
-			Type: &workloadapi.Address_Workload{Workload: w},
-		}
+		next.pods[pod] = a
+		out.Addresses[a.GetWorkload().GetUid()] = a
 	}
-	return out
+	return out, next
 }
 
 func namespacesByName(nss []*corev1.Namespace) map[string]*corev1.Namespace {
@@ -141,6 +186,20 @@ func namespacesByName(nss []*corev1.Namespace) map[string]*corev1.Namespace {
 // every service of its namespace.
 type serviceIndex struct {
 	byLabel map[labelPair][]*indexedService
+	all     []*corev1.Service // in name order
+}
+
+// same reports whether two indexes hold the same service objects. Either
+// may be nil (no selecting service).
+func (ix *serviceIndex) same(other *serviceIndex) bool {
+	var a, b []*corev1.Service
+	if ix != nil {
+		a = ix.all
+	}
+	if other != nil {
+		b = other.all
+	}
+	return slices.Equal(a, b)
 }
 
 type labelPair struct{ key, value string }
@@ -185,6 +244,7 @@ func indexServices(svcs []*corev1.Service, opt Options) map[string]*serviceIndex
 			}
 		}
 		ix.byLabel[first] = append(ix.byLabel[first], e)
+		ix.all = append(ix.all, s)
 	}
 	return m
 }

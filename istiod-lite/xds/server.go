@@ -6,7 +6,7 @@
 // resources) and is always answered, even when there is nothing to send, so a proxy is never left waiting;
 // initial_resource_versions on a reconnect make that answer hold only the differences. Later changes arrive
 // through Set, which replaces all resources of one type: Set hashes each resource's deterministic encoding
-// into its version, diffs once against the previous set, and hands the changed names to every subscribed
+// into its version (skipping messages it was handed by the previous Set), diffs once against the previous set, and hands the changed names to every subscribed
 // stream. Each stream keeps a set of pending names and a single sender goroutine that sends the latest state
 // of those names, so a slow proxy coalesces pushes instead of blocking Set or other proxies. Encoded
 // resources are shared by all streams.
@@ -63,8 +63,12 @@ type Server struct {
 
 	setMu sync.Mutex // serializes Set
 
-	mu      sync.RWMutex // guards types and streams; taken before stream.mu
-	types   map[string]map[string]*discoveryv3.Resource
+	mu    sync.RWMutex // guards types and streams; taken before stream.mu
+	types map[string]map[string]*discoveryv3.Resource
+	// msgs holds, per type, the message each resource was encoded from, so
+	// that a Set handing over the same message again skips its encoding.
+	// Only Set uses it (under setMu).
+	msgs    map[string]map[string]proto.Message
 	streams map[*stream]struct{}
 
 	nonce     atomic.Uint64
@@ -82,6 +86,7 @@ func NewServer(cfg ServerConfig) *Server {
 	return &Server{
 		log:     log.With("component", "xds-server"),
 		types:   make(map[string]map[string]*discoveryv3.Resource),
+		msgs:    make(map[string]map[string]proto.Message),
 		streams: make(map[*stream]struct{}),
 	}
 }
@@ -105,7 +110,10 @@ func (a *adsService) DeltaAggregatedResources(ss discoveryv3.AggregatedDiscovery
 
 // Set replaces all resources of typeURL (name → message). Only resources whose encoding changed, and names
 // that disappeared, are pushed to the streams subscribed to typeURL. A message whose full name does not match
-// typeURL ("type.googleapis.com/<full name>") is logged and left out. Messages must not be modified during Set.
+// typeURL ("type.googleapis.com/<full name>") is logged and left out. The server keeps the messages: they
+// must not be modified during or after Set (hand over new messages instead). A message that is the very one
+// (same pointer) handed over for the same name by the previous Set is not encoded again, so a caller that
+// reuses the messages of unchanged resources makes Set's cost proportional to what changed.
 func (s *Server) Set(typeURL string, resources map[string]proto.Message) {
 	if typeURL == "" {
 		s.log.Error("xds set without type url")
@@ -116,13 +124,21 @@ func (s *Server) Set(typeURL string, resources map[string]proto.Message) {
 
 	// Only Set writes s.types, and setMu is held: reading it without s.mu is safe.
 	old := s.types[typeURL]
+	oldMsgs := s.msgs[typeURL]
 	next := make(map[string]*discoveryv3.Resource, len(resources))
+	nextMsgs := make(map[string]proto.Message, len(resources))
 	var changed []string
 	opts := proto.MarshalOptions{Deterministic: true}
 	wantName := "type.googleapis.com/"
 	for name, msg := range resources {
 		if name == "" || msg == nil {
 			s.log.Error("xds set skips resource without name or message", "type_url", typeURL, "name", name)
+			continue
+		}
+		if prev, ok := old[name]; ok && oldMsgs[name] == msg {
+			// The very message of the previous Set: its encoding cannot
+			// have changed (messages are not modified once handed over).
+			next[name], nextMsgs[name] = prev, msg
 			continue
 		}
 		if got := wantName + string(msg.ProtoReflect().Descriptor().FullName()); got != typeURL {
@@ -136,6 +152,7 @@ func (s *Server) Set(typeURL string, resources map[string]proto.Message) {
 		}
 		sum := sha256.Sum256(b)
 		version := hex.EncodeToString(sum[:8])
+		nextMsgs[name] = msg
 		if prev, ok := old[name]; ok && prev.GetVersion() == version {
 			next[name] = prev
 			continue
@@ -156,6 +173,7 @@ func (s *Server) Set(typeURL string, resources map[string]proto.Message) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.types[typeURL] = next
+	s.msgs[typeURL] = nextMsgs
 	if len(changed) == 0 {
 		return
 	}
