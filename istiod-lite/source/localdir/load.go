@@ -126,9 +126,13 @@ func scan(dir string) ([]fileInfo, []string, error) {
 // version and, when its current version does not parse, the error.
 type fileState struct {
 	objs []object
+	docs map[docSum]object // the documents of objs, by content
 	sum  [sha256.Size]byte // of the last good content
 	good bool              // whether objs/sum hold a good version
 	err  error             // current read or parse error
+	// size and mtime of the file when last read (by the watcher).
+	size  int64
+	mtime time.Time
 }
 
 // read reads and parses the file. On success it replaces the good version;
@@ -144,12 +148,12 @@ func (st *fileState) read(path string) error {
 		st.err = nil
 		return nil
 	}
-	objs, err := parseFile(path, data)
+	objs, docs, err := parseFileCached(path, data, st.docs)
 	if err != nil {
 		st.err = err
 		return err
 	}
-	st.objs, st.sum, st.good, st.err = objs, sum, true, nil
+	st.objs, st.docs, st.sum, st.good, st.err = objs, docs, sum, true, nil
 	return nil
 }
 

@@ -3,6 +3,7 @@ package localdir
 import (
 	"bufio"
 	"bytes"
+	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -86,17 +87,42 @@ var decodedKinds = map[string]bool{
 // document fails the whole file, so that a half-written file never yields
 // part of its objects.
 func parseFile(file string, data []byte) ([]object, error) {
+	objs, _, err := parseFileCached(file, data, nil)
+	return objs, err
+}
+
+// docSum identifies a document's content.
+type docSum [sha256.Size]byte
+
+// parseFileCached is parseFile reusing the decoded objects of documents
+// whose content is in prev (the documents of the file's previous good
+// version), so that an edit decodes only the documents it changed. It
+// returns the documents of this version for the next call. Decoded objects
+// are shared between versions and must be treated as read-only.
+func parseFileCached(file string, data []byte, prev map[docSum]object) ([]object, map[docSum]object, error) {
 	var objs []object
-	for _, doc := range splitDocuments(data) {
+	docs := splitDocuments(data)
+	next := make(map[docSum]object, len(docs))
+	for _, doc := range docs {
+		sum := docSum(sha256.Sum256(doc.data))
+		if o, ok := prev[sum]; ok {
+			if raw, isRaw := o.obj.(*RawObject); !isRaw || raw.Line == doc.line {
+				o.line = doc.line
+				next[sum] = o
+				objs = append(objs, o)
+				continue
+			}
+		}
 		o, err := parseDocument(file, doc)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		if o != nil {
+			next[sum] = *o
 			objs = append(objs, *o)
 		}
 	}
-	return objs, nil
+	return objs, next, nil
 }
 
 // document is one YAML document of a file and the file line it starts on.

@@ -17,14 +17,19 @@ import (
 
 // Defaults of Config.
 const (
-	DefaultDebounce     = 100 * time.Millisecond
+	// DefaultDebounce is short: saving a file (even by rename) or copying
+	// a few files produces its events within microseconds to a few
+	// milliseconds, and a reload only reads and decodes what changed. A
+	// writer slower than this may cause an extra snapshot, never a
+	// half-parsed file (see Watcher).
+	DefaultDebounce     = 20 * time.Millisecond
 	DefaultPollInterval = 2 * time.Second
 )
 
 // Config configures a Watcher. Dir and OnUpdate are required.
 type Config struct {
 	Dir      string        // required: the directory to watch, recursively
-	Debounce time.Duration // default 100ms: changes within this window are coalesced
+	Debounce time.Duration // default 20ms: changes within this window are coalesced
 	// PollInterval is how often file sizes and mtimes are compared, in case
 	// filesystem events were missed; default 2s.
 	PollInterval time.Duration
@@ -58,6 +63,10 @@ type Watcher struct {
 	watched map[string]bool // directories added to fsnotify
 	lastSum [sha256.Size]byte
 	updated bool // whether OnUpdate has been called
+	// dirty holds the paths named by file events since the last reload;
+	// rereadAll is set when events may have been lost.
+	dirty     map[string]bool
+	rereadAll bool
 }
 
 // NewWatcher validates cfg and returns a Watcher that Start runs.
@@ -91,6 +100,7 @@ func NewWatcher(cfg Config) (*Watcher, error) {
 		states:  map[string]*fileState{},
 		logged:  map[string]bool{},
 		watched: map[string]bool{},
+		dirty:   map[string]bool{},
 	}, nil
 }
 
@@ -133,6 +143,7 @@ func (w *Watcher) Start(ctx context.Context) error {
 				return errors.New("localdir: file watcher closed")
 			}
 			w.log.Debug("file event", "event", ev.Op.String(), "path", ev.Name)
+			w.dirty[ev.Name] = true
 			if !pending {
 				pending = true
 				debounce.Reset(w.cfg.Debounce)
@@ -143,6 +154,7 @@ func (w *Watcher) Start(ctx context.Context) error {
 			}
 			// Events may have been lost (e.g. queue overflow): read everything.
 			w.log.Warn("file watcher error", "error", err)
+			w.rereadAll = true
 			if !pending {
 				pending = true
 				debounce.Reset(w.cfg.Debounce)
@@ -183,11 +195,18 @@ func (w *Watcher) reload(fsw *fsnotify.Watcher) {
 		if st == nil {
 			st = &fileState{}
 		}
-		if err := st.read(f.path); err != nil {
-			errs = append(errs, err)
+		// A file no event named whose size and mtime are those of its
+		// last read, and that read well, is not read again.
+		if w.rereadAll || w.dirty[f.path] || st.err != nil || st.size != f.size || !st.mtime.Equal(f.mtime) || st.mtime.IsZero() {
+			st.size, st.mtime = f.size, f.mtime
+			if err := st.read(f.path); err != nil {
+				errs = append(errs, err)
+			}
 		}
 		states[f.path] = st
 	}
+	clear(w.dirty)
+	w.rereadAll = false
 	w.states = states
 	w.setErrors(append(errs, duplicates(states)...))
 
