@@ -200,6 +200,9 @@ func (z *Ztunnel) uncapture(ip *inpodPod, removeRules bool) {
 		l.Close()
 	}
 	wasCaptured := ip.listeners != nil
+	if wasCaptured {
+		z.release(ip.addr)
+	}
 	ip.listeners, ip.uid, ip.addr = nil, "", netip.Addr{}
 	if removeRules {
 		if err := capture.Remove(ip.netns); err != nil {

@@ -19,6 +19,8 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -91,6 +93,32 @@ type Config struct {
 	// the level /logging changes.
 	Logger   *slog.Logger
 	LogLevel *slog.LevelVar
+
+	// WorkerThreads, if positive, sets GOMAXPROCS for the whole process
+	// (like Istio ztunnel's ZTUNNEL_WORKER_THREADS, default 2 there).
+	// Zero: $ZTUNNEL_WORKER_THREADS if set, otherwise the runtime is left
+	// alone (in-process tests run several ztunnels and must not change it).
+	// One thread cuts ztunnel's CPU per request by about a third on a
+	// loopback benchmark (docs/optimisations.md): goroutine hand-offs stay
+	// on one P instead of waking idle threads through futex.
+	WorkerThreads int
+}
+
+// workerThreads applies Config.WorkerThreads or $ZTUNNEL_WORKER_THREADS.
+func workerThreads(n int, log *slog.Logger) {
+	if n <= 0 {
+		v := os.Getenv("ZTUNNEL_WORKER_THREADS")
+		if v == "" {
+			return
+		}
+		var err error
+		if n, err = strconv.Atoi(v); err != nil || n <= 0 {
+			log.Warn("ignoring ZTUNNEL_WORKER_THREADS: not a positive integer", "value", v)
+			return
+		}
+	}
+	runtime.GOMAXPROCS(n)
+	log.Info("worker threads (GOMAXPROCS) set", "threads", n)
 }
 
 // Ztunnel is a running node proxy.
@@ -168,6 +196,7 @@ func New(cfg Config) (*Ztunnel, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+	workerThreads(cfg.WorkerThreads, log)
 	z := &Ztunnel{
 		cfg:       cfg,
 		log:       log.With("component", "ztunnel", "node", cfg.Node),
@@ -401,6 +430,7 @@ func (z *Ztunnel) reconcile(ctx context.Context) error {
 			pl.hbone.Close()
 			pl.socks.Close()
 			delete(z.listeners, a)
+			z.release(a)
 			z.log.Info("pod listeners closed", "addr", a.String(), "uid", pl.uid)
 		}
 	}
@@ -466,6 +496,15 @@ func (z *Ztunnel) closeListeners() {
 		pl.socks.Close()
 		delete(z.listeners, a)
 	}
+}
+
+// release ends every connection of the workload at address a, which left
+// the node or the mesh: its pooled HBONE connections, the tunnels to it and
+// the connections the proxy carries for it.
+func (z *Ztunnel) release(a netip.Addr) {
+	z.pool.CloseFrom(a)
+	z.server.CloseTo(a)
+	z.proxy.CloseFor(a)
 }
 
 func addrOf(a net.Addr) netip.Addr {

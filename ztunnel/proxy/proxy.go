@@ -523,3 +523,19 @@ func addrPort(a net.Addr) netip.AddrPort {
 	ap, _ := netip.ParseAddrPort(a.String())
 	return ap
 }
+
+// CloseFor closes the connections to or from the workload address a (one
+// end's address is a): those of a pod that left the node or the mesh.
+func (p *Proxy) CloseFor(a netip.Addr) {
+	p.mu.Lock()
+	var gone []net.Conn
+	for c := range p.conns {
+		if addrPort(c.LocalAddr()).Addr() == a || addrPort(c.RemoteAddr()).Addr() == a {
+			gone = append(gone, c)
+		}
+	}
+	p.mu.Unlock()
+	for _, c := range gone {
+		c.Close()
+	}
+}
