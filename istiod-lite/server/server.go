@@ -140,7 +140,13 @@ func New(cfg Config) (*Server, error) {
 		authn ca.Authenticator = &ca.TokenAuthenticator{Tokens: func() map[string]string { return s.snapshot.Load().tokens }}
 	)
 	if cfg.Kube != nil {
-		cs, err := kubernetes.NewForConfig(cfg.Kube)
+		rc := rest.CopyConfig(cfg.Kube)
+		if rc.QPS == 0 {
+			// A starting ztunnel asks for every identity of its node at once;
+			// reviews are cached, but the first ones should not queue.
+			rc.QPS, rc.Burst = 50, 100
+		}
+		cs, err := kubernetes.NewForConfig(rc)
 		if err != nil {
 			return nil, fmt.Errorf("istiod-lite: kubernetes client: %w", err)
 		}
