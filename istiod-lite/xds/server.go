@@ -16,6 +16,7 @@
 package xds
 
 import (
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -31,6 +32,7 @@ import (
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
@@ -70,6 +72,14 @@ type Server struct {
 	// Only Set uses it (under setMu).
 	msgs    map[string]map[string]proto.Message
 	streams map[*stream]struct{}
+	gens    map[string]uint64 // per type, incremented by every Set that changes something
+
+	// prepared caches, per type, the encoded full-state response that new
+	// wildcard streams without initial versions receive, so that a herd of
+	// connecting proxies shares one encoding (and its memory) instead of
+	// encoding megabytes each.
+	prepMu   sync.Mutex
+	prepared map[string]*preparedInitial
 
 	nonce     atomic.Uint64
 	pushes    atomic.Uint64
@@ -84,10 +94,12 @@ func NewServer(cfg ServerConfig) *Server {
 		log = slog.New(slog.DiscardHandler)
 	}
 	return &Server{
-		log:     log.With("component", "xds-server"),
-		types:   make(map[string]map[string]*discoveryv3.Resource),
-		msgs:    make(map[string]map[string]proto.Message),
-		streams: make(map[*stream]struct{}),
+		log:      log.With("component", "xds-server"),
+		types:    make(map[string]map[string]*discoveryv3.Resource),
+		msgs:     make(map[string]map[string]proto.Message),
+		gens:     make(map[string]uint64),
+		prepared: make(map[string]*preparedInitial),
+		streams:  make(map[*stream]struct{}),
 	}
 }
 
@@ -177,6 +189,7 @@ func (s *Server) Set(typeURL string, resources map[string]proto.Message) {
 	if len(changed) == 0 {
 		return
 	}
+	s.gens[typeURL]++
 	for st := range s.streams {
 		st.enqueue(typeURL, changed)
 	}
@@ -392,6 +405,7 @@ func (s *Server) handleRequest(ss discoveryv3.AggregatedDiscoveryService_DeltaAg
 	st.mu.Lock()
 	sub, ok := st.subs[typeURL]
 	var resp *discoveryv3.DeltaDiscoveryResponse
+	initial := false
 	switch {
 	case !ok:
 		// First request for the type: subscribe and always answer.
@@ -406,6 +420,10 @@ func (s *Server) handleRequest(ss discoveryv3.AggregatedDiscoveryService_DeltaAg
 		sub.wildcard = sub.wildcard || len(subscribe) == 0
 		st.subs[typeURL] = sub
 		st.order = append(st.order, typeURL)
+		if sub.wildcard && len(req.GetInitialResourceVersions()) == 0 && uncompressed(ss.Context()) {
+			initial = true // the shared full state, below
+			break
+		}
 		resp = s.initialResponse(typeURL, sub, req.GetInitialResourceVersions())
 	case len(subscribe) > 0 || len(unsubscribe) > 0:
 		var added []string
@@ -437,10 +455,79 @@ func (s *Server) handleRequest(ss discoveryv3.AggregatedDiscoveryService_DeltaAg
 	}
 	st.mu.Unlock()
 	s.mu.RUnlock()
+	if initial {
+		// Changes after the subscription are pending for the stream and
+		// follow this answer, which is at least as recent as the
+		// subscription.
+		return s.sendInitial(ss, st, typeURL)
+	}
 	if resp == nil {
 		return nil
 	}
 	return s.send(ss, st, resp)
+}
+
+// preparedInitial is an encoded full-state response of one type.
+type preparedInitial struct {
+	gen   uint64
+	msg   *grpc.PreparedMsg
+	nonce string
+	names []string // sent; shared, read-only
+	count int
+}
+
+// uncompressed reports whether the stream's responses are sent
+// uncompressed, as the shared encodings are.
+func uncompressed(ctx context.Context) bool {
+	md, _ := metadata.FromIncomingContext(ctx)
+	for _, e := range md.Get("grpc-encoding") {
+		if e != "" && e != "identity" {
+			return false
+		}
+	}
+	return true
+}
+
+// sendInitial sends the full state of typeURL, encoded once for all streams
+// that need it until the next change. Its nonce is shared by those streams:
+// nonces only need to be unique within a stream, and every other nonce comes
+// from the same counter.
+func (s *Server) sendInitial(ss discoveryv3.AggregatedDiscoveryService_DeltaAggregatedResourcesServer, st *stream, typeURL string) error {
+	s.prepMu.Lock()
+	s.mu.RLock()
+	p := s.prepared[typeURL]
+	if gen := s.gens[typeURL]; p == nil || p.gen != gen {
+		resp := s.initialResponse(typeURL, &subscription{wildcard: true}, nil)
+		s.mu.RUnlock()
+		resp.Nonce = strconv.FormatUint(s.nonce.Add(1), 10)
+		names := make([]string, 0, len(resp.Resources))
+		for _, r := range resp.Resources {
+			names = append(names, r.GetName())
+		}
+		// Encoding outside s.mu: Set replaces resources, never modifies them.
+		msg := &grpc.PreparedMsg{}
+		if err := msg.Encode(ss, resp); err != nil {
+			s.prepMu.Unlock()
+			return err
+		}
+		p = &preparedInitial{gen: gen, msg: msg, nonce: resp.Nonce, names: names, count: len(resp.Resources)}
+		s.prepared[typeURL] = p
+	} else {
+		s.mu.RUnlock()
+	}
+	s.prepMu.Unlock()
+
+	st.nonces[typeURL] = p.nonce
+	if len(st.outstanding) >= maxOutstanding {
+		clear(st.outstanding)
+	}
+	st.outstanding[p.nonce] = p.names
+	if err := ss.SendMsg(p.msg); err != nil {
+		return err
+	}
+	s.pushes.Add(1)
+	s.resources.Add(uint64(p.count))
+	return nil
 }
 
 // initialResponse answers the first request of a type: everything the client lacks or holds at another

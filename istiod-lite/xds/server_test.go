@@ -670,3 +670,35 @@ func BenchmarkSet(b *testing.B) {
 		srv.Set(addrType, messages(state))
 	}
 }
+
+// TestSharedInitialState checks the full state encoded once for new
+// streams: every new client gets the state current when it subscribes, also
+// after changes, and a resource handed over again as the same message is
+// not pushed.
+func TestSharedInitialState(t *testing.T) {
+	srv := xds.NewServer(xds.ServerConfig{})
+	want := workloads(50)
+	srv.Set(addrType, messages(want))
+	_, addr := serve(t, srv, "127.0.0.1:0")
+	var stores []*store
+	for gen := range 3 {
+		for range 3 {
+			st := newStore()
+			waitSynced(t, startClient(t, addr, st, addrType))
+			if diff := diffAddresses(want, st.addresses()); diff != "" {
+				t.Fatalf("generation %d: new client's state (-want +got):\n%s", gen, diff)
+			}
+			stores = append(stores, st)
+		}
+		want["w0"] = workload("w0", gen+1)
+		srv.Set(addrType, messages(want))
+		for _, st := range stores {
+			eventually(t, "change reaches every client", func() bool { return diffAddresses(want, st.addresses()) == "" })
+		}
+	}
+	pushes := srv.Stats().Pushes
+	srv.Set(addrType, messages(want)) // the same messages
+	if got := srv.Stats().Pushes; got != pushes {
+		t.Errorf("Stats().Pushes after a Set of the same messages = %d, want %d", got, pushes)
+	}
+}
