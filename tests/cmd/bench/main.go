@@ -35,6 +35,7 @@ type options struct {
 	bin, out, doc, stunnel, topology string
 	runs                             int
 	quick, skipCP                    bool
+	only                             string
 }
 
 func main() {
@@ -47,10 +48,18 @@ func main() {
 	flag.IntVar(&o.runs, "runs", 5, "runs per variant of each figure (medians are reported)")
 	flag.BoolVar(&o.quick, "quick", false, "short runs, for trying the harness")
 	flag.BoolVar(&o.skipCP, "skip-control-plane", false, "skip the control-plane figures")
+	flag.StringVar(&o.only, "only", "", "run one figure alone and print it, writing no report: controlplane")
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx, o); err != nil {
+	runner := run
+	if o.only == "controlplane" {
+		runner = runControlPlaneOnly
+	} else if o.only != "" {
+		fmt.Fprintln(os.Stderr, "bench: -only: unknown figure", o.only)
+		os.Exit(2)
+	}
+	if err := runner(ctx, o); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
 	}
