@@ -58,7 +58,8 @@ type Snapshot struct {
 func Load(dir string) (*Snapshot, []error) {
 	files, _, err := scan(dir)
 	if err != nil {
-		return assemble(nil), []error{err}
+		snap, _ := assemble(nil)
+		return snap, []error{err}
 	}
 	var errs []error
 	states := map[string]*fileState{}
@@ -70,8 +71,8 @@ func Load(dir string) (*Snapshot, []error) {
 		}
 		states[f.path] = st
 	}
-	snap := assemble(states)
-	return snap, append(errs, duplicates(states)...)
+	snap, dups := assemble(states)
+	return snap, append(errs, dups...)
 }
 
 // fileInfo is what the poll compares to notice changes.
@@ -168,16 +169,27 @@ func sortedPaths(states map[string]*fileState) []string {
 }
 
 // assemble builds a snapshot from the good versions of the files, in path
-// order; of duplicate objects, the first is kept.
-func assemble(states map[string]*fileState) *Snapshot {
+// order; of duplicate objects, the first is kept, and every duplicate is
+// reported with both places.
+func assemble(states map[string]*fileState) (*Snapshot, []error) {
+	type place struct {
+		file string
+		line int
+	}
 	snap := &Snapshot{Inputs: &model.Inputs{}, NodeTokens: map[string]string{}}
-	seen := map[objectKey]bool{}
+	n := 0
+	for _, st := range states {
+		n += len(st.objs)
+	}
+	first := make(map[objectKey]place, n)
+	var errs []error
 	for _, path := range sortedPaths(states) {
 		for _, o := range states[path].objs {
-			if seen[o.key] {
+			if p, ok := first[o.key]; ok {
+				errs = append(errs, fmt.Errorf("duplicate %s: defined in %s:%d and %s:%d; using the first", o.key, p.file, p.line, path, o.line))
 				continue
 			}
-			seen[o.key] = true
+			first[o.key] = place{path, o.line}
 			switch obj := o.obj.(type) {
 			case *corev1.Namespace:
 				snap.Inputs.Namespaces = append(snap.Inputs.Namespaces, obj)
@@ -203,7 +215,7 @@ func assemble(states map[string]*fileState) *Snapshot {
 			}
 		}
 	}
-	return snap
+	return snap, errs
 }
 
 // nodeTokens inverts the node-token Secret: node name → token becomes
@@ -232,25 +244,4 @@ func nodeTokens(s *corev1.Secret) map[string]string {
 		out[tok] = node
 	}
 	return out
-}
-
-// duplicates reports every object defined more than once among the good
-// versions of the files.
-func duplicates(states map[string]*fileState) []error {
-	type place struct {
-		file string
-		line int
-	}
-	first := map[objectKey]place{}
-	var errs []error
-	for _, path := range sortedPaths(states) {
-		for _, o := range states[path].objs {
-			if p, ok := first[o.key]; ok {
-				errs = append(errs, fmt.Errorf("duplicate %s: defined in %s:%d and %s:%d; using the first", o.key, p.file, p.line, path, o.line))
-				continue
-			}
-			first[o.key] = place{path, o.line}
-		}
-	}
-	return errs
 }

@@ -181,7 +181,8 @@ func (w *Watcher) reload(fsw *fsnotify.Watcher) {
 		// the current state and try again on the next event or poll.
 		w.setErrors([]error{err})
 		if !w.updated {
-			w.publish()
+			snap, _ := assemble(w.states)
+			w.publish(snap)
 		}
 		return
 	}
@@ -208,17 +209,17 @@ func (w *Watcher) reload(fsw *fsnotify.Watcher) {
 	clear(w.dirty)
 	w.rereadAll = false
 	w.states = states
-	w.setErrors(append(errs, duplicates(states)...))
+	snap, dups := assemble(states)
+	w.setErrors(append(errs, dups...))
 
 	if sum := w.contentSum(); !w.updated || sum != w.lastSum {
 		w.lastSum = sum
-		w.publish()
+		w.publish(snap)
 	}
 }
 
-func (w *Watcher) publish() {
+func (w *Watcher) publish(snap *Snapshot) {
 	w.updated = true
-	snap := assemble(w.states)
 	w.log.Debug("publishing snapshot", "pods", len(snap.Inputs.Pods), "services", len(snap.Inputs.Services))
 	w.cfg.OnUpdate(snap)
 }
