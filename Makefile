@@ -9,14 +9,18 @@ PKGS    := $(foreach m,$(MODULES),$(MODULE)/$(m)/...)
 BIN     := bin
 TOOLS   := $(CURDIR)/.cache/tools
 PROTOC_GEN_GO_VERSION := v1.36.12
+# Binaries of the Kubernetes control plane the tests/kube harness runs,
+# built by tools/kube/build.sh into a cache outside the clone.
+KUBE_ASSETS ?= $(shell tools/kube/build.sh -print)
+export KUBE_ASSETS
 
-.PHONY: build test demo bench generate lint check-imports check-modules tools
+.PHONY: build test demo bench generate lint check-imports check-modules tools kube-binaries crds
 
 build:
 	@echo ">> building istiod-lite, ztunnel, ztunnel-cni and demo into $(BIN)/"
 	@$(GO) build -o $(BIN)/ $(MODULE)/istiod-lite/cmd/istiod-lite $(MODULE)/ztunnel/cmd/ztunnel $(MODULE)/ztunnel/cmd/ztunnel-cni $(MODULE)/tests/cmd/demo
 
-test: check-imports check-modules
+test: check-imports check-modules kube-binaries
 	@echo ">> go vet (all modules)"
 	@$(GO) vet $(PKGS)
 	@echo ">> go test -race (all modules)"
@@ -50,6 +54,16 @@ lint: check-imports check-modules
 	@out=$$(gofmt -l $(MODULES)); if [ -n "$$out" ]; then echo "not gofmt-formatted:"; echo "$$out"; exit 1; fi
 	@echo ">> go vet"
 	@$(GO) vet $(PKGS)
+
+# etcd, kube-apiserver, kube-controller-manager and kubectl from the module
+# proxy (tools/kube); a no-op when cached. Cold: several minutes.
+kube-binaries:
+	@tools/kube/build.sh
+
+# CRDs from the pinned istio.io/api and sigs.k8s.io/gateway-api modules.
+crds:
+	@echo ">> generating crds/ from istio.io/api and sigs.k8s.io/gateway-api (tests/cmd/crdgen)"
+	@$(GO) run $(MODULE)/tests/cmd/crdgen -out crds -moddir istiod-lite
 
 tools:
 	@command -v protoc >/dev/null || { echo ">> installing protoc (Debian protobuf-compiler)"; \
