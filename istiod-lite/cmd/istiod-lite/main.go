@@ -1,7 +1,8 @@
 // Command istiod-lite is the mesh's control plane. In local mode it serves
 // a directory of Kubernetes YAML to ztunnels over delta xDS and signs their
-// workload certificates. With --mode=kube it watches a Kubernetes API
-// server instead (--kubeconfig, or the in-cluster configuration).
+// workload certificates. With --mode=kube (the default without
+// --config-dir) it watches a Kubernetes API server instead (--kubeconfig,
+// or the in-cluster configuration).
 package main
 
 import (
@@ -14,6 +15,7 @@ import (
 
 	"github.com/go-logr/logr"
 	"github.com/spf13/cobra"
+	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/klog/v2"
 	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
@@ -39,6 +41,12 @@ func main() {
 				return fmt.Errorf("--log-level: %w", err)
 			}
 			cfg.Logger = slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: &lv}))
+			if mode == "" {
+				mode = "kube"
+				if cfg.ConfigDir != "" {
+					mode = "local"
+				}
+			}
 			switch mode {
 			case "local":
 				if cfg.ConfigDir == "" {
@@ -48,9 +56,12 @@ func main() {
 				// client-go and controller-runtime log through the same handler.
 				klog.SetSlogLogger(cfg.Logger)
 				ctrllog.SetLogger(logr.FromSlogHandler(cfg.Logger.Handler()))
-				rc, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
+				rc, err := rest.InClusterConfig()
+				if kubeconfig != "" {
+					rc, err = clientcmd.BuildConfigFromFlags("", kubeconfig)
+				}
 				if err != nil {
-					return fmt.Errorf("kubernetes configuration: %w", err)
+					return fmt.Errorf("kube mode (no --config-dir): kubernetes configuration: %w", err)
 				}
 				cfg.Kube = rc
 			default:
@@ -73,7 +84,7 @@ func main() {
 	f.StringVar(&cfg.Model.TrustDomain, "trust-domain", "cluster.local", "SPIFFE trust domain of the mesh")
 	f.StringVar(&cfg.Model.ClusterID, "cluster-id", "Kubernetes", "cluster id reported in workloads")
 	f.StringVar(&level, "log-level", "info", "debug, info, warn or error")
-	f.StringVar(&mode, "mode", "local", `"local" (serve --config-dir) or "kube" (watch the Kubernetes API server)`)
+	f.StringVar(&mode, "mode", "", `"local" (serve --config-dir) or "kube" (watch the Kubernetes API server); default local with --config-dir, kube without`)
 	f.StringVar(&kubeconfig, "kubeconfig", "", "kubeconfig file (kube mode); default: in-cluster configuration")
 	f.StringVar(&cfg.Cluster.LeaderElectionNamespace, "leader-election-namespace", "istio-system", "namespace of the status writer's leader election Lease (kube mode)")
 	f.StringSliceVar(&cfg.Cluster.NodeAgents, "node-agent", []string{"istio-system/ztunnel"}, "namespace/name of the node agents' service accounts (kube mode)")
