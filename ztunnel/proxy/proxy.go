@@ -221,6 +221,9 @@ func (p *Proxy) serveSOCKSConn(c net.Conn, srcAddr netip.Addr) {
 		writeSOCKSReply(c, socksGeneralFailure)
 		return
 	}
+	if len(req.Early) > 0 {
+		c = &earlyConn{Conn: c, early: req.Early}
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	p.Outbound(ctx, c, src, req.Addr, req.Host, func(err error) error {

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -28,10 +29,42 @@ const (
 )
 
 // socksRequest is a parsed CONNECT: an IP address and port, or a host name
-// (and then Addr holds only the port).
+// (and then Addr holds only the port). Early holds bytes the client sent
+// after the request without waiting for the reply (normally none): they
+// belong to the tunnelled stream.
 type socksRequest struct {
-	Addr netip.AddrPort
-	Host string
+	Addr  netip.AddrPort
+	Host  string
+	Early []byte
+}
+
+// socksReader reads the handshake through a buffer big enough for the
+// longest greeting and request, so that a handshake costs one read per
+// client message instead of one per field.
+type socksReader struct {
+	c    net.Conn
+	buf  [2 + 255 + 4 + 1 + 255 + 2]byte
+	r, w int
+}
+
+// next returns the next n bytes, reading what the client sent so far.
+func (s *socksReader) next(n int) ([]byte, error) {
+	for s.w-s.r < n {
+		m, err := s.c.Read(s.buf[s.w:])
+		s.w += m
+		if s.w-s.r >= n {
+			break
+		}
+		if err == io.EOF && s.w > s.r {
+			err = io.ErrUnexpectedEOF
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
+	b := s.buf[s.r : s.r+n]
+	s.r += n
+	return b, nil
 }
 
 // readSOCKSRequest performs the greeting and reads the CONNECT request. It
@@ -39,16 +72,17 @@ type socksRequest struct {
 func readSOCKSRequest(c net.Conn, timeout time.Duration) (socksRequest, error) {
 	_ = c.SetDeadline(time.Now().Add(timeout))
 	defer c.SetDeadline(time.Time{})
+	s := &socksReader{c: c}
 
-	var hdr [2]byte
-	if _, err := io.ReadFull(c, hdr[:]); err != nil {
+	hdr, err := s.next(2)
+	if err != nil {
 		return socksRequest{}, fmt.Errorf("socks5 greeting: %w", err)
 	}
 	if hdr[0] != socksVersion {
 		return socksRequest{}, fmt.Errorf("socks5 greeting: version %d", hdr[0])
 	}
-	methods := make([]byte, hdr[1])
-	if _, err := io.ReadFull(c, methods); err != nil {
+	methods, err := s.next(int(hdr[1]))
+	if err != nil {
 		return socksRequest{}, fmt.Errorf("socks5 greeting: %w", err)
 	}
 	noAuth := false
@@ -63,8 +97,8 @@ func readSOCKSRequest(c net.Conn, timeout time.Duration) (socksRequest, error) {
 		return socksRequest{}, fmt.Errorf("socks5 greeting: %w", err)
 	}
 
-	var req [4]byte
-	if _, err := io.ReadFull(c, req[:]); err != nil {
+	req, err := s.next(4)
+	if err != nil {
 		return socksRequest{}, fmt.Errorf("socks5 request: %w", err)
 	}
 	if req[0] != socksVersion {
@@ -77,22 +111,23 @@ func readSOCKSRequest(c net.Conn, timeout time.Duration) (socksRequest, error) {
 	var r socksRequest
 	switch req[3] {
 	case 1, 4: // IPv4, IPv6
-		b := make([]byte, 4)
+		n := 4
 		if req[3] == 4 {
-			b = make([]byte, 16)
+			n = 16
 		}
-		if _, err := io.ReadFull(c, b); err != nil {
+		b, err := s.next(n)
+		if err != nil {
 			return socksRequest{}, fmt.Errorf("socks5 request: %w", err)
 		}
 		a, _ := netip.AddrFromSlice(b)
 		r.Addr = netip.AddrPortFrom(a.Unmap(), 0)
 	case 3: // domain name
-		var n [1]byte
-		if _, err := io.ReadFull(c, n[:]); err != nil {
+		n, err := s.next(1)
+		if err != nil {
 			return socksRequest{}, fmt.Errorf("socks5 request: %w", err)
 		}
-		b := make([]byte, n[0])
-		if _, err := io.ReadFull(c, b); err != nil {
+		b, err := s.next(int(n[0]))
+		if err != nil {
 			return socksRequest{}, fmt.Errorf("socks5 request: %w", err)
 		}
 		if a, err := netip.ParseAddr(string(b)); err == nil {
@@ -108,13 +143,40 @@ func readSOCKSRequest(c net.Conn, timeout time.Duration) (socksRequest, error) {
 		writeSOCKSReply(c, socksAddrUnsupported)
 		return socksRequest{}, fmt.Errorf("socks5 request: address type %d not supported", req[3])
 	}
-	var p [2]byte
-	if _, err := io.ReadFull(c, p[:]); err != nil {
+	p, err := s.next(2)
+	if err != nil {
 		return socksRequest{}, fmt.Errorf("socks5 request: %w", err)
 	}
 	// For a host name, Addr carries only the port.
-	r.Addr = netip.AddrPortFrom(r.Addr.Addr(), binary.BigEndian.Uint16(p[:]))
+	r.Addr = netip.AddrPortFrom(r.Addr.Addr(), binary.BigEndian.Uint16(p))
+	if s.w > s.r {
+		r.Early = bytes.Clone(s.buf[s.r:s.w])
+	}
 	return r, nil
+}
+
+// earlyConn is a client connection whose first bytes were read during the
+// SOCKS5 handshake: Read returns them first.
+type earlyConn struct {
+	net.Conn
+	early []byte
+}
+
+func (c *earlyConn) Read(p []byte) (int, error) {
+	if len(c.early) > 0 {
+		n := copy(p, c.early)
+		c.early = c.early[n:]
+		return n, nil
+	}
+	return c.Conn.Read(p)
+}
+
+// CloseWrite half-closes the client connection.
+func (c *earlyConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return c.Conn.Close()
 }
 
 // writeSOCKSReply answers the CONNECT; the bound address is reported as

@@ -17,6 +17,7 @@ func TestReadSOCKSRequest(t *testing.T) {
 		wantHost  string
 		wantErr   bool
 		wantReply []byte // what the server writes after the greeting answer
+		wantEarly []byte // stream bytes sent without waiting for the reply
 	}{
 		{
 			name:     "IPv4",
@@ -38,6 +39,12 @@ func TestReadSOCKSRequest(t *testing.T) {
 			name:     "IP literal sent as a name",
 			in:       append(append([]byte{5, 1, 0, 5, 1, 0, 3, 8}, "10.0.0.1"...), 0, 80),
 			wantAddr: netip.MustParseAddrPort("10.0.0.1:80"),
+		},
+		{
+			name:      "data sent with the request is kept",
+			in:        []byte{5, 1, 0, 5, 1, 0, 1, 127, 1, 2, 3, 0, 80, 'h', 'i'},
+			wantAddr:  netip.MustParseAddrPort("127.1.2.3:80"),
+			wantEarly: []byte("hi"),
 		},
 		{
 			name:      "BIND is refused",
@@ -86,8 +93,9 @@ func TestReadSOCKSRequest(t *testing.T) {
 			if err != nil {
 				return
 			}
-			if got.Addr != tc.wantAddr || got.Host != tc.wantHost {
-				t.Errorf("readSOCKSRequest() = %v %q, want %v %q", got.Addr, got.Host, tc.wantAddr, tc.wantHost)
+			if got.Addr != tc.wantAddr || got.Host != tc.wantHost || !bytes.Equal(got.Early, tc.wantEarly) {
+				t.Errorf("readSOCKSRequest() = %v %q early %q, want %v %q early %q",
+					got.Addr, got.Host, got.Early, tc.wantAddr, tc.wantHost, tc.wantEarly)
 			}
 		})
 	}
