@@ -47,8 +47,10 @@ type memo struct {
 	services   map[*corev1.Service]*workloadapi.Address
 	namespaces map[string]*corev1.Namespace
 	index      map[string]*serviceIndex
-	policies   []*securityv1.AuthorizationPolicy
-	peers      []*securityv1.PeerAuthentication
+	// serviceObjs are Inputs.Services, from which index was built.
+	serviceObjs []*corev1.Service
+	policies    []*securityv1.AuthorizationPolicy
+	peers       []*securityv1.PeerAuthentication
 }
 
 // service returns the previous resource of svc; m may be nil.

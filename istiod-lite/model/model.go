@@ -104,14 +104,21 @@ func build(in *Inputs, opt Options, prev *memo) (*Output, *memo) {
 	}
 	authz := buildAuthorizations(in, opt, out)
 	namespaces := namespacesByName(in.Namespaces)
-	services := indexServices(in.Services, opt)
+	var services map[string]*serviceIndex
+	if prev != nil && slices.Equal(prev.serviceObjs, in.Services) {
+		services = prev.index // the same Service objects: the same index
+	} else {
+		services = indexServices(in.Services, opt)
+	}
 	next := &memo{
-		pods:       make(map[*corev1.Pod]*workloadapi.Address, len(in.Pods)),
-		services:   make(map[*corev1.Service]*workloadapi.Address, len(in.Services)),
-		namespaces: namespaces,
-		index:      services,
-		policies:   in.AuthorizationPolicies,
-		peers:      in.PeerAuthentications,
+		// Copies: a caller may reuse its slices for the next Inputs.
+		serviceObjs: slices.Clone(in.Services),
+		pods:        make(map[*corev1.Pod]*workloadapi.Address, len(in.Pods)),
+		services:    make(map[*corev1.Service]*workloadapi.Address, len(in.Services)),
+		namespaces:  namespaces,
+		index:       services,
+		policies:    slices.Clone(in.AuthorizationPolicies),
+		peers:       slices.Clone(in.PeerAuthentications),
 	}
 	// Whether workloads may be reused: the policies (which every workload
 	// names) are the same objects, and per namespace, whether its
