@@ -158,6 +158,38 @@ func TestClusterMode(t *testing.T) {
 			t.Errorf("token with audience other = %v, want Unauthenticated", err)
 		}
 
+		unbound := strings.TrimSpace(c.MustKubectl(t, "create", "token", "ztunnel", "-n", "istio-system", "--audience", "istio-ca"))
+		ub := &identity.CAClient{Conn: conn, Impersonate: true, Token: func(context.Context) (string, error) { return unbound, nil }}
+		if err := request(t, ub, onA); status.Code(err) != codes.PermissionDenied {
+			t.Errorf("ztunnel token bound to no pod impersonating %s = %v, want PermissionDenied", onA, err)
+		}
+
+		gone := runPod(t, c, "node-a", &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "ztunnel-gone", Namespace: "istio-system"},
+			Spec: corev1.PodSpec{ServiceAccountName: "ztunnel"}}, "198.18.1.3")
+		goneToken := strings.TrimSpace(c.MustKubectl(t, "create", "token", "ztunnel", "-n", "istio-system",
+			"--bound-object-kind", "Pod", "--bound-object-name", gone.Name, "--audience", "istio-ca"))
+		ctx, cancel := context.WithTimeout(t.Context(), waitTimeout)
+		defer cancel()
+		if err := c.ForceDeletePod(ctx, gone.Namespace, gone.Name); err != nil {
+			t.Fatal(err)
+		}
+		gz := &identity.CAClient{Conn: conn, Impersonate: true, Token: func(context.Context) (string, error) { return goneToken, nil }}
+		if err := request(t, gz, onA); status.Code(err) != codes.Unauthenticated {
+			t.Errorf("token bound to a deleted ztunnel pod = %v, want Unauthenticated", err)
+		}
+
+		ztB := runPod(t, c, "node-b", &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "ztunnel-b", Namespace: "istio-system"},
+			Spec: corev1.PodSpec{ServiceAccountName: "ztunnel"}}, "198.18.2.2")
+		tokenB := strings.TrimSpace(c.MustKubectl(t, "create", "token", "ztunnel", "-n", "istio-system",
+			"--bound-object-kind", "Pod", "--bound-object-name", ztB.Name, "--audience", "istio-ca"))
+		zb := &identity.CAClient{Conn: conn, Impersonate: true, Token: func(context.Context) (string, error) { return tokenB, nil }}
+		if err := request(t, zb, onB); err != nil {
+			t.Errorf("ztunnel of node-b asking for %s (pod on node-b): %v", onB, err)
+		}
+		if err := request(t, zb, onA); status.Code(err) != codes.PermissionDenied {
+			t.Errorf("ztunnel of node-b asking for %s (pod on node-a) = %v, want PermissionDenied", onA, err)
+		}
+
 		echoToken := strings.TrimSpace(c.MustKubectl(t, "create", "token", "echo", "-n", "demo",
 			"--bound-object-kind", "Pod", "--bound-object-name", "echo", "--audience", "istio-ca"))
 		wl := &identity.CAClient{Conn: conn, Token: func(context.Context) (string, error) { return echoToken, nil }}
@@ -178,6 +210,12 @@ func TestClusterMode(t *testing.T) {
 				strings.Contains(fmt.Sprint(cond["message"]), "waypoint")
 		})
 		waitCondition(t, c, "from-client", func(cond map[string]any) bool {
+			return cond["status"] == "True" && cond["reason"] == "Accepted"
+		})
+		// A new generation that drops the HTTP rule is accepted as a whole.
+		apply(t, c, strings.ReplaceAll(l7Policy, `
+    to: [{operation: {methods: ["GET"]}}]`, ""))
+		waitCondition(t, c, "get-only", func(cond map[string]any) bool {
 			return cond["status"] == "True" && cond["reason"] == "Accepted"
 		})
 		x.waitFor(t, "policy demo/from-client on the echo workload", func(a map[string]*workloadapi.Address) bool {
