@@ -198,6 +198,8 @@ rewritten by every run. Do not edit the figures by hand.
 - **runs**: every figure runs the variants interleaved (direct, mesh, peer,
   direct, ...), %d runs each; the table shows medians.
 - **rerun**: `+"`make bench`"+` (about 5 minutes); quicker trial: `+"`make build && go run ./tests/cmd/bench -quick -doc ''`"+`.
+- **optimisations**: what was changed to get these figures, each with its
+  before/after ratio: [optimisations.md](optimisations.md).
 
 ## Variants
 
