@@ -9,9 +9,11 @@
 // from that directory. In cluster mode (Config.Kube set) the source is the
 // informer caches of a controller-runtime manager (package source/kube),
 // nodes authenticate with service account tokens checked by TokenReview
-// (ca.TokenReviewAuthenticator), and the elected leader writes policy
-// status onto the objects (package status). Both sources feed the same
-// model and the same xDS server.
+// (ca.TokenReviewAuthenticator), every replica signs with the root kept in
+// the Secret istio-system/istio-ca-secret, and the elected leader writes
+// policy status onto the objects (package status) and publishes the root
+// in the ConfigMap istio-ca-root-cert of every namespace. Both sources
+// feed the same model and the same xDS server.
 package server
 
 import (
@@ -33,9 +35,13 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/protobuf/proto"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
+	toolscache "k8s.io/client-go/tools/cache"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/manager"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
@@ -91,9 +97,10 @@ type Server struct {
 	log     *slog.Logger
 	ca      *ca.CA
 	xds     *xds.Server
-	watcher *localdir.Watcher // local mode
-	mgr     manager.Manager   // cluster mode
-	status  *status.Writer    // cluster mode, when AuthorizationPolicy is installed
+	watcher *localdir.Watcher     // local mode
+	mgr     manager.Manager       // cluster mode
+	status  *status.Writer        // cluster mode, when AuthorizationPolicy is installed
+	rootCM  *ca.RootCertPublisher // cluster mode
 	grpc    *grpc.Server
 	plain   *grpc.Server
 	tlsL    net.Listener
@@ -138,6 +145,7 @@ func New(cfg Config) (*Server, error) {
 	var (
 		err   error
 		authn ca.Authenticator = &ca.TokenAuthenticator{Tokens: func() map[string]string { return s.snapshot.Load().tokens }}
+		cs    kubernetes.Interface
 	)
 	if cfg.Kube != nil {
 		rc := rest.CopyConfig(cfg.Kube)
@@ -146,19 +154,26 @@ func New(cfg Config) (*Server, error) {
 			// reviews are cached, but the first ones should not queue.
 			rc.QPS, rc.Burst = 50, 100
 		}
-		cs, err := kubernetes.NewForConfig(rc)
-		if err != nil {
+		if cs, err = kubernetes.NewForConfig(rc); err != nil {
 			return nil, fmt.Errorf("istiod-lite: kubernetes client: %w", err)
 		}
 		authn = &ca.TokenReviewAuthenticator{Client: cs, NodeAgents: cfg.Cluster.NodeAgents, TrustDomain: cfg.Model.TrustDomain}
 	}
-	s.ca, err = ca.New(ca.Config{
+	caCfg := ca.Config{
 		StateDir:      cfg.StateDir,
 		TrustDomain:   cfg.Model.TrustDomain,
 		Authenticator: authn,
 		Authorizer:    s,
 		Logger:        log,
-	})
+	}
+	if cfg.Kube != nil {
+		// Every replica signs with the root of the Secret istio-ca-secret.
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		s.ca, err = ca.NewShared(ctx, cs, cmp.Or(cfg.Model.RootNamespace, model.DefaultRootNamespace), caCfg)
+		cancel()
+	} else {
+		s.ca, err = ca.New(caCfg)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("istiod-lite: %w", err)
 	}
@@ -218,7 +233,13 @@ func (s *Server) newCluster(log *slog.Logger) error {
 		LeaderElectionID:              opt.LeaderElectionID,
 		LeaderElectionNamespace:       opt.LeaderElectionNamespace,
 		LeaderElectionReleaseOnCancel: true,
-		Cache:                         cache.Options{DefaultTransform: cache.TransformStripManagedFields()},
+		Cache: cache.Options{
+			DefaultTransform: cache.TransformStripManagedFields(),
+			// Only the ConfigMaps the root certificate publisher writes.
+			ByObject: map[client.Object]cache.ByObject{&corev1.ConfigMap{}: {
+				Field: fields.OneTermEqualSelector("metadata.name", ca.RootCertConfigMap),
+			}},
+		},
 	})
 	if err != nil {
 		return fmt.Errorf("manager: %w", err)
@@ -226,6 +247,22 @@ func (s *Server) newCluster(log *slog.Logger) error {
 	src, err := kube.New(context.Background(), s.mgr, kube.Config{Debounce: opt.Debounce, Logger: log, OnUpdate: s.applyKube})
 	if err != nil {
 		return err
+	}
+	if s.rootCM, err = ca.NewRootCertPublisher(s.mgr.GetClient(), s.ca.RootPEM(), log); err != nil {
+		return err
+	}
+	inf, err := s.mgr.GetCache().GetInformer(context.Background(), &corev1.ConfigMap{}, cache.BlockUntilSynced(false))
+	if err != nil {
+		return fmt.Errorf("configmap informer: %w", err)
+	}
+	trigger := func(any) { s.rootCM.Trigger() }
+	if _, err := inf.AddEventHandler(toolscache.ResourceEventHandlerFuncs{
+		AddFunc: trigger, DeleteFunc: trigger, UpdateFunc: func(_, o any) { trigger(o) },
+	}); err != nil {
+		return fmt.Errorf("configmap informer: %w", err)
+	}
+	if err := s.mgr.Add(s.rootCM); err != nil {
+		return fmt.Errorf("manager: %w", err)
 	}
 	if !slices.Contains(src.Skipped(), model.KindAuthorizationPolicy) {
 		if s.status, err = status.New(status.Config{Client: s.mgr.GetClient(), Logger: log}); err != nil {
@@ -327,6 +364,7 @@ func (s *Server) applyKube(snap *kube.Snapshot) {
 	if s.status != nil {
 		s.status.Update(st)
 	}
+	s.rootCM.Trigger() // namespaces may have changed
 }
 
 // applyInputs turns one snapshot of either source into xDS resources and

@@ -6,6 +6,7 @@
 package kubectl
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -228,6 +229,17 @@ func TestClusterMode(t *testing.T) {
 		})
 	})
 
+	t.Run("the mesh root is published in every namespace", func(t *testing.T) {
+		want := strings.TrimSpace(string(ist.RootPEM()))
+		for _, ns := range []string{"demo", "istio-system", "default"} {
+			waitRootCert(t, c, ns, want)
+		}
+		c.MustKubectl(t, "delete", "configmap", "-n", "demo", "istio-ca-root-cert")
+		c.MustKubectl(t, "create", "namespace", "later")
+		waitRootCert(t, c, "demo", want)
+		waitRootCert(t, c, "later", want)
+	})
+
 	t.Run("a deleted pod leaves xDS clients within a second", func(t *testing.T) {
 		ctx, cancel := context.WithTimeout(t.Context(), waitTimeout)
 		defer cancel()
@@ -245,6 +257,9 @@ func TestClusterMode(t *testing.T) {
 
 	t.Run("a second replica serves the same state and takes over status when the leader stops", func(t *testing.T) {
 		ist2, _ := startIstiod(t, c, log.With("replica", "2"))
+		if !bytes.Equal(ist2.RootPEM(), ist.RootPEM()) {
+			t.Error("the second replica has another root than the first; want the root of Secret istio-system/istio-ca-secret")
+		}
 		x2 := startXDS(t, ist2.PlaintextAddr().String(), log.With("replica", "2"))
 		x2.waitFor(t, "echo workload from the second replica", func(a map[string]*workloadapi.Address) bool {
 			return workload(a, "demo", "echo").GetTunnelProtocol() == workloadapi.TunnelProtocol_HBONE &&
@@ -488,4 +503,22 @@ func waitCondition(t *testing.T, c *kube.Cluster, name string, ok func(map[strin
 		time.Sleep(100 * time.Millisecond)
 	}
 	t.Fatalf("AuthorizationPolicy demo/%s: no matching ZtunnelAccepted condition; last:\n%s", name, last)
+}
+
+// waitRootCert waits until ConfigMap ns/istio-ca-root-cert holds root.
+func waitRootCert(t *testing.T, c *kube.Cluster, ns, root string) {
+	t.Helper()
+	deadline := time.Now().Add(waitTimeout)
+	var last error
+	for time.Now().Before(deadline) {
+		ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+		cm, err := c.Clientset.CoreV1().ConfigMaps(ns).Get(ctx, "istio-ca-root-cert", metav1.GetOptions{})
+		cancel()
+		if err == nil && strings.TrimSpace(cm.Data["root-cert.pem"]) == root {
+			return
+		}
+		last = err
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatalf("ConfigMap %s/istio-ca-root-cert does not hold the root (last error %v)", ns, last)
 }
