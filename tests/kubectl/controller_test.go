@@ -11,8 +11,11 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/netip"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -521,4 +524,62 @@ func waitRootCert(t *testing.T, c *kube.Cluster, ns, root string) {
 		time.Sleep(50 * time.Millisecond)
 	}
 	t.Fatalf("ConfigMap %s/istio-ca-root-cert does not hold the root (last error %v)", ns, last)
+}
+
+// TestBinaryKubeMode runs the istiod-lite binary with --kubeconfig and no
+// --config-dir (kube mode by default).
+func TestBinaryKubeMode(t *testing.T) {
+	log := testLogger(t)
+	c := kube.Start(t, kube.Config{Log: log.With("component", "harness")})
+	c.MustKubectl(t, "create", "namespace", "istio-system")
+	apply(t, c, objects)
+
+	bin := filepath.Join(t.TempDir(), "istiod-lite")
+	build := exec.Command("go", "build", "-o", bin, "github.com/ambient-go/mesh/istiod-lite/cmd/istiod-lite")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	plain := freeAddr(t)
+	var out bytes.Buffer
+	cmd := exec.Command(bin, "--kubeconfig", c.Kubeconfig, "--state-dir", t.TempDir(),
+		"--grpc-addr", freeAddr(t), "--grpc-plaintext-addr", plain, "--log-level", "debug")
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = cmd.Process.Signal(os.Interrupt)
+		done := make(chan error, 1)
+		go func() { done <- cmd.Wait() }()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("istiod-lite exited with %v", err)
+			}
+		case <-time.After(20 * time.Second):
+			_ = cmd.Process.Kill()
+			<-done
+			t.Error("istiod-lite did not stop on SIGINT")
+		}
+		if t.Failed() || os.Getenv("KUBE_TEST_DEBUG") != "" {
+			t.Logf("istiod-lite output:\n%s", out.String())
+		}
+	})
+	x := startXDS(t, plain, log)
+	runPod(t, c, "node-b", &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "echo", Namespace: "demo", Labels: map[string]string{"app": "echo"}},
+		Spec: corev1.PodSpec{ServiceAccountName: "echo"}}, "198.18.2.10")
+	x.waitFor(t, "echo workload and service from the binary", func(a map[string]*workloadapi.Address) bool {
+		return workload(a, "demo", "echo") != nil && a["demo/echo.demo.svc.cluster.local"] != nil
+	})
+}
+
+// freeAddr returns a loopback address with a port that was free just now.
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
 }
