@@ -327,21 +327,47 @@ func (s *Server) Start(ctx context.Context) error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if err := g.Serve(l); err != nil {
+			if err := g.Serve(l); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
 				errc <- fmt.Errorf("grpc %s: %w", l.Addr(), err)
 				cancel()
 			}
 		}()
 	}
-	serve(s.grpc, s.tlsL)
-	if s.plain != nil {
-		serve(s.plain, s.plainL)
+	serveAll := func() {
+		serve(s.grpc, s.tlsL)
+		if s.plain != nil {
+			serve(s.plain, s.plainL)
+		}
+		source := slog.String("config_dir", s.cfg.ConfigDir)
+		if s.mgr != nil {
+			source = slog.String("kubernetes", s.cfg.Kube.Host)
+		}
+		s.log.Info("serving", "grpc_tls", s.tlsL.Addr().String(), "grpc_plaintext", fmt.Sprint(s.PlaintextAddr()), source)
 	}
-	source := slog.String("config_dir", s.cfg.ConfigDir)
-	if s.mgr != nil {
-		source = slog.String("kubernetes", s.cfg.Kube.Host)
+	if s.mgr == nil {
+		serveAll()
+	} else {
+		// Cluster mode serves once the caches have synced: a ztunnel that
+		// reconnects to a fresh replica must not be told that everything
+		// is gone, nor be refused certificates for lack of pods. Until
+		// then its connection waits in the listener's backlog.
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			select {
+			case <-s.synced:
+				if ctx.Err() == nil {
+					serveAll()
+					return
+				}
+			case <-ctx.Done():
+			}
+			s.tlsL.Close()
+			if s.plainL != nil {
+				s.plainL.Close()
+			}
+		}()
 	}
-	s.log.Info("serving", "grpc_tls", s.tlsL.Addr().String(), "grpc_plaintext", fmt.Sprint(s.PlaintextAddr()), source)
 	<-ctx.Done()
 	// Streams to ztunnels never end by themselves; Stop closes them, and
 	// ztunnels keep their last configuration until we are back.
