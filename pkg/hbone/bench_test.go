@@ -181,3 +181,46 @@ func BenchmarkTunnelRequestResponse(b *testing.B) {
 		}
 	})
 }
+
+// BenchmarkTunnelNewStream measures opening a tunnel on a pooled
+// connection, reading one byte the server writes, and closing.
+func BenchmarkTunnelNewStream(b *testing.B) {
+	ca := newTestCA(b, "cluster.local")
+	srvID, cliID := ca.id("/ns/b/sa/server"), ca.id("/ns/a/sa/client")
+	srv := &Server{TLSConfig: ca.serverTLS(b, srvID), Handler: HandlerFunc(func(_ context.Context, _ *Request, t *Tunnel) {
+		c, err := t.Accept()
+		if err != nil {
+			return
+		}
+		c.Write([]byte{1})
+		c.CloseWrite()
+		io.Copy(io.Discard, c)
+		c.Close()
+	})}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	go srv.Serve(l)
+	pool := NewPool(PoolConfig{TLSConfig: ca.poolTLS(b, nil)})
+	b.Cleanup(func() { pool.Close(); srv.Close() })
+	target := Target{Addr: l.Addr().(*net.TCPAddr).AddrPort(), Authority: "10.0.0.1:80", SourceID: cliID}
+	b.SetParallelism(8) // 16 workers on 2 CPUs, as the mesh benchmark
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		buf := make([]byte, 16)
+		for pb.Next() {
+			c, err := pool.Dial(context.Background(), target)
+			if err != nil {
+				b.Error(err)
+				return
+			}
+			if _, err := io.ReadFull(c, buf[:1]); err != nil {
+				b.Error(err)
+			}
+			c.CloseWrite()
+			io.Copy(io.Discard, c)
+			c.Close()
+		}
+	})
+}
