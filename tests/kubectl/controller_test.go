@@ -268,11 +268,28 @@ func TestClusterMode(t *testing.T) {
 			return workload(a, "demo", "echo").GetTunnelProtocol() == workloadapi.TunnelProtocol_HBONE &&
 				workload(a, "demo", "client") == nil
 		})
+		x.mu.Lock()
+		removedBefore := len(x.removed)
+		x.mu.Unlock()
 		stop() // the leader releases its Lease
 		apply(t, c, strings.ReplaceAll(l7Policy, "get-only", "get-only-2"))
 		waitCondition(t, c, "get-only-2", func(cond map[string]any) bool {
 			return cond["reason"] == "UnsupportedValue"
 		})
+
+		// istiod-lite back on the same address: the client reconnects,
+		// loses nothing, and receives changes again.
+		startIstiodAt(t, c, log.With("replica", "3"), ist.PlaintextAddr().String())
+		runPod(t, c, "node-a", &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "late", Namespace: "demo", Labels: map[string]string{"app": "echo"}},
+			Spec: corev1.PodSpec{ServiceAccountName: "echo"}}, "198.18.1.11")
+		x.waitFor(t, "a pod created after the restart", func(a map[string]*workloadapi.Address) bool {
+			return workload(a, "demo", "late") != nil
+		})
+		x.mu.Lock()
+		if removed := x.removed[removedBefore:]; len(removed) > 0 {
+			t.Errorf("the client was told to remove %q across the restart; want nothing removed", removed)
+		}
+		x.mu.Unlock()
 	})
 }
 
@@ -318,12 +335,18 @@ func apply(t *testing.T, c *kube.Cluster, yaml string) {
 // the test ends.
 func startIstiod(t *testing.T, c *kube.Cluster, log *slog.Logger) (s *server.Server, stop func()) {
 	t.Helper()
+	return startIstiodAt(t, c, log, "127.0.0.1:0")
+}
+
+// startIstiodAt is startIstiod with the plaintext gRPC address.
+func startIstiodAt(t *testing.T, c *kube.Cluster, log *slog.Logger, plaintext string) (s *server.Server, stop func()) {
+	t.Helper()
 	var err error
 	s, err = server.New(server.Config{
 		Kube:          c.REST,
 		StateDir:      t.TempDir(),
 		Addr:          "127.0.0.1:0",
-		PlaintextAddr: "127.0.0.1:0",
+		PlaintextAddr: plaintext,
 		Logger:        log,
 	})
 	if err != nil {
@@ -356,6 +379,7 @@ func startIstiod(t *testing.T, c *kube.Cluster, log *slog.Logger) (s *server.Ser
 type xdsState struct {
 	mu      sync.Mutex
 	addrs   map[string]*workloadapi.Address
+	removed []string // every name ever removed
 	changed chan struct{}
 }
 
@@ -383,6 +407,7 @@ func startXDS(t *testing.T, target string, log *slog.Logger) *xdsState {
 			for _, n := range removed {
 				delete(st.addrs, n)
 			}
+			st.removed = append(st.removed, removed...)
 			select {
 			case st.changed <- struct{}{}:
 			default:
