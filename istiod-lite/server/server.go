@@ -112,6 +112,11 @@ type Server struct {
 	synced   chan struct{}
 	once     sync.Once
 
+	// builder turns inputs into xDS resources, reusing what did not change
+	// since the previous snapshot (owned by apply's goroutine, like
+	// statusLogged).
+	builder *model.Builder
+
 	// statuses are the latest policy statuses; statusLogged holds what was
 	// last logged per policy (owned by apply's goroutine).
 	statuses     atomic.Pointer[map[string]*model.PolicyStatus]
@@ -397,7 +402,10 @@ func (s *Server) applyKube(snap *kube.Snapshot) {
 // the CA's view of nodes, and returns the policy statuses.
 func (s *Server) applyInputs(in *model.Inputs, tokens map[string]string) map[string]*model.PolicyStatus {
 	start := time.Now()
-	out := model.Build(in, s.cfg.Model)
+	if s.builder == nil {
+		s.builder = model.NewBuilder(s.cfg.Model)
+	}
+	out := s.builder.Build(in)
 	s.snapshot.Store(&authSnapshot{
 		tokens:     tokens,
 		identities: model.NodeIdentities(in, s.cfg.Model),
