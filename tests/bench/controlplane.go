@@ -3,6 +3,7 @@ package bench
 import (
 	"context"
 	"fmt"
+	"github.com/ambient-go/mesh/tests/harness"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -318,19 +319,8 @@ func writeAtomic(path, content string) error {
 // traffic is ever sent to them).
 func writeClusterConfig(dir string, cfg ControlPlaneConfig) error {
 	var b strings.Builder
-	b.WriteString(`apiVersion: v1
-kind: Namespace
-metadata:
-  name: istio-system
----
-apiVersion: v1
-kind: Secret
-metadata:
-  name: ztunnel-node-tokens
-  namespace: istio-system
-stringData:
-  node-0: token-node-0
----
+	b.WriteString(harness.MeshYAML(map[string]string{"node-0": "token-node-0"}))
+	b.WriteString(`---
 apiVersion: v1
 kind: Namespace
 metadata:

@@ -149,20 +149,8 @@ func (m *Mesh) DirectDial(ctx context.Context, port uint16) (net.Conn, error) {
 
 func meshYAML(cfg MeshConfig) string {
 	var b strings.Builder
-	b.WriteString(`apiVersion: v1
-kind: Namespace
-metadata:
-  name: istio-system
----
-apiVersion: v1
-kind: Secret
-metadata:
-  name: ztunnel-node-tokens
-  namespace: istio-system
-stringData:
-  node-a: token-node-a
-  node-b: token-node-b
----
+	b.WriteString(harness.MeshYAML(map[string]string{"node-a": "token-node-a", "node-b": "token-node-b"}))
+	b.WriteString(`---
 apiVersion: v1
 kind: Namespace
 metadata:

@@ -12,11 +12,13 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"math/big"
 	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -103,11 +105,24 @@ func New(t testing.TB, opts Options) *Mesh {
 		stateDir: t.TempDir(),
 		ztunnels: map[string]*Ztunnel{},
 	}
-	var tokens strings.Builder
+	tokens := map[string]string{}
 	for _, n := range opts.Nodes {
-		fmt.Fprintf(&tokens, "  %s: %s\n", n, m.Token(n))
+		tokens[n] = m.Token(n)
 	}
-	m.Write("mesh.yaml", `apiVersion: v1
+	m.Write("mesh.yaml", MeshYAML(tokens))
+	t.Cleanup(m.stopAll)
+	m.StartIstiod()
+	for _, n := range opts.Nodes {
+		m.StartZtunnel(n)
+	}
+	return m
+}
+
+// MeshYAML is the mesh-wide part of a local-mode configuration: the
+// istio-system namespace and the Secret holding each node's CA token.
+func MeshYAML(nodeTokens map[string]string) string {
+	var b strings.Builder
+	b.WriteString(`apiVersion: v1
 kind: Namespace
 metadata:
   name: istio-system
@@ -118,13 +133,11 @@ metadata:
   name: ztunnel-node-tokens
   namespace: istio-system
 stringData:
-`+tokens.String())
-	t.Cleanup(m.stopAll)
-	m.StartIstiod()
-	for _, n := range opts.Nodes {
-		m.StartZtunnel(n)
+`)
+	for _, n := range slices.Sorted(maps.Keys(nodeTokens)) {
+		fmt.Fprintf(&b, "  %s: %s\n", n, nodeTokens[n])
 	}
-	return m
+	return b.String()
 }
 
 // Token is the CA token of node.
