@@ -10,7 +10,6 @@ import (
 
 	"github.com/ambient-go/mesh/pkg/accesslog"
 	"github.com/ambient-go/mesh/pkg/authz"
-	"github.com/ambient-go/mesh/pkg/hbone"
 	"github.com/ambient-go/mesh/pkg/telemetry"
 	"github.com/ambient-go/mesh/ztunnel/capture"
 )
@@ -138,21 +137,6 @@ func (p *Proxy) plaintextInbound(ctx context.Context, c net.Conn, pod netip.Addr
 		fail(err)
 		return
 	}
-	m := p.cfg.Metrics.Open(labels)
-	if !p.track(upstream) {
-		m.Close()
-		return
-	}
-	defer p.untrack(upstream)
-	ic := p.watchInbound(ac, c, upstream)
-	defer p.unwatchInbound(ic)
-	recv, sent, err := hbone.Relay(c, upstream)
-	m.AddReceived(recv)
-	m.AddSent(sent)
-	m.Close()
-	rec.BytesSent, rec.BytesRecv = recv, sent
-	rec.Duration = time.Since(start)
-	rec.Err = ignoreClosed(err)
-	ic.annotate(rec)
-	p.cfg.AccessLog.Log(ctx, rec)
+	// c is tracked by serve already.
+	p.relayInbound(ctx, c, upstream, upstream, ac, labels, rec)
 }

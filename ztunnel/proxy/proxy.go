@@ -478,13 +478,21 @@ func (p *Proxy) ServeHBONE(ctx context.Context, req *hbone.Request, t *hbone.Tun
 		fail(http.StatusServiceUnavailable, "CONNECT", err)
 		return
 	}
+	p.relayInbound(ctx, down, upstream, down, ac, labels, rec)
+}
+
+// relayInbound carries an accepted inbound connection: it copies between
+// the client's side down and the application's upstream, closing both if a
+// policy change denies the connection, then counts and logs it. tracked is
+// the connection to register for Close (the one its caller has not).
+func (p *Proxy) relayInbound(ctx context.Context, down, upstream, tracked net.Conn, ac authz.Conn, labels *telemetry.Labels, rec *accesslog.Record) {
 	m := p.cfg.Metrics.Open(labels)
-	if !p.track(down) {
+	if !p.track(tracked) {
 		upstream.Close()
 		m.Close()
 		return
 	}
-	defer p.untrack(down)
+	defer p.untrack(tracked)
 	ic := p.watchInbound(ac, down, upstream)
 	defer p.unwatchInbound(ic)
 	recv, sent, err := hbone.Relay(down, upstream)
@@ -493,7 +501,7 @@ func (p *Proxy) ServeHBONE(ctx context.Context, req *hbone.Request, t *hbone.Tun
 	m.Close()
 	// As at the source, bytes_sent counts what the client sent.
 	rec.BytesSent, rec.BytesRecv = recv, sent
-	rec.Duration = time.Since(start)
+	rec.Duration = time.Since(rec.Start)
 	rec.Err = ignoreClosed(err)
 	ic.annotate(rec)
 	p.cfg.AccessLog.Log(ctx, rec)
