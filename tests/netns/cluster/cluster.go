@@ -22,6 +22,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -32,7 +33,10 @@ import (
 	"testing"
 	"time"
 
+	"k8s.io/client-go/rest"
+
 	"github.com/ambient-go/mesh/istiod-lite/server"
+	"github.com/ambient-go/mesh/tests/harness"
 	"github.com/ambient-go/mesh/tests/netns"
 )
 
@@ -48,6 +52,16 @@ type Options struct {
 	Nodes int
 	// CertTTL is the certificate lifetime ztunnels request; default 24h.
 	CertTTL time.Duration
+	// Kube runs istiod-lite in cluster mode against this API server
+	// instead of local mode: Pod objects then come from the API server, and
+	// pods are added with NewSandbox and Attach (the kubelet's part).
+	// Optional.
+	Kube *rest.Config
+	// Tokens are the ztunnels' CA tokens by node name (with Kube: service
+	// account tokens of istio-system/ztunnel bound to a pod on the node,
+	// audience istio-ca). Default: token-<node>, as local mode's Secret
+	// ztunnel-node-tokens holds.
+	Tokens map[string]string
 }
 
 // Cluster is a running mesh on a topology.
@@ -104,7 +118,7 @@ func New(t testing.TB, opts Options) *Cluster {
 	c := &Cluster{t: t, opts: opts, Topo: topo, ConfigDir: t.TempDir(), stateDir: t.TempDir(), bin: bin}
 	t.Cleanup(c.teardown)
 	run := t.TempDir()
-	var tokens strings.Builder
+	tokens := map[string]string{}
 	for _, tn := range topo.Nodes {
 		n := &Node{
 			Node:        tn,
@@ -115,20 +129,9 @@ func New(t testing.TB, opts Options) *Cluster {
 			pods:        map[string]*Pod{},
 		}
 		c.Nodes = append(c.Nodes, n)
-		fmt.Fprintf(&tokens, "  %s: %s\n", n.Name, c.Token(n.Name))
+		tokens[n.Name] = c.Token(n.Name)
 	}
-	c.Write("mesh.yaml", `apiVersion: v1
-kind: Namespace
-metadata:
-  name: istio-system
----
-apiVersion: v1
-kind: Secret
-metadata:
-  name: ztunnel-node-tokens
-  namespace: istio-system
-stringData:
-`+tokens.String())
+	c.Write("mesh.yaml", harness.MeshYAML(tokens))
 	c.StartIstiod()
 	for _, n := range c.Nodes {
 		n.StartZtunnel()
@@ -137,7 +140,12 @@ stringData:
 }
 
 // Token is node's CA token.
-func (c *Cluster) Token(node string) string { return "token-" + node }
+func (c *Cluster) Token(node string) string {
+	if tok := c.opts.Tokens[node]; tok != "" {
+		return tok
+	}
+	return "token-" + node
+}
 
 // IstiodAddr is istiod-lite's plaintext gRPC address, in the underlay.
 func (c *Cluster) IstiodAddr() netip.AddrPort {
@@ -225,14 +233,21 @@ func logger(t testing.TB, component string) *slog.Logger {
 func (c *Cluster) StartIstiod() {
 	c.t.Helper()
 	var s *server.Server
+	cfg := server.Config{
+		ConfigDir:     c.ConfigDir,
+		StateDir:      c.stateDir,
+		Addr:          netip.AddrPortFrom(netns.UnderlayIP, IstiodTLSPort).String(),
+		PlaintextAddr: c.IstiodAddr().String(),
+		Logger:        logger(c.t, "istiod-lite"),
+	}
+	syncTimeout := 10 * time.Second
+	if c.opts.Kube != nil {
+		cfg.ConfigDir = ""
+		cfg.Kube = hostDialing(c.opts.Kube)
+		syncTimeout = 30 * time.Second
+	}
 	err := c.Topo.Underlay.Do(func() (err error) {
-		s, err = server.New(server.Config{
-			ConfigDir:     c.ConfigDir,
-			StateDir:      c.stateDir,
-			Addr:          netip.AddrPortFrom(netns.UnderlayIP, IstiodTLSPort).String(),
-			PlaintextAddr: c.IstiodAddr().String(),
-			Logger:        logger(c.t, "istiod-lite"),
-		})
+		s, err = server.New(cfg)
 		return err
 	})
 	if err != nil {
@@ -245,9 +260,38 @@ func (c *Cluster) StartIstiod() {
 	c.stopIst = func() error { cancel(); return <-done }
 	select {
 	case <-s.Synced():
-	case <-time.After(10 * time.Second):
-		c.t.Fatal("istiod-lite did not load its configuration within 10s")
+	case <-time.After(syncTimeout):
+		c.t.Fatalf("istiod-lite did not load its configuration within %v", syncTimeout)
 	}
+}
+
+// hostDialing returns a copy of rc whose connections are dialed from the
+// test's own namespace, where the API server listens, even when the
+// client is built inside the underlay namespace (server.New runs there to
+// bind its listeners, and reads the CA Secret on its locked thread). The
+// dial runs in a new goroutine: the Go runtime never schedules it on the
+// locked thread, and creates threads from a template thread, so it runs
+// in the process's original namespace.
+func hostDialing(rc *rest.Config) *rest.Config {
+	rc = rest.CopyConfig(rc)
+	dial := rc.Dial
+	if dial == nil {
+		dial = (&net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second}).DialContext
+	}
+	rc.Dial = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		type result struct {
+			conn net.Conn
+			err  error
+		}
+		ch := make(chan result, 1)
+		go func() {
+			conn, err := dial(ctx, network, addr)
+			ch <- result{conn, err}
+		}()
+		r := <-ch
+		return r.conn, r.err
+	}
+	return rc
 }
 
 // StopIstiod stops istiod-lite.

@@ -242,3 +242,44 @@ func (n *Node) cni(command string, p *Pod) error {
 	}
 	return nil
 }
+
+// NewSandbox creates the namespace and veth of a pod whose object lives in
+// an API server (Options.Kube), as a runtime creates the sandbox: the pod
+// gets the next address of the node, and nothing is written to the config
+// directory. Publish the address in the pod's status, then call Attach.
+// uid is the Pod object's UID (also the CNI container id).
+func (n *Node) NewSandbox(spec PodSpec, uid string) (*Pod, error) {
+	if spec.ServiceAccount == "" {
+		spec.ServiceAccount = spec.Name
+	}
+	tp, err := n.Node.AddPod(spec.Namespace + "-" + spec.Name)
+	if err != nil {
+		return nil, err
+	}
+	return &Pod{Pod: tp, Spec: spec, node: n, UID: uid}, nil
+}
+
+// Attach hands a sandbox to the node's ztunnel: once the ztunnel knows
+// the workload (from istiod-lite, so that its ADD acknowledgement means
+// capture is in place), the CNI plugin's ADD runs, and the pod counts
+// among the node's pods (Delete and the cluster's teardown remove it). If
+// anything fails, the sandbox is removed and the error returned.
+func (p *Pod) Attach() error {
+	n := p.node
+	if z := n.Ztunnel(); z != nil {
+		if err := z.waitWorkload(p); err != nil {
+			return errors.Join(err, p.Pod.Remove())
+		}
+	}
+	if err := n.cni("ADD", p); err != nil {
+		return errors.Join(fmt.Errorf("CNI ADD of %s: %w", p.Key(), err), p.Pod.Remove())
+	}
+	n.mu.Lock()
+	n.pods[p.Key()] = p
+	n.mu.Unlock()
+	return nil
+}
+
+// RemoveSandbox removes a sandbox that was never attached (its namespace
+// and veth). Removing twice is not an error.
+func (p *Pod) RemoveSandbox() error { return p.Pod.Remove() }
