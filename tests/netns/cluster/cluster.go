@@ -8,6 +8,10 @@
 // the CNI plugin binary exactly as a runtime does (CNI_COMMAND, CNI_NETNS,
 // CNI_ARGS with the pod's name, namespace and UID, configuration with
 // prevResult on stdin); deleting it calls DEL, then removes the namespace.
+// With Options.Kube, istiod-lite runs in cluster mode against a real API
+// server instead, and the test's kubelet (package tests/kube) creates
+// sandboxes for the pods the API server binds (Node.NewSandbox, then
+// Pod.Attach once the pod's IP is published).
 //
 // The ztunnel and ztunnel-cni binaries are built once per test process
 // (go build, cached under the user cache directory). Everything a cluster
