@@ -8,6 +8,7 @@ package kubectl
 // namespaces the harness kubelet creates and hands to the CNI plugin.
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"errors"
@@ -314,6 +315,44 @@ func TestKubectlUserStory(t *testing.T) {
 			_, err := httpGet(ctx, client, target, "/allowed-again")
 			return err
 		})
+	})
+
+	t.Run("istiod-lite restarted mid-traffic: the established connection keeps flowing", func(t *testing.T) {
+		c, err := client.Dial(ctx, "tcp", target.String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		br := bufio.NewReader(c)
+		roundTrip := func(path string) {
+			t.Helper()
+			c.SetDeadline(time.Now().Add(5 * time.Second))
+			if _, err := fmt.Fprintf(c, "GET %s HTTP/1.1\r\nHost: %s\r\n\r\n", path, target); err != nil {
+				t.Fatalf("%s on the established connection: %v", path, err)
+			}
+			resp, err := http.ReadResponse(br, nil)
+			if err != nil {
+				t.Fatalf("%s on the established connection: %v", path, err)
+			}
+			body, err := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if err != nil || resp.StatusCode != http.StatusOK || !strings.HasSuffix(string(body), " "+path) {
+				t.Fatalf("%s on the established connection: %d %q %v", path, resp.StatusCode, body, err)
+			}
+		}
+		roundTrip("/before-restart")
+		if err := mesh.StopIstiod(); err != nil {
+			t.Fatalf("stopping istiod-lite: %v", err)
+		}
+		roundTrip("/istiod-down")
+		if _, err := httpGet(ctx, client, target, "/new-while-down"); err != nil {
+			t.Errorf("a new connection while istiod-lite is down: %v", err)
+		}
+		mesh.StartIstiod()
+		roundTrip("/after-restart")
+		if _, err := httpGet(ctx, client, target, "/new-after-restart"); err != nil {
+			t.Errorf("a new connection after the restart: %v", err)
+		}
 	})
 
 	t.Run("kubectl apply a Deployment in the ambient namespace: captured from the first packet", func(t *testing.T) {
