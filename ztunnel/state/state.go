@@ -60,6 +60,7 @@ type Store struct {
 	byAddr    map[netip.Addr]*Workload        // by pod IP (default network)
 	services  map[string]*Service             // by namespace/hostname
 	byVIP     map[netip.Addr]*Service         // by VIP
+	byHost    map[string]*Service             // by hostname (FQDNs hold the namespace)
 	endpoints map[string]map[string]*Workload // service key → uid → workload
 	policies  map[string]*security.Authorization
 	kinds     map[string]byte // Address resource name → 'w' or 's'
@@ -76,6 +77,7 @@ func NewStore() *Store {
 		byAddr:    map[netip.Addr]*Workload{},
 		services:  map[string]*Service{},
 		byVIP:     map[netip.Addr]*Service{},
+		byHost:    map[string]*Service{},
 		endpoints: map[string]map[string]*Workload{},
 		policies:  map[string]*security.Authorization{},
 		kinds:     map[string]byte{},
@@ -170,6 +172,7 @@ func (s *Store) updateAddresses(updated []*discoveryv3.Resource, removed []strin
 		for _, a := range svc.VIPs {
 			s.byVIP[a] = svc
 		}
+		s.byHost[svc.Hostname] = svc
 	}
 	s.mu.Unlock()
 	s.changed()
@@ -210,6 +213,9 @@ func (s *Store) removeService(key string) {
 		if s.byVIP[a] == old {
 			delete(s.byVIP, a)
 		}
+	}
+	if s.byHost[old.Hostname] == old {
+		delete(s.byHost, old.Hostname)
 	}
 }
 
@@ -306,12 +312,7 @@ func (s *Store) ServiceByVIP(a netip.Addr) *Service {
 func (s *Store) ServiceByHostname(host string) *Service {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	for _, svc := range s.services {
-		if svc.Hostname == host {
-			return svc
-		}
-	}
-	return nil
+	return s.byHost[host]
 }
 
 // Errors returned by PickEndpoint.
