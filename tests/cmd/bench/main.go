@@ -44,7 +44,7 @@ func main() {
 	flag.StringVar(&o.out, "out", "_out/bench", "working directory (configs, logs, profiles)")
 	flag.StringVar(&o.doc, "doc", "docs/performance.md", "report to write (empty: none)")
 	flag.StringVar(&o.stunnel, "stunnel", "stunnel4", "stunnel binary of the peer variant")
-	flag.StringVar(&o.topology, "topology", "loopback", "loopback (netns: once issue 3's topology exists)")
+	flag.StringVar(&o.topology, "topology", "loopback", "loopback (only loopback is wired into the benchmark so far)")
 	flag.IntVar(&o.runs, "runs", 5, "runs per variant of each figure (medians are reported)")
 	flag.BoolVar(&o.quick, "quick", false, "short runs, for trying the harness")
 	flag.BoolVar(&o.skipCP, "skip-control-plane", false, "skip the control-plane figures")
@@ -83,7 +83,7 @@ type durations struct {
 
 func run(ctx context.Context, o options) error {
 	if o.topology != "loopback" {
-		return fmt.Errorf("topology %q: only loopback exists so far (the netns topology is issue 3)", o.topology)
+		return fmt.Errorf("topology %q: only loopback is wired into the benchmark so far (tests/netns/cluster has the topology)", o.topology)
 	}
 	raiseFileLimit()
 	d := durations{throughput: 2 * time.Second, latency: 3 * time.Second, saturation: 2 * time.Second,
