@@ -35,8 +35,10 @@ bench:
 		apt-get update -qq && apt-get install -y -qq stunnel4; }
 	@echo ">> building istiod-lite, ztunnel and the bench runner into $(BIN)/"
 	@$(GO) build -o $(BIN)/ $(MODULE)/istiod-lite/cmd/istiod-lite $(MODULE)/ztunnel/cmd/ztunnel $(MODULE)/tests/cmd/bench
-	@echo ">> benchmarks: direct vs mesh vs stunnel, then the control plane (about 5 minutes); writes docs/performance.md"
-	@$(BIN)/bench -bin $(BIN) -out _out/bench -doc docs/performance.md
+	@if [ "$$(id -u)" = 0 ]; then topo=netns; echo ">> topology: netns (root: pods in network namespaces on two nodes, transparent capture)"; \
+		else topo=loopback; echo ">> topology: loopback (not root; run as root for the netns topology)"; fi; \
+	echo ">> benchmarks: direct vs mesh vs stunnel, then the control plane (about 5 minutes); writes docs/performance.md"; \
+	$(BIN)/bench -bin $(BIN) -out _out/bench -topology $$topo -doc docs/performance.md
 
 # The ztunnel module must not depend on any Kubernetes package.
 check-imports:

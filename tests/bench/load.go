@@ -40,12 +40,18 @@ type Apps struct {
 
 // StartApps binds the echo and sink applications on host.
 func StartApps(host string) (*Apps, error) {
+	return StartAppsWith(net.Listen, host)
+}
+
+// StartAppsWith is StartApps with the listeners opened by listen (for
+// instance inside a pod's network namespace).
+func StartAppsWith(listen func(network, addr string) (net.Listener, error), host string) (*Apps, error) {
 	a := &Apps{conns: map[net.Conn]struct{}{}}
 	for _, s := range []struct {
 		port  uint16
 		serve func(net.Conn)
 	}{{EchoPort, echo}, {SinkPort, sink}, {GreetPort, greet}} {
-		l, err := net.Listen("tcp", net.JoinHostPort(host, fmt.Sprint(s.port)))
+		l, err := listen("tcp", net.JoinHostPort(host, fmt.Sprint(s.port)))
 		if err != nil {
 			a.Close()
 			return nil, err

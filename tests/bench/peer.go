@@ -13,6 +13,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"time"
@@ -31,6 +32,20 @@ type PeerConfig struct {
 	Client, Server netip.Addr
 	// Backend is the applications' address (the server pod).
 	Backend netip.Addr
+	// StartClient and StartServer start each stunnel (for instance inside
+	// a pod's network namespace); nil: in this process's namespace.
+	StartClient, StartServer func(*exec.Cmd) error
+	// DialClient and DialServer connect to each stunnel's listeners (from
+	// inside the namespace it runs in); nil: a plain dial.
+	DialClient, DialServer func(ctx context.Context, network, addr string) (net.Conn, error)
+}
+
+func orDial(f func(ctx context.Context, network, addr string) (net.Conn, error)) func(ctx context.Context, network, addr string) (net.Conn, error) {
+	if f != nil {
+		return f
+	}
+	d := net.Dialer{Timeout: 5 * time.Second}
+	return d.DialContext
 }
 
 // Peer is a running stunnel pair.
@@ -60,24 +75,31 @@ func StartPeer(ctx context.Context, cfg PeerConfig) (*Peer, error) {
 		name   string
 		client bool
 		proc   **Process
-	}{{"server", false, &p.Server}, {"client", true, &p.Client}} {
+		start  func(*exec.Cmd) error
+	}{{"server", false, &p.Server, cfg.StartServer}, {"client", true, &p.Client, cfg.StartClient}} {
 		conf := filepath.Join(cfg.Dir, "stunnel-"+side.name+".conf")
 		if err := os.WriteFile(conf, []byte(stunnelConf(cfg, side.client)), 0o644); err != nil {
 			return nil, err
 		}
 		var err error
-		*side.proc, err = p.procs.Start("stunnel "+side.name, cfg.Stunnel, filepath.Join(cfg.Dir, "stunnel-"+side.name+".log"), conf)
+		*side.proc, err = p.procs.StartWith(side.start, "stunnel "+side.name, cfg.Stunnel, filepath.Join(cfg.Dir, "stunnel-"+side.name+".log"), conf)
 		if err != nil {
 			p.Stop()
 			return nil, err
 		}
 	}
-	for _, a := range []netip.AddrPort{
-		netip.AddrPortFrom(cfg.Server, EchoPort+peerPortOffset),
-		netip.AddrPortFrom(cfg.Client, EchoPort),
+	for _, w := range []struct {
+		a    netip.AddrPort
+		dial func(ctx context.Context, network, addr string) (net.Conn, error)
+	}{
+		{netip.AddrPortFrom(cfg.Server, EchoPort+peerPortOffset), orDial(cfg.DialServer)},
+		{netip.AddrPortFrom(cfg.Client, EchoPort), orDial(cfg.DialClient)},
 	} {
+		a := w.a
 		if err := WaitFor(ctx, 10*time.Second, "stunnel on "+a.String(), func() bool {
-			c, err := net.DialTimeout("tcp", a.String(), time.Second)
+			dctx, cancel := context.WithTimeout(ctx, time.Second)
+			defer cancel()
+			c, err := w.dial(dctx, "tcp", a.String())
 			if err == nil {
 				c.Close()
 			}
@@ -95,8 +117,7 @@ func (p *Peer) Stop() { p.procs.Stop() }
 
 // Dial connects to the stunnel client's listener for the application port.
 func (p *Peer) Dial(ctx context.Context, port uint16) (net.Conn, error) {
-	d := net.Dialer{Timeout: 5 * time.Second}
-	return d.DialContext(ctx, "tcp", netip.AddrPortFrom(p.cfg.Client, port).String())
+	return orDial(p.cfg.DialClient)(ctx, "tcp", netip.AddrPortFrom(p.cfg.Client, port).String())
 }
 
 // stunnelConf is the configuration of one side. Both sides pin TLS 1.3 and

@@ -15,6 +15,7 @@ import (
 // /proc.
 type Process struct {
 	Name string
+	pid  int // of an External process
 	cmd  *exec.Cmd
 	done chan struct{}
 	err  error
@@ -29,6 +30,15 @@ type Processes struct {
 // Start runs bin with args, its output appended to logFile, in its own
 // process group, killed if this process dies.
 func (ps *Processes) Start(name, bin, logFile string, args ...string) (*Process, error) {
+	return ps.StartWith(nil, name, bin, logFile, args...)
+}
+
+// StartWith is Start with the command started by start (for instance
+// inside a network namespace) instead of cmd.Start; nil means cmd.Start.
+func (ps *Processes) StartWith(start func(*exec.Cmd) error, name, bin, logFile string, args ...string) (*Process, error) {
+	if start == nil {
+		start = (*exec.Cmd).Start
+	}
 	f, err := os.Create(logFile)
 	if err != nil {
 		return nil, err
@@ -36,7 +46,7 @@ func (ps *Processes) Start(name, bin, logFile string, args ...string) (*Process,
 	cmd := exec.Command(bin, args...)
 	cmd.Stdout, cmd.Stderr = f, f
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
+	if err := start(cmd); err != nil {
 		f.Close()
 		return nil, fmt.Errorf("starting %s: %w", name, err)
 	}
@@ -52,8 +62,20 @@ func (ps *Processes) Start(name, bin, logFile string, args ...string) (*Process,
 	return p, nil
 }
 
+// External is a process started elsewhere (a ztunnel of a netns
+// cluster, say), sampled from /proc by its pid; it is not stopped by
+// Processes.
+func External(name string, pid int) *Process {
+	return &Process{Name: name, pid: pid, done: make(chan struct{})}
+}
+
 // Pid is the process id.
-func (p *Process) Pid() int { return p.cmd.Process.Pid }
+func (p *Process) Pid() int {
+	if p.cmd == nil {
+		return p.pid
+	}
+	return p.cmd.Process.Pid
+}
 
 // Sample reads the process's CPU time and RSS.
 func (p *Process) Sample() (ProcSample, error) {

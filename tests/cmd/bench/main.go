@@ -5,14 +5,16 @@
 //
 // The variants of each figure run interleaved (direct, mesh, peer, direct,
 // mesh, peer, ...) in one run, and the table shows the median of the runs.
-// Topology: loopback, pods on 127.X.0.0/16 (X random); the netns topology
-// of issue 3 plugs in through the Topology hook below once it exists.
+// Topology (-topology): loopback, pods on 127.X.0.0/16 (X random), the
+// client reaching the mesh through its pod's SOCKS5 listener; or netns
+// (root), the cluster of package tests/netns/cluster with pods in network
+// namespaces and transparent in-pod capture (netns.go). `make bench` picks
+// netns when run as root.
 package main
 
 import (
 	"context"
 	"crypto/rand"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -44,7 +46,7 @@ func main() {
 	flag.StringVar(&o.out, "out", "_out/bench", "working directory (configs, logs, profiles)")
 	flag.StringVar(&o.doc, "doc", "docs/performance.md", "report to write (empty: none)")
 	flag.StringVar(&o.stunnel, "stunnel", "stunnel4", "stunnel binary of the peer variant")
-	flag.StringVar(&o.topology, "topology", "loopback", "loopback (only loopback is wired into the benchmark so far)")
+	flag.StringVar(&o.topology, "topology", "loopback", "loopback, or netns (root: pods in network namespaces on two nodes, transparent capture)")
 	flag.IntVar(&o.runs, "runs", 5, "runs per variant of each figure (medians are reported)")
 	flag.BoolVar(&o.quick, "quick", false, "short runs, for trying the harness")
 	flag.BoolVar(&o.skipCP, "skip-control-plane", false, "skip the control-plane figures")
@@ -81,9 +83,19 @@ type durations struct {
 	idleConns                                       int
 }
 
+// setup is a topology ready for the data-path figures.
+type setup struct {
+	variants []variant
+	idle     []*bench.Process // proxies whose RSS is read idle
+	// profile profiles both ztunnels under mesh load; nil: not profiled.
+	profile  func(ctx context.Context, d durations) ([]profileOut, error)
+	stop     func() // stops and removes everything
+	describe string
+}
+
 func run(ctx context.Context, o options) error {
-	if o.topology != "loopback" {
-		return fmt.Errorf("topology %q: only loopback is wired into the benchmark so far (tests/netns/cluster has the topology)", o.topology)
+	if o.topology != "loopback" && o.topology != "netns" {
+		return fmt.Errorf("topology %q: loopback or netns", o.topology)
 	}
 	raiseFileLimit()
 	d := durations{throughput: 2 * time.Second, latency: 3 * time.Second, saturation: 2 * time.Second,
@@ -100,40 +112,28 @@ func run(ctx context.Context, o options) error {
 	started := time.Now()
 	say("machine: %s", machine)
 	base := randomBase()
-	meshCfg := bench.MeshConfig{BinDir: o.bin, Dir: filepath.Join(o.out, "mesh"), Base: base}
-	server := meshCfg.Addr(2, 10)
-	say("topology: loopback, pods in 127.%d.0.0/16; server pod %s (node-b), client pod %s (node-a)", base, server, meshCfg.Addr(1, 10))
-
-	apps, err := bench.StartApps(server.String())
-	if err != nil {
-		return fmt.Errorf("applications: %w", err)
+	var s *setup
+	var err error
+	if o.topology == "netns" {
+		say("topology: netns; building two nodes, istiod-lite in the underlay, one in-pod ztunnel per node, and 104 pods")
+		s, err = setupNetns(ctx, o, 100)
+		if err != nil {
+			return err
+		}
+		say("topology: %s", s.describe)
+	} else {
+		s, err = setupLoopback(ctx, o, base)
+		if err != nil {
+			return err
+		}
 	}
-	defer apps.Close()
-	say("starting istiod-lite and two ztunnels (separate processes) with 100 pods on node-a")
-	mesh, err := bench.StartMesh(ctx, meshCfg)
-	if err != nil {
-		return err
-	}
-	defer mesh.Stop()
-	say("mesh ready in %s", mesh.Started.Round(time.Millisecond))
-	say("starting the stunnel4 pair (TLS 1.3, mutual auth, ECDSA P-256)")
-	peer, err := bench.StartPeer(ctx, bench.PeerConfig{Stunnel: o.stunnel, Dir: filepath.Join(o.out, "peer"),
-		Client: meshCfg.Addr(3, 1), Server: meshCfg.Addr(3, 2), Backend: server})
-	if err != nil {
-		return err
-	}
-	defer peer.Stop()
-
-	variants := []variant{
-		{"direct", mesh.DirectDial, nil},
-		{"mesh", mesh.Dial, []*bench.Process{mesh.ZtA, mesh.ZtB}},
-		{"peer", peer.Dial, []*bench.Process{peer.Client, peer.Server}},
-	}
+	defer s.stop()
+	variants := s.variants
 	r := &results{series: map[string]map[string][]float64{}}
 
 	// Idle RSS before any traffic, after a moment to settle.
 	time.Sleep(time.Second)
-	for _, p := range []*bench.Process{mesh.ZtA, mesh.ZtB, mesh.Istiod, peer.Client, peer.Server} {
+	for _, p := range s.idle {
 		s, err := p.Sample()
 		if err != nil {
 			return err
@@ -241,13 +241,11 @@ func run(ctx context.Context, o options) error {
 	time.Sleep(time.Second) // let closed connections drain
 
 	say("profiling both ztunnels during a throughput run and a saturation run (%s each)", d.profile)
-	r.profiles, err = profile(ctx, o, mesh, d)
+	r.profiles, err = s.profile(ctx, d)
 	if err != nil {
 		say("profiling failed: %v", err)
 	}
-	mesh.Stop()
-	peer.Stop()
-	apps.Close()
+	s.stop()
 
 	if !o.skipCP {
 		cpCfg := bench.ControlPlaneConfig{BinDir: o.bin, Dir: filepath.Join(o.out, "control-plane"),
@@ -280,6 +278,49 @@ func run(ctx context.Context, o options) error {
 		say("wrote %s (run took %s)", o.doc, time.Since(started).Round(time.Second))
 	}
 	return nil
+}
+
+func setupLoopback(ctx context.Context, o options, base byte) (s *setup, err error) {
+	meshCfg := bench.MeshConfig{BinDir: o.bin, Dir: filepath.Join(o.out, "mesh"), Base: base}
+	server := meshCfg.Addr(2, 10)
+	say("topology: loopback, pods in 127.%d.0.0/16; server pod %s (node-b), client pod %s (node-a)", base, server, meshCfg.Addr(1, 10))
+
+	apps, err := bench.StartApps(server.String())
+	if err != nil {
+		return nil, fmt.Errorf("applications: %w", err)
+	}
+	say("starting istiod-lite and two ztunnels (separate processes) with 100 pods on node-a")
+	mesh, err := bench.StartMesh(ctx, meshCfg)
+	if err != nil {
+		apps.Close()
+		return nil, err
+	}
+	say("mesh ready in %s", mesh.Started.Round(time.Millisecond))
+	say("starting the stunnel4 pair (TLS 1.3, mutual auth, ECDSA P-256)")
+	peer, err := bench.StartPeer(ctx, bench.PeerConfig{Stunnel: o.stunnel, Dir: filepath.Join(o.out, "peer"),
+		Client: meshCfg.Addr(3, 1), Server: meshCfg.Addr(3, 2), Backend: server})
+	if err != nil {
+		mesh.Stop()
+		apps.Close()
+		return nil, err
+	}
+	return &setup{
+		variants: []variant{
+			{"direct", mesh.DirectDial, nil},
+			{"mesh", mesh.Dial, []*bench.Process{mesh.ZtA, mesh.ZtB}},
+			{"peer", peer.Dial, []*bench.Process{peer.Client, peer.Server}},
+		},
+		idle: []*bench.Process{mesh.ZtA, mesh.ZtB, mesh.Istiod, peer.Client, peer.Server},
+		profile: func(ctx context.Context, d durations) ([]profileOut, error) {
+			return profile(ctx, o, mesh, d)
+		},
+		stop: func() {
+			mesh.Stop()
+			peer.Stop()
+			apps.Close()
+		},
+		describe: fmt.Sprintf("loopback, pods in 127.%d.0.0/16", base),
+	}, nil
 }
 
 func orDef(v, d int) string {
@@ -342,6 +383,18 @@ func addLatency(r *results, key, v string, res bench.LoadResult) {
 // /debug/pprof/profile) during a mesh throughput run and during a mesh
 // saturation run, and summarises each with go tool pprof -top.
 func profile(ctx context.Context, o options, mesh *bench.Mesh, d durations) ([]profileOut, error) {
+	get := map[string]func(ctx context.Context, path string) ([]byte, error){}
+	for node, admin := range map[string]string{"node-a": mesh.AdminA, "node-b": mesh.AdminB} {
+		get[node] = func(ctx context.Context, path string) ([]byte, error) {
+			return fetch(ctx, "http://"+admin+path)
+		}
+	}
+	return profileWith(ctx, o, mesh.Dial, d, get)
+}
+
+// profileWith is profile with the mesh reached by dial and each node's
+// admin server by get.
+func profileWith(ctx context.Context, o options, dial bench.Dialer, d durations, get map[string]func(ctx context.Context, path string) ([]byte, error)) ([]profileOut, error) {
 	var outs []profileOut
 	secs := int(d.profile.Seconds())
 	for _, load := range []struct {
@@ -349,11 +402,11 @@ func profile(ctx context.Context, o options, mesh *bench.Mesh, d durations) ([]p
 		run  func() error
 	}{
 		{"throughput", func() error {
-			_, err := bench.Throughput(ctx, mesh.Dial, math.MaxInt64, d.profile-200*time.Millisecond)
+			_, err := bench.Throughput(ctx, dial, math.MaxInt64, d.profile-200*time.Millisecond)
 			return err
 		}},
 		{"saturation", func() error {
-			_, err := bench.ClosedLoop(ctx, mesh.Dial, 8, d.profile-200*time.Millisecond)
+			_, err := bench.ClosedLoop(ctx, dial, 8, d.profile-200*time.Millisecond)
 			return err
 		}},
 	} {
@@ -361,18 +414,22 @@ func profile(ctx context.Context, o options, mesh *bench.Mesh, d durations) ([]p
 			node, file string
 			err        error
 		}
-		ch := make(chan got, 2)
-		for node, admin := range map[string]string{"node-a": mesh.AdminA, "node-b": mesh.AdminB} {
+		ch := make(chan got, len(get))
+		for node, g := range get {
 			go func() {
 				file := filepath.Join(o.out, fmt.Sprintf("ztunnel-%s-%s.pprof", node, load.name))
-				ch <- got{node, file, fetch(ctx, fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", admin, secs), file)}
+				b, err := g(ctx, fmt.Sprintf("/debug/pprof/profile?seconds=%d", secs))
+				if err == nil {
+					err = os.WriteFile(file, b, 0o644)
+				}
+				ch <- got{node, file, err}
 			}()
 		}
 		time.Sleep(100 * time.Millisecond)
 		if err := load.run(); err != nil {
 			return outs, fmt.Errorf("%s: %w", load.name, err)
 		}
-		for range 2 {
+		for range get {
 			g := <-ch
 			if g.err != nil {
 				return outs, g.err
@@ -387,22 +444,17 @@ func profile(ctx context.Context, o options, mesh *bench.Mesh, d durations) ([]p
 	return outs, nil
 }
 
-func fetch(ctx context.Context, url, file string) error {
+func fetch(ctx context.Context, url string) ([]byte, error) {
 	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("GET %s: %s", url, resp.Status)
+		return nil, fmt.Errorf("GET %s: %s", url, resp.Status)
 	}
-	f, err := os.Create(file)
-	if err != nil {
-		return err
-	}
-	_, err = io.Copy(f, resp.Body)
-	return errors.Join(err, f.Close())
+	return io.ReadAll(resp.Body)
 }
 
 // randomBase picks X of 127.X.0.0/16 so as not to collide with the

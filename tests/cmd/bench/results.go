@@ -136,19 +136,25 @@ func (r *results) rows() []bench.Row {
 		rss[p.name] = p.rss
 	}
 	mb := func(b int64) float64 { return float64(b) / (1 << 20) }
+	// The ztunnels are node-a and node-b on loopback, node-1 and node-2 in
+	// the netns topology.
+	ztSrc, ztDst := "ztunnel node-a", "ztunnel node-b"
+	if _, ok := rss["ztunnel node-1"]; ok {
+		ztSrc, ztDst = "ztunnel node-1", "ztunnel node-2"
+	}
 	rows = append(rows, bench.Row{
-		Figure: "RSS idle, source proxy (node-a: 100 local pods)", Unit: "MiB",
-		Values: map[string]float64{"mesh": mb(rss["ztunnel node-a"]), "peer": mb(rss["stunnel client"])},
-		Target: "ztunnel ≤ 15 MB", Verdict: bench.Check(float64(rss["ztunnel node-a"]) <= 15e6),
+		Figure: "RSS idle, source proxy (" + strings.TrimPrefix(ztSrc, "ztunnel ") + ": 100 local pods)", Unit: "MiB",
+		Values: map[string]float64{"mesh": mb(rss[ztSrc]), "peer": mb(rss["stunnel client"])},
+		Target: "ztunnel ≤ 15 MB", Verdict: bench.Check(float64(rss[ztSrc]) <= 15e6),
 	}, bench.Row{
-		Figure: "RSS idle, destination proxy (node-b: 1 pod)", Unit: "MiB",
-		Values: map[string]float64{"mesh": mb(rss["ztunnel node-b"]), "peer": mb(rss["stunnel server"])},
+		Figure: "RSS idle, destination proxy (" + strings.TrimPrefix(ztDst, "ztunnel ") + ": 1 pod)", Unit: "MiB",
+		Values: map[string]float64{"mesh": mb(rss[ztDst]), "peer": mb(rss["stunnel server"])},
 	})
 	pc := map[string]float64{}
 	for _, p := range r.perConn {
 		pc[p.name] = p.kb()
 	}
-	for _, side := range []struct{ name, zt, st string }{{"source", "ztunnel node-a", "stunnel client"}, {"destination", "ztunnel node-b", "stunnel server"}} {
+	for _, side := range []struct{ name, zt, st string }{{"source", ztSrc, "stunnel client"}, {"destination", ztDst, "stunnel server"}} {
 		if len(pc) == 0 {
 			break
 		}
@@ -183,6 +189,24 @@ func (r *results) rows() []bench.Row {
 }
 
 func (r *results) document(m bench.Machine, started time.Time, took time.Duration, o options, table string) string {
+	topo, variants, conns := o.topology+` — pods are 127.X.0.0/16 addresses, the two "nodes" share the
+  kernel; istiod-lite, the two ztunnels and the two stunnels are separate
+  processes whose CPU and RSS are read from /proc; the load generators and the
+  applications run in the bench process, on the same cores.
+`, `- **direct**: the client dials the server pod from the client pod's address.
+- **mesh**: client → SOCKS5 listener of the client pod (local mode's stand-in
+  for capture) → source ztunnel (node-a) → HBONE (HTTP/2 CONNECT over mTLS,
+  TLS 1.3, ECDSA P-256, pooled) → destination ztunnel (node-b) → server.
+  Node-a carries 100 ambient pods (listeners bound for each).
+- **peer**: client → stunnel4 client → TLS 1.3 mutual auth (ECDSA P-256,
+  TLS_AES_128_GCM_SHA256, the suite Go picks too) → stunnel4 server → server.
+`, `  Through the mesh each connection also does the SOCKS5 handshake (one more
+  round trip to the local ztunnel) and a new HBONE stream on the pooled
+  HTTP/2 connection; the TLS handshake happens once per pool connection.
+`
+	if o.topology == "netns" {
+		topo, variants, conns = netnsTopology, netnsVariants, netnsConns
+	}
 	var b strings.Builder
 	fmt.Fprintf(&b, `# Performance
 
@@ -191,11 +215,7 @@ rewritten by every run. Do not edit the figures by hand.
 
 - **machine**: %s
 - **date**: %s (the run took %s)
-- **topology**: %s — pods are 127.X.0.0/16 addresses, the two "nodes" share the
-  kernel; istiod-lite, the two ztunnels and the two stunnels are separate
-  processes whose CPU and RSS are read from /proc; the load generators and the
-  applications run in the bench process, on the same cores.
-- **runs**: every figure runs the variants interleaved (direct, mesh, peer,
+- **topology**: %s- **runs**: every figure runs the variants interleaved (direct, mesh, peer,
   direct, ...), %d runs each; the table shows medians.
 - **rerun**: `+"`make bench`"+` (about 5 minutes); quicker trial: `+"`make build && go run ./tests/cmd/bench -quick -doc ''`"+`.
 - **optimisations**: what was changed to get these figures, each with its
@@ -203,19 +223,12 @@ rewritten by every run. Do not edit the figures by hand.
 
 ## Variants
 
-- **direct**: the client dials the server pod from the client pod's address.
-- **mesh**: client → SOCKS5 listener of the client pod (local mode's stand-in
-  for capture) → source ztunnel (node-a) → HBONE (HTTP/2 CONNECT over mTLS,
-  TLS 1.3, ECDSA P-256, pooled) → destination ztunnel (node-b) → server.
-  Node-a carries 100 ambient pods (listeners bound for each).
-- **peer**: client → stunnel4 client → TLS 1.3 mutual auth (ECDSA P-256,
-  TLS_AES_128_GCM_SHA256, the suite Go picks too) → stunnel4 server → server.
-
+%s
 ## Results
 
-`, m, started.UTC().Format("2006-01-02 15:04 UTC"), took.Round(time.Second), o.topology, o.runs)
+`, m, started.UTC().Format("2006-01-02 15:04 UTC"), took.Round(time.Second), topo, o.runs, variants)
 	b.WriteString(table)
-	b.WriteString(`
+	fmt.Fprintf(&b, `
 Ratios compare medians measured in the same run. "—": not applicable (the
 direct path has no proxy). CPU is user+system time of each proxy process
 (/proc/<pid>/stat), 10 ms resolution, over each run; the source proxy is
@@ -239,13 +252,10 @@ How each figure is measured:
 - **new connections**: 16 workers connect, read one byte and the server's
   close, and close, for 2 s (the server closes first, so TIME_WAIT does not
   eat the client's ephemeral ports).
-  Through the mesh each connection also does the SOCKS5 handshake (one more
-  round trip to the local ztunnel) and a new HBONE stream on the pooled
-  HTTP/2 connection; the TLS handshake happens once per pool connection.
-- **RSS per idle connection**: RSS of each proxy after opening 1,000
+%s- **RSS per idle connection**: RSS of each proxy after opening 1,000
   connections (each checked with a 1-byte echo) minus before, divided by
   1,000. RSS idle is read after start-up, before any traffic.
-`)
+`, conns)
 	if cp := r.cp; cp != nil {
 		fmt.Fprintf(&b, `
 ## Control plane

@@ -66,6 +66,8 @@ type Options struct {
 	// audience istio-ca). Default: token-<node>, as local mode's Secret
 	// ztunnel-node-tokens holds.
 	Tokens map[string]string
+	// LogLevel is the ztunnels' --log-level; default debug.
+	LogLevel string
 }
 
 // Cluster is a running mesh on a topology.

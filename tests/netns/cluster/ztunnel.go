@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -70,7 +71,7 @@ func (n *Node) startZtunnel() (*Ztunnel, error) {
 		"--admin-addr", AdminAddr,
 		"--metrics-addr", MetricsAddr,
 		"--readiness-addr", ReadinessAddr,
-		"--log-level", "debug",
+		"--log-level", cmp.Or(c.opts.LogLevel, "debug"),
 	}
 	if c.opts.CertTTL > 0 {
 		args = append(args, "--cert-ttl", c.opts.CertTTL.String())
