@@ -5,12 +5,10 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"net/netip"
-	"net/url"
 	"slices"
 	"strings"
 	"sync"
@@ -63,7 +61,6 @@ type PoolStats struct {
 type Pool struct {
 	cfg PoolConfig
 	log *slog.Logger
-	t2  *http2.Transport
 
 	mu     sync.Mutex
 	conns  map[poolKey][]*poolConn
@@ -80,7 +77,7 @@ type poolKey struct {
 
 type poolConn struct {
 	key     poolKey
-	cc      *http2.ClientConn
+	cc      *clientConn
 	tc      *tls.Conn
 	streams int // guarded by Pool.mu
 }
@@ -115,30 +112,9 @@ func NewPool(cfg PoolConfig) *Pool {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	// The flow-control windows are only settable through net/http's
-	// HTTP2Config, so link the http2.Transport to an (otherwise unused)
-	// http.Transport.
-	t1 := &http.Transport{
-		HTTP2: &http.HTTP2Config{
-			MaxReceiveBufferPerConnection: connWindow,
-			MaxReceiveBufferPerStream:     streamWindow,
-			MaxReadFrameSize:              maxFrameSize,
-		},
-	}
-	t2, err := http2.ConfigureTransports(t1)
-	if err != nil {
-		t2 = &http2.Transport{}
-	}
-	t2.MaxReadFrameSize = maxFrameSize
-	t2.DisableCompression = true
-	t2.IdleConnTimeout = cfg.IdleTimeout
-	t2.ReadIdleTimeout = cfg.PingInterval
-	t2.PingTimeout = cfg.PingTimeout
-	t2.WriteByteTimeout = cfg.PingTimeout
 	return &Pool{
 		cfg:   cfg,
 		log:   log.With("component", "hbone-pool"),
-		t2:    t2,
 		conns: make(map[poolKey][]*poolConn),
 		dials: make(map[poolKey]*dialCall),
 	}
@@ -201,17 +177,7 @@ func (p *Pool) Dial(ctx context.Context, t Target) (*Conn, error) {
 }
 
 // retryable reports whether err says the server did not process the stream.
-func retryable(err error) bool {
-	var se http2.StreamError
-	if errors.As(err, &se) {
-		return se.Code == http2.ErrCodeRefusedStream
-	}
-	// x/net/http2 does not export these errors.
-	msg := err.Error()
-	return strings.Contains(msg, "client conn not usable") ||
-		strings.Contains(msg, "graceful shutdown GOAWAY") ||
-		strings.Contains(msg, "client connection lost")
-}
+func retryable(err error) bool { return errors.Is(err, errUnprocessed) }
 
 // getConn returns a connection with a stream reserved for the caller,
 // dialing one if none has room. Concurrent callers share one dial.
@@ -249,13 +215,16 @@ func (p *Pool) getConn(ctx context.Context, key poolKey, t *Target) (*poolConn, 
 		delete(p.dials, key)
 		d.err = err
 		d.canceled = err != nil && ctx.Err() != nil
-		if err == nil && p.closed {
+		closeNew := err == nil && p.closed
+		if closeNew {
 			err = ErrPoolClosed
-			pc.cc.Close()
 		}
 		close(d.done)
 		if err != nil {
 			p.mu.Unlock()
+			if closeNew {
+				pc.cc.Close()
+			}
 			return nil, err
 		}
 		p.conns[key] = append(p.conns[key], pc)
@@ -268,9 +237,9 @@ func (p *Pool) reserveLocked(key poolKey) *poolConn {
 		if pc.streams >= p.cfg.MaxStreamsPerConn {
 			continue
 		}
-		if !pc.cc.ReserveNewRequest() {
+		if !pc.cc.reserve() {
 			// Full at the server's limit, or closing: if closing, forget it.
-			if st := pc.cc.State(); st.Closing || st.Closed {
+			if pc.cc.closing() {
 				p.removeLocked(pc)
 				return p.reserveLocked(key)
 			}
@@ -339,7 +308,12 @@ func (p *Pool) dialConn(ctx context.Context, key poolKey, t *Target) (*poolConn,
 		return nil, fmt.Errorf("hbone: %v: %w", t.Addr, err)
 	}
 	pc := &poolConn{key: key, tc: tc}
-	cc, err := p.t2.NewClientConn(&trackedConn{Conn: tc, w: tlsWriter{tc, rc}, onClose: func() { p.forget(pc) }})
+	cc, err := newClientConn(tc, tlsWriter{tc, rc}, clientConnConfig{
+		pingInterval: p.cfg.PingInterval,
+		pingTimeout:  p.cfg.PingTimeout,
+		idleTimeout:  p.cfg.IdleTimeout,
+		onClose:      func() { p.forget(pc) },
+	})
 	if err != nil {
 		tc.Close()
 		return nil, fmt.Errorf("hbone: http2 client conn: %w", err)
@@ -372,178 +346,19 @@ func (p *Pool) forget(pc *poolConn) {
 	p.mu.Unlock()
 }
 
-// trackedConn tells the pool when x/net/http2 closes the connection (idle,
-// lost PING, GOAWAY, read error).
-type trackedConn struct {
-	*tls.Conn
-	w       tlsWriter
-	once    sync.Once
-	onClose func()
-}
-
-func (c *trackedConn) Write(p []byte) (int, error) { return c.w.Write(p) }
-
-func (c *trackedConn) Close() error {
-	c.once.Do(c.onClose)
-	return c.Conn.Close()
-}
-
 // roundTrip sends the CONNECT on pc and waits for the answer.
 func (p *Pool) roundTrip(ctx context.Context, pc *poolConn, t *Target) (*Conn, error) {
-	pr, pw := io.Pipe()
-	body := &reqBody{pr: pr}
-	// The stream outlives ctx: it ends with Conn.Close, not with ctx.
-	sctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	hdr := t.Header.Clone()
-	if hdr == nil {
-		hdr = make(http.Header)
-	}
-	req := (&http.Request{
-		Method:     http.MethodConnect,
-		URL:        &url.URL{Host: t.Authority},
-		Host:       t.Authority,
-		Proto:      "HTTP/2.0",
-		ProtoMajor: 2,
-		Header:     hdr,
-		Body:       body,
-	}).WithContext(sctx)
-	stop := context.AfterFunc(ctx, cancel)
-	resp, err := pc.cc.RoundTrip(req)
-	if !stop() {
-		err = ctx.Err()
-	}
+	st, err := pc.cc.open(ctx, t.Authority, t.Header)
 	if err != nil {
-		if resp != nil {
-			resp.Body.Close()
+		var se *StatusError
+		if errors.As(err, &se) {
+			return nil, err
 		}
-		cancel()
-		pw.CloseWithError(err)
 		return nil, fmt.Errorf("hbone: CONNECT %s via %v: %w", t.Authority, t.Addr, err)
 	}
-	if resp.StatusCode != http.StatusOK {
-		resp.Body.Close()
-		cancel()
-		pw.Close()
-		return nil, &StatusError{Code: resp.StatusCode, Reason: resp.Header.Get(ReasonHeader)}
-	}
-	cs := &clientStream{pw: pw, resp: resp.Body, body: body, cancel: cancel}
-	cs.release = sync.OnceFunc(func() { p.release(pc) })
-	return &Conn{s: cs, local: pc.tc.LocalAddr(), remote: pc.tc.RemoteAddr()}, nil
+	st.release = sync.OnceFunc(func() { p.release(pc) })
+	return &Conn{s: st, local: pc.tc.LocalAddr(), remote: pc.tc.RemoteAddr()}, nil
 }
-
-// reqBody is the request body of a CONNECT: what Conn.Write writes. It
-// reports when x/net/http2 is done with it (END_STREAM written or stream aborted).
-type reqBody struct {
-	pr *io.PipeReader
-
-	mu     sync.Mutex
-	closed bool
-	onDone func()
-}
-
-func (b *reqBody) Read(p []byte) (int, error) { return b.pr.Read(p) }
-
-func (b *reqBody) Close() error {
-	b.pr.CloseWithError(net.ErrClosed)
-	b.mu.Lock()
-	b.closed = true
-	f := b.onDone
-	b.mu.Unlock()
-	if f != nil {
-		f()
-	}
-	return nil
-}
-
-// whenDone runs f once the body is closed (now, if it already is).
-func (b *reqBody) whenDone(f func()) {
-	b.mu.Lock()
-	closed := b.closed
-	if !closed {
-		b.onDone = f
-	}
-	b.mu.Unlock()
-	if closed {
-		f()
-	}
-}
-
-// closeLinger bounds how long a closed stream may keep sending data that
-// was written before Close.
-const closeLinger = 30 * time.Second
-
-// clientStream is the client side of a CONNECT stream.
-type clientStream struct {
-	pw      *io.PipeWriter
-	resp    io.ReadCloser
-	body    *reqBody
-	cancel  context.CancelFunc
-	release func()
-
-	mu      sync.Mutex
-	readEOF bool
-	closed  bool
-}
-
-var _ stream = (*clientStream)(nil)
-
-func (s *clientStream) Read(p []byte) (int, error) {
-	n, err := s.resp.Read(p)
-	if err == io.EOF {
-		s.mu.Lock()
-		s.readEOF = true
-		s.mu.Unlock()
-	}
-	return n, err
-}
-
-func (s *clientStream) Write(p []byte) (int, error) {
-	n, err := s.pw.Write(p)
-	if errors.Is(err, io.ErrClosedPipe) {
-		err = errWriteShutdown
-	}
-	return n, err
-}
-
-func (s *clientStream) CloseWrite() error { return s.pw.Close() }
-
-// Close ends the stream. If everything the server sent was read, data
-// already written is still delivered, followed by END_STREAM; otherwise the
-// stream is reset.
-func (s *clientStream) Close() error {
-	s.mu.Lock()
-	if s.closed {
-		s.mu.Unlock()
-		return nil
-	}
-	s.closed = true
-	readEOF := s.readEOF
-	s.mu.Unlock()
-	s.release()
-	s.pw.Close()
-	abort := func() {
-		// Cancel first: the response body's Close then returns at once
-		// instead of waiting for the stream's cleanup, which may be what
-		// is calling us (through reqBody.Close).
-		s.cancel()
-		s.resp.Close()
-	}
-	if !readEOF {
-		abort()
-		return nil
-	}
-	timer := time.AfterFunc(closeLinger, abort)
-	s.body.whenDone(func() {
-		timer.Stop()
-		abort()
-	})
-	return nil
-}
-
-var errNoDeadlines = errors.New("hbone: deadlines are not supported on client streams")
-
-func (s *clientStream) SetReadDeadline(time.Time) error  { return errNoDeadlines }
-func (s *clientStream) SetWriteDeadline(time.Time) error { return errNoDeadlines }
 
 // Close closes every connection. Dial fails afterwards; open streams end.
 func (p *Pool) Close() error {

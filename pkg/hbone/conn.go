@@ -21,8 +21,7 @@ type stream interface {
 //
 // Close ends the stream: gracefully (END_STREAM) if everything the peer sent
 // has been read, otherwise with RST_STREAM, as TCP would send RST when closed
-// with unread data. Deadlines are supported on server-side Conns only; on
-// client-side Conns SetDeadline returns an error.
+// with unread data. Deadlines are supported on both sides.
 type Conn struct {
 	s      stream
 	local  net.Addr

@@ -1,15 +1,18 @@
 // Package hbone implements HBONE, Istio ambient's tunnel: HTTP/2 CONNECT
 // streams over mutual TLS to port 15008.
 //
-// The client side is a [Pool] of HTTP/2 connections (golang.org/x/net/http2
-// ClientConns) keyed by source identity, destination identities, destination
-// address and source address; [Pool.Dial] opens one CONNECT stream and
-// returns it as a [Conn] once the server answered 200.
+// The client side is a [Pool] of HTTP/2 connections keyed by source
+// identity, destination identities, destination address and source address;
+// [Pool.Dial] opens one CONNECT stream and returns it as a [Conn] once the
+// server answered 200.
 //
-// The server side is a small CONNECT-only HTTP/2 server built on the
-// x/net/http2 Framer and hpack, because the stock http2.Server ends a stream
-// when its handler returns and so cannot half-close towards the client while
-// still reading from it. A [Handler] sees each CONNECT as a [Request] and
+// Both sides are small CONNECT-only HTTP/2 implementations built on the
+// x/net/http2 Framer and hpack (serverconn.go, clientconn.go): the stock
+// http2.Server ends a stream when its handler returns and so cannot
+// half-close towards the client while still reading from it, and the stock
+// client costs a goroutine, an io.Pipe and a WINDOW_UPDATE per 4 KiB per
+// stream. Conns write DATA frames directly, writes of concurrent streams
+// share a flush, and window updates are batched. A [Handler] sees each CONNECT as a [Request] and
 // answers it through its [Tunnel]: Accept (200, after the upstream dial
 // succeeded) or Reject.
 //

@@ -53,6 +53,7 @@ const (
 	ctrlGoAway
 	ctrlTableSize
 	ctrlClose // close the connection once everything before is written
+	ctrlPing  // a PING (client keepalive)
 )
 
 // ctrlFrame is a frame queued for the writer goroutine.
