@@ -217,7 +217,7 @@ rewritten by every run. Do not edit the figures by hand.
 - **date**: %s (the run took %s)
 - **topology**: %s- **runs**: every figure runs the variants interleaved (direct, mesh, peer,
   direct, ...), %d runs each; the table shows medians.
-- **rerun**: `+"`make bench`"+` (about 5 minutes); quicker trial: `+"`make build && go run ./tests/cmd/bench -quick -doc ''`"+`.
+- **rerun**: `+"`make bench`"+` (a few minutes; the netns topology as root, loopback otherwise); quicker trial: `+"`make build && go run ./tests/cmd/bench -quick -doc '' [-topology netns]`"+`.
 - **optimisations**: what was changed to get these figures, each with its
   before/after ratio: [optimisations.md](optimisations.md).
 
@@ -232,8 +232,8 @@ rewritten by every run. Do not edit the figures by hand.
 Ratios compare medians measured in the same run. "—": not applicable (the
 direct path has no proxy). CPU is user+system time of each proxy process
 (/proc/<pid>/stat), 10 ms resolution, over each run; the source proxy is
-ztunnel node-a or the stunnel client, the destination proxy ztunnel node-b or
-the stunnel server.
+the client node's ztunnel or the stunnel client, the destination proxy the
+server node's ztunnel or the stunnel server.
 
 How each figure is measured:
 
