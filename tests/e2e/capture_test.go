@@ -236,74 +236,19 @@ func findCurl(t *testing.T) string {
 	return ""
 }
 
-// underlay captures the frames on both nodes' underlay links while f runs.
-func underlay(t *testing.T, c *cluster.Cluster, f func()) []netns.Frame {
-	t.Helper()
-	var caps []*netns.Capture
-	for _, n := range c.Nodes {
-		cp, err := c.Topo.Underlay.Capture(n.UnderlayLink, 30*time.Second)
-		if err != nil {
-			t.Fatal(err)
-		}
-		caps = append(caps, cp)
-	}
-	func() {
-		defer func() {
-			for _, cp := range caps {
-				cp.Stop()
-			}
-		}()
-		f()
-	}()
-	var frames []netns.Frame
-	for _, cp := range caps {
-		frames = append(frames, cp.Stop()...)
-	}
-	return frames
-}
-
-// assertOnlyHBONE checks that the pods' traffic on the underlay is TLS to
-// port 15008 and nothing else, and that the marker never shows.
-func assertOnlyHBONE(t *testing.T, frames []netns.Frame, marker string) {
-	t.Helper()
-	if n := netns.Contains(frames, []byte(marker)); n > 0 {
-		t.Errorf("the marker %q is in clear in %d frames on the underlay", marker, n)
-	}
-	var hbone, tlsRecords int
-	for _, s := range netns.Segments(frames) {
-		if !netns.PodsPrefix.Contains(s.Src.Addr()) && !netns.PodsPrefix.Contains(s.Dst.Addr()) {
-			continue // a node's own traffic (xDS, CA)
-		}
-		if s.Dst.Port() != 15008 && s.Src.Port() != 15008 {
-			t.Errorf("pod traffic on the underlay not to 15008: %v", s)
-			continue
-		}
-		hbone++
-		if len(s.Payload) > 0 && s.Payload[0] == 0x16 && s.Payload[1] == 0x03 {
-			tlsRecords++ // a TLS handshake record
-		}
-	}
-	if hbone == 0 {
-		t.Errorf("no HBONE (port 15008) segment among %d frames captured on the underlay", len(frames))
-	}
-	if tlsRecords == 0 {
-		t.Errorf("no TLS handshake seen on 15008")
-	}
-}
-
 func TestCaptureUnderlayCarriesOnlyHBONE(t *testing.T) {
 	m := newCaptureMesh(t)
 	marker := fmt.Sprintf("/MARKER-%d", time.Now().UnixNano())
 	var got string
 	var err error
-	frames := underlay(t, m.Cluster, func() {
+	frames := m.Cluster.CaptureUnderlay(t, func() {
 		got, err = get(t.Context(), m.client, m.echoAddr(), marker)
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
 	want(t, got, "echo-0", m.client.IP, marker)
-	assertOnlyHBONE(t, frames, marker)
+	cluster.AssertOnlyHBONE(t, frames, marker)
 }
 
 func TestCaptureFollowsNamespaceLabel(t *testing.T) {
@@ -313,7 +258,7 @@ func TestCaptureFollowsNamespaceLabel(t *testing.T) {
 		t.Helper()
 		var got string
 		var err error
-		frames := underlay(t, m.Cluster, func() {
+		frames := m.Cluster.CaptureUnderlay(t, func() {
 			got, err = get(t.Context(), m.client, m.echoAddr(), path)
 		})
 		if err != nil {
@@ -346,7 +291,7 @@ func TestCaptureFollowsNamespaceLabel(t *testing.T) {
 	waitPodLog(t, z1, f1, "pod captured", m.client)
 	waitPodLog(t, z2, f2, "pod captured", m.echo)
 	marker = fmt.Sprintf("/MESH-%d", time.Now().UnixNano())
-	assertOnlyHBONE(t, exchange(marker), marker)
+	cluster.AssertOnlyHBONE(t, exchange(marker), marker)
 }
 
 func TestCaptureZtunnelRestart(t *testing.T) {
@@ -364,7 +309,7 @@ func TestCaptureZtunnelRestart(t *testing.T) {
 			n := m.Node(node)
 			n.KillZtunnel()
 			marker := fmt.Sprintf("/DOWN-%d", time.Now().UnixNano())
-			frames := underlay(t, m.Cluster, func() {
+			frames := m.Cluster.CaptureUnderlay(t, func() {
 				// Dropped SYNs only time out: 2s is plenty.
 				ctx, cancel := context.WithTimeout(t.Context(), 2*time.Second)
 				defer cancel()
@@ -403,14 +348,14 @@ func TestCaptureZtunnelRestart(t *testing.T) {
 			waitPodLog(t, z, 0, "pod captured", p)
 			marker = fmt.Sprintf("/UP-%d", time.Now().UnixNano())
 			var got string
-			frames = underlay(t, m.Cluster, func() {
+			frames = m.Cluster.CaptureUnderlay(t, func() {
 				got, err = get(t.Context(), m.client, m.echoAddr(), marker)
 			})
 			if err != nil {
 				t.Fatalf("after restarting %s's ztunnel: %v", n.Name, err)
 			}
 			want(t, got, "echo-0", m.client.IP, marker)
-			assertOnlyHBONE(t, frames, marker)
+			cluster.AssertOnlyHBONE(t, frames, marker)
 		})
 	}
 }

@@ -235,7 +235,7 @@ func TestKubectlUserStory(t *testing.T) {
 		t.Helper()
 		var got string
 		var err error
-		frames := capture(t, mesh, func() { got, err = httpGet(ctx, client, target, path) })
+		frames := mesh.CaptureUnderlay(t, func() { got, err = httpGet(ctx, client, target, path) })
 		if err != nil {
 			t.Fatalf("GET %s: %v", path, err)
 		}
@@ -270,7 +270,7 @@ func TestKubectlUserStory(t *testing.T) {
 		waitPodLog(t, z2, f2, "pod captured", server)
 		from := z2.Mark()
 		marker := fmt.Sprintf("/MESH-%d", time.Now().UnixNano())
-		onlyHBONE(t, exchange(t, marker), marker)
+		cluster.AssertOnlyHBONE(t, exchange(t, marker), marker)
 		if l := waitInbound(t, z2, from, client.IP); l.String(accesslog.KeySrcIdentity) != storyClientID {
 			t.Errorf("node-2's ztunnel logged src.identity %q, want %q (%v)", l.String(accesslog.KeySrcIdentity), storyClientID, l)
 		}
@@ -367,14 +367,14 @@ func TestKubectlUserStory(t *testing.T) {
 		marker := fmt.Sprintf("/FIRST-%d", time.Now().UnixNano())
 		var got string
 		var err error
-		frames := capture(t, mesh, func() { got, err = httpGet(ctx, web, target, marker) })
+		frames := mesh.CaptureUnderlay(t, func() { got, err = httpGet(ctx, web, target, marker) })
 		if err != nil {
 			t.Fatalf("the new pod's first request: %v", err)
 		}
 		if !strings.HasPrefix(got, "server "+web.IP.String()+":") {
 			t.Errorf("answer %q, want server to see %s", got, web.IP)
 		}
-		onlyHBONE(t, frames, marker)
+		cluster.AssertOnlyHBONE(t, frames, marker)
 		const webID = "spiffe://cluster.local/ns/demo/sa/default"
 		if l := waitInbound(t, z2, from, web.IP); l.String(accesslog.KeySrcIdentity) != webID {
 			t.Errorf("node-2's ztunnel logged src.identity %q, want %q", l.String(accesslog.KeySrcIdentity), webID)
@@ -462,61 +462,6 @@ func httpGet(ctx context.Context, src *cluster.Pod, target netip.AddrPort, path 
 		return "", fmt.Errorf("answer %q", b)
 	}
 	return string(body), nil
-}
-
-// capture captures the frames on every node's underlay link while f runs.
-func capture(t *testing.T, c *cluster.Cluster, f func()) []netns.Frame {
-	t.Helper()
-	var caps []*netns.Capture
-	for _, n := range c.Nodes {
-		cp, err := c.Topo.Underlay.Capture(n.UnderlayLink, 30*time.Second)
-		if err != nil {
-			t.Fatal(err)
-		}
-		caps = append(caps, cp)
-	}
-	func() {
-		defer func() {
-			for _, cp := range caps {
-				cp.Stop()
-			}
-		}()
-		f()
-	}()
-	var frames []netns.Frame
-	for _, cp := range caps {
-		frames = append(frames, cp.Stop()...)
-	}
-	return frames
-}
-
-// onlyHBONE checks that the pods' traffic on the underlay is TLS to port
-// 15008 and nothing else, and that the marker never shows.
-func onlyHBONE(t *testing.T, frames []netns.Frame, marker string) {
-	t.Helper()
-	if n := netns.Contains(frames, []byte(marker)); n > 0 {
-		t.Errorf("the marker %q is in clear in %d frames on the underlay", marker, n)
-	}
-	var hbone, handshakes int
-	for _, s := range netns.Segments(frames) {
-		if !netns.PodsPrefix.Contains(s.Src.Addr()) && !netns.PodsPrefix.Contains(s.Dst.Addr()) {
-			continue // a node's own traffic (xDS, CA)
-		}
-		if s.Dst.Port() != 15008 && s.Src.Port() != 15008 {
-			t.Errorf("pod traffic on the underlay not to 15008: %v", s)
-			continue
-		}
-		hbone++
-		if len(s.Payload) > 1 && s.Payload[0] == 0x16 && s.Payload[1] == 0x03 {
-			handshakes++
-		}
-	}
-	if hbone == 0 {
-		t.Errorf("no HBONE (port 15008) segment among %d frames captured on the underlay", len(frames))
-	}
-	if handshakes == 0 {
-		t.Error("no TLS handshake seen on 15008")
-	}
 }
 
 // waitPodLog waits for a ztunnel log line msg (e.g. "pod captured") about

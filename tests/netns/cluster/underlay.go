@@ -1,0 +1,64 @@
+package cluster
+
+import (
+	"testing"
+	"time"
+
+	"github.com/ambient-go/mesh/tests/netns"
+)
+
+// CaptureUnderlay captures the frames on every node's underlay link while f
+// runs (AF_PACKET), to see what crosses the network between nodes.
+func (c *Cluster) CaptureUnderlay(t testing.TB, f func()) []netns.Frame {
+	t.Helper()
+	var caps []*netns.Capture
+	for _, n := range c.Nodes {
+		cp, err := c.Topo.Underlay.Capture(n.UnderlayLink, 30*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		caps = append(caps, cp)
+	}
+	func() {
+		defer func() {
+			for _, cp := range caps {
+				cp.Stop()
+			}
+		}()
+		f()
+	}()
+	var frames []netns.Frame
+	for _, cp := range caps {
+		frames = append(frames, cp.Stop()...)
+	}
+	return frames
+}
+
+// AssertOnlyHBONE checks that the pods' traffic on the underlay is TLS to port
+// 15008 and nothing else, and that the marker never shows.
+func AssertOnlyHBONE(t testing.TB, frames []netns.Frame, marker string) {
+	t.Helper()
+	if n := netns.Contains(frames, []byte(marker)); n > 0 {
+		t.Errorf("the marker %q is in clear in %d frames on the underlay", marker, n)
+	}
+	var hbone, handshakes int
+	for _, s := range netns.Segments(frames) {
+		if !netns.PodsPrefix.Contains(s.Src.Addr()) && !netns.PodsPrefix.Contains(s.Dst.Addr()) {
+			continue // a node's own traffic (xDS, CA)
+		}
+		if s.Dst.Port() != 15008 && s.Src.Port() != 15008 {
+			t.Errorf("pod traffic on the underlay not to 15008: %v", s)
+			continue
+		}
+		hbone++
+		if len(s.Payload) > 1 && s.Payload[0] == 0x16 && s.Payload[1] == 0x03 {
+			handshakes++
+		}
+	}
+	if hbone == 0 {
+		t.Errorf("no HBONE (port 15008) segment among %d frames captured on the underlay", len(frames))
+	}
+	if handshakes == 0 {
+		t.Error("no TLS handshake seen on 15008")
+	}
+}
