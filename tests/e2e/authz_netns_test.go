@@ -57,7 +57,7 @@ func TestAuthorizationInNetns(t *testing.T) {
 	ctx := t.Context()
 	for _, p := range []*cluster.Pod{m.client, intruder, outsider} {
 		eventually(t, 10*time.Second, p.Key()+" reaches echo before any policy", func() error {
-			_, err := get(ctx, p, m.echoAddr(), "/")
+			_, err := p.Get(ctx, m.echoAddr(), "/")
 			return err
 		})
 	}
@@ -100,10 +100,10 @@ func TestAuthorizationInNetns(t *testing.T) {
 	})
 
 	t.Run("new connections from foo denied, others allowed", func(t *testing.T) {
-		if _, err := get(ctx, intruder, m.echoAddr(), "/denied"); err == nil {
+		if _, err := intruder.Get(ctx, m.echoAddr(), "/denied"); err == nil {
 			t.Error("foo's request went through a DENY policy")
 		}
-		got, err := get(ctx, m.client, m.echoAddr(), "/allowed")
+		got, err := m.client.Get(ctx, m.echoAddr(), "/allowed")
 		if err != nil {
 			t.Fatalf("shop's client is denied too: %v", err)
 		}
@@ -130,7 +130,7 @@ func TestAuthorizationInNetns(t *testing.T) {
 	t.Run("deleting the policy lets foo through again", func(t *testing.T) {
 		m.Remove("deny-foo.yaml")
 		eventually(t, 5*time.Second, "foo reaches echo after the policy is deleted", func() error {
-			_, err := get(ctx, intruder, m.echoAddr(), "/again")
+			_, err := intruder.Get(ctx, m.echoAddr(), "/again")
 			return err
 		})
 	})
@@ -139,13 +139,13 @@ func TestAuthorizationInNetns(t *testing.T) {
 		m.Write("strict.yaml", strictShopNS)
 		defer m.Remove("strict.yaml")
 		eventually(t, 5*time.Second, "plaintext refused under STRICT", func() error {
-			if _, err := get(ctx, outsider, m.echoAddr(), "/plain"); err == nil {
+			if _, err := outsider.Get(ctx, m.echoAddr(), "/plain"); err == nil {
 				return errors.New("plaintext request answered")
 			}
 			return nil
 		})
 		// Mesh clients still get through (they have a principal).
-		if _, err := get(ctx, m.client, m.echoAddr(), "/mtls"); err != nil {
+		if _, err := m.client.Get(ctx, m.echoAddr(), "/mtls"); err != nil {
 			t.Errorf("mesh client refused under STRICT: %v", err)
 		}
 	})

@@ -11,7 +11,6 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"io"
 	"net/http"
 	"net/netip"
 	"os"
@@ -59,32 +58,6 @@ func startApp(t *testing.T, p *cluster.Pod, port int) *app {
 		<-a.done
 	})
 	return a
-}
-
-// get sends one HTTP/1.0 request from inside pod src over a plain socket,
-// as an unmodified application does, and returns the answer's body.
-func get(ctx context.Context, src *cluster.Pod, target netip.AddrPort, path string) (string, error) {
-	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	c, err := src.Dial(ctx, "tcp", target.String())
-	if err != nil {
-		return "", err
-	}
-	defer c.Close()
-	dl, _ := ctx.Deadline()
-	c.SetDeadline(dl)
-	if _, err := fmt.Fprintf(c, "GET %s HTTP/1.0\r\nHost: %s\r\n\r\n", path, target); err != nil {
-		return "", err
-	}
-	b, err := io.ReadAll(c)
-	if err != nil {
-		return "", err
-	}
-	head, body, ok := bytes.Cut(b, []byte("\r\n\r\n"))
-	if !ok || !bytes.HasPrefix(head, []byte("HTTP/1.0 200")) && !bytes.HasPrefix(head, []byte("HTTP/1.1 200")) {
-		return "", fmt.Errorf("answer %q", b)
-	}
-	return string(body), nil
 }
 
 // want checks an app's answer: the pod that answered, the client address
@@ -167,7 +140,7 @@ func TestCaptureUnmodifiedClient(t *testing.T) {
 
 	t.Run("go client by pod IP", func(t *testing.T) {
 		from := z2.Mark()
-		got, err := get(t.Context(), m.client, m.echoAddr(), "/by-ip")
+		got, err := m.client.Get(t.Context(), m.echoAddr(), "/by-ip")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -179,7 +152,7 @@ func TestCaptureUnmodifiedClient(t *testing.T) {
 
 	t.Run("go client by service VIP", func(t *testing.T) {
 		from := z2.Mark()
-		got, err := get(t.Context(), m.client, m.vip, "/by-vip")
+		got, err := m.client.Get(t.Context(), m.vip, "/by-vip")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -242,7 +215,7 @@ func TestCaptureUnderlayCarriesOnlyHBONE(t *testing.T) {
 	var got string
 	var err error
 	frames := m.Cluster.CaptureUnderlay(t, func() {
-		got, err = get(t.Context(), m.client, m.echoAddr(), marker)
+		got, err = m.client.Get(t.Context(), m.echoAddr(), marker)
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -259,7 +232,7 @@ func TestCaptureFollowsNamespaceLabel(t *testing.T) {
 		var got string
 		var err error
 		frames := m.Cluster.CaptureUnderlay(t, func() {
-			got, err = get(t.Context(), m.client, m.echoAddr(), path)
+			got, err = m.client.Get(t.Context(), m.echoAddr(), path)
 		})
 		if err != nil {
 			t.Fatalf("GET %s: %v", path, err)
@@ -320,7 +293,7 @@ func TestCaptureZtunnelRestart(t *testing.T) {
 				var wg sync.WaitGroup
 				for _, src := range srcs {
 					wg.Go(func() {
-						if got, err := get(ctx, src, m.echoAddr(), marker); err == nil {
+						if got, err := src.Get(ctx, m.echoAddr(), marker); err == nil {
 							t.Errorf("with %s's ztunnel down, %s reached the server: %q", n.Name, src.Key(), got)
 						}
 					})
@@ -349,7 +322,7 @@ func TestCaptureZtunnelRestart(t *testing.T) {
 			marker = fmt.Sprintf("/UP-%d", time.Now().UnixNano())
 			var got string
 			frames = m.Cluster.CaptureUnderlay(t, func() {
-				got, err = get(t.Context(), m.client, m.echoAddr(), marker)
+				got, err = m.client.Get(t.Context(), m.echoAddr(), marker)
 			})
 			if err != nil {
 				t.Fatalf("after restarting %s's ztunnel: %v", n.Name, err)
@@ -417,7 +390,7 @@ func TestCaptureScale(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			got, err := get(ctx, src, netip.AddrPortFrom(dst.IP, 8080), "/scale")
+			got, err := src.Get(ctx, netip.AddrPortFrom(dst.IP, 8080), "/scale")
 			if err != nil {
 				errs <- fmt.Errorf("%s → %s: %w", src.Key(), dst.Key(), err)
 				return

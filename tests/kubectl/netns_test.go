@@ -9,7 +9,6 @@ package kubectl
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -235,7 +234,7 @@ func TestKubectlUserStory(t *testing.T) {
 		t.Helper()
 		var got string
 		var err error
-		frames := mesh.CaptureUnderlay(t, func() { got, err = httpGet(ctx, client, target, path) })
+		frames := mesh.CaptureUnderlay(t, func() { got, err = client.Get(ctx, target, path) })
 		if err != nil {
 			t.Fatalf("GET %s: %v", path, err)
 		}
@@ -289,14 +288,14 @@ func TestKubectlUserStory(t *testing.T) {
 		kc.MustKubectl(t, "label", "namespace", "demo", "istio.io/dataplane-mode=ambient")
 		waitPodLog(t, z1, f1, "pod captured", client)
 		waitPodLog(t, z2, f2, "pod captured", server)
-		if _, err := httpGet(ctx, client, target, "/before-policy"); err != nil {
+		if _, err := client.Get(ctx, target, "/before-policy"); err != nil {
 			t.Fatalf("before the policy: %v", err)
 		}
 
 		from := z2.Mark()
 		apply(t, kc, denyClient)
 		eventually(t, 10*time.Second, "the client denied", func() error {
-			if got, err := httpGet(ctx, client, target, "/denied"); err == nil {
+			if got, err := client.Get(ctx, target, "/denied"); err == nil {
 				return fmt.Errorf("answered %q", got)
 			}
 			return nil
@@ -312,7 +311,7 @@ func TestKubectlUserStory(t *testing.T) {
 
 		kc.MustKubectl(t, "delete", "authorizationpolicies.security.istio.io", "-n", "demo", "deny-client")
 		eventually(t, 10*time.Second, "the client allowed again", func() error {
-			_, err := httpGet(ctx, client, target, "/allowed-again")
+			_, err := client.Get(ctx, target, "/allowed-again")
 			return err
 		})
 	})
@@ -345,12 +344,12 @@ func TestKubectlUserStory(t *testing.T) {
 			t.Fatalf("stopping istiod-lite: %v", err)
 		}
 		roundTrip("/istiod-down")
-		if _, err := httpGet(ctx, client, target, "/new-while-down"); err != nil {
+		if _, err := client.Get(ctx, target, "/new-while-down"); err != nil {
 			t.Errorf("a new connection while istiod-lite is down: %v", err)
 		}
 		mesh.StartIstiod()
 		roundTrip("/after-restart")
-		if _, err := httpGet(ctx, client, target, "/new-after-restart"); err != nil {
+		if _, err := client.Get(ctx, target, "/new-after-restart"); err != nil {
 			t.Errorf("a new connection after the restart: %v", err)
 		}
 	})
@@ -367,7 +366,7 @@ func TestKubectlUserStory(t *testing.T) {
 		marker := fmt.Sprintf("/FIRST-%d", time.Now().UnixNano())
 		var got string
 		var err error
-		frames := mesh.CaptureUnderlay(t, func() { got, err = httpGet(ctx, web, target, marker) })
+		frames := mesh.CaptureUnderlay(t, func() { got, err = web.Get(ctx, target, marker) })
 		if err != nil {
 			t.Fatalf("the new pod's first request: %v", err)
 		}
@@ -435,33 +434,6 @@ func startServer(t *testing.T, p *cluster.Pod, port int) {
 		srv.Close()
 		<-done
 	})
-}
-
-// httpGet sends one HTTP/1.0 request from inside pod src over a plain
-// socket, as an unmodified application does, and returns the body of a 200
-// answer.
-func httpGet(ctx context.Context, src *cluster.Pod, target netip.AddrPort, path string) (string, error) {
-	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	c, err := src.Dial(ctx, "tcp", target.String())
-	if err != nil {
-		return "", err
-	}
-	defer c.Close()
-	dl, _ := ctx.Deadline()
-	c.SetDeadline(dl)
-	if _, err := fmt.Fprintf(c, "GET %s HTTP/1.0\r\nHost: %s\r\n\r\n", path, target); err != nil {
-		return "", err
-	}
-	b, err := io.ReadAll(c)
-	if err != nil {
-		return "", err
-	}
-	head, body, ok := bytes.Cut(b, []byte("\r\n\r\n"))
-	if !ok || !bytes.HasPrefix(head, []byte("HTTP/1.0 200")) && !bytes.HasPrefix(head, []byte("HTTP/1.1 200")) {
-		return "", fmt.Errorf("answer %q", b)
-	}
-	return string(body), nil
 }
 
 // waitPodLog waits for a ztunnel log line msg (e.g. "pod captured") about
