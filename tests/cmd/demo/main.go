@@ -148,18 +148,27 @@ func run(ctx context.Context, binDir, example, outDir string, once bool, mode st
 
 	targets := []string{"echo.demo.svc.cluster.local:80", "127.10.100.10:80", "127.10.2.10:8080"}
 	say("the client pod (demo/client, %s, node-a) calls the echo service through its ztunnel (SOCKS5 %s:%d):", client, client, socksPort)
+	return traffic(ctx, targets, 32, once, func(ctx context.Context, t string) (string, error) {
+		return get(ctx, client, t)
+	}, func() { explain(client) })
+}
+
+// traffic sends one GET to each target per round, every 10 s, printing
+// each answer; after the first round it calls explain. It returns after one
+// round with once, else when ctx is done.
+func traffic(ctx context.Context, targets []string, width int, once bool, get func(context.Context, string) (string, error), explain func()) error {
 	for round := 0; ; round++ {
 		for _, t := range targets {
-			body, err := get(ctx, client, t)
+			body, err := get(ctx, t)
 			if err != nil {
-				fmt.Printf("    GET http://%-32s -> error: %v\n", t, err)
+				fmt.Printf("    GET http://%-*s -> error: %v\n", width, t, err)
 				continue
 			}
-			fmt.Printf("    GET http://%-32s -> %s\n", t, body)
+			fmt.Printf("    GET http://%-*s -> %s\n", width, t, body)
 		}
 		time.Sleep(300 * time.Millisecond) // let the access log lines arrive
 		if round == 0 {
-			explain(client)
+			explain()
 		}
 		if once {
 			return nil

@@ -187,18 +187,10 @@ func runNetns(ctx context.Context, binDir, configDir, stateDir, logDir, runDir s
 	sort.Strings(targets)
 	c := nsHTTPClient(client.pod.NS)
 	say("the client pod (demo/client, %s, node-a) calls the echo service with a plain HTTP client; its ztunnel captures it:", client.pod.IP)
-	for round := 0; ; round++ {
-		for _, t := range targets {
-			body, err := getWith(ctx, c, t)
-			if err != nil {
-				fmt.Printf("    GET http://%-24s -> error: %v\n", t, err)
-				continue
-			}
-			fmt.Printf("    GET http://%-24s -> %s\n", t, body)
-		}
-		time.Sleep(300 * time.Millisecond) // let the access log lines arrive
-		if round == 0 {
-			fmt.Printf(`
+	return traffic(ctx, targets, 24, once, func(ctx context.Context, t string) (string, error) {
+		return getWith(ctx, c, t)
+	}, func() {
+		fmt.Printf(`
 ==> the client is unmodified: its connections are redirected inside its own
     network namespace to ztunnel (nftables rules written by ztunnel when the
     CNI plugin handed it the pod), carried over HBONE (mTLS, port 15008) to
@@ -211,17 +203,7 @@ func runNetns(ctx context.Context, binDir, configDir, stateDir, logDir, runDir s
     Ctrl-C stops everything and removes every namespace.
 
 `, client.pod.Name, targets[0], nodeOf["node-b"].Name)
-		}
-		if once {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			say("stopping")
-			return nil
-		case <-time.After(10 * time.Second):
-		}
-	}
+	})
 }
 
 var ipRE = regexp.MustCompile(`\b127\.10\.\d{1,3}\.\d{1,3}\b`)
