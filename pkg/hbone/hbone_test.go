@@ -15,6 +15,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -819,15 +820,25 @@ func TestRelayErrorClosesBoth(t *testing.T) {
 	}()
 	io.WriteString(client, "x")
 	buf := make([]byte, 1)
-	io.ReadFull(server, buf)
+	if _, err := io.ReadFull(server, buf); err != nil {
+		t.Fatalf("server read: %v", err)
+	}
 	server.SetLinger(0)
 	server.Close() // RST towards b
+
+	// Relay must close the client's side: the client reads EOF (or a
+	// reset), not its deadline.
 	client.SetReadDeadline(time.Now().Add(10 * time.Second))
-	io.Copy(io.Discard, client) // ends when Relay closes a
-	if err := <-done; err == nil {
-		// A reset may surface as EOF on some paths; what matters is that
-		// Relay returned and closed the client side.
-		t.Logf("Relay() returned nil after a reset")
+	if _, err := io.Copy(io.Discard, client); errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("client side still open 10s after the upstream was reset: %v", err)
+	}
+	select {
+	case err := <-done:
+		if !errors.Is(err, syscall.ECONNRESET) {
+			t.Errorf("Relay() error = %v, want the upstream's reset (ECONNRESET)", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Relay did not return after the upstream was reset")
 	}
 }
 
