@@ -10,6 +10,7 @@ package state
 
 import (
 	"fmt"
+	"log/slog"
 	"net/netip"
 	"slices"
 	"sort"
@@ -56,11 +57,12 @@ func (s *Service) TargetPort(servicePort uint16) (target uint16, ok bool) {
 // NewStore.
 type Store struct {
 	mu        sync.RWMutex
+	log       *slog.Logger
 	workloads map[string]*Workload            // by uid
-	byAddr    map[netip.Addr]*Workload        // by pod IP (default network)
+	byAddr    *claims[netip.Addr, *Workload]  // by pod IP (default network); see workloadWins
 	services  map[string]*Service             // by namespace/hostname
-	byVIP     map[netip.Addr]*Service         // by VIP
-	byHost    map[string]*Service             // by hostname (FQDNs hold the namespace)
+	byVIP     *claims[netip.Addr, *Service]   // by VIP; see serviceWins
+	byHost    *claims[string, *Service]       // by hostname (FQDNs hold the namespace)
 	endpoints map[string]map[string]*Workload // service key → uid → workload
 	policies  map[string]*security.Authorization
 	kinds     map[string]byte // Address resource name → 'w' or 's'
@@ -70,18 +72,37 @@ type Store struct {
 	listeners []func()
 }
 
-// NewStore returns an empty store.
+// NewStore returns an empty store. It logs nothing until SetLogger.
+//
+// Two workloads may claim one IP at once (a pod's IP reused by a new pod
+// before the old one's removal arrives), and two services one VIP or
+// hostname. The store keeps every claimant: a lookup returns the winner —
+// for workloads a HEALTHY one before others, then the lowest uid; for
+// services the lowest namespace/hostname — and when it leaves, the next
+// claimant, so an in-mesh workload is never taken for an address outside
+// the mesh because another once claimed its IP. Each conflict is logged
+// (Warn) once when it appears or changes, and listed in Dump.
 func NewStore() *Store {
+	name := func(w *Workload) string { return w.Uid }
 	return &Store{
+		log:       slog.New(slog.DiscardHandler),
 		workloads: map[string]*Workload{},
-		byAddr:    map[netip.Addr]*Workload{},
+		byAddr:    newClaims[netip.Addr](workloadWins, name),
 		services:  map[string]*Service{},
-		byVIP:     map[netip.Addr]*Service{},
-		byHost:    map[string]*Service{},
+		byVIP:     newClaims[netip.Addr](serviceWins, func(s *Service) string { return s.Key }),
+		byHost:    newClaims[string](serviceWins, func(s *Service) string { return s.Key }),
 		endpoints: map[string]map[string]*Workload{},
 		policies:  map[string]*security.Authorization{},
 		kinds:     map[string]byte{},
 	}
+}
+
+// SetLogger sets the logger of address conflicts; call it before the
+// store receives updates.
+func (s *Store) SetLogger(log *slog.Logger) {
+	s.mu.Lock()
+	s.log = log.With("component", "state")
+	s.mu.Unlock()
 }
 
 // OnChange registers f to be called (without the store's lock) after every
@@ -154,7 +175,7 @@ func (s *Store) updateAddresses(updated []*discoveryv3.Resource, removed []strin
 		s.workloads[w.Uid] = w
 		s.kinds[w.Uid] = 'w'
 		for _, a := range w.Addrs {
-			s.byAddr[a] = w
+			s.byAddr.add(a, w)
 		}
 		for key := range w.Services {
 			eps := s.endpoints[key]
@@ -170,10 +191,13 @@ func (s *Store) updateAddresses(updated []*discoveryv3.Resource, removed []strin
 		s.services[svc.Key] = svc
 		s.kinds[svc.Key] = 's'
 		for _, a := range svc.VIPs {
-			s.byVIP[a] = svc
+			s.byVIP.add(a, svc)
 		}
-		s.byHost[svc.Hostname] = svc
+		s.byHost.add(svc.Hostname, svc)
 	}
+	s.byAddr.report(s.log, "workload address", addrString)
+	s.byVIP.report(s.log, "service VIP", addrString)
+	s.byHost.report(s.log, "service hostname", hostString)
 	s.mu.Unlock()
 	s.changed()
 	return nil
@@ -188,9 +212,7 @@ func (s *Store) removeWorkload(uid string) {
 	delete(s.workloads, uid)
 	delete(s.kinds, uid)
 	for _, a := range old.Addrs {
-		if s.byAddr[a] == old {
-			delete(s.byAddr, a)
-		}
+		s.byAddr.remove(a, old)
 	}
 	for key := range old.Services {
 		if eps := s.endpoints[key]; eps != nil {
@@ -210,13 +232,9 @@ func (s *Store) removeService(key string) {
 	delete(s.services, key)
 	delete(s.kinds, key)
 	for _, a := range old.VIPs {
-		if s.byVIP[a] == old {
-			delete(s.byVIP, a)
-		}
+		s.byVIP.remove(a, old)
 	}
-	if s.byHost[old.Hostname] == old {
-		delete(s.byHost, old.Hostname)
-	}
+	s.byHost.remove(old.Hostname, old)
 }
 
 func (s *Store) updatePolicies(updated []*discoveryv3.Resource, removed []string) error {
@@ -254,6 +272,9 @@ func (s *Store) changed() {
 }
 
 func newWorkload(w *workloadapi.Workload) (*Workload, error) {
+	if w == nil {
+		return nil, fmt.Errorf("no workload")
+	}
 	if w.Uid == "" {
 		return nil, fmt.Errorf("no uid")
 	}
@@ -273,7 +294,11 @@ func newWorkload(w *workloadapi.Workload) (*Workload, error) {
 	if sa == "" {
 		sa = "default"
 	}
-	id, err := spiffeid.FromSegments(spiffeid.RequireTrustDomainFromString(td), "ns", w.Namespace, "sa", sa)
+	trustDomain, err := spiffeid.TrustDomainFromString(td)
+	if err != nil {
+		return nil, fmt.Errorf("trust domain %q: %w", td, err)
+	}
+	id, err := spiffeid.FromSegments(trustDomain, "ns", w.Namespace, "sa", sa)
 	if err != nil {
 		return nil, fmt.Errorf("identity: %w", err)
 	}
@@ -282,11 +307,14 @@ func newWorkload(w *workloadapi.Workload) (*Workload, error) {
 }
 
 func newService(svc *workloadapi.Service) (*Service, error) {
+	if svc.GetHostname() == "" {
+		return nil, fmt.Errorf("no hostname")
+	}
 	out := &Service{Service: svc, Key: svc.Namespace + "/" + svc.Hostname}
 	for _, na := range svc.Addresses {
-		a, ok := netip.AddrFromSlice(na.Address)
+		a, ok := netip.AddrFromSlice(na.GetAddress())
 		if !ok {
-			return nil, fmt.Errorf("bad address %x", na.Address)
+			return nil, fmt.Errorf("bad address %x", na.GetAddress())
 		}
 		out.VIPs = append(out.VIPs, a.Unmap())
 	}
@@ -297,14 +325,14 @@ func newService(svc *workloadapi.Service) (*Service, error) {
 func (s *Store) WorkloadByAddr(a netip.Addr) *Workload {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	return s.byAddr[a.Unmap()]
+	return s.byAddr.get(a.Unmap())
 }
 
 // ServiceByVIP returns the service that has VIP a, or nil.
 func (s *Store) ServiceByVIP(a netip.Addr) *Service {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	return s.byVIP[a.Unmap()]
+	return s.byVIP.get(a.Unmap())
 }
 
 // ServiceByHostname returns the service with this FQDN (in any namespace),
@@ -312,7 +340,7 @@ func (s *Store) ServiceByVIP(a netip.Addr) *Service {
 func (s *Store) ServiceByHostname(host string) *Service {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	return s.byHost[host]
+	return s.byHost.get(host)
 }
 
 // Errors returned by PickEndpoint.
@@ -400,6 +428,9 @@ type Dump struct {
 	Workloads []*workloadapi.Workload   `json:"workloads"`
 	Services  []*workloadapi.Service    `json:"services"`
 	Policies  []*security.Authorization `json:"policies"`
+	// Conflicts are the addresses claimed by several workloads or
+	// services, with the one lookups return.
+	Conflicts []Conflict `json:"conflicts,omitempty"`
 }
 
 // Dump returns a snapshot of the store, sorted by key.
@@ -416,6 +447,9 @@ func (s *Store) Dump() Dump {
 	for _, k := range sortedKeys(s.policies) {
 		d.Policies = append(d.Policies, s.policies[k])
 	}
+	d.Conflicts = append(d.Conflicts, s.byAddr.conflicts("workload address", addrString)...)
+	d.Conflicts = append(d.Conflicts, s.byVIP.conflicts("service VIP", addrString)...)
+	d.Conflicts = append(d.Conflicts, s.byHost.conflicts("service hostname", hostString)...)
 	return d
 }
 
