@@ -53,7 +53,7 @@ const (
 // object: local mode logs it and returns it from Server.Errors; the
 // Kubernetes status writer writes it onto the object.
 type PolicyStatus struct {
-	Kind       string // KindAuthorizationPolicy or KindPeerAuthentication
+	Kind       string // KindAuthorizationPolicy, KindPeerAuthentication or KindPod
 	Namespace  string
 	Name       string
 	Generation int64 // the object's metadata.generation the conditions describe

@@ -34,7 +34,7 @@ spec: {mtls: {mode: STRICT}}
 	pods := func(ns string, n int, app string) []*corev1.Pod {
 		var out []*corev1.Pod
 		for i := range n {
-			out = append(out, pod(ns, fmt.Sprintf("%s-%d", app, i), map[string]string{"app": app}, fmt.Sprintf("10.%d.0.%d", len(ns), i+1)))
+			out = append(out, pod(ns, fmt.Sprintf("%s-%d", app, i), map[string]string{"app": app}, fmt.Sprintf("10.%c.0.%d", ns[len(ns)-1], i+1)))
 		}
 		return out
 	}
@@ -62,7 +62,7 @@ spec: {mtls: {mode: STRICT}}
 		{name: "same objects", in: clone(base, func(*Inputs) {}),
 			reused: []string{"Kubernetes//Pod/ns1/a-0", "Kubernetes//Pod/ns2/b-2", "ns1/a.ns1.svc.cluster.local"}},
 		{name: "one pod replaced", in: clone(base, func(in *Inputs) {
-			in.Pods[0] = with(pod("ns1", "a-0", map[string]string{"app": "a", "version": "v2"}, "10.3.0.1"), nodeName("node-2"))
+			in.Pods[0] = with(pod("ns1", "a-0", map[string]string{"app": "a", "version": "v2"}, "10.1.0.1"), nodeName("node-2"))
 		}), reused: []string{"Kubernetes//Pod/ns1/a-1", "Kubernetes//Pod/ns2/b-0"}},
 		{name: "service of ns2 replaced", in: clone(base, func(in *Inputs) {
 			in.Services[1] = service("ns2", "b", map[string]string{"app": "b"}, []string{"10.96.0.2"}, port(81, intstr.FromInt32(8081)))

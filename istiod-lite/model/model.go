@@ -78,7 +78,9 @@ type Output struct {
 	Authorizations map[string]*security.Authorization
 	// PolicyStatuses holds the status of each AuthorizationPolicy and
 	// PeerAuthentication read, keyed by PolicyStatus.Key(); an
-	// AuthorizationPolicy left to waypoints (targetRefs) has none.
+	// AuthorizationPolicy left to waypoints (targetRefs) has none. A pod
+	// not served because another pod claims one of its IPs has one too
+	// (KindPod, reason ReasonAddressConflict; see resolveConflicts).
 	PolicyStatuses map[string]*PolicyStatus
 }
 
@@ -157,6 +159,7 @@ func build(in *Inputs, opt Options, prev *memo) (*Output, *memo) {
 		s := a.GetService()
 		out.Addresses[s.Namespace+"/"+s.Hostname] = a
 	}
+	pods := make([]claimant, 0, len(in.Pods))
 	for _, pod := range in.Pods {
 		if pod == nil {
 			continue
@@ -172,7 +175,9 @@ func build(in *Inputs, opt Options, prev *memo) (*Output, *memo) {
 		}
 		next.pods[pod] = a
 		out.Addresses[a.GetWorkload().GetUid()] = a
+		pods = append(pods, claimant{pod, a.GetWorkload()})
 	}
+	resolveConflicts(pods, out)
 	return out, next
 }
 
