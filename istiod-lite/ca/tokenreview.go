@@ -150,11 +150,15 @@ func (a *TokenReviewAuthenticator) review(ctx context.Context, token string) (*C
 	if !ok {
 		return nil, fmt.Errorf("%w: %q is not a service account", ErrNotAuthenticated, st.User.Username)
 	}
-	td := a.TrustDomain
-	if td == "" {
-		td = "cluster.local"
+	tdName := a.TrustDomain
+	if tdName == "" {
+		tdName = "cluster.local"
 	}
-	id, err := spiffeid.FromSegments(spiffeid.RequireTrustDomainFromString(td), "ns", ns, "sa", sa)
+	td, err := spiffeid.TrustDomainFromString(tdName)
+	if err != nil {
+		return nil, fmt.Errorf("ca: trust domain %q: %w", tdName, err)
+	}
+	id, err := spiffeid.FromSegments(td, "ns", ns, "sa", sa)
 	if err != nil {
 		return nil, fmt.Errorf("ca: identity of %s/%s: %w", ns, sa, err)
 	}

@@ -142,3 +142,33 @@ func TestTokenReviewAuthenticatorMapping(t *testing.T) {
 		})
 	}
 }
+
+// TestTokenReviewAuthenticatorMalformed: a malformed trust domain (from
+// configuration) or service account name (from the review) is an error,
+// never a panic.
+func TestTokenReviewAuthenticatorMalformed(t *testing.T) {
+	tests := []struct {
+		name        string
+		trustDomain string
+		username    string
+	}{
+		{name: "trust domain with upper case and spaces", trustDomain: "Not A Domain!", username: "system:serviceaccount:demo:echo"},
+		{name: "trust domain with a path", trustDomain: "cluster.local/ns", username: "system:serviceaccount:demo:echo"},
+		{name: "namespace with a slash", trustDomain: "cluster.local", username: "system:serviceaccount:a/b:echo"},
+		{name: "service account with a dot segment", trustDomain: "cluster.local", username: "system:serviceaccount:demo:.."},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cs := fake.NewClientset()
+			cs.PrependReactor("create", "tokenreviews", func(k8stesting.Action) (bool, runtime.Object, error) {
+				return true, &authnv1.TokenReview{Status: authnv1.TokenReviewStatus{Authenticated: true, Audiences: []string{"istio-ca"},
+					User: authnv1.UserInfo{Username: tt.username}}}, nil
+			})
+			a := &TokenReviewAuthenticator{Client: cs, TrustDomain: tt.trustDomain}
+			got, err := a.AuthenticateToken(t.Context(), "tok")
+			if err == nil {
+				t.Errorf("AuthenticateToken() = %+v, nil; want an error", got)
+			}
+		})
+	}
+}
