@@ -205,6 +205,41 @@ spec:
 			wantErrs: []wantErr{{file: "pod.yaml", line: 9, contains: "containerPort"}},
 		},
 		{
+			// Issue 9 item 3: an IP that is no IP is an error of its file,
+			// not a pod silently left out of the mesh.
+			name: "invalid pod IPs name the value and its line",
+			files: map[string]string{
+				"good.yaml": podA,
+				"podip.yaml": `apiVersion: v1
+kind: Pod
+metadata:
+  name: p
+  namespace: ns1
+status:
+  phase: Running
+  podIP: 999.1.1.1
+`,
+				"podips.yaml": `apiVersion: v1
+kind: Namespace
+metadata: {name: fine}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: q, namespace: ns1}
+status:
+  podIP: 10.0.0.7
+  podIPs:
+  - ip: 10.0.0.7
+  - ip: fd00::zz
+`,
+			},
+			want: summary{Pods: []string{"ns1/a"}},
+			wantErrs: []wantErr{
+				{file: "podip.yaml", line: 8, contains: `pod ns1/p: status.podIP "999.1.1.1" is not an IP address`},
+				{file: "podips.yaml", line: 12, contains: `pod ns1/q: status.podIPs[1].ip "fd00::zz" is not an IP address`},
+			},
+		},
+		{
 			name: "missing kind, apiVersion and name",
 			files: map[string]string{
 				"nokind.yaml":    "apiVersion: v1\nmetadata: {name: x}\n",

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/netip"
 	"regexp"
 	"strconv"
 	"strings"
@@ -232,7 +233,32 @@ func parseDocument(file string, doc document) (*object, error) {
 		return nil, fail(fmt.Errorf("decoding %s %s: unexpected type %T", tm.Kind, tm.Metadata.Name, obj))
 	}
 	m.SetNamespace(key.namespace)
+	if pod, ok := obj.(*corev1.Pod); ok {
+		if err := validatePodIPs(pod); err != nil {
+			return nil, &ParseError{File: file, Line: policyErrorLine(doc, err), Err: err}
+		}
+	}
 	return &object{key: key, line: doc.line, obj: obj}, nil
+}
+
+// validatePodIPs checks that a pod's status.podIP and status.podIPs are IP
+// addresses: the model would otherwise leave the pod out of the mesh
+// without a word. The error quotes the value, for policyErrorLine.
+func validatePodIPs(pod *corev1.Pod) error {
+	bad := func(field, ip string) error {
+		return fmt.Errorf("pod %s/%s: %s %q is not an IP address", pod.Namespace, pod.Name, field, ip)
+	}
+	if ip := pod.Status.PodIP; ip != "" {
+		if _, err := netip.ParseAddr(ip); err != nil {
+			return bad("status.podIP", ip)
+		}
+	}
+	for i, p := range pod.Status.PodIPs {
+		if _, err := netip.ParseAddr(p.IP); err != nil {
+			return bad(fmt.Sprintf("status.podIPs[%d].ip", i), p.IP)
+		}
+	}
+	return nil
 }
 
 // DefaultNamespace is the namespace of namespaced objects written without one.
