@@ -307,6 +307,7 @@ func (p *Pool) dialConn(ctx context.Context, key poolKey, t *Target) (*poolConn,
 		tc.Close()
 		return nil, fmt.Errorf("hbone: %v: %w", t.Addr, err)
 	}
+	rc.startBuffering()
 	pc := &poolConn{key: key, tc: tc}
 	cc, err := newClientConn(tc, tlsWriter{tc, rc}, clientConnConfig{
 		pingInterval: p.cfg.PingInterval,

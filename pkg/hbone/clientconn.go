@@ -44,8 +44,7 @@ type clientConn struct {
 	idleTimeout  time.Duration
 	lastRead     atomic.Int64 // unix nanoseconds of the last frame read
 
-	ctrlSig chan struct{}
-	done    chan struct{} // closed by close
+	done chan struct{} // closed by close
 
 	wmu      sync.Mutex
 	wpending atomic.Int32
@@ -64,7 +63,7 @@ type clientConn struct {
 	peerMaxFrame   int64
 	recvAvail      int64
 	recvUnacked    int64
-	ctrl           []ctrlFrame
+	ctrl           ctrlQueue
 	goingAway      bool
 	pingOut        bool
 	pingSent       time.Time
@@ -86,7 +85,7 @@ func newClientConn(tc *tls.Conn, w io.Writer, cfg clientConnConfig) (*clientConn
 		pingInterval:   cfg.pingInterval,
 		pingTimeout:    cfg.pingTimeout,
 		idleTimeout:    cfg.idleTimeout,
-		ctrlSig:        make(chan struct{}, 1),
+		ctrl:           newCtrlQueue(),
 		done:           make(chan struct{}),
 		streams:        make(map[uint32]*clientStream),
 		nextID:         1,
@@ -159,6 +158,11 @@ func (cc *clientConn) readLoop() {
 		if err == nil {
 			cc.lastRead.Store(time.Now().UnixNano())
 			err = cc.processFrame(f)
+		}
+		if err == nil && cc.ctrl.flooded() {
+			cc.goAwayNow(http2.ErrCodeEnhanceYourCalm)
+			err = errCtrlFlood
+			break
 		}
 		if err == nil {
 			continue
@@ -366,6 +370,9 @@ func (cc *clientConn) processSettings(f *http2.SettingsFrame) error {
 	if f.IsAck() {
 		return nil
 	}
+	if f.NumSettings() > maxSettings || f.HasDuplicates() {
+		return http2.ConnectionError(http2.ErrCodeProtocol)
+	}
 	cc.mu.Lock()
 	defer cc.mu.Unlock()
 	err := f.ForeachSetting(func(s http2.Setting) error {
@@ -447,11 +454,7 @@ func (cc *clientConn) queueLocked(c ctrlFrame) {
 	if cc.closeErr != nil {
 		return
 	}
-	cc.ctrl = append(cc.ctrl, c)
-	select {
-	case cc.ctrlSig <- struct{}{}:
-	default:
-	}
+	cc.ctrl.push(c)
 }
 
 // refundLocked returns n consumed bytes to the connection window, sending
@@ -483,12 +486,12 @@ func (cc *clientConn) writeLoop() {
 	var q []ctrlFrame
 	for {
 		select {
-		case <-cc.ctrlSig:
+		case <-cc.ctrl.sig:
 		case <-cc.done:
 			return
 		}
 		cc.mu.Lock()
-		q, cc.ctrl = cc.ctrl, q[:0]
+		q = cc.ctrl.take(q)
 		cc.mu.Unlock()
 		if len(q) == 0 {
 			continue
@@ -506,7 +509,9 @@ func (cc *clientConn) writeLoop() {
 			}
 		}
 		err = cc.unlockWrite(err)
-		clear(q)
+		cc.mu.Lock()
+		cc.ctrl.written(len(q))
+		cc.mu.Unlock()
 		if err != nil {
 			cc.close(fmt.Errorf("hbone: write: %w", err))
 			return

@@ -47,16 +47,65 @@ type Server struct {
 	PeerID func(*tls.ConnectionState) (spiffeid.ID, error)
 	// Logger; default discards.
 	Logger *slog.Logger
+	// MaxPendingHandshakes caps the accepted connections that have not
+	// finished their TLS handshake yet (the connections of unauthenticated
+	// peers). Past it, new connections are closed at once. Default 1024.
+	MaxPendingHandshakes int
+	// HandshakeTimeout bounds the TLS handshake, and then the HTTP/2
+	// preface and first SETTINGS. Default 10 s.
+	HandshakeTimeout time.Duration
+	// OnAcceptError, if not nil, is called with each accept error that
+	// Serve retries (EMFILE, ENFILE, ECONNABORTED, ECONNRESET, timeouts...),
+	// for example to count it in a metric. Default: nothing.
+	OnAcceptError func(err error)
 
-	mu        sync.Mutex
-	listeners map[net.Listener]struct{}
-	conns     map[net.Conn]*serverConn // nil while handshaking
-	closing   bool
-	wg        sync.WaitGroup // connection goroutines (and, through them, handlers)
+	mu          sync.Mutex
+	handshaking int // connections in their TLS handshake
+	listeners   map[net.Listener]struct{}
+	conns       map[net.Conn]*serverConn // nil while handshaking
+	closing     bool
+	wg          sync.WaitGroup // connection goroutines (and, through them, handlers)
 }
 
-// handshakeTimeout bounds the TLS handshake and the HTTP/2 preface.
-const handshakeTimeout = 10 * time.Second
+// Defaults of the Server's fields. handshakeTimeout also bounds the
+// client's TLS handshake.
+const (
+	handshakeTimeout            = 10 * time.Second
+	defaultMaxPendingHandshakes = 1024
+)
+
+func (s *Server) handshakeTimeout() time.Duration {
+	if s.HandshakeTimeout > 0 {
+		return s.HandshakeTimeout
+	}
+	return handshakeTimeout
+}
+
+func (s *Server) maxPendingHandshakes() int {
+	if s.MaxPendingHandshakes > 0 {
+		return s.MaxPendingHandshakes
+	}
+	return defaultMaxPendingHandshakes
+}
+
+// retryableAccept reports whether an accept error is temporary: a
+// descriptor or memory shortage, or a connection that died in the queue.
+// net/http retries the same (its Temporary errors).
+func retryableAccept(err error) bool {
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		return true
+	}
+	for _, errno := range []syscall.Errno{
+		syscall.EMFILE, syscall.ENFILE, syscall.ENOBUFS, syscall.ENOMEM,
+		syscall.ECONNABORTED, syscall.ECONNRESET, syscall.EINTR, syscall.EAGAIN,
+	} {
+		if errors.Is(err, errno) {
+			return true
+		}
+	}
+	return false
+}
 
 func (s *Server) logger() *slog.Logger {
 	if s.Logger == nil {
@@ -99,8 +148,10 @@ func (s *Server) Serve(l net.Listener) error {
 			if closing {
 				return ErrServerClosed
 			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) {
+			if retryableAccept(err) {
+				if s.OnAcceptError != nil {
+					s.OnAcceptError(err)
+				}
 				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
 				log.Warn("accept failed, retrying", "error", err, "backoff", backoff)
 				time.Sleep(backoff)
@@ -115,10 +166,17 @@ func (s *Server) Serve(l net.Listener) error {
 			c.Close()
 			return ErrServerClosed
 		}
+		if s.handshaking >= s.maxPendingHandshakes() {
+			s.mu.Unlock()
+			log.Debug("too many pending TLS handshakes, closing connection", "remote", c.RemoteAddr().String(), "max", s.maxPendingHandshakes())
+			c.Close()
+			continue
+		}
 		if s.conns == nil {
 			s.conns = make(map[net.Conn]*serverConn)
 		}
 		s.conns[c] = nil // handshaking
+		s.handshaking++
 		s.wg.Add(1)
 		s.mu.Unlock()
 		go s.serveConn(c, log)
@@ -136,9 +194,12 @@ func (s *Server) serveConn(c net.Conn, log *slog.Logger) {
 	log = log.With("remote", c.RemoteAddr().String())
 	raw := newRawConn(c)
 	tc := tls.Server(raw, s.TLSConfig)
-	ctx, cancel := context.WithTimeout(context.Background(), handshakeTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), s.handshakeTimeout())
 	err := tc.HandshakeContext(ctx)
 	cancel()
+	s.mu.Lock()
+	s.handshaking--
+	s.mu.Unlock()
 	if err != nil {
 		log.Debug("tls handshake failed", "error", err)
 		tc.Close()
@@ -164,6 +225,7 @@ func (s *Server) serveConn(c net.Conn, log *slog.Logger) {
 	if maxStreams == 0 {
 		maxStreams = 200
 	}
+	raw.startBuffering() // authenticated: now worth the read buffer
 	sc := newServerConn(s, tc, tlsWriter{tc, raw}, peer, maxStreams, log.With("peer", peer.String()))
 
 	s.mu.Lock()
@@ -285,6 +347,11 @@ func (t *Tunnel) finish() {
 // runHandler serves one stream.
 func (sc *serverConn) runHandler(st *serverStream, req *Request) {
 	defer sc.handlers.Done()
+	defer func() {
+		sc.mu.Lock()
+		sc.handlerDoneLocked()
+		sc.mu.Unlock()
+	}()
 	t := &Tunnel{st: st}
 	defer func() {
 		if r := recover(); r != nil {

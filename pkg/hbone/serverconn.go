@@ -40,6 +40,7 @@ var (
 	errStreamClosed  = errors.New("hbone: stream closed")
 	errWriteShutdown = errors.New("hbone: write after CloseWrite")
 	errGoAwayDone    = errors.New("hbone: connection drained")
+	errRapidReset    = errors.New("hbone: peer resets streams faster than they complete")
 )
 
 type ctrlKind uint8
@@ -76,7 +77,6 @@ type serverConn struct {
 	ctx      context.Context // cancelled when the connection closes
 	cancel   context.CancelFunc
 	handlers sync.WaitGroup
-	ctrlSig  chan struct{} // wakes the writer goroutine
 	done     chan struct{} // closed by close
 	wdone    chan struct{} // closed when the writer goroutine returns
 
@@ -95,10 +95,31 @@ type serverConn struct {
 	peerMaxFrame   int64
 	recvAvail      int64 // connection-level bytes the peer may still send
 	recvUnacked    int64 // bytes consumed but not yet returned by WINDOW_UPDATE
-	ctrl           []ctrlFrame
+	ctrl           ctrlQueue
 	goingAway      bool
 	closeErr       error
+
+	// Handlers run for at most maxStreams streams at a time, counting
+	// streams the client reset whose handler has not returned yet; the
+	// others wait in unstarted, and are dropped there if reset first.
+	curHandlers uint32
+	unstarted   []pendingHandler
+	// earlyResets counts streams the client reset before they were
+	// answered, minus the streams answered since (never below 0).
+	earlyResets int
 }
+
+// pendingHandler is a stream waiting for a handler slot.
+type pendingHandler struct {
+	st  *serverStream
+	req *Request
+}
+
+// maxEarlyResets is how far the streams a client resets before their
+// answer may outnumber those answered before the connection is closed with
+// ENHANCE_YOUR_CALM (CVE-2023-44487, rapid reset). Legitimate clients reset
+// an unanswered CONNECT only when they give up waiting for it.
+const maxEarlyResets = 1000
 
 func newServerConn(s *Server, tc *tls.Conn, w io.Writer, peer spiffeid.ID, maxStreams uint32, log *slog.Logger) *serverConn {
 	sc := &serverConn{
@@ -107,7 +128,7 @@ func newServerConn(s *Server, tc *tls.Conn, w io.Writer, peer spiffeid.ID, maxSt
 		peer:           peer,
 		log:            log,
 		maxStreams:     maxStreams,
-		ctrlSig:        make(chan struct{}, 1),
+		ctrl:           newCtrlQueue(),
 		done:           make(chan struct{}),
 		wdone:          make(chan struct{}),
 		streams:        make(map[uint32]*serverStream),
@@ -144,7 +165,7 @@ func (sc *serverConn) serve() {
 
 // start reads the client preface and exchanges SETTINGS.
 func (sc *serverConn) start() error {
-	sc.conn.SetDeadline(time.Now().Add(handshakeTimeout))
+	sc.conn.SetDeadline(time.Now().Add(sc.srv.handshakeTimeout()))
 	preface := make([]byte, len(http2.ClientPreface))
 	if _, err := io.ReadFull(sc.conn, preface); err != nil {
 		return fmt.Errorf("hbone: reading client preface: %w", err)
@@ -182,6 +203,10 @@ func (sc *serverConn) readLoop() error {
 		if err == nil {
 			err = sc.processFrame(f)
 		}
+		if err == nil && sc.ctrl.flooded() {
+			sc.goAwayNow(http2.ErrCodeEnhanceYourCalm)
+			return errCtrlFlood
+		}
 		if err == nil {
 			continue
 		}
@@ -200,6 +225,8 @@ func (sc *serverConn) readLoop() error {
 		}
 		var ce http2.ConnectionError
 		switch {
+		case errors.Is(err, errRapidReset):
+			sc.goAwayNow(http2.ErrCodeEnhanceYourCalm)
 		case errors.As(err, &ce):
 			sc.goAwayNow(http2.ErrCode(ce))
 		case errors.Is(err, http2.ErrFrameTooLarge):
@@ -294,7 +321,8 @@ func (sc *serverConn) processHeaders(f *http2.MetaHeadersFrame) error {
 		return nil
 	}
 	reject := func(reason string) error {
-		sc.queueLocked(ctrlFrame{kind: ctrlHeaders, stream: id, n: http.StatusBadRequest, reason: reason})
+		// Sanitized (and so bounded) now: the queue may hold many.
+		sc.queueLocked(ctrlFrame{kind: ctrlHeaders, stream: id, n: http.StatusBadRequest, reason: sanitizeReason(reason)})
 		if !f.StreamEnded() {
 			sc.queueLocked(ctrlFrame{kind: ctrlRST, stream: id, n: uint32(http2.ErrCodeNo)})
 		}
@@ -328,9 +356,45 @@ func (sc *serverConn) processHeaders(f *http2.MetaHeadersFrame) error {
 	st.ctx, st.cancel = context.WithCancel(sc.ctx)
 	sc.streams[id] = st
 	req := sc.request(netip.AddrPortFrom(authority.Addr().Unmap(), authority.Port()), h)
-	sc.handlers.Add(1)
-	go sc.runHandler(st, req)
+	return sc.scheduleHandlerLocked(st, req)
+}
+
+// scheduleHandlerLocked starts st's handler, or queues it until a running
+// handler returns.
+func (sc *serverConn) scheduleHandlerLocked(st *serverStream, req *Request) error {
+	if sc.curHandlers < sc.maxStreams {
+		sc.curHandlers++
+		sc.handlers.Add(1)
+		go sc.runHandler(st, req)
+		return nil
+	}
+	if len(sc.unstarted) >= 4*int(sc.maxStreams) {
+		// Only reset streams can be queued past maxStreams.
+		return fmt.Errorf("%w: %d streams wait for a handler", errRapidReset, len(sc.unstarted))
+	}
+	sc.unstarted = append(sc.unstarted, pendingHandler{st, req})
 	return nil
+}
+
+// handlerDoneLocked is called when a handler returns: it starts the next
+// queued handler whose stream is still live.
+func (sc *serverConn) handlerDoneLocked() {
+	sc.curHandlers--
+	i := 0
+	for ; i < len(sc.unstarted) && sc.curHandlers < sc.maxStreams; i++ {
+		p := sc.unstarted[i]
+		sc.unstarted[i] = pendingHandler{}
+		if p.st.err != nil || sc.closeErr != nil {
+			continue // reset (or the connection closed) before it started
+		}
+		sc.curHandlers++
+		sc.handlers.Add(1)
+		go sc.runHandler(p.st, p.req)
+	}
+	sc.unstarted = sc.unstarted[i:]
+	if len(sc.unstarted) == 0 {
+		sc.unstarted = nil
+	}
 }
 
 func (sc *serverConn) processData(f *http2.DataFrame) error {
@@ -418,6 +482,9 @@ func (sc *serverConn) processSettings(f *http2.SettingsFrame) error {
 	if f.IsAck() {
 		return nil
 	}
+	if f.NumSettings() > maxSettings || f.HasDuplicates() {
+		return http2.ConnectionError(http2.ErrCodeProtocol)
+	}
 	sc.mu.Lock()
 	defer sc.mu.Unlock()
 	err := f.ForeachSetting(func(s http2.Setting) error {
@@ -461,9 +528,15 @@ func (sc *serverConn) processReset(f *http2.RSTStreamFrame) error {
 		return nil
 	}
 	st.failLocked(fmt.Errorf("hbone: stream reset by peer: %v", f.ErrCode))
+	var err error
+	if !st.answered {
+		if sc.earlyResets++; sc.earlyResets > maxEarlyResets {
+			err = fmt.Errorf("%w: %d more streams reset before their answer than answered", errRapidReset, sc.earlyResets)
+		}
+	}
 	sc.mu.Unlock()
 	st.cancel()
-	return nil
+	return err
 }
 
 // queueLocked queues a frame for the writer goroutine.
@@ -471,11 +544,7 @@ func (sc *serverConn) queueLocked(c ctrlFrame) {
 	if sc.closeErr != nil {
 		return
 	}
-	sc.ctrl = append(sc.ctrl, c)
-	select {
-	case sc.ctrlSig <- struct{}{}:
-	default:
-	}
+	sc.ctrl.push(c)
 }
 
 // refundLocked returns n consumed bytes to the connection-level window,
@@ -506,12 +575,12 @@ func (sc *serverConn) writeLoop() {
 	var q []ctrlFrame
 	for {
 		select {
-		case <-sc.ctrlSig:
+		case <-sc.ctrl.sig:
 		case <-sc.done:
 			return
 		}
 		sc.mu.Lock()
-		q, sc.ctrl = sc.ctrl, q[:0]
+		q = sc.ctrl.take(q)
 		sc.mu.Unlock()
 		if len(q) == 0 {
 			continue
@@ -529,7 +598,9 @@ func (sc *serverConn) writeLoop() {
 			}
 		}
 		err = sc.unlockWrite(err)
-		clear(q)
+		sc.mu.Lock()
+		sc.ctrl.written(len(q))
+		sc.mu.Unlock()
 		if err != nil {
 			sc.close(fmt.Errorf("hbone: write: %w", err))
 			return
@@ -657,6 +728,7 @@ type serverStream struct {
 	sendWindow   int64
 	remoteClosed bool // END_STREAM received
 	localClosed  bool // END_STREAM written
+	answered     bool // response HEADERS written
 	appClosed    bool // Close called
 	err          error
 	rdl, wdl     time.Time
@@ -844,8 +916,13 @@ func (st *serverStream) respond(status int, reason string, end bool) error {
 	err = sc.unlockWrite(sc.writeHeadersLocked(st.id, status, reason, end))
 	if err != nil {
 		sc.close(fmt.Errorf("hbone: write: %w", err))
+		return err
 	}
-	return err
+	sc.mu.Lock()
+	st.answered = true
+	sc.earlyResets = max(sc.earlyResets-1, 0)
+	sc.mu.Unlock()
+	return nil
 }
 
 // reject answers status and ends the stream.

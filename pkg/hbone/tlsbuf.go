@@ -9,23 +9,35 @@ import (
 
 // crypto/tls reads and writes its transport once per record (16 KiB at
 // most), which makes syscalls the main cost of a bulk tunnel. rawConn sits
-// under tls.Conn: it reads through a 64 KiB buffer, and while a batch is
-// open (the span of one tlsWriter.Write) it collects the records and writes
-// them with one syscall.
+// under tls.Conn: once startBuffering was called (after the handshake, so
+// that unauthenticated peers do not cost the buffer) it reads through a
+// 64 KiB buffer, and while a batch is open (the span of one
+// tlsWriter.Write) it collects the records and writes them with one syscall.
 type rawConn struct {
 	net.Conn
-	br *bufio.Reader
+	br *bufio.Reader // nil until startBuffering
 
 	mu       sync.Mutex // orders all writes to Conn
 	batching int
 	wbuf     []byte
 }
 
-func newRawConn(c net.Conn) *rawConn {
-	return &rawConn{Conn: c, br: bufio.NewReaderSize(c, 64<<10)}
+func newRawConn(c net.Conn) *rawConn { return &rawConn{Conn: c} }
+
+// startBuffering makes reads go through the 64 KiB buffer. It must not run
+// concurrently with Read.
+func (c *rawConn) startBuffering() {
+	if c.br == nil {
+		c.br = bufio.NewReaderSize(c.Conn, 64<<10)
+	}
 }
 
-func (c *rawConn) Read(p []byte) (int, error) { return c.br.Read(p) }
+func (c *rawConn) Read(p []byte) (int, error) {
+	if c.br == nil {
+		return c.Conn.Read(p)
+	}
+	return c.br.Read(p)
+}
 
 func (c *rawConn) Write(p []byte) (int, error) {
 	c.mu.Lock()
