@@ -13,6 +13,10 @@
 //
 // Streams that name resources explicitly (resource_names_subscribe without "*") get those resources only;
 // that on-demand mode is minimal: it does not track which versions such a stream already holds.
+//
+// Every stream is authenticated (ServerConfig.Authenticate) before a request is read or a resource sent.
+// Clients are untrusted for logging too: the strings they send are cut to a bounded length in log records,
+// and each stream writes a bounded number of records per minute (logs.go).
 package xds
 
 import (
@@ -33,6 +37,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
@@ -40,13 +45,30 @@ import (
 
 // ServerConfig configures a Server.
 type ServerConfig struct {
-	// Logger receives stream events and NACKs. Default: discard.
+	// Logger receives stream events and NACKs. Strings that come from the client (node id, type URLs,
+	// nonces, error details) are cut to maxLogString bytes, and each stream logs at most logBurst records per
+	// logWindow, then one summary of how many it suppressed. Default: discard.
 	Logger *slog.Logger
+	// Authenticate establishes who opened a stream, before the server reads a request or sends anything.
+	// An error ends the stream with it when it is a gRPC status, otherwise with codes.Unauthenticated.
+	// Nil accepts every stream as an anonymous caller: only for tests of this package and for listeners
+	// nobody else can reach; istiod-lite always sets it.
+	Authenticate func(ctx context.Context) (Caller, error)
+}
+
+// Caller is who opened a stream, as ServerConfig.Authenticate established it.
+type Caller struct {
+	// Node is set when the caller is a node agent (ztunnel) authenticated for that node.
+	Node string
+	// Identity is the caller's SPIFFE ID when it has one of its own (a service account token or a
+	// workload certificate).
+	Identity string
 }
 
 // ClientInfo describes one connected stream.
 type ClientInfo struct {
 	NodeID      string    // Node.Id from the stream's first request that carried a Node
+	Caller      Caller    // who the stream authenticated as
 	ConnectedAt time.Time // when the stream opened
 	Types       []string  // subscribed type URLs, in subscription order
 }
@@ -61,7 +83,11 @@ type Stats struct {
 
 // Server is a delta ADS server. Create it with NewServer, Register it on a grpc.Server and feed it with Set.
 type Server struct {
-	log *slog.Logger
+	log  *slog.Logger
+	auth func(context.Context) (Caller, error)
+	// rejected limits the records about refused streams, which anyone who
+	// reaches the port can cause.
+	rejected logLimiter
 
 	setMu sync.Mutex // serializes Set
 
@@ -95,6 +121,7 @@ func NewServer(cfg ServerConfig) *Server {
 	}
 	return &Server{
 		log:      log.With("component", "xds-server"),
+		auth:     cfg.Authenticate,
 		types:    make(map[string]map[string]*discoveryv3.Resource),
 		msgs:     make(map[string]map[string]proto.Message),
 		gens:     make(map[string]uint64),
@@ -202,7 +229,7 @@ func (s *Server) Clients() []ClientInfo {
 	out := make([]ClientInfo, 0, len(s.streams))
 	for st := range s.streams {
 		st.mu.Lock()
-		out = append(out, ClientInfo{NodeID: st.nodeID, ConnectedAt: st.connectedAt, Types: slices.Clone(st.order)})
+		out = append(out, ClientInfo{NodeID: st.nodeID, Caller: st.caller, ConnectedAt: st.connectedAt, Types: slices.Clone(st.order)})
 		st.mu.Unlock()
 	}
 	s.mu.RUnlock()
@@ -247,7 +274,9 @@ func (s *subscription) wants(name string) bool {
 // stream is the server side of one DeltaAggregatedResources call.
 type stream struct {
 	connectedAt time.Time
+	caller      Caller
 	wake        chan struct{} // capacity 1: pending has names
+	logs        logLimiter    // of the records about this stream's requests
 
 	mu      sync.Mutex
 	nodeID  string
@@ -264,6 +293,10 @@ type stream struct {
 
 // maxOutstanding bounds the responses a stream remembers for NACK retries when its client does not answer.
 const maxOutstanding = 64
+
+// maxTypesPerStream bounds the type URLs one stream may subscribe to (a ztunnel uses two); each costs the
+// stream a subscription and its bookkeeping.
+const maxTypesPerStream = 16
 
 // enqueue records changed names for the stream. The caller holds s.mu.
 func (st *stream) enqueue(typeURL string, names []string) {
@@ -293,10 +326,42 @@ func (st *stream) enqueue(typeURL string, names []string) {
 	}
 }
 
+// authenticate runs ServerConfig.Authenticate and turns its error into a gRPC status.
+func (s *Server) authenticate(ctx context.Context) (Caller, error) {
+	if s.auth == nil {
+		return Caller{}, nil
+	}
+	c, err := s.auth(ctx)
+	if err == nil {
+		return c, nil
+	}
+	if st, ok := status.FromError(err); ok && st.Code() != codes.Unknown && st.Code() != codes.OK {
+		err = st.Err()
+	} else {
+		err = status.Errorf(codes.Unauthenticated, "xds: %v", err)
+	}
+	if ok, suppressed := s.rejected.allow(time.Now()); ok {
+		attrs := []any{"error", clip(err.Error())}
+		if p, ok := peer.FromContext(ctx); ok {
+			attrs = append(attrs, "peer", p.Addr.String())
+		}
+		if suppressed > 0 {
+			attrs = append(attrs, "suppressed", suppressed)
+		}
+		s.log.Warn("xds stream refused", attrs...)
+	}
+	return Caller{}, err
+}
+
 func (s *Server) serve(ss discoveryv3.AggregatedDiscoveryService_DeltaAggregatedResourcesServer) error {
 	ctx := ss.Context()
+	caller, err := s.authenticate(ctx)
+	if err != nil {
+		return err
+	}
 	st := &stream{
 		connectedAt: time.Now(),
+		caller:      caller,
 		wake:        make(chan struct{}, 1),
 		subs:        make(map[string]*subscription),
 		pending:     make(map[string]map[string]struct{}),
@@ -312,6 +377,9 @@ func (s *Server) serve(ss discoveryv3.AggregatedDiscoveryService_DeltaAggregated
 		s.mu.Lock()
 		delete(s.streams, st)
 		s.mu.Unlock()
+		if n := st.logs.flush(); n > 0 {
+			s.log.Warn("xds log records suppressed", "node", clip(st.nodeID), "suppressed", n)
+		}
 	}()
 
 	reqs := make(chan *discoveryv3.DeltaDiscoveryRequest)
@@ -340,10 +408,10 @@ func (s *Server) serve(ss discoveryv3.AggregatedDiscoveryService_DeltaAggregated
 			node := st.nodeID
 			st.mu.Unlock()
 			if errors.Is(err, io.EOF) || status.Code(err) == codes.Canceled {
-				s.log.Info("xds stream closed", "node", node)
+				s.log.Info("xds stream closed", "node", clip(node))
 				return nil
 			}
-			s.log.Info("xds stream ended", "node", node, "error", err)
+			s.log.Info("xds stream ended", "node", clip(node), "error", clip(err.Error()))
 			return err
 		case req := <-reqs:
 			if err := s.handleRequest(ss, st, req); err != nil {
@@ -360,14 +428,23 @@ func (s *Server) serve(ss discoveryv3.AggregatedDiscoveryService_DeltaAggregated
 func (s *Server) handleRequest(ss discoveryv3.AggregatedDiscoveryService_DeltaAggregatedResourcesServer, st *stream, req *discoveryv3.DeltaDiscoveryRequest) error {
 	typeURL := req.GetTypeUrl()
 	st.mu.Lock()
+	opened := false
 	if st.nodeID == "" && req.GetNode().GetId() != "" {
 		st.nodeID = req.GetNode().GetId()
-		s.log.Info("xds stream opened", "node", st.nodeID)
+		opened = true
 	}
 	node := st.nodeID
+	_, known := st.subs[typeURL]
+	tooMany := !known && len(st.subs) >= maxTypesPerStream
 	st.mu.Unlock()
+	if opened {
+		s.log.Info("xds stream opened", "node", clip(node), "caller_node", st.caller.Node, "caller_identity", st.caller.Identity)
+	}
 	if typeURL == "" {
 		return status.Error(codes.InvalidArgument, "request without type_url")
+	}
+	if tooMany {
+		return status.Errorf(codes.InvalidArgument, "more than %d type URLs on one stream", maxTypesPerStream)
 	}
 
 	if nonce := req.GetResponseNonce(); nonce != "" {
@@ -390,13 +467,13 @@ func (s *Server) handleRequest(ss discoveryv3.AggregatedDiscoveryService_DeltaAg
 			if st.nacked[typeURL] != nonce {
 				st.nacked[typeURL] = nonce
 				s.nacks.Add(1)
-				s.log.Warn("xds nack", "node", node, "type_url", typeURL, "nonce", nonce,
-					"error", req.GetErrorDetail().GetMessage())
+				s.streamLog(st, slog.LevelWarn, "xds nack", "node", clip(node), "type_url", clip(typeURL), "nonce", clip(nonce),
+					"error", clip(req.GetErrorDetail().GetMessage()))
 			}
 		case nonce == st.nonces[typeURL]:
-			s.log.Debug("xds ack", "node", node, "type_url", typeURL, "nonce", nonce)
+			s.streamLog(st, slog.LevelDebug, "xds ack", "node", clip(node), "type_url", clip(typeURL), "nonce", clip(nonce))
 		default:
-			s.log.Debug("xds stale ack ignored", "node", node, "type_url", typeURL, "nonce", nonce)
+			s.streamLog(st, slog.LevelDebug, "xds stale ack ignored", "node", clip(node), "type_url", clip(typeURL), "nonce", clip(nonce))
 		}
 	}
 

@@ -205,7 +205,18 @@ func (s *store) version(name string) string {
 // startClient runs a client until the test ends.
 func startClient(t testing.TB, target string, h xdsclient.Handler, types ...string) *xdsclient.Client {
 	t.Helper()
+	return startClientWith(t, target, h, nil, types...)
+}
+
+// startClientWith is startClient with a bearer token (nil: none).
+func startClientWith(t testing.TB, target string, h xdsclient.Handler, token func() (string, error), types ...string) *xdsclient.Client {
+	t.Helper()
+	var tok func(context.Context) (string, error)
+	if token != nil {
+		tok = func(context.Context) (string, error) { return token() }
+	}
 	c, err := xdsclient.NewClient(xdsclient.ClientConfig{
+		Token:      tok,
 		Target:     target,
 		Node:       &corev3.Node{Id: "ztunnel~10.0.0.1~ztunnel-abc.istio-system~istio-system.svc.cluster.local"},
 		TypeURLs:   types,

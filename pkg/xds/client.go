@@ -26,6 +26,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
 )
 
 // Handler applies updates; returning an error NACKs the response (the client keeps its previous state for
@@ -52,8 +53,14 @@ const DefaultMaxRecvMsgSize = 256 << 20
 
 // ClientConfig configures a Client.
 type ClientConfig struct {
-	// Target is the gRPC target of istiod-lite, e.g. "127.0.0.1:15010". Required.
+	// Target is the gRPC target of istiod-lite, e.g. "istiod-lite.istio-system.svc:15012". Required.
 	Target string
+	// Token returns the bearer token that authenticates the client to istiod-lite (the same token the
+	// node's CA client sends), sent as `authorization: Bearer <token>` metadata on every stream; it is
+	// called once per stream, so a rotated token is picked up on reconnect. Nil sends none, and
+	// istiod-lite refuses the stream. The metadata is sent whatever the transport, so in production the
+	// DialOptions must carry TLS credentials.
+	Token func(ctx context.Context) (string, error)
 	// DialOptions are appended to the defaults (insecure transport credentials and a receive limit of
 	// DefaultMaxRecvMsgSize), so a transport credentials option here replaces plaintext.
 	DialOptions []grpc.DialOption
@@ -194,6 +201,13 @@ func (c *Client) runStream(ctx context.Context) (gotResponse bool, err error) {
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	if c.cfg.Token != nil {
+		tok, err := c.cfg.Token(ctx)
+		if err != nil {
+			return false, fmt.Errorf("token: %w", err)
+		}
+		ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+tok)
+	}
 	stream, err := discoveryv3.NewAggregatedDiscoveryServiceClient(conn).DeltaAggregatedResources(ctx)
 	if err != nil {
 		return false, fmt.Errorf("open delta ads stream: %w", err)

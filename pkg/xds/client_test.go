@@ -3,6 +3,7 @@ package xds
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"sync"
 	"testing"
@@ -13,6 +14,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"go.uber.org/goleak"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/protobuf/testing/protocmp"
 	"google.golang.org/protobuf/types/known/anypb"
 
@@ -282,5 +284,44 @@ func TestClientProtocol(t *testing.T) {
 	}
 	if diff := cmp.Diff(wantUpdates, rec.get()); diff != "" {
 		t.Errorf("handler calls (-want +got):\n%s", diff)
+	}
+}
+
+// TestClientSendsToken: every stream carries `authorization: Bearer
+// <token>`, asked for again on each reconnect, over a plaintext transport.
+func TestClientSendsToken(t *testing.T) {
+	ads, target := startScripted(t)
+	var calls int
+	var mu sync.Mutex
+	c, err := NewClient(ClientConfig{
+		Target: target, Node: testNode, TypeURLs: []string{workloadapi.AddressTypeURL},
+		Handler: HandlerFunc(func(string, []*discoveryv3.Resource, []string) error { return nil }),
+		Token: func(context.Context) (string, error) {
+			mu.Lock()
+			defer mu.Unlock()
+			calls++
+			return fmt.Sprint("token-", calls), nil
+		},
+		MinBackoff: 5 * time.Millisecond, MaxBackoff: 20 * time.Millisecond,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	started := make(chan error, 1)
+	go func() { started <- c.Start(ctx) }()
+	defer func() {
+		cancel()
+		if err := <-started; err != nil {
+			t.Errorf("Start() = %v, want nil", err)
+		}
+	}()
+	for _, want := range []string{"Bearer token-1", "Bearer token-2"} {
+		ss := ads.accept(t)
+		md, _ := metadata.FromIncomingContext(ss.Context())
+		if diff := cmp.Diff([]string{want}, md.Get("authorization")); diff != "" {
+			t.Errorf("authorization metadata (-want +got):\n%s", diff)
+		}
+		ads.end <- struct{}{}
 	}
 }
