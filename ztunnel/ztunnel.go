@@ -20,6 +20,7 @@ import (
 	"net/netip"
 	"os"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -41,6 +42,7 @@ import (
 	"github.com/ambient-go/mesh/pkg/workloadapi"
 	"github.com/ambient-go/mesh/pkg/xds"
 	"github.com/ambient-go/mesh/ztunnel/admin"
+	"github.com/ambient-go/mesh/ztunnel/capture"
 	"github.com/ambient-go/mesh/ztunnel/proxy"
 	"github.com/ambient-go/mesh/ztunnel/state"
 	"github.com/ambient-go/mesh/ztunnel/zds"
@@ -243,13 +245,14 @@ func New(cfg Config) (*Ztunnel, error) {
 	}
 	z.pool = hbone.NewPool(poolCfg)
 	z.proxy, err = proxy.New(proxy.Config{
-		Store:     z.store,
-		Pool:      z.pool,
-		Metrics:   telemetry.NewMetrics(reg),
-		AccessLog: z.access,
-		HBONEPort: cfg.HBONEPort,
-		DialPod:   dialPod,
-		Logger:    log,
+		Store:         z.store,
+		Pool:          z.pool,
+		Metrics:       telemetry.NewMetrics(reg),
+		AccessLog:     z.access,
+		HBONEPort:     cfg.HBONEPort,
+		ReservedPorts: reservedPorts(cfg),
+		DialPod:       dialPod,
+		Logger:        log,
 	})
 	if err != nil {
 		return nil, err
@@ -295,6 +298,32 @@ func New(cfg Config) (*Ztunnel, error) {
 		return nil, err
 	}
 	return z, nil
+}
+
+// reservedPorts are the ports no connection may target: Istio's ztunnel
+// ports (proxy.DefaultReservedPorts) and this ztunnel's own: HBONE, SOCKS5,
+// and the admin, metrics and readiness ports (defaults where cfg leaves
+// them empty; a port 0, picked by the kernel, is not known in advance and
+// is left out).
+func reservedPorts(cfg Config) []uint16 {
+	ports := append(proxy.DefaultReservedPorts(), capture.OutboundPort, capture.InboundPlaintextPort, cfg.HBONEPort, cfg.SOCKSPort)
+	for _, a := range []struct{ addr, def string }{
+		{cfg.AdminAddr, admin.DefaultAdminAddr},
+		{cfg.MetricsAddr, admin.DefaultMetricsAddr},
+		{cfg.ReadinessAddr, admin.DefaultReadinessAddr},
+	} {
+		addr := a.addr
+		if addr == "" {
+			addr = a.def
+		}
+		if _, p, err := net.SplitHostPort(addr); err == nil {
+			if n, err := strconv.ParseUint(p, 10, 16); err == nil && n != 0 {
+				ports = append(ports, uint16(n))
+			}
+		}
+	}
+	slices.Sort(ports)
+	return slices.Compact(ports)
 }
 
 // serverIdentity picks the certificate the HBONE server presents: that of

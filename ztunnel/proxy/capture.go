@@ -111,8 +111,8 @@ func (p *Proxy) plaintextInbound(ctx context.Context, c net.Conn, pod netip.Addr
 	rec.DstWorkload, rec.DstNamespace, rec.DstIdentity = dstW.Name, dstW.Namespace, dstW.ID.String()
 	setDestination(labels, dstW)
 	labels.DestinationPrincipal = dstW.ID.String()
-	if illegalPorts[dst.Port()] {
-		fail(ErrIllegalPort)
+	if p.reserved[dst.Port()] {
+		fail(fmt.Errorf("%v: %w", dst, ErrIllegalPort))
 		return
 	}
 	// A plaintext client has no identity: a STRICT PeerAuthentication (a

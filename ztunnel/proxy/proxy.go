@@ -33,9 +33,13 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 
-// Ports that are never valid targets: connecting to them would loop
-// through ztunnel itself.
-var illegalPorts = map[uint16]bool{15001: true, 15006: true, 15008: true}
+// DefaultReservedPorts returns Istio's ztunnel ports, the default of
+// Config.ReservedPorts: admin 15000, outbound capture 15001, inbound
+// plaintext 15006, HBONE 15008, metrics 15020, readiness 15021 and SOCKS5
+// 15080.
+func DefaultReservedPorts() []uint16 {
+	return []uint16{15000, 15001, 15006, 15008, 15020, 15021, 15080}
+}
 
 // Config configures a Proxy. Store, Pool, Metrics and AccessLog are
 // required.
@@ -47,6 +51,13 @@ type Config struct {
 
 	// HBONEPort is the port of destination ztunnels; default 15008.
 	HBONEPort uint16
+	// ReservedPorts are ztunnel's own ports, never a valid target: a
+	// CONNECT to one is answered 400, an outbound or plaintext inbound
+	// connection to one is refused, so that no tunnel reaches ztunnel
+	// itself (and acts with a pod's identity). Default
+	// DefaultReservedPorts(): 15000, 15001, 15006, 15008, 15020, 15021,
+	// 15080. ztunnel sets it from its configured ports.
+	ReservedPorts []uint16
 	// ConnectTimeout bounds dials to applications; default 10s.
 	ConnectTimeout time.Duration
 	// HandshakeTimeout bounds reading a SOCKS5 request; default 10s.
@@ -73,7 +84,8 @@ type Proxy struct {
 	draining bool
 	wg       sync.WaitGroup
 
-	authz authorizer // L4 policy enforcement (authz.go)
+	authz    authorizer      // L4 policy enforcement (authz.go)
+	reserved map[uint16]bool // Config.ReservedPorts
 }
 
 // New returns a Proxy.
@@ -94,7 +106,13 @@ func New(cfg Config) (*Proxy, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	p := &Proxy{cfg: cfg, log: log.With("component", "proxy"), conns: map[net.Conn]struct{}{}}
+	if cfg.ReservedPorts == nil {
+		cfg.ReservedPorts = DefaultReservedPorts()
+	}
+	p := &Proxy{cfg: cfg, log: log.With("component", "proxy"), conns: map[net.Conn]struct{}{}, reserved: map[uint16]bool{}}
+	for _, port := range cfg.ReservedPorts {
+		p.reserved[port] = true
+	}
 	p.authz.init(cfg.Store, p.log)
 	return p, nil
 }
@@ -180,33 +198,34 @@ func (p *Proxy) resolve(target netip.AddrPort, host string) (destination, error)
 		if err != nil {
 			return destination{}, fmt.Errorf("service %s port %d: %w", svc.Hostname, target.Port(), err)
 		}
+		if p.reserved[port] {
+			return destination{}, fmt.Errorf("service %s port %d: target port %d: %w", svc.Hostname, target.Port(), port, ErrIllegalPort)
+		}
 		return destination{service: svc, workload: w, addr: netip.AddrPortFrom(w.Addrs[0], port)}, nil
 	}
-	if illegalPorts[target.Port()] {
-		return destination{}, ErrIllegalPort
+	if p.reserved[target.Port()] {
+		return destination{}, fmt.Errorf("%v: %w", target, ErrIllegalPort)
 	}
 	return destination{workload: store.WorkloadByAddr(target.Addr()), addr: target}, nil
 }
 
 // ServeSOCKS accepts, on l, SOCKS5 clients of the local workload whose
-// address is src, until l is closed.
+// address is src, until l is closed. Only connections from src itself are
+// served: the listener acts with the workload's identity, and anything
+// else reaching it (ztunnel's own inbound path, dialing from a remote
+// client's address, for one) would launder that identity.
 func (p *Proxy) ServeSOCKS(l net.Listener, src netip.Addr) error {
-	for {
-		c, err := l.Accept()
-		if err != nil {
-			if errors.Is(err, net.ErrClosed) {
-				return nil
+	return p.serve(l, "socks5", func(c net.Conn) {
+		if from := addrPort(c.RemoteAddr()).Addr(); from != src {
+			p.log.Debug("socks5 connection refused: not from the pod", "src", c.RemoteAddr().String(), "pod", src.String())
+			if tc, ok := c.(*net.TCPConn); ok {
+				tc.SetLinger(0)
 			}
-			return fmt.Errorf("socks5 accept: %w", err)
+			c.Close()
+			return
 		}
-		if !p.track(c) {
-			continue
-		}
-		go func() {
-			defer p.untrack(c)
-			p.serveSOCKSConn(c, src)
-		}()
-	}
+		p.serveSOCKSConn(c, src)
+	})
 }
 
 func (p *Proxy) serveSOCKSConn(c net.Conn, srcAddr netip.Addr) {
@@ -454,7 +473,7 @@ func (p *Proxy) ServeHBONE(ctx context.Context, req *hbone.Request, t *hbone.Tun
 	rec.DstWorkload, rec.DstNamespace, rec.DstIdentity = dstW.Name, dstW.Namespace, dstW.ID.String()
 	setDestination(labels, dstW)
 	labels.DestinationPrincipal = dstW.ID.String()
-	if illegalPorts[req.Authority.Port()] {
+	if p.reserved[req.Authority.Port()] {
 		fail(http.StatusBadRequest, "CONNECT", ErrIllegalPort)
 		return
 	}
