@@ -31,6 +31,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
@@ -146,6 +147,15 @@ type Ztunnel struct {
 	listeners map[netip.Addr]*podListeners
 
 	inpod inpod // in-pod mode
+
+	// runners are what Start runs until its context is done or one fails.
+	runners []runner
+}
+
+// runner is one of the goroutines of Start.
+type runner struct {
+	name string
+	run  func(context.Context) error
 }
 
 // podListeners are the listeners bound on one local pod's address.
@@ -297,6 +307,15 @@ func New(cfg Config) (*Ztunnel, error) {
 	if err != nil {
 		return nil, err
 	}
+	z.runners = []runner{
+		{"admin", z.admin.Serve},
+		{"certificates", z.certs.Start},
+		{"xds", z.xds.Start},
+		{"listeners", z.reconcileLoop},
+	}
+	if cfg.Mode == ModeInpod {
+		z.runners = append(z.runners, runner{"zds", z.startInpod})
+	}
 	return z, nil
 }
 
@@ -344,30 +363,27 @@ func (z *Ztunnel) Start(ctx context.Context) error {
 		z.conn.Close()
 		return err
 	}
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	var wg sync.WaitGroup
-	errc := make(chan error, 4)
-	run := func(name string, f func(context.Context) error) {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if err := f(ctx); err != nil {
-				errc <- fmt.Errorf("%s: %w", name, err)
-				cancel()
+	// Every runner runs until ctx is done or one of them fails; then the
+	// others stop, and every error is returned.
+	g, gctx := errgroup.WithContext(ctx)
+	var (
+		errMu sync.Mutex
+		errs  []error
+	)
+	for _, r := range z.runners {
+		g.Go(func() error {
+			err := r.run(gctx)
+			if err != nil {
+				err = fmt.Errorf("%s: %w", r.name, err)
+				errMu.Lock()
+				errs = append(errs, err)
+				errMu.Unlock()
 			}
-		}()
+			return err // the first error cancels gctx
+		})
 	}
-	run("admin", z.admin.Serve)
-	run("certificates", z.certs.Start)
-	run("xds", z.xds.Start)
-	run("listeners", z.reconcileLoop)
-	if z.cfg.Mode == ModeInpod {
-		run("zds", z.startInpod)
-	}
+	g.Wait()
 
-	<-ctx.Done()
-	wg.Wait()
 	z.closeListeners()
 	z.closePods()
 	// Drain: no new connections; open tunnels get DrainTimeout to finish.
@@ -377,8 +393,7 @@ func (z *Ztunnel) Start(ctx context.Context) error {
 	cancelDrain()
 	z.pool.Close()
 	z.conn.Close()
-	close(errc)
-	return <-errc
+	return errors.Join(errs...)
 }
 
 // Ready is closed once ztunnel has its configuration and has bound its

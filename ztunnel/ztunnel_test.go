@@ -1,7 +1,12 @@
 package ztunnel
 
 import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 	"go.uber.org/goleak"
@@ -31,5 +36,68 @@ func TestReservedPorts(t *testing.T) {
 				t.Errorf("reservedPorts() (-want +got):\n%s", diff)
 			}
 		})
+	}
+}
+
+// testConfig is a local-mode ztunnel whose admin servers bind loopback
+// ports of the kernel's choosing; nothing else is contacted until Start.
+func testConfig() Config {
+	return Config{
+		Node: "node-a", Token: "token", XDSAddress: "127.0.0.1:1",
+		AdminAddr: "127.0.0.1:0", MetricsAddr: "127.0.0.1:0", ReadinessAddr: "127.0.0.1:0",
+		DrainTimeout: 100 * time.Millisecond,
+	}
+}
+
+// TestStartReturnsEveryRunnerError: when more runners fail than in-pod
+// mode has (5), Start neither hangs nor drops an error.
+func TestStartReturnsEveryRunnerError(t *testing.T) {
+	z, err := New(testConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var want []error
+	runners := z.runners[:1] // the admin server, which stops with the context
+	for i := range 6 {
+		err := fmt.Errorf("failure %d", i)
+		want = append(want, err)
+		runners = append(runners, runner{fmt.Sprintf("runner-%d", i), func(context.Context) error { return err }})
+	}
+	z.runners = runners
+	done := make(chan error, 1)
+	go func() { done <- z.Start(context.Background()) }()
+	select {
+	case err = <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Start did not return within 10s of its runners failing")
+	}
+	for i, w := range want {
+		if !errors.Is(err, w) {
+			t.Errorf("Start() = %v, want it to carry %q", err, w)
+		}
+		if name := fmt.Sprintf("runner-%d: ", i); err == nil || !strings.Contains(err.Error(), name) {
+			t.Errorf("Start() = %v, want it to name %s", err, name)
+		}
+	}
+}
+
+// TestStartAdminListenError: an admin address that cannot be bound fails
+// Start at once.
+func TestStartAdminListenError(t *testing.T) {
+	cfg := testConfig()
+	cfg.MetricsAddr = "127.0.0.1:-1"
+	z, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- z.Start(context.Background()) }()
+	select {
+	case err = <-done:
+		if err == nil || !strings.Contains(err.Error(), "metrics") {
+			t.Errorf("Start() = %v, want the metrics listen error", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Start did not return within 10s")
 	}
 }
