@@ -259,6 +259,7 @@ func New(cfg Config) (*Ztunnel, error) {
 		Pool:          z.pool,
 		Metrics:       telemetry.NewMetrics(reg),
 		AccessLog:     z.access,
+		AcceptErrors:  telemetry.NewAcceptErrors(reg),
 		HBONEPort:     cfg.HBONEPort,
 		ReservedPorts: reservedPorts(cfg),
 		DialPod:       dialPod,
@@ -271,6 +272,9 @@ func New(cfg Config) (*Ztunnel, error) {
 		TLSConfig: z.certs.ServerTLSConfig(z.serverIdentity),
 		Handler:   z.proxy,
 		Logger:    log,
+		OnAcceptError: func(err error) {
+			z.proxy.AcceptError(proxy.ListenerHBONE, err)
+		},
 	}
 
 	z.xds, err = xds.NewClient(xds.ClientConfig{
@@ -400,10 +404,13 @@ func (z *Ztunnel) Start(ctx context.Context) error {
 // listeners.
 func (z *Ztunnel) Ready() <-chan struct{} { return z.ready }
 
+// readyErr is /healthz/ready: not ready until the configuration is in
+// and the listeners are bound, and then while accepting connections fails
+// (for proxy.AcceptErrorHold after the last failure).
 func (z *Ztunnel) readyErr() error {
 	select {
 	case <-z.ready:
-		return nil
+		return z.proxy.AcceptHealth()
 	default:
 	}
 	select {

@@ -4,12 +4,16 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/google/go-cmp/cmp"
 	"go.uber.org/goleak"
+
+	"github.com/ambient-go/mesh/ztunnel/proxy"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -99,5 +103,23 @@ func TestStartAdminListenError(t *testing.T) {
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("Start did not return within 10s")
+	}
+}
+
+// TestNotReadyWhileAcceptsFail: /healthz/ready reports an accept loop
+// that is failing (out of file descriptors) with the reason.
+func TestNotReadyWhileAcceptsFail(t *testing.T) {
+	z, err := New(testConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer z.conn.Close()
+	z.readyOnce.Do(func() { close(z.ready) })
+	if err := z.readyErr(); err != nil {
+		t.Fatalf("readyErr() = %v before any accept error, want nil", err)
+	}
+	z.server.OnAcceptError(&os.SyscallError{Syscall: "accept4", Err: syscall.EMFILE})
+	if err := z.readyErr(); err == nil || !strings.Contains(err.Error(), proxy.ListenerHBONE) || !strings.Contains(err.Error(), "too many open files") {
+		t.Errorf("readyErr() = %v, want the HBONE accept error", err)
 	}
 }

@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -19,7 +18,7 @@ import (
 // workload whose address is src, and carries each to its original
 // destination (SO_ORIGINAL_DST), until l is closed.
 func (p *Proxy) ServeOutboundCapture(l net.Listener, src netip.Addr) error {
-	return p.serve(l, "outbound capture", func(c net.Conn) {
+	return p.serve(l, ListenerOutbound, func(c net.Conn) {
 		defer c.Close()
 		target, err := capture.OriginalDst(c)
 		if err != nil {
@@ -44,37 +43,12 @@ func (p *Proxy) ServeOutboundCapture(l net.Listener, src netip.Addr) error {
 // address, until l is closed. There is no peer identity:
 // connection_security_policy is "unknown".
 func (p *Proxy) ServePlaintextInbound(l net.Listener, pod netip.Addr) error {
-	return p.serve(l, "plaintext inbound", func(c net.Conn) {
+	return p.serve(l, ListenerInboundPlaintext, func(c net.Conn) {
 		defer c.Close()
 		ctx, cancel := context.WithCancel(context.Background())
 		defer cancel()
 		p.plaintextInbound(ctx, c, pod)
 	})
-}
-
-// serve accepts connections on l and handles each in its own tracked
-// goroutine until l is closed.
-func (p *Proxy) serve(l net.Listener, what string, handle func(net.Conn)) error {
-	for {
-		c, err := l.Accept()
-		if err != nil {
-			if errors.Is(err, net.ErrClosed) {
-				return nil
-			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				continue
-			}
-			return fmt.Errorf("%s accept: %w", what, err)
-		}
-		if !p.track(c) {
-			continue
-		}
-		go func() {
-			defer p.untrack(c)
-			handle(c)
-		}()
-	}
 }
 
 func (p *Proxy) plaintextInbound(ctx context.Context, c net.Conn, pod netip.Addr) {

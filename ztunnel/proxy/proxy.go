@@ -48,6 +48,9 @@ type Config struct {
 	Pool      *hbone.Pool
 	Metrics   *telemetry.Metrics
 	AccessLog *accesslog.Logger
+	// AcceptErrors counts the accept errors the accept loops retry; nil
+	// counts nothing.
+	AcceptErrors *telemetry.AcceptErrors
 
 	// HBONEPort is the port of destination ztunnels; default 15008.
 	HBONEPort uint16
@@ -86,6 +89,11 @@ type Proxy struct {
 
 	authz    authorizer      // L4 policy enforcement (authz.go)
 	reserved map[uint16]bool // Config.ReservedPorts
+
+	now         func() time.Time // time.Now; tests set it
+	acceptMu    sync.Mutex
+	acceptErr   error     // the last retried accept error (accept.go)
+	acceptErrAt time.Time // when
 }
 
 // New returns a Proxy.
@@ -109,7 +117,7 @@ func New(cfg Config) (*Proxy, error) {
 	if cfg.ReservedPorts == nil {
 		cfg.ReservedPorts = DefaultReservedPorts()
 	}
-	p := &Proxy{cfg: cfg, log: log.With("component", "proxy"), conns: map[net.Conn]struct{}{}, reserved: map[uint16]bool{}}
+	p := &Proxy{cfg: cfg, log: log.With("component", "proxy"), conns: map[net.Conn]struct{}{}, reserved: map[uint16]bool{}, now: time.Now}
 	for _, port := range cfg.ReservedPorts {
 		p.reserved[port] = true
 	}
@@ -167,6 +175,14 @@ func (p *Proxy) Close() error {
 	return nil
 }
 
+// Listener names, the label of telemetry.AcceptErrors.
+const (
+	ListenerHBONE            = "hbone"
+	ListenerSOCKS5           = "socks5"
+	ListenerOutbound         = "outbound"          // 15001, in-pod capture
+	ListenerInboundPlaintext = "inbound_plaintext" // 15006, in-pod capture
+)
+
 // Errors of outbound resolution.
 var (
 	ErrUnknownHost  = errors.New("unknown host")
@@ -215,7 +231,7 @@ func (p *Proxy) resolve(target netip.AddrPort, host string) (destination, error)
 // else reaching it (ztunnel's own inbound path, dialing from a remote
 // client's address, for one) would launder that identity.
 func (p *Proxy) ServeSOCKS(l net.Listener, src netip.Addr) error {
-	return p.serve(l, "socks5", func(c net.Conn) {
+	return p.serve(l, ListenerSOCKS5, func(c net.Conn) {
 		if from := addrPort(c.RemoteAddr()).Addr(); from != src {
 			p.log.Debug("socks5 connection refused: not from the pod", "src", c.RemoteAddr().String(), "pod", src.String())
 			if tc, ok := c.(*net.TCPConn); ok {
