@@ -70,6 +70,32 @@ func Control(transparent bool) func(network, address string, c syscall.RawConn) 
 	}
 }
 
+// BindNoPort returns control (nil: none) followed by setting
+// IP_BIND_ADDRESS_NO_PORT, for a dialer that binds a local address with
+// port 0: the kernel then picks the port at connect, unique for the
+// 4-tuple, instead of at bind, where it must search for a port that no
+// socket on that address holds, TIME_WAIT ones included (milliseconds per
+// dial with tens of thousands of them, then EADDRINUSE).
+func BindNoPort(control func(network, address string, c syscall.RawConn) error) func(network, address string, c syscall.RawConn) error {
+	return func(network, address string, c syscall.RawConn) error {
+		if control != nil {
+			if err := control(network, address, c); err != nil {
+				return err
+			}
+		}
+		var serr error
+		if err := c.Control(func(fd uintptr) {
+			serr = unix.SetsockoptInt(int(fd), unix.SOL_IP, unix.IP_BIND_ADDRESS_NO_PORT, 1)
+		}); err != nil {
+			return err
+		}
+		if serr != nil {
+			return fmt.Errorf("IP_BIND_ADDRESS_NO_PORT: %w", serr)
+		}
+		return nil
+	}
+}
+
 // Listen opens a TCP listener on addr (an IP literal) inside ns, with
 // SO_MARK Mark and, if transparent, IP_TRANSPARENT.
 func Listen(ns *os.File, addr netip.AddrPort, transparent bool) (net.Listener, error) {
@@ -95,9 +121,10 @@ type Dialer struct {
 	Timeout time.Duration
 }
 
-// Dial connects to to. A valid from binds the local address (port 0: any);
-// transparent sets IP_TRANSPARENT, so from may be an address that is not
-// the pod's own (the client's, for an inbound connection).
+// Dial connects to to. A valid from binds the local address (port 0: any,
+// picked at connect with IP_BIND_ADDRESS_NO_PORT); transparent sets
+// IP_TRANSPARENT, so from may be an address that is not the pod's own (the
+// client's, for an inbound connection).
 func (d *Dialer) Dial(ctx context.Context, from netip.Addr, to netip.AddrPort, transparent bool) (net.Conn, error) {
 	timeout := d.Timeout
 	if timeout == 0 {
@@ -106,6 +133,7 @@ func (d *Dialer) Dial(ctx context.Context, from netip.Addr, to netip.AddrPort, t
 	nd := net.Dialer{Timeout: timeout, Control: Control(transparent)}
 	if from.IsValid() {
 		nd.LocalAddr = &net.TCPAddr{IP: from.AsSlice()}
+		nd.Control = BindNoPort(nd.Control)
 	}
 	var c net.Conn
 	err := Do(d.Netns, func() error {

@@ -29,6 +29,7 @@ import (
 	"github.com/ambient-go/mesh/pkg/hbone"
 	"github.com/ambient-go/mesh/pkg/telemetry"
 	"github.com/ambient-go/mesh/pkg/workloadapi"
+	"github.com/ambient-go/mesh/ztunnel/capture"
 	"github.com/ambient-go/mesh/ztunnel/state"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
@@ -429,7 +430,10 @@ func (p *Proxy) dialDirect(ctx context.Context, pod, from netip.Addr, addr netip
 	}
 	d := net.Dialer{Timeout: p.cfg.ConnectTimeout, Control: p.cfg.Control}
 	if from.IsValid() {
+		// The port is picked at connect (unique for the 4-tuple), not at
+		// bind: a bind searches the ports TIME_WAIT holds on from.
 		d.LocalAddr = &net.TCPAddr{IP: from.AsSlice()}
+		d.Control = capture.BindNoPort(d.Control)
 	}
 	return d.DialContext(ctx, "tcp", addr.String())
 }
