@@ -508,6 +508,11 @@ func (cc *clientConn) writeLoop() {
 				break
 			}
 		}
+		if closeAfter && err == nil {
+			// unlockWrite leaves the flush to a waiting writer; the
+			// connection closes before that one would run.
+			err = cc.bw.Flush()
+		}
 		err = cc.unlockWrite(err)
 		cc.mu.Lock()
 		cc.ctrl.written(len(q))
@@ -604,6 +609,15 @@ func (cc *clientConn) close(err error) {
 	cc.closeErr = err
 	for _, st := range cc.streams {
 		serr := fmt.Errorf("hbone: connection closed: %w", err)
+		if st.remoteClosed && st.err == nil {
+			// The response is complete: what was received stays
+			// readable, as after processReset; only writes fail.
+			st.wErr = serr
+			st.localClosed = true
+			st.cond.Broadcast()
+			cc.removeLocked(st)
+			continue
+		}
 		if !st.sent {
 			serr = fmt.Errorf("%w: %w", errUnprocessed, serr)
 		}
@@ -786,23 +800,42 @@ func (st *clientStream) Read(p []byte) (int, error) {
 	cc := st.cc
 	cc.mu.Lock()
 	defer cc.mu.Unlock()
-	for st.buf.Len() == 0 || st.err != nil || st.appClosed {
-		switch {
-		case st.appClosed:
-			return 0, net.ErrClosed
-		case st.err != nil:
-			return 0, st.err
-		case st.remoteClosed:
-			return 0, io.EOF
-		case expired(st.rdl):
-			return 0, os.ErrDeadlineExceeded
-		}
-		st.cond.Wait()
+	if err := st.waitLocked(); err != nil {
+		return 0, err
 	}
 	n, _ := st.buf.Read(p)
+	trimDrained(&st.buf)
 	st.refundLocked(int64(n))
 	cc.refundLocked(int64(n))
 	return n, nil
+}
+
+// buffered waits until data can be read and returns how much.
+func (st *clientStream) buffered() (int, error) {
+	st.cc.mu.Lock()
+	defer st.cc.mu.Unlock()
+	if err := st.waitLocked(); err != nil {
+		return 0, err
+	}
+	return st.buf.Len(), nil
+}
+
+// waitLocked waits until data can be read, or returns why none will be.
+func (st *clientStream) waitLocked() error {
+	for st.buf.Len() == 0 || st.err != nil || st.appClosed {
+		switch {
+		case st.appClosed:
+			return net.ErrClosed
+		case st.err != nil:
+			return st.err
+		case st.remoteClosed:
+			return io.EOF
+		case expired(st.rdl):
+			return os.ErrDeadlineExceeded
+		}
+		st.cond.Wait()
+	}
+	return nil
 }
 
 func (st *clientStream) Write(p []byte) (int, error) {

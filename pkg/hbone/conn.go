@@ -1,6 +1,8 @@
 package hbone
 
 import (
+	"bytes"
+	"io"
 	"net"
 	"time"
 )
@@ -13,6 +15,21 @@ type stream interface {
 	Close() error
 	SetReadDeadline(t time.Time) error
 	SetWriteDeadline(t time.Time) error
+	// buffered waits until Read would not block and returns the bytes
+	// it could return, or Read's error.
+	buffered() (int, error)
+}
+
+// maxDrainedBuf is the capacity a stream's receive buffer keeps once
+// drained: a burst of data must not leave an idle stream holding megabytes
+// (the buffer grows up to the stream window, 4 MiB).
+const maxDrainedBuf = 64 << 10
+
+// trimDrained frees b's storage when it is empty and large.
+func trimDrained(b *bytes.Buffer) {
+	if b.Len() == 0 && b.Cap() > maxDrainedBuf {
+		*b = bytes.Buffer{}
+	}
 }
 
 // Conn is one tunnel stream. It is a net.Conn whose CloseWrite half-closes
@@ -32,6 +49,46 @@ var _ net.Conn = (*Conn)(nil)
 
 // Read reads data sent by the peer; io.EOF once the peer half-closed.
 func (c *Conn) Read(p []byte) (int, error) { return c.s.Read(p) }
+
+// WriteTo writes what the peer sends to w until EOF (which is not an
+// error). Unlike a copy through a buffer, it holds no buffer while it waits
+// for data, so that idle tunnels stay cheap: [Relay] uses it.
+func (c *Conn) WriteTo(w io.Writer) (int64, error) {
+	var written int64
+	for {
+		n, err := c.s.buffered()
+		if err == io.EOF {
+			return written, nil
+		}
+		if err != nil {
+			return written, err
+		}
+		pool := &smallBufs
+		if n > smallBufSize {
+			pool = &largeBufs
+		}
+		bp := pool.Get().(*[]byte)
+		nr, err := c.s.Read(*bp)
+		if nr > 0 {
+			nw, werr := w.Write((*bp)[:nr])
+			written += int64(nw)
+			if werr == nil && nw != nr {
+				werr = io.ErrShortWrite
+			}
+			if werr != nil {
+				pool.Put(bp)
+				return written, werr
+			}
+		}
+		pool.Put(bp)
+		if err == io.EOF {
+			return written, nil
+		}
+		if err != nil {
+			return written, err
+		}
+	}
+}
 
 // Write sends p as HTTP/2 DATA frames, subject to flow control.
 func (c *Conn) Write(p []byte) (int, error) { return c.s.Write(p) }
@@ -61,3 +118,5 @@ func (c *Conn) SetReadDeadline(t time.Time) error { return c.s.SetReadDeadline(t
 
 // SetWriteDeadline sets the deadline for Write calls.
 func (c *Conn) SetWriteDeadline(t time.Time) error { return c.s.SetWriteDeadline(t) }
+
+var _ io.WriterTo = (*Conn)(nil)

@@ -33,7 +33,7 @@ type h2Peer struct {
 
 // dialH2 opens an mTLS connection with a valid client certificate to e's
 // server and writes the client preface and an empty SETTINGS. rcvbuf > 0
-// sets the socket's receive buffer before connecting, so that a peer that
+// sets the socket's receive buffer, so that a peer that
 // stops reading soon stops the server's writes.
 func (e *testEnv) dialH2(t *testing.T, rcvbuf int) *h2Peer {
 	t.Helper()
@@ -41,18 +41,18 @@ func (e *testEnv) dialH2(t *testing.T, rcvbuf int) *h2Peer {
 	if err != nil {
 		t.Fatal(err)
 	}
-	d := net.Dialer{Timeout: 10 * time.Second}
+	raw, err := net.DialTimeout("tcp", e.addr.String(), 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
 	if rcvbuf > 0 {
-		d.Control = func(_, _ string, c syscall.RawConn) error {
-			var serr error
-			err := c.Control(func(fd uintptr) {
-				serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, rcvbuf)
-			})
-			return errors.Join(err, serr)
+		if err := raw.(*net.TCPConn).SetReadBuffer(rcvbuf); err != nil {
+			t.Fatal(err)
 		}
 	}
-	tc, err := tls.DialWithDialer(&d, "tcp", e.addr.String(), cfg)
-	if err != nil {
+	tc := tls.Client(raw, cfg)
+	if err := tc.Handshake(); err != nil {
+		raw.Close()
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { tc.Close() })

@@ -868,3 +868,38 @@ func TestClientSettings(t *testing.T) {
 		t.Errorf("client's HTTP/2 settings as the server sees them (-want +got):\n%s", diff)
 	}
 }
+
+// TestReceiveBufferTrimmed: once drained, a stream's receive buffer does
+// not keep the capacity a burst grew it to.
+func TestReceiveBufferTrimmed(t *testing.T) {
+	got := make(chan int, 1)
+	e := newTestEnv(t, HandlerFunc(func(_ context.Context, _ *Request, tun *Tunnel) {
+		c, err := tun.Accept()
+		if err != nil {
+			return
+		}
+		st := c.s.(*serverStream)
+		// Let the whole burst arrive before reading it.
+		waitFor(t, "the burst to arrive", func() bool {
+			st.sc.mu.Lock()
+			defer st.sc.mu.Unlock()
+			return st.buf.Len() == 1<<20
+		})
+		io.CopyN(io.Discard, c, 1<<20)
+		st.sc.mu.Lock()
+		got <- st.buf.Cap()
+		st.sc.mu.Unlock()
+		c.Write([]byte("done"))
+	}))
+	c, err := e.pool.Dial(ctxT(t), e.target("10.0.0.1:80"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Write(make([]byte, 1<<20)); err != nil {
+		t.Fatal(err)
+	}
+	if capacity := <-got; capacity > maxDrainedBuf {
+		t.Errorf("drained receive buffer capacity = %d, want <= %d", capacity, maxDrainedBuf)
+	}
+}

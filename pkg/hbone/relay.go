@@ -4,12 +4,14 @@ import (
 	"io"
 	"net"
 	"sync"
+	"syscall"
 )
 
-// Relay starts each direction with a small buffer, so that the many idle
-// or chatty connections stay cheap, and moves to a large one once a read
-// fills the small one: a bulk transfer then costs a fourth of the syscalls
-// (and of the HTTP/2 frames and TLS flushes) it would with 32 KiB.
+// Relay reads each direction into a small buffer, and into a large one
+// once a read filled the small one: a bulk transfer then costs a fourth of
+// the syscalls (and of the HTTP/2 frames and TLS flushes) it would with
+// 32 KiB. Buffers are pooled and taken only once data is there (from a
+// [Conn], or a socket), so that the many idle connections hold none.
 const (
 	smallBufSize = 16 << 10
 	largeBufSize = 128 << 10
@@ -27,7 +29,8 @@ var (
 // a→b and b→a and the first error other than EOF.
 //
 // Between two *net.TCPConn the kernel copies (splice); otherwise pooled
-// buffers are used: 16 KiB, then 128 KiB once a read fills 16 KiB. One
+// buffers are used: 16 KiB, then 128 KiB once a read fills 16 KiB, held
+// only while data is copied when the source is a [Conn] or a socket. One
 // goroutine is started for the a→b direction.
 func Relay(a, b net.Conn) (aToB, bToA int64, err error) {
 	var (
@@ -67,6 +70,16 @@ func copyHalf(dst, src net.Conn) (int64, error) {
 	_, srcTCP := src.(*net.TCPConn)
 	if dstTCP && srcTCP {
 		return io.Copy(dst, src) // splice(2)
+	}
+	if c, ok := src.(*Conn); ok {
+		return c.WriteTo(dst)
+	}
+	if sc, ok := src.(syscall.Conn); ok {
+		if rc, err := sc.SyscallConn(); err == nil {
+			if n, ok, err := copySocket(dst, src, rc); ok {
+				return n, err
+			}
+		}
 	}
 	pool := &smallBufs
 	bp := pool.Get().(*[]byte)

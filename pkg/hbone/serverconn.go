@@ -597,6 +597,11 @@ func (sc *serverConn) writeLoop() {
 				break
 			}
 		}
+		if closeAfter && err == nil {
+			// unlockWrite leaves the flush to a waiting writer; the
+			// connection closes before that one would run.
+			err = sc.bw.Flush()
+		}
 		err = sc.unlockWrite(err)
 		sc.mu.Lock()
 		sc.ctrl.written(len(q))
@@ -771,23 +776,42 @@ func (st *serverStream) Read(p []byte) (int, error) {
 	sc := st.sc
 	sc.mu.Lock()
 	defer sc.mu.Unlock()
-	for st.buf.Len() == 0 || st.err != nil || st.appClosed {
-		switch {
-		case st.appClosed:
-			return 0, net.ErrClosed
-		case st.err != nil:
-			return 0, st.err
-		case st.remoteClosed:
-			return 0, io.EOF
-		case expired(st.rdl):
-			return 0, os.ErrDeadlineExceeded
-		}
-		st.cond.Wait()
+	if err := st.waitLocked(); err != nil {
+		return 0, err
 	}
 	n, _ := st.buf.Read(p)
+	trimDrained(&st.buf)
 	st.refundLocked(int64(n))
 	sc.refundLocked(int64(n))
 	return n, nil
+}
+
+// buffered waits until data can be read and returns how much.
+func (st *serverStream) buffered() (int, error) {
+	st.sc.mu.Lock()
+	defer st.sc.mu.Unlock()
+	if err := st.waitLocked(); err != nil {
+		return 0, err
+	}
+	return st.buf.Len(), nil
+}
+
+// waitLocked waits until data can be read, or returns why none will be.
+func (st *serverStream) waitLocked() error {
+	for st.buf.Len() == 0 || st.err != nil || st.appClosed {
+		switch {
+		case st.appClosed:
+			return net.ErrClosed
+		case st.err != nil:
+			return st.err
+		case st.remoteClosed:
+			return io.EOF
+		case expired(st.rdl):
+			return os.ErrDeadlineExceeded
+		}
+		st.cond.Wait()
+	}
+	return nil
 }
 
 func (st *serverStream) Write(p []byte) (int, error) {

@@ -1,0 +1,71 @@
+//go:build unix
+
+package hbone
+
+import (
+	"io"
+	"net"
+	"os"
+	"sync"
+	"syscall"
+)
+
+// copySocket copies from the socket src (rc) to dst until EOF. It reads in
+// rc.Read's callback, taking a pooled buffer only once the socket is
+// readable and giving it back when it is not, so that an idle connection
+// holds no buffer while it waits. ok is always true here.
+func copySocket(dst, src net.Conn, rc syscall.RawConn) (written int64, ok bool, err error) {
+	large := false
+	for {
+		var (
+			bp   *[]byte
+			pool *sync.Pool
+			nr   int
+			rerr error
+		)
+		err := rc.Read(func(fd uintptr) bool {
+			pool = &smallBufs
+			if large {
+				pool = &largeBufs
+			}
+			bp = pool.Get().(*[]byte)
+			for {
+				nr, rerr = syscall.Read(int(fd), *bp)
+				if rerr != syscall.EINTR {
+					break
+				}
+			}
+			if rerr == syscall.EAGAIN {
+				pool.Put(bp)
+				bp = nil
+				return false // wait for data without the buffer
+			}
+			return true
+		})
+		if err != nil {
+			// Deadline, or src closed while waiting.
+			if bp != nil {
+				pool.Put(bp)
+			}
+			return written, true, &net.OpError{Op: "read", Net: src.LocalAddr().Network(), Source: src.LocalAddr(), Addr: src.RemoteAddr(), Err: err}
+		}
+		if rerr != nil {
+			pool.Put(bp)
+			return written, true, &net.OpError{Op: "read", Net: src.LocalAddr().Network(), Source: src.LocalAddr(), Addr: src.RemoteAddr(), Err: os.NewSyscallError("read", rerr)}
+		}
+		if nr <= 0 {
+			pool.Put(bp)
+			return written, true, nil // EOF
+		}
+		nw, werr := dst.Write((*bp)[:nr])
+		written += int64(nw)
+		if werr == nil && nw != nr {
+			werr = io.ErrShortWrite
+		}
+		large = nr == len(*bp)
+		pool.Put(bp)
+		if werr != nil {
+			return written, true, werr
+		}
+	}
+}
