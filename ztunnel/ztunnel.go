@@ -280,6 +280,7 @@ func New(cfg Config) (*Ztunnel, error) {
 	z.xds, err = xds.NewClient(xds.ClientConfig{
 		Target:      cfg.XDSAddress,
 		DialOptions: []grpc.DialOption{grpc.WithTransportCredentials(creds)},
+		Token:       func(context.Context) (string, error) { return cfg.Token, nil },
 		Node: &corev3.Node{
 			Id:      "ztunnel~127.0.0.1~ztunnel-" + cfg.Node + ".istio-system~istio-system.svc.cluster.local",
 			Cluster: cfg.ClusterID,

@@ -2,7 +2,15 @@
 // model, whose output the delta xDS server pushes to every connected
 // ztunnel, and the CA signs workload certificates for the nodes that run
 // them. The xDS server and the CA share one gRPC server, exposed with TLS
-// (15012) and, for local mode and tests, in plaintext (15010).
+// (15012) and, only when Config.PlaintextAddr asks for it in tests, in
+// plaintext on a loopback address.
+//
+// Every xDS stream is authenticated before anything is sent: with the
+// bearer token the CA accepts (a node token in local mode, a
+// ServiceAccount token reviewed by the API server in cluster mode), or,
+// on the TLS listener, with a client certificate chained to the mesh root
+// whose SPIFFE ID is in the mesh's trust domain. Anything else is refused
+// with codes.Unauthenticated, on both listeners.
 //
 // In local mode the source is a watched directory of Kubernetes YAML
 // (package localdir), and nodes authenticate to the CA with per-node tokens
@@ -20,11 +28,13 @@ import (
 	"cmp"
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
 	"maps"
 	"net"
+	"net/netip"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -34,6 +44,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/peer"
 	"google.golang.org/protobuf/proto"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/fields"
@@ -68,8 +79,12 @@ type Config struct {
 	StateDir string
 	// Addr is the TLS gRPC address (xDS and CA); default ":15012".
 	Addr string
-	// PlaintextAddr is the plaintext gRPC address; default
-	// "127.0.0.1:15010". "off" disables it.
+	// PlaintextAddr is a plaintext gRPC address (xDS and CA) for tests and
+	// local experiments; default "" (or "off"): no plaintext listener. It
+	// must be a loopback address (New refuses any other): the transport is
+	// unauthenticated and unencrypted, so a bearer token sent over it can
+	// be read by anyone on the path. Callers must still authenticate with
+	// a token, as on Addr.
 	PlaintextAddr string
 	// Model holds the mesh-wide options (trust domain, cluster id...).
 	Model  model.Options
@@ -137,8 +152,15 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Addr == "" {
 		cfg.Addr = ":15012"
 	}
-	if cfg.PlaintextAddr == "" {
-		cfg.PlaintextAddr = "127.0.0.1:15010"
+	if cfg.PlaintextAddr == "off" {
+		cfg.PlaintextAddr = ""
+	}
+	if err := checkLoopback(cfg.PlaintextAddr); err != nil {
+		return nil, fmt.Errorf("istiod-lite: plaintext gRPC address: %w", err)
+	}
+	td, err := spiffeid.TrustDomainFromString(cmp.Or(cfg.Model.TrustDomain, ca.DefaultTrustDomain))
+	if err != nil {
+		return nil, fmt.Errorf("istiod-lite: trust domain: %w", err)
 	}
 	log := cfg.Logger
 	if log == nil {
@@ -148,7 +170,6 @@ func New(cfg Config) (*Server, error) {
 	s.snapshot.Store(&authSnapshot{})
 
 	var (
-		err   error
 		authn ca.Authenticator = &ca.TokenAuthenticator{Tokens: func() map[string]string { return s.snapshot.Load().tokens }}
 		cs    kubernetes.Interface
 	)
@@ -182,7 +203,7 @@ func New(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("istiod-lite: %w", err)
 	}
-	s.xds = xds.NewServer(xds.ServerConfig{Logger: log})
+	s.xds = xds.NewServer(xds.ServerConfig{Logger: log, Authenticate: xdsAuthenticator(authn, td)})
 	if cfg.Kube != nil {
 		if err := s.newCluster(log); err != nil {
 			return nil, fmt.Errorf("istiod-lite: %w", err)
@@ -198,15 +219,23 @@ func New(cfg Config) (*Server, error) {
 	if _, err := cert.get(); err != nil {
 		return nil, fmt.Errorf("istiod-lite: serving certificate: %w", err)
 	}
+	roots := x509.NewCertPool()
+	for _, r := range s.ca.Roots() {
+		roots.AddCert(r)
+	}
 	s.grpc = grpc.NewServer(grpc.Creds(credentials.NewTLS(&tls.Config{
 		MinVersion:     tls.VersionTLS12,
 		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return cert.get() },
+		// A mesh certificate authenticates an xDS stream; ztunnels send a
+		// token instead, and the CA always asks for one.
+		ClientAuth: tls.VerifyClientCertIfGiven,
+		ClientCAs:  roots,
 	})))
 	s.register(s.grpc)
 	if s.tlsL, err = net.Listen("tcp", cfg.Addr); err != nil {
 		return nil, fmt.Errorf("istiod-lite: %w", err)
 	}
-	if cfg.PlaintextAddr != "off" {
+	if cfg.PlaintextAddr != "" {
 		s.plain = grpc.NewServer()
 		s.register(s.plain)
 		if s.plainL, err = net.Listen("tcp", cfg.PlaintextAddr); err != nil {
@@ -215,6 +244,68 @@ func New(cfg Config) (*Server, error) {
 		}
 	}
 	return s, nil
+}
+
+// checkLoopback accepts "" and a host:port whose host is a loopback IP
+// address or "localhost".
+func checkLoopback(addr string) error {
+	if addr == "" {
+		return nil
+	}
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return err
+	}
+	if host == "localhost" {
+		return nil
+	}
+	if ip, err := netip.ParseAddr(host); err != nil || !ip.IsLoopback() {
+		return fmt.Errorf("%q is not a loopback address: the plaintext port is unauthenticated transport for tests and binds only to loopback", addr)
+	}
+	return nil
+}
+
+// xdsAuthenticator authenticates an xDS stream with the CA's bearer token
+// authenticator when the stream carries a token, otherwise with the
+// client certificate of a TLS connection, which must chain to the mesh
+// root (the TLS handshake verified that) and hold a SPIFFE ID of trust
+// domain td.
+func xdsAuthenticator(authn ca.Authenticator, td spiffeid.TrustDomain) func(context.Context) (xds.Caller, error) {
+	return func(ctx context.Context) (xds.Caller, error) {
+		if _, err := ca.BearerToken(ctx); err == nil {
+			c, err := authn.Authenticate(ctx)
+			if err != nil {
+				return xds.Caller{}, err
+			}
+			if c == nil {
+				return xds.Caller{}, errors.New("no caller")
+			}
+			caller := xds.Caller{Node: c.Node}
+			if !c.Identity.IsZero() {
+				caller.Identity = c.Identity.String()
+			}
+			return caller, nil
+		}
+		var info credentials.TLSInfo
+		if p, ok := peer.FromContext(ctx); ok {
+			info, _ = p.AuthInfo.(credentials.TLSInfo)
+		}
+		if len(info.State.VerifiedChains) == 0 || len(info.State.VerifiedChains[0]) == 0 {
+			return xds.Caller{}, errors.New("no bearer token and no client certificate")
+		}
+		leaf := info.State.VerifiedChains[0][0]
+		if len(leaf.URIs) != 1 {
+			return xds.Caller{}, fmt.Errorf("client certificate has %d URI SANs, want one SPIFFE ID", len(leaf.URIs))
+		}
+		id, err := spiffeid.FromURI(leaf.URIs[0])
+		if err != nil {
+			return xds.Caller{}, fmt.Errorf("client certificate: %w", err)
+		}
+		if !id.MemberOf(td) {
+			return xds.Caller{}, fmt.Errorf("client certificate identity %q is not in trust domain %q", id, td.Name())
+		}
+		return xds.Caller{Identity: id.String()}, nil
+	}
 }
 
 // newCluster builds cluster mode's manager, source and status writer.

@@ -80,7 +80,7 @@ func main() {
 	f.StringVar(&cfg.ConfigDir, "config-dir", "", "directory of Kubernetes YAML to serve (local mode)")
 	f.StringVar(&cfg.StateDir, "state-dir", "", "directory for the CA's root key and certificate")
 	f.StringVar(&cfg.Addr, "grpc-addr", ":15012", "TLS gRPC address for xDS and the CA")
-	f.StringVar(&cfg.PlaintextAddr, "grpc-plaintext-addr", "127.0.0.1:15010", `plaintext gRPC address ("off" to disable)`)
+	f.StringVar(&cfg.PlaintextAddr, "grpc-plaintext-addr", "", "plaintext gRPC address for tests, e.g. 127.0.0.1:15010; loopback only (unencrypted transport, callers still need a token); default off")
 	f.StringVar(&cfg.Model.TrustDomain, "trust-domain", "cluster.local", "SPIFFE trust domain of the mesh")
 	f.StringVar(&cfg.Model.ClusterID, "cluster-id", "Kubernetes", "cluster id reported in workloads")
 	f.StringVar(&level, "log-level", "info", "debug, info, warn or error")
