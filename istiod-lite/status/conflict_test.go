@@ -54,7 +54,7 @@ func TestConflictEvents(t *testing.T) {
 		{conflict("address 10.0.0.1 is also claimed by demo/echo-0, which is served"), 1},
 		{conflict("address 10.0.0.1 is also claimed by demo/echo-0, which is served"), 1}, // same: no new event
 		{conflict("address 10.0.0.1 is also claimed by demo/echo-1, which is served"), 2},
-		{map[string]*model.PolicyStatus{}, 2}, // resolved
+		{map[string]*model.PolicyStatus{}, 2},                                             // resolved
 		{conflict("address 10.0.0.1 is also claimed by demo/echo-1, which is served"), 3}, // again after it was resolved
 	} {
 		w.Update(step.statuses)
