@@ -30,7 +30,7 @@ type ControlPlaneConfig struct {
 	BinDir string
 	Dir    string
 	// Addr is where istiod-lite listens (plaintext gRPC on 15010, TLS on
-	// 15012).
+	// 15012); a loopback address, as the plaintext listener requires.
 	Addr netip.Addr
 	// Defaults: 10,000 pods, 2,000 services, 100 clients, 10 changes, 5
 	// full syncs.
@@ -146,6 +146,7 @@ func RunControlPlane(ctx context.Context, cfg ControlPlaneConfig) (*ControlPlane
 			Target:   target,
 			Node:     &corev3.Node{Id: fmt.Sprintf("ztunnel~127.0.0.1~ztunnel-node-%d.istio-system~istio-system.svc.cluster.local", i)},
 			TypeURLs: []string{workloadapi.AddressTypeURL, workloadapi.AuthorizationTypeURL},
+			Token:    nodeToken,
 			Handler:  cc,
 			Logger:   slog.New(slog.DiscardHandler),
 		})
@@ -243,6 +244,10 @@ func RunControlPlane(ctx context.Context, cfg ControlPlaneConfig) (*ControlPlane
 	return res, nil
 }
 
+// nodeToken is the token of the configuration's only node, which every
+// simulated ztunnel presents.
+func nodeToken(context.Context) (string, error) { return "token-node-0", nil }
+
 // fullSync connects one client that applies everything to a ztunnel
 // state.Store, and returns the time until it is synced and how many
 // resources it received.
@@ -253,6 +258,7 @@ func fullSync(ctx context.Context, target, name string) (time.Duration, int, err
 		Target:   target,
 		Node:     &corev3.Node{Id: "ztunnel~127.0.0.1~ztunnel-" + name + ".istio-system~istio-system.svc.cluster.local"},
 		TypeURLs: []string{workloadapi.AddressTypeURL, workloadapi.AuthorizationTypeURL},
+		Token:    nodeToken,
 		Handler: xds.HandlerFunc(func(typeURL string, updated []*discoveryv3.Resource, removed []string) error {
 			n.Add(int64(len(updated)))
 			return store.OnUpdate(typeURL, updated, removed)

@@ -60,8 +60,8 @@ func TestApplyCRDsAndDeploy(t *testing.T) {
 		c.MustKubectl(t, append([]string{"get"}, strings.Fields(obj)...)...)
 	}
 	ports := c.MustKubectl(t, "-n", "istio-system", "get", "service", "istiod-lite", "-o", "jsonpath={.spec.ports[*].port}")
-	if ports != "15010 15012" {
-		t.Errorf("istiod-lite service ports = %q, want %q", ports, "15010 15012")
+	if ports != "15012" {
+		t.Errorf("istiod-lite service ports = %q, want %q (no plaintext port)", ports, "15012")
 	}
 	ds, err := c.Clientset.AppsV1().DaemonSets("istio-system").Get(context.Background(), "ztunnel", metav1.GetOptions{})
 	if err != nil {

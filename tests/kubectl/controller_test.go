@@ -102,7 +102,7 @@ func TestClusterMode(t *testing.T) {
 	apply(t, c, objects)
 
 	ist, stop := startIstiod(t, c, log)
-	x := startXDS(t, ist.PlaintextAddr().String(), log)
+	x := startXDS(t, c, ist.PlaintextAddr().String(), log)
 
 	client := runPod(t, c, "node-a", &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "client", Namespace: "demo", Labels: map[string]string{"app": "client"}},
 		Spec: corev1.PodSpec{ServiceAccountName: "client"}}, "198.18.1.10")
@@ -263,7 +263,7 @@ func TestClusterMode(t *testing.T) {
 		if !bytes.Equal(ist2.RootPEM(), ist.RootPEM()) {
 			t.Error("the second replica has another root than the first; want the root of Secret istio-system/istio-ca-secret")
 		}
-		x2 := startXDS(t, ist2.PlaintextAddr().String(), log.With("replica", "2"))
+		x2 := startXDS(t, c, ist2.PlaintextAddr().String(), log.With("replica", "2"))
 		x2.waitFor(t, "echo workload from the second replica", func(a map[string]*workloadapi.Address) bool {
 			return workload(a, "demo", "echo").GetTunnelProtocol() == workloadapi.TunnelProtocol_HBONE &&
 				workload(a, "demo", "client") == nil
@@ -299,7 +299,7 @@ func TestClusterModeWithoutCRDs(t *testing.T) {
 	c.MustKubectl(t, "create", "namespace", "istio-system")
 	apply(t, c, objects)
 	ist, _ := startIstiod(t, c, log)
-	x := startXDS(t, ist.PlaintextAddr().String(), log)
+	x := startXDS(t, c, ist.PlaintextAddr().String(), log)
 	runPod(t, c, "node-b", &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "echo", Namespace: "demo", Labels: map[string]string{"app": "echo"}},
 		Spec: corev1.PodSpec{ServiceAccountName: "echo"}}, "198.18.2.10")
 	x.waitFor(t, "echo workload and service", func(a map[string]*workloadapi.Address) bool {
@@ -383,11 +383,15 @@ type xdsState struct {
 	changed chan struct{}
 }
 
-func startXDS(t *testing.T, target string, log *slog.Logger) *xdsState {
+// startXDS runs an xDS client against target, authenticated with a token of
+// the ztunnel service account (not bound to a pod, so without a node).
+func startXDS(t *testing.T, c *kube.Cluster, target string, log *slog.Logger) *xdsState {
 	t.Helper()
+	token := strings.TrimSpace(c.MustKubectl(t, "create", "token", "ztunnel", "-n", "istio-system", "--audience", "istio-ca"))
 	st := &xdsState{addrs: map[string]*workloadapi.Address{}, changed: make(chan struct{}, 1)}
 	cl, err := xds.NewClient(xds.ClientConfig{
 		Target:   target,
+		Token:    func(context.Context) (string, error) { return token, nil },
 		Node:     &corev3.Node{Id: "ztunnel~198.18.1.2~ztunnel-a.istio-system~istio-system.svc.cluster.local"},
 		TypeURLs: []string{workloadapi.AddressTypeURL, workloadapi.AuthorizationTypeURL},
 		Logger:   log.With("component", "xds-client"),
@@ -590,7 +594,7 @@ func TestBinaryKubeMode(t *testing.T) {
 			t.Logf("istiod-lite output:\n%s", out.String())
 		}
 	})
-	x := startXDS(t, plain, log)
+	x := startXDS(t, c, plain, log)
 	runPod(t, c, "node-b", &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "echo", Namespace: "demo", Labels: map[string]string{"app": "echo"}},
 		Spec: corev1.PodSpec{ServiceAccountName: "echo"}}, "198.18.2.10")
 	x.waitFor(t, "echo workload and service from the binary", func(a map[string]*workloadapi.Address) bool {

@@ -104,7 +104,7 @@ func run(ctx context.Context, binDir, example, outDir string, once bool, mode st
 
 	if err := procs.start(ctx, "istiod-lite", filepath.Join(binDir, "istiod-lite"), filepath.Join(logDir, "istiod-lite.log"), nil,
 		"--config-dir", configDir, "--state-dir", stateDir,
-		"--grpc-addr", istiodAddr+":15012", "--grpc-plaintext-addr", "off"); err != nil {
+		"--grpc-addr", istiodAddr+":15012"); err != nil {
 		return err
 	}
 	rootFile := filepath.Join(stateDir, "root-cert.pem")

@@ -107,7 +107,7 @@ func runNetns(ctx context.Context, binDir, configDir, stateDir, logDir, runDir s
 	records := make(chan logLine, 256)
 	if err := procs.startIn(ctx, topo.Underlay, "istiod-lite", filepath.Join(binDir, "istiod-lite"), filepath.Join(logDir, "istiod-lite.log"), nil,
 		"--config-dir", configDir, "--state-dir", stateDir,
-		"--grpc-addr", netns.UnderlayIP.String()+":15012", "--grpc-plaintext-addr", "off"); err != nil {
+		"--grpc-addr", netns.UnderlayIP.String()+":15012"); err != nil {
 		return err
 	}
 	rootFile := filepath.Join(stateDir, "root-cert.pem")

@@ -44,11 +44,10 @@ import (
 	"github.com/ambient-go/mesh/tests/netns"
 )
 
-// Ports of istiod-lite in the underlay namespace.
-const (
-	IstiodTLSPort       = 15012
-	IstiodPlaintextPort = 15010
-)
+// IstiodTLSPort is istiod-lite's gRPC port (xDS and CA, TLS) in the
+// underlay namespace; it has no plaintext port there (plaintext binds only
+// to loopback).
+const IstiodTLSPort = 15012
 
 // Options configure a Cluster. The zero value gives two nodes.
 type Options struct {
@@ -81,6 +80,7 @@ type Cluster struct {
 	// Istiod is the running istiod-lite.
 	Istiod   *server.Server
 	stateDir string
+	rootFile string // istiod-lite's root certificate, which ztunnels verify it with
 	stopIst  func() error
 	bin      string
 	// Nodes are the nodes, Nodes[i-1] being node-i.
@@ -122,6 +122,7 @@ func New(t testing.TB, opts Options) *Cluster {
 		t.Fatal(err)
 	}
 	c := &Cluster{t: t, opts: opts, Topo: topo, ConfigDir: t.TempDir(), stateDir: t.TempDir(), bin: bin}
+	c.rootFile = filepath.Join(t.TempDir(), "root-cert.pem")
 	t.Cleanup(c.teardown)
 	run := t.TempDir()
 	tokens := map[string]string{}
@@ -153,9 +154,9 @@ func (c *Cluster) Token(node string) string {
 	return "token-" + node
 }
 
-// IstiodAddr is istiod-lite's plaintext gRPC address, in the underlay.
+// IstiodAddr is istiod-lite's gRPC address (TLS), in the underlay.
 func (c *Cluster) IstiodAddr() netip.AddrPort {
-	return netip.AddrPortFrom(netns.UnderlayIP, IstiodPlaintextPort)
+	return netip.AddrPortFrom(netns.UnderlayIP, IstiodTLSPort)
 }
 
 // Node returns node-i (from 1).
@@ -240,11 +241,10 @@ func (c *Cluster) StartIstiod() {
 	c.t.Helper()
 	var s *server.Server
 	cfg := server.Config{
-		ConfigDir:     c.ConfigDir,
-		StateDir:      c.stateDir,
-		Addr:          netip.AddrPortFrom(netns.UnderlayIP, IstiodTLSPort).String(),
-		PlaintextAddr: c.IstiodAddr().String(),
-		Logger:        logger(c.t, "istiod-lite"),
+		ConfigDir: c.ConfigDir,
+		StateDir:  c.stateDir,
+		Addr:      c.IstiodAddr().String(),
+		Logger:    logger(c.t, "istiod-lite"),
 	}
 	syncTimeout := 10 * time.Second
 	if c.opts.Kube != nil {
@@ -258,6 +258,9 @@ func (c *Cluster) StartIstiod() {
 	})
 	if err != nil {
 		c.t.Fatalf("starting istiod-lite: %v", err)
+	}
+	if err := os.WriteFile(c.rootFile, s.RootPEM(), 0o644); err != nil {
+		c.t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)

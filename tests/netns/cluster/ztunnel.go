@@ -65,6 +65,7 @@ func (n *Node) startZtunnel() (*Ztunnel, error) {
 		"--mode", "inpod",
 		"--node", n.Name,
 		"--xds-address", c.IstiodAddr().String(),
+		"--ca-root", c.rootFile,
 		"--token", c.Token(n.Name),
 		"--zds-socket", n.ZDSSocket,
 		"--pod-state-dir", n.PodStateDir,
