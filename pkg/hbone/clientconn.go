@@ -316,7 +316,7 @@ func (cc *clientConn) processData(f *http2.DataFrame) error {
 	}
 	st.recvAvail -= n
 	if data := f.Data(); len(data) > 0 {
-		st.buf.Write(data)
+		bufferData(&st.buf, data)
 	}
 	if pad := n - int64(len(f.Data())); pad > 0 {
 		cc.refundLocked(pad)

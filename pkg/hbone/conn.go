@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"io"
 	"net"
+	"sync"
 	"time"
 )
 
@@ -22,14 +23,31 @@ type stream interface {
 
 // maxDrainedBuf is the capacity a stream's receive buffer keeps once
 // drained: a burst of data must not leave an idle stream holding megabytes
-// (the buffer grows up to the stream window, 4 MiB).
+// (the buffer grows up to the stream window, 4 MiB). Larger storage goes
+// back to recvBufs, where the next burst on any stream takes it from.
 const maxDrainedBuf = 64 << 10
 
-// trimDrained frees b's storage when it is empty and large.
+var recvBufs sync.Pool // *[]byte of capacity > maxDrainedBuf
+
+// trimDrained gives b's storage back to recvBufs when it is empty and large.
 func trimDrained(b *bytes.Buffer) {
 	if b.Len() == 0 && b.Cap() > maxDrainedBuf {
+		b.Reset()
+		spare := b.AvailableBuffer()
 		*b = bytes.Buffer{}
+		recvBufs.Put(&spare)
 	}
+}
+
+// bufferData appends p to a stream's receive buffer b, starting a burst
+// with storage from recvBufs.
+func bufferData(b *bytes.Buffer, p []byte) {
+	if b.Cap() == 0 && len(p) > maxDrainedBuf/2 {
+		if sp, ok := recvBufs.Get().(*[]byte); ok {
+			*b = *bytes.NewBuffer((*sp)[:0])
+		}
+	}
+	b.Write(p)
 }
 
 // Conn is one tunnel stream. It is a net.Conn whose CloseWrite half-closes

@@ -428,7 +428,7 @@ func (sc *serverConn) processData(f *http2.DataFrame) error {
 	st.recvAvail -= n
 	data := f.Data()
 	if len(data) > 0 {
-		st.buf.Write(data)
+		bufferData(&st.buf, data)
 	}
 	if pad := n - int64(len(data)); pad > 0 {
 		sc.refundLocked(pad)
