@@ -209,3 +209,25 @@ func TestAuthenticateStream(t *testing.T) {
 		t.Errorf("Clients() = %+v, want one with Caller{Node: node-a}", clients)
 	}
 }
+
+// TestTooManyTypes: a stream may subscribe to 16 type URLs; the 17th ends
+// it with InvalidArgument.
+func TestTooManyTypes(t *testing.T) {
+	srv := xds.NewServer(xds.ServerConfig{})
+	_, addr := serve(t, srv, "127.0.0.1:0")
+	s := rawStream(t, addr)
+	for i := range 16 {
+		if err := s.Send(&discoveryv3.DeltaDiscoveryRequest{TypeUrl: fmt.Sprint("type.googleapis.com/t", i)}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.Recv(); err != nil {
+			t.Fatalf("answer to type %d: %v", i, err)
+		}
+	}
+	if err := s.Send(&discoveryv3.DeltaDiscoveryRequest{TypeUrl: "type.googleapis.com/t16"}); err != nil && !errors.Is(err, io.EOF) {
+		t.Fatal(err)
+	}
+	if _, err := s.Recv(); status.Code(err) != codes.InvalidArgument {
+		t.Errorf("answer to the 17th type = %v, want code InvalidArgument", err)
+	}
+}

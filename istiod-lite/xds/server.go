@@ -434,8 +434,8 @@ func (s *Server) handleRequest(ss discoveryv3.AggregatedDiscoveryService_DeltaAg
 		opened = true
 	}
 	node := st.nodeID
-	_, known := st.subs[typeURL]
-	tooMany := !known && len(st.subs) >= maxTypesPerStream
+	_, subscribed := st.subs[typeURL]
+	tooMany := !subscribed && len(st.subs) >= maxTypesPerStream
 	st.mu.Unlock()
 	if opened {
 		s.log.Info("xds stream opened", "node", clip(node), "caller_node", st.caller.Node, "caller_identity", st.caller.Identity)
