@@ -317,6 +317,7 @@ func New(cfg Config) (*Ztunnel, error) {
 		{"certificates", z.certs.Start},
 		{"xds", z.xds.Start},
 		{"listeners", z.reconcileLoop},
+		{"memory", z.proxy.ReleaseMemoryLoop}, // memory back to the OS after load
 	}
 	if cfg.Mode == ModeInpod {
 		z.runners = append(z.runners, runner{"zds", z.startInpod})

@@ -19,6 +19,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"runtime/debug"
 	"strings"
 	"sync"
 	"syscall"
@@ -91,6 +92,10 @@ type Proxy struct {
 	authz    authorizer      // L4 policy enforcement (authz.go)
 	reserved map[uint16]bool // Config.ReservedPorts
 
+	peak         int       // most connections tracked since the last release (memory.go)
+	released     time.Time // last release
+	freeOSMemory func()    // debug.FreeOSMemory; tests set it
+
 	now         func() time.Time // time.Now; tests set it
 	acceptMu    sync.Mutex
 	acceptErr   error     // the last retried accept error (accept.go)
@@ -118,7 +123,7 @@ func New(cfg Config) (*Proxy, error) {
 	if cfg.ReservedPorts == nil {
 		cfg.ReservedPorts = DefaultReservedPorts()
 	}
-	p := &Proxy{cfg: cfg, log: log.With("component", "proxy"), conns: map[net.Conn]struct{}{}, reserved: map[uint16]bool{}, now: time.Now}
+	p := &Proxy{cfg: cfg, log: log.With("component", "proxy"), conns: map[net.Conn]struct{}{}, reserved: map[uint16]bool{}, now: time.Now, freeOSMemory: debug.FreeOSMemory}
 	for _, port := range cfg.ReservedPorts {
 		p.reserved[port] = true
 	}
@@ -136,6 +141,7 @@ func (p *Proxy) track(c net.Conn) bool {
 		return false
 	}
 	p.conns[c] = struct{}{}
+	p.peak = max(p.peak, len(p.conns))
 	p.wg.Add(1)
 	return true
 }
