@@ -128,6 +128,9 @@ func defaultDial(ctx context.Context, network, laddr, raddr string) (net.Conn, e
 			return nil, err
 		}
 		d.LocalAddr = a
+		// The port is picked at connect, not searched among the
+		// TIME_WAIT sockets of the address at bind (relay_unix.go).
+		d.Control = bindAddressNoPort
 	}
 	return d.DialContext(ctx, network, raddr)
 }
