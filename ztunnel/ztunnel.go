@@ -58,10 +58,11 @@ type Config struct {
 	XDSAddress string
 	// CARoot, when set, is the PEM root that istiod-lite's serving
 	// certificate chains to, and the connection uses TLS; empty means
-	// plaintext (istiod-lite's 15010, for local mode and tests).
+	// plaintext (istiod-lite's loopback-only plaintext port, for tests).
 	CARoot []byte
-	// Token authenticates this node to the CA (local mode: the node's
-	// token from the config directory).
+	// Token authenticates this node to istiod-lite, for xDS and the CA
+	// (local mode: the node's token from the config directory; cluster
+	// mode: ztunnel's ServiceAccount token).
 	Token string
 	// ClusterID is sent to the CA; default "Kubernetes".
 	ClusterID string
@@ -218,6 +219,7 @@ func New(cfg Config) (*Ztunnel, error) {
 		listeners: map[netip.Addr]*podListeners{},
 		inpod:     inpod{pods: map[string]*inpodPod{}},
 	}
+	z.store.SetLogger(z.log)
 
 	creds := insecure.NewCredentials()
 	if len(cfg.CARoot) > 0 {
