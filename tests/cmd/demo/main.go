@@ -191,7 +191,7 @@ func explain(client netip.Addr) {
     client pod's own. Traffic repeats every 10 s.
 
     Try more, in another terminal:
-      curl --socks5-hostname %[1]s:%[2]d http://echo.demo.svc.cluster.local/
+      curl --interface %[1]s --socks5-hostname %[1]s:%[2]d http://echo.demo.svc.cluster.local/
       curl -s http://127.10.2.1:15000/config_dump | head -50
       curl -s http://127.10.2.1:15020/metrics | grep istio_tcp
       edit _out/demo/config/demo.yaml (add a pod, change a label): the ztunnels
