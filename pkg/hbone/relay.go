@@ -4,7 +4,6 @@ import (
 	"io"
 	"net"
 	"sync"
-	"syscall"
 )
 
 // Relay reads each direction into a small buffer, and into a large one
@@ -74,8 +73,10 @@ func copyHalf(dst, src net.Conn) (int64, error) {
 	if c, ok := src.(*Conn); ok {
 		return c.WriteTo(dst)
 	}
-	if sc, ok := src.(syscall.Conn); ok {
-		if rc, err := sc.SyscallConn(); err == nil {
+	// Only a plain TCP socket: a wrapper that embeds one may hold bytes of
+	// its own (a peeked prefix) that reading the fd would skip.
+	if tc, ok := src.(*net.TCPConn); ok {
+		if rc, err := tc.SyscallConn(); err == nil {
 			if n, ok, err := copySocket(dst, src, rc); ok {
 				return n, err
 			}
