@@ -5,6 +5,8 @@ import (
 	"io"
 	"net"
 	"testing"
+
+	"github.com/ambient-go/mesh/pkg/identity/identitytest"
 )
 
 // sink reads everything from c into a 32 KiB buffer, then half-closes c.
@@ -55,9 +57,9 @@ func BenchmarkTunnelThroughput(b *testing.B) {
 		return c
 	}
 	hbone := func(b *testing.B, serverSide func(net.Conn)) net.Conn {
-		ca := newTestCA(b, "cluster.local")
-		srvID, cliID := ca.id("/ns/b/sa/server"), ca.id("/ns/a/sa/client")
-		srv := &Server{TLSConfig: ca.serverTLS(b, srvID), Handler: HandlerFunc(func(_ context.Context, _ *Request, t *Tunnel) {
+		ca := identitytest.New(b, "cluster.local")
+		srvID, cliID := ca.ID("/ns/b/sa/server"), ca.ID("/ns/a/sa/client")
+		srv := &Server{TLSConfig: ca.ServerTLS(b, srvID), Handler: HandlerFunc(func(_ context.Context, _ *Request, t *Tunnel) {
 			c, err := t.Accept()
 			if err == nil {
 				serverSide(c)
@@ -68,7 +70,7 @@ func BenchmarkTunnelThroughput(b *testing.B) {
 			b.Fatal(err)
 		}
 		go srv.Serve(l)
-		pool := NewPool(PoolConfig{TLSConfig: ca.poolTLS(b, nil)})
+		pool := NewPool(PoolConfig{TLSConfig: ca.PoolTLS(b, nil)})
 		b.Cleanup(func() { pool.Close(); srv.Close() })
 		c, err := pool.Dial(context.Background(), Target{
 			Addr: l.Addr().(*net.TCPAddr).AddrPort(), Authority: "10.0.0.1:80", SourceID: cliID,
@@ -108,9 +110,9 @@ func BenchmarkTunnelThroughput(b *testing.B) {
 // in parallel (where writes of several streams can share a syscall).
 func BenchmarkTunnelRequestResponse(b *testing.B) {
 	const size = 1 << 10
-	ca := newTestCA(b, "cluster.local")
-	srvID, cliID := ca.id("/ns/b/sa/server"), ca.id("/ns/a/sa/client")
-	srv := &Server{TLSConfig: ca.serverTLS(b, srvID), Handler: HandlerFunc(func(_ context.Context, _ *Request, t *Tunnel) {
+	ca := identitytest.New(b, "cluster.local")
+	srvID, cliID := ca.ID("/ns/b/sa/server"), ca.ID("/ns/a/sa/client")
+	srv := &Server{TLSConfig: ca.ServerTLS(b, srvID), Handler: HandlerFunc(func(_ context.Context, _ *Request, t *Tunnel) {
 		c, err := t.Accept()
 		if err != nil {
 			return
@@ -131,7 +133,7 @@ func BenchmarkTunnelRequestResponse(b *testing.B) {
 		b.Fatal(err)
 	}
 	go srv.Serve(l)
-	pool := NewPool(PoolConfig{TLSConfig: ca.poolTLS(b, nil)})
+	pool := NewPool(PoolConfig{TLSConfig: ca.PoolTLS(b, nil)})
 	b.Cleanup(func() { pool.Close(); srv.Close() })
 	dial := func() net.Conn {
 		c, err := pool.Dial(context.Background(), Target{
@@ -185,9 +187,9 @@ func BenchmarkTunnelRequestResponse(b *testing.B) {
 // BenchmarkTunnelNewStream measures opening a tunnel on a pooled
 // connection, reading one byte the server writes, and closing.
 func BenchmarkTunnelNewStream(b *testing.B) {
-	ca := newTestCA(b, "cluster.local")
-	srvID, cliID := ca.id("/ns/b/sa/server"), ca.id("/ns/a/sa/client")
-	srv := &Server{TLSConfig: ca.serverTLS(b, srvID), Handler: HandlerFunc(func(_ context.Context, _ *Request, t *Tunnel) {
+	ca := identitytest.New(b, "cluster.local")
+	srvID, cliID := ca.ID("/ns/b/sa/server"), ca.ID("/ns/a/sa/client")
+	srv := &Server{TLSConfig: ca.ServerTLS(b, srvID), Handler: HandlerFunc(func(_ context.Context, _ *Request, t *Tunnel) {
 		c, err := t.Accept()
 		if err != nil {
 			return
@@ -202,7 +204,7 @@ func BenchmarkTunnelNewStream(b *testing.B) {
 		b.Fatal(err)
 	}
 	go srv.Serve(l)
-	pool := NewPool(PoolConfig{TLSConfig: ca.poolTLS(b, nil)})
+	pool := NewPool(PoolConfig{TLSConfig: ca.PoolTLS(b, nil)})
 	b.Cleanup(func() { pool.Close(); srv.Close() })
 	target := Target{Addr: l.Addr().(*net.TCPAddr).AddrPort(), Authority: "10.0.0.1:80", SourceID: cliID}
 	b.SetParallelism(8) // 16 workers on 2 CPUs, as the mesh benchmark

@@ -18,6 +18,8 @@ import (
 
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
+
+	"github.com/ambient-go/mesh/pkg/identity/identitytest"
 )
 
 // h2Peer is a hand-driven HTTP/2 client on a real mTLS connection to a
@@ -37,7 +39,7 @@ type h2Peer struct {
 // stops reading soon stops the server's writes.
 func (e *testEnv) dialH2(t *testing.T, rcvbuf int) *h2Peer {
 	t.Helper()
-	cfg, err := e.ca.poolTLS(t, nil)(context.Background(), e.clientID, nil)
+	cfg, err := e.ca.PoolTLS(t, nil)(context.Background(), e.clientID, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -336,16 +338,16 @@ func TestSettingsTooLarge(t *testing.T) {
 // keeps serving.
 func TestPendingHandshakesCapped(t *testing.T) {
 	echo := tcpEcho(t)
-	ca := newTestCA(t, "cluster.local")
-	e := &testEnv{ca: ca, serverID: ca.id("/ns/b/sa/server"), clientID: ca.id("/ns/a/sa/client")}
+	ca := identitytest.New(t, "cluster.local")
+	e := &testEnv{ca: ca, serverID: ca.ID("/ns/b/sa/server"), clientID: ca.ID("/ns/a/sa/client")}
 	e.srv = &Server{
-		TLSConfig:            ca.serverTLS(t, e.serverID),
+		TLSConfig:            ca.ServerTLS(t, e.serverID),
 		Handler:              relayHandler(),
 		MaxPendingHandshakes: 4,
 		HandshakeTimeout:     time.Minute,
 	}
 	e.addr = e.serve(t, e.srv)
-	e.pool = NewPool(PoolConfig{TLSConfig: ca.poolTLS(t, nil)})
+	e.pool = NewPool(PoolConfig{TLSConfig: ca.PoolTLS(t, nil)})
 	t.Cleanup(func() { e.pool.Close() })
 
 	pending := func() int {
@@ -424,12 +426,12 @@ func (l *flakyListener) Accept() (net.Conn, error) {
 // are reported through OnAcceptError and Serve keeps accepting.
 func TestAcceptErrorsRetried(t *testing.T) {
 	echo := tcpEcho(t)
-	ca := newTestCA(t, "cluster.local")
-	e := &testEnv{ca: ca, serverID: ca.id("/ns/b/sa/server"), clientID: ca.id("/ns/a/sa/client")}
+	ca := identitytest.New(t, "cluster.local")
+	e := &testEnv{ca: ca, serverID: ca.ID("/ns/b/sa/server"), clientID: ca.ID("/ns/a/sa/client")}
 	var mu sync.Mutex
 	var seen []error
 	e.srv = &Server{
-		TLSConfig: ca.serverTLS(t, e.serverID),
+		TLSConfig: ca.ServerTLS(t, e.serverID),
 		Handler:   relayHandler(),
 		OnAcceptError: func(err error) {
 			mu.Lock()
@@ -457,7 +459,7 @@ func TestAcceptErrorsRetried(t *testing.T) {
 		}
 	})
 	e.addr = inner.Addr().(*net.TCPAddr).AddrPort()
-	e.pool = NewPool(PoolConfig{TLSConfig: ca.poolTLS(t, nil)})
+	e.pool = NewPool(PoolConfig{TLSConfig: ca.PoolTLS(t, nil)})
 	t.Cleanup(func() { e.pool.Close() })
 
 	echoOnce(t, e, echo)

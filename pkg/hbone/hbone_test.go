@@ -23,6 +23,8 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"go.uber.org/goleak"
 	"golang.org/x/net/http2"
+
+	"github.com/ambient-go/mesh/pkg/identity/identitytest"
 )
 
 func TestMain(m *testing.M) {
@@ -31,7 +33,7 @@ func TestMain(m *testing.M) {
 
 // testEnv is an HBONE server on loopback and a pool dialing it.
 type testEnv struct {
-	ca       *testCA
+	ca       *identitytest.CA
 	srv      *Server
 	addr     netip.AddrPort
 	serverID spiffeid.ID
@@ -41,12 +43,12 @@ type testEnv struct {
 
 func newTestEnv(t *testing.T, h Handler, poolOpts ...func(*PoolConfig)) *testEnv {
 	t.Helper()
-	e := &testEnv{ca: newTestCA(t, "cluster.local")}
-	e.serverID = e.ca.id("/ns/b/sa/server")
-	e.clientID = e.ca.id("/ns/a/sa/client")
-	e.srv = &Server{TLSConfig: e.ca.serverTLS(t, e.serverID), Handler: h}
+	e := &testEnv{ca: identitytest.New(t, "cluster.local")}
+	e.serverID = e.ca.ID("/ns/b/sa/server")
+	e.clientID = e.ca.ID("/ns/a/sa/client")
+	e.srv = &Server{TLSConfig: e.ca.ServerTLS(t, e.serverID), Handler: h}
 	e.addr = e.serve(t, e.srv)
-	cfg := PoolConfig{TLSConfig: e.ca.poolTLS(t, nil)}
+	cfg := PoolConfig{TLSConfig: e.ca.PoolTLS(t, nil)}
 	for _, o := range poolOpts {
 		o(&cfg)
 	}
@@ -229,7 +231,7 @@ func TestOKOnlyAfterAccept(t *testing.T) {
 // rawClient is a plain x/net/http2 client with a valid client certificate.
 func (e *testEnv) rawClient(t *testing.T) *http2.ClientConn {
 	t.Helper()
-	cfg, _ := e.ca.poolTLS(t, nil)(context.Background(), e.clientID, nil)
+	cfg, _ := e.ca.PoolTLS(t, nil)(context.Background(), e.clientID, nil)
 	tc, err := tls.Dial("tcp", e.addr.String(), cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -334,8 +336,8 @@ func TestIdentityChecks(t *testing.T) {
 	echo := tcpEcho(t)
 	e := newTestEnv(t, relayHandler())
 	t.Run("client cert from another CA", func(t *testing.T) {
-		other := newTestCA(t, "cluster.local")
-		p := NewPool(PoolConfig{TLSConfig: other.poolTLS(t, e.ca.bundle)})
+		other := identitytest.New(t, "cluster.local")
+		p := NewPool(PoolConfig{TLSConfig: other.PoolTLS(t, e.ca.Bundle)})
 		defer p.Close()
 		c, err := p.Dial(ctxT(t), e.target(echo.String()))
 		if err == nil {
@@ -349,7 +351,7 @@ func TestIdentityChecks(t *testing.T) {
 	})
 	t.Run("server not in DestIDs", func(t *testing.T) {
 		tgt := e.target(echo.String())
-		tgt.DestIDs = []spiffeid.ID{e.ca.id("/ns/b/sa/someone-else")}
+		tgt.DestIDs = []spiffeid.ID{e.ca.ID("/ns/b/sa/someone-else")}
 		c, err := e.pool.Dial(ctxT(t), tgt)
 		if err == nil {
 			c.Close()
@@ -359,11 +361,11 @@ func TestIdentityChecks(t *testing.T) {
 	t.Run("server not in DestIDs, permissive TLS config", func(t *testing.T) {
 		// The pool checks the SAN even if the TLS config would not.
 		p := NewPool(PoolConfig{TLSConfig: func(ctx context.Context, src spiffeid.ID, _ []spiffeid.ID) (*tls.Config, error) {
-			return e.ca.poolTLS(t, nil)(ctx, src, nil)
+			return e.ca.PoolTLS(t, nil)(ctx, src, nil)
 		}})
 		defer p.Close()
 		tgt := e.target(echo.String())
-		tgt.DestIDs = []spiffeid.ID{e.ca.id("/ns/b/sa/someone-else")}
+		tgt.DestIDs = []spiffeid.ID{e.ca.ID("/ns/b/sa/someone-else")}
 		c, err := p.Dial(ctxT(t), tgt)
 		if err == nil {
 			c.Close()

@@ -10,6 +10,8 @@ import (
 	"testing"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/ambient-go/mesh/pkg/identity/identitytest"
 )
 
 // heldTunnels is the number of idle connections BenchmarkHeldTunnels holds.
@@ -142,9 +144,9 @@ func heldEcho(b testing.TB, wg *sync.WaitGroup, cleanup *[]func()) netip.AddrPor
 // an outbound TCP proxy tunnelling each connection to echo through a Pool;
 // it returns the outbound proxy's address.
 func heldProxies(b testing.TB, echo netip.AddrPort, wg *sync.WaitGroup, cleanup *[]func()) netip.AddrPort {
-	ca := newTestCA(b, "cluster.local")
-	srvID, cliID := ca.id("/ns/b/sa/server"), ca.id("/ns/a/sa/client")
-	srv := &Server{TLSConfig: ca.serverTLS(b, srvID), Handler: HandlerFunc(func(ctx context.Context, req *Request, t *Tunnel) {
+	ca := identitytest.New(b, "cluster.local")
+	srvID, cliID := ca.ID("/ns/b/sa/server"), ca.ID("/ns/a/sa/client")
+	srv := &Server{TLSConfig: ca.ServerTLS(b, srvID), Handler: HandlerFunc(func(ctx context.Context, req *Request, t *Tunnel) {
 		var d net.Dialer
 		up, err := d.DialContext(ctx, "tcp", req.Authority.String())
 		if err != nil {
@@ -163,7 +165,7 @@ func heldProxies(b testing.TB, echo netip.AddrPort, wg *sync.WaitGroup, cleanup 
 		b.Fatal(err)
 	}
 	wg.Go(func() { srv.Serve(hl) })
-	pool := NewPool(PoolConfig{TLSConfig: ca.poolTLS(b, nil)})
+	pool := NewPool(PoolConfig{TLSConfig: ca.PoolTLS(b, nil)})
 	*cleanup = append(*cleanup, func() { pool.Close(); srv.Close() })
 
 	ol, err := net.Listen("tcp", "127.0.0.1:0")

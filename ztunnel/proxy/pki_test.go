@@ -2,101 +2,25 @@ package proxy
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
 	"crypto/rand"
-	"crypto/tls"
-	"crypto/x509"
 	"log/slog"
-	"math/big"
 	"net"
 	"net/netip"
-	"net/url"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
-	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/ambient-go/mesh/pkg/accesslog"
 	"github.com/ambient-go/mesh/pkg/hbone"
+	"github.com/ambient-go/mesh/pkg/identity/identitytest"
 	"github.com/ambient-go/mesh/pkg/telemetry"
 	"github.com/ambient-go/mesh/pkg/workloadapi"
 	"github.com/ambient-go/mesh/ztunnel/state"
 )
-
-// testCA is a mesh root issuing ECDSA P-256 leaves with SPIFFE URI SANs.
-type testCA struct {
-	td     spiffeid.TrustDomain
-	cert   *x509.Certificate
-	key    *ecdsa.PrivateKey
-	bundle *x509bundle.Bundle
-}
-
-var serial atomic.Int64
-
-func newTestCA(t testing.TB) *testCA {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(serial.Add(1)),
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(24 * time.Hour),
-		IsCA:                  true,
-		BasicConstraintsValid: true,
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	td := spiffeid.RequireTrustDomainFromString("cluster.local")
-	return &testCA{td: td, cert: cert, key: key, bundle: x509bundle.FromX509Authorities(td, []*x509.Certificate{cert})}
-}
-
-func (ca *testCA) svid(t testing.TB, id spiffeid.ID) *x509svid.SVID {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(serial.Add(1)),
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(24 * time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
-		URIs:         []*url.URL{id.URL()},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &x509svid.SVID{ID: id, Certificates: []*x509.Certificate{cert}, PrivateKey: key}
-}
-
-func h2TLS(c *tls.Config) *tls.Config {
-	c.MinVersion = tls.VersionTLS13
-	c.NextProtos = []string{"h2"}
-	return c
-}
 
 // testAddrBase returns a random 127.X.Y.0 base for one test's addresses,
 // away from the ranges the in-process mesh harness uses (127.30-229).
@@ -139,17 +63,14 @@ func newInboundFixture(t *testing.T, cfg Config) *inboundFixture {
 	t.Helper()
 	base := testAddrBase(t)
 	f := &inboundFixture{
-		Pod:      netip.AddrFrom4([4]byte{base[0], base[1], base[2], 10}),
-		ClientID: spiffeid.RequireFromString("spiffe://cluster.local/ns/demo/sa/client"),
-		EchoID:   spiffeid.RequireFromString("spiffe://cluster.local/ns/demo/sa/echo"),
+		Pod: netip.AddrFrom4([4]byte{base[0], base[1], base[2], 10}),
 	}
-	ca := newTestCA(t)
+	ca := identitytest.New(t, "cluster.local")
+	f.ClientID, f.EchoID = ca.ID("/ns/demo/sa/client"), ca.ID("/ns/demo/sa/echo")
 	store := state.NewStore()
 	addWorkload(t, store, "echo", "demo", "echo", f.Pod)
 	cfg.Store = store
-	f.Pool = hbone.NewPool(hbone.PoolConfig{TLSConfig: func(_ context.Context, src spiffeid.ID, dst []spiffeid.ID) (*tls.Config, error) {
-		return h2TLS(tlsconfig.MTLSClientConfig(ca.svid(t, src), ca.bundle, tlsconfig.AuthorizeOneOf(dst...))), nil
-	}})
+	f.Pool = hbone.NewPool(hbone.PoolConfig{TLSConfig: ca.PoolTLS(t, nil)})
 	cfg.Pool = f.Pool
 	cfg.Metrics = telemetry.NewMetrics(prometheus.NewRegistry())
 	cfg.AccessLog = accesslog.New(slog.New(slog.DiscardHandler))
@@ -159,7 +80,7 @@ func newInboundFixture(t *testing.T, cfg Config) *inboundFixture {
 	}
 	f.Proxy = p
 	srv := &hbone.Server{
-		TLSConfig: h2TLS(tlsconfig.MTLSServerConfig(ca.svid(t, f.EchoID), ca.bundle, tlsconfig.AuthorizeMemberOf(ca.td))),
+		TLSConfig: ca.ServerTLS(t, f.EchoID),
 		Handler:   p,
 	}
 	l, err := net.Listen("tcp", netip.AddrPortFrom(f.Pod, 0).String())
