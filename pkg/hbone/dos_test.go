@@ -276,7 +276,11 @@ func TestResetStreamCancelsHandler(t *testing.T) {
 // TestControlFrameFlood: a client that sends frames the server must answer
 // (PING, SETTINGS, bad requests) and never reads the answers gets its
 // connection closed once 10,000 answers are queued, instead of growing the
-// server's heap without bound.
+// server's heap without bound. The server's writes are stalled in the
+// test (as they are once the kernel's buffers towards a client that does
+// not read are full) by a listener whose connections stop writing: with a
+// real non-reading client, its full receive buffer can also hold back the
+// ACKs its own writes need, and the flood stalls before the limit.
 func TestControlFrameFlood(t *testing.T) {
 	tests := []struct {
 		name  string
@@ -295,15 +299,27 @@ func TestControlFrameFlood(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			e := newTestEnv(t, relayHandler())
-			p := e.dialH2(t, 4096)
+			l, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			stall := new(atomic.Bool)
+			e.srv = &Server{TLSConfig: e.ca.ServerTLS(t, e.serverID), Handler: relayHandler()}
+			e.addr = e.serveOn(t, e.srv, stallListener{l, stall})
+			p := e.dialH2(t, 0)
 			sc := serverConnOf(t, e.srv)
+			stall.Store(true)
+			p.tc.SetWriteDeadline(time.Now().Add(20 * time.Second))
 			const frames = 1_000_000
-			var err error
 			for i := 0; i < frames && err == nil; i++ {
 				err = tt.frame(p, i)
 				if err == nil && i%1000 == 999 {
 					err = p.bw.Flush()
 				}
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				t.Fatalf("the server stopped reading the flood without closing the connection: %v", err)
 			}
 			if err == nil {
 				// All written: the server may still be reading them.
@@ -314,6 +330,64 @@ func TestControlFrameFlood(t *testing.T) {
 			}
 		})
 	}
+}
+
+// stallListener accepts connections whose writes block, once stall is
+// set, until they are closed: a peer that stopped reading.
+type stallListener struct {
+	net.Listener
+	stall *atomic.Bool
+}
+
+func (l stallListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return &stallConn{Conn: c, stall: l.stall, closed: make(chan struct{})}, nil
+}
+
+type stallConn struct {
+	net.Conn
+	stall  *atomic.Bool
+	once   sync.Once
+	closed chan struct{}
+	wdl    atomic.Pointer[time.Time] // write deadline
+}
+
+// Write blocks while stalled until the connection is closed or the write
+// deadline passes, as a write to a peer that does not read does.
+func (c *stallConn) Write(p []byte) (int, error) {
+	if !c.stall.Load() {
+		return c.Conn.Write(p)
+	}
+	var expire <-chan time.Time
+	if d := c.wdl.Load(); d != nil && !d.IsZero() {
+		t := time.NewTimer(time.Until(*d))
+		defer t.Stop()
+		expire = t.C
+	}
+	select {
+	case <-c.closed:
+		return 0, net.ErrClosed
+	case <-expire:
+		return 0, os.ErrDeadlineExceeded
+	}
+}
+
+func (c *stallConn) SetWriteDeadline(t time.Time) error {
+	c.wdl.Store(&t)
+	return c.Conn.SetWriteDeadline(t)
+}
+
+func (c *stallConn) SetDeadline(t time.Time) error {
+	c.wdl.Store(&t)
+	return c.Conn.SetDeadline(t)
+}
+
+func (c *stallConn) Close() error {
+	c.once.Do(func() { close(c.closed) })
+	return c.Conn.Close()
 }
 
 // TestSettingsTooLarge: a SETTINGS frame with more than 100 entries is a

@@ -64,6 +64,12 @@ func (e *testEnv) serve(t *testing.T, srv *Server) netip.AddrPort {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return e.serveOn(t, srv, l)
+}
+
+// serveOn runs srv on l until the test ends.
+func (e *testEnv) serveOn(t *testing.T, srv *Server, l net.Listener) netip.AddrPort {
+	t.Helper()
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(l) }()
 	t.Cleanup(func() {

@@ -684,6 +684,12 @@ func (sc *serverConn) close(err error) {
 	sc.mu.Unlock()
 	close(sc.done)
 	sc.cancel()
+	if errors.Is(err, errCtrlFlood) || errors.Is(err, errRapidReset) {
+		// The peer does not read: tls.Conn.Close would first wait up to
+		// 5 s to send close_notify behind a writer stuck on the full
+		// socket. Drop the connection now; that also frees the writer.
+		sc.conn.NetConn().Close()
+	}
 	sc.conn.Close()
 }
 
