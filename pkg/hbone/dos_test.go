@@ -34,10 +34,8 @@ type h2Peer struct {
 }
 
 // dialH2 opens an mTLS connection with a valid client certificate to e's
-// server and writes the client preface and an empty SETTINGS. rcvbuf > 0
-// sets the socket's receive buffer, so that a peer that
-// stops reading soon stops the server's writes.
-func (e *testEnv) dialH2(t *testing.T, rcvbuf int) *h2Peer {
+// server and writes the client preface and an empty SETTINGS.
+func (e *testEnv) dialH2(t *testing.T) *h2Peer {
 	t.Helper()
 	cfg, err := e.ca.PoolTLS(t, nil)(context.Background(), e.clientID, nil)
 	if err != nil {
@@ -46,11 +44,6 @@ func (e *testEnv) dialH2(t *testing.T, rcvbuf int) *h2Peer {
 	raw, err := net.DialTimeout("tcp", e.addr.String(), 10*time.Second)
 	if err != nil {
 		t.Fatal(err)
-	}
-	if rcvbuf > 0 {
-		if err := raw.(*net.TCPConn).SetReadBuffer(rcvbuf); err != nil {
-			t.Fatal(err)
-		}
 	}
 	tc := tls.Client(raw, cfg)
 	if err := tc.Handshake(); err != nil {
@@ -164,7 +157,7 @@ func TestRapidReset(t *testing.T) {
 			})
 			e := newTestEnv(t, h)
 			e.srv.MaxConcurrentStreams = tt.maxStreams
-			p := e.dialH2(t, 0)
+			p := e.dialH2(t)
 			sc := serverConnOf(t, e.srv)
 
 			const pairs = 20000
@@ -244,7 +237,7 @@ func TestResetStreamCancelsHandler(t *testing.T) {
 		tun.Reject(http.StatusUnauthorized, "denied")
 	}))
 	e.srv.MaxConcurrentStreams = 1
-	p := e.dialH2(t, 0)
+	p := e.dialH2(t)
 	p.headers(1, http.MethodConnect, "10.0.0.1:80")
 	p.bw.Flush()
 	serverConnOf(t, e.srv)
@@ -306,7 +299,7 @@ func TestControlFrameFlood(t *testing.T) {
 			stall := new(atomic.Bool)
 			e.srv = &Server{TLSConfig: e.ca.ServerTLS(t, e.serverID), Handler: relayHandler()}
 			e.addr = e.serveOn(t, e.srv, stallListener{l, stall})
-			p := e.dialH2(t, 0)
+			p := e.dialH2(t)
 			sc := serverConnOf(t, e.srv)
 			stall.Store(true)
 			p.tc.SetWriteDeadline(time.Now().Add(20 * time.Second))
@@ -394,7 +387,7 @@ func (c *stallConn) Close() error {
 // connection error, as in x/net's server.
 func TestSettingsTooLarge(t *testing.T) {
 	e := newTestEnv(t, relayHandler())
-	p := e.dialH2(t, 0)
+	p := e.dialH2(t)
 	s := make([]http2.Setting, 1000)
 	for i := range s {
 		s[i] = http2.Setting{ID: http2.SettingHeaderTableSize, Val: uint32(i)}
