@@ -625,6 +625,10 @@ func (cc *clientConn) close(err error) {
 	}
 	cc.mu.Unlock()
 	close(cc.done)
+	if errors.Is(err, errCtrlFlood) {
+		// As serverConn.close: no close_notify behind a stuck writer.
+		cc.conn.NetConn().Close()
+	}
 	cc.conn.Close()
 	cc.forget()
 }
