@@ -227,12 +227,17 @@ func run(ctx context.Context, o options) error {
 
 	say("new connections per second (16 workers; connect, read 1 byte and the server's close): %d runs × %d variants, %s each", o.runs, len(variants), d.conns)
 	err = interleave(ctx, o.runs, variants, func(v variant) error {
+		cpu := cpuBefore(v.procs)
 		res := bench.NewConns(ctx, v.dial, 16, d.conns)
 		if res.Conns == 0 {
 			return fmt.Errorf("no connection succeeded (%d errors)", res.Errors)
 		}
 		r.add("conns", v.name, res.PerSecond())
 		r.add("conn-errors", v.name, float64(res.Errors))
+		r.add("conn-success", v.name, 100*float64(res.Conns)/float64(res.Conns+res.Errors))
+		for i, c := range cpuAfter(v.procs, cpu) {
+			r.add(fmt.Sprintf("cpu/1000conns/%d", i), v.name, c.Seconds()/(float64(res.Conns)/1000))
+		}
 		return nil
 	})
 	if err != nil {

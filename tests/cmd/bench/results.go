@@ -109,6 +109,30 @@ func (r *results) rows() []bench.Row {
 		Ratios: []string{ratio("mesh/direct", cs["mesh"], cs["direct"]), ratio("mesh/peer", cs["mesh"], cs["peer"])},
 		Target: "mesh ≥ 10,000/s", Verdict: bench.Check(cs["mesh"] >= 10000),
 	})
+	ok := r.medians("conn-success")
+	rows = append(rows, bench.Row{
+		Figure: "new connections that succeeded", Unit: "%", Values: ok,
+		Target: "mesh ≥ 99.9 %", Verdict: bench.Check(ok["mesh"] >= 99.9),
+	})
+	var connCPU [2]map[string]float64
+	for i, side := range []string{"source", "destination"} {
+		connCPU[i] = r.medians(fmt.Sprintf("cpu/1000conns/%d", i))
+		rows = append(rows, bench.Row{
+			Figure: "CPU per 1000 new connections, " + side + " proxy", Unit: "CPU-s", Values: connCPU[i],
+			Ratios: []string{ratio("mesh/peer", connCPU[i]["mesh"], connCPU[i]["peer"])},
+		})
+	}
+	// A destination that binds the client's address for each dial pays
+	// for every TIME_WAIT socket of that address (issue 9): it must cost
+	// no more than twice the source.
+	rows = append(rows, bench.Row{
+		Figure: "CPU per new connection, destination/source proxy", Unit: "×",
+		Values: map[string]float64{
+			"mesh": connCPU[1]["mesh"] / connCPU[0]["mesh"],
+			"peer": connCPU[1]["peer"] / connCPU[0]["peer"],
+		},
+		Target: "mesh ≤ 2×", Verdict: bench.Check(connCPU[1]["mesh"] <= 2*connCPU[0]["mesh"]),
+	})
 	for i, side := range []string{"source", "destination"} {
 		v := r.medians(fmt.Sprintf("cpu/GB/%d", i))
 		rows = append(rows, bench.Row{
