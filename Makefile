@@ -14,7 +14,7 @@ PROTOC_GEN_GO_VERSION := v1.36.12
 KUBE_ASSETS ?= $(shell tools/kube/build.sh -print)
 export KUBE_ASSETS
 
-.PHONY: build test demo bench generate lint check-imports check-modules tools kube-binaries crds
+.PHONY: build test demo bench fuzz generate lint check-imports check-modules tools kube-binaries crds
 
 build:
 	@echo ">> building istiod-lite, ztunnel, ztunnel-cni and demo into $(BIN)/"
@@ -39,6 +39,20 @@ bench:
 		else topo=loopback; echo ">> topology: loopback (not root; run as root for the netns topology)"; fi; \
 	echo ">> benchmarks: direct vs mesh vs stunnel, then the control plane (about 5 minutes); writes docs/performance.md"; \
 	$(BIN)/bench -bin $(BIN) -out _out/bench -topology $$topo -doc docs/performance.md
+
+# Every native Go fuzz target (func FuzzXxx in a _test.go file), one after
+# the other, for FUZZTIME each. `make test` runs their committed corpora
+# (testdata/fuzz) as ordinary tests. New crashers land in testdata/fuzz of
+# the package; commit them with the fix.
+FUZZTIME ?= 10m
+fuzz:
+	@echo ">> fuzzing every target for $(FUZZTIME) each (set FUZZTIME to change), on commit $$(git rev-parse --short HEAD)"
+	@for d in $$(grep -rl --include='*_test.go' '^func Fuzz' $(MODULES) | xargs -n1 dirname | sort -u); do \
+		for t in $$(sed -n 's/^func \(Fuzz[A-Za-z0-9_]*\)(.*/\1/p' $$d/*_test.go); do \
+			echo ">> $$d $$t"; \
+			$(GO) test -run '^$$' -fuzz "^$$t$$" -fuzztime $(FUZZTIME) ./$$d/ || exit 1; \
+		done; \
+	done
 
 # The ztunnel module must not depend on any Kubernetes package.
 check-imports:
