@@ -553,12 +553,17 @@ func (p *Proxy) relayInbound(ctx context.Context, down, upstream, tracked net.Co
 }
 
 // forwardedHost returns the host parameter of a Forwarded header
-// (RFC 7239), which the source ztunnel sets to the service's hostname.
+// (RFC 7239), which the source ztunnel sets to the service's hostname. A
+// value that still holds a quote once unquoted is no hostname: "".
 func forwardedHost(h string) string {
 	for _, part := range strings.Split(h, ";") {
 		k, v, ok := strings.Cut(strings.TrimSpace(part), "=")
 		if ok && strings.EqualFold(k, "host") {
-			return strings.Trim(v, `"`)
+			v = strings.Trim(v, `"`)
+			if strings.Contains(v, `"`) {
+				return ""
+			}
+			return v
 		}
 	}
 	return ""
