@@ -190,7 +190,7 @@ func ValidatePeerAuthentication(p *securityv1.PeerAuthentication) error {
 	if len(p.Spec.GetPortLevelMtls()) > 0 && len(p.Spec.GetSelector().GetMatchLabels()) == 0 {
 		errs = append(errs, errors.New("portLevelMtls requires a workload selector"))
 	}
-	for port := range p.Spec.GetPortLevelMtls() {
+	for _, port := range slices.Sorted(maps.Keys(p.Spec.GetPortLevelMtls())) { // sorted: the message is part of a deterministic status
 		if port == 0 || port > 65535 {
 			errs = append(errs, fmt.Errorf("portLevelMtls: port %d is out of range", port))
 		}
