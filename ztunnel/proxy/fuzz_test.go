@@ -129,6 +129,9 @@ func refSOCKS(in []byte) (req socksRequest, n int, reply []byte, err error) {
 	case 3:
 		name := string(in[:alen])
 		if a, err := netip.ParseAddr(name); err == nil {
+			if a.Zone() != "" {
+				return fail(socksAddrUnsupported)
+			}
 			addr = a.Unmap()
 		} else if name == "" {
 			return fail(socksAddrUnsupported)

@@ -131,6 +131,12 @@ func readSOCKSRequest(c net.Conn, timeout time.Duration) (socksRequest, error) {
 			return socksRequest{}, fmt.Errorf("socks5 request: %w", err)
 		}
 		if a, err := netip.ParseAddr(string(b)); err == nil {
+			if a.Zone() != "" {
+				// A scoped address never matches a workload: it
+				// would leave the mesh in plaintext.
+				writeSOCKSReply(c, socksAddrUnsupported)
+				return socksRequest{}, errors.New("socks5 request: scoped IPv6 address")
+			}
 			r.Addr = netip.AddrPortFrom(a.Unmap(), 0)
 		} else {
 			r.Host = string(b)
