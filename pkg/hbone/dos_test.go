@@ -301,6 +301,14 @@ func TestControlFrameFlood(t *testing.T) {
 			e.addr = e.serveOn(t, e.srv, stallListener{l, stall})
 			p := e.dialH2(t)
 			sc := serverConnOf(t, e.srv)
+			// Stall only once the server's SETTINGS arrived: its first
+			// write must not be the one that blocks.
+			if _, ok := p.readUntil(func(f http2.Frame) bool {
+				sf, ok := f.(*http2.SettingsFrame)
+				return ok && !sf.IsAck()
+			}); !ok {
+				t.Fatal("no SETTINGS from the server")
+			}
 			stall.Store(true)
 			p.tc.SetWriteDeadline(time.Now().Add(20 * time.Second))
 			const frames = 1_000_000
