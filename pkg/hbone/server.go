@@ -88,23 +88,35 @@ func (s *Server) maxPendingHandshakes() int {
 	return defaultMaxPendingHandshakes
 }
 
-// retryableAccept reports whether an accept error is temporary: a
-// descriptor or memory shortage, or a connection that died in the queue.
-// net/http retries the same (its Temporary errors).
-func retryableAccept(err error) bool {
+// TemporaryAcceptError reports whether an accept error is worth retrying,
+// as net/http retries its Temporary errors: a timeout, a descriptor or
+// memory shortage (EMFILE, ENFILE, ENOBUFS, ENOMEM), or a connection that
+// failed in the queue before it was accepted (ECONNABORTED and the network
+// errors accept(2) says to treat like EAGAIN). Every accept loop of the
+// mesh uses it, with AcceptBackoff.
+func TemporaryAcceptError(err error) bool {
 	var ne net.Error
 	if errors.As(err, &ne) && ne.Timeout() {
 		return true
 	}
-	for _, errno := range []syscall.Errno{
+	for _, errno := range [...]syscall.Errno{
 		syscall.EMFILE, syscall.ENFILE, syscall.ENOBUFS, syscall.ENOMEM,
 		syscall.ECONNABORTED, syscall.ECONNRESET, syscall.EINTR, syscall.EAGAIN,
+		syscall.EPROTO, syscall.ENETDOWN, syscall.ENOPROTOOPT, syscall.EHOSTDOWN,
+		syscall.EHOSTUNREACH, syscall.EOPNOTSUPP, syscall.ENETUNREACH,
 	} {
 		if errors.Is(err, errno) {
 			return true
 		}
 	}
 	return false
+}
+
+// AcceptBackoff returns the pause before the next retried accept, given
+// the previous one (zero after a successful accept): 5 ms doubling to 1 s,
+// as net/http.
+func AcceptBackoff(prev time.Duration) time.Duration {
+	return min(max(2*prev, 5*time.Millisecond), time.Second)
 }
 
 func (s *Server) logger() *slog.Logger {
@@ -148,11 +160,11 @@ func (s *Server) Serve(l net.Listener) error {
 			if closing {
 				return ErrServerClosed
 			}
-			if retryableAccept(err) {
+			if TemporaryAcceptError(err) {
 				if s.OnAcceptError != nil {
 					s.OnAcceptError(err)
 				}
-				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+				backoff = AcceptBackoff(backoff)
 				log.Warn("accept failed, retrying", "error", err, "backoff", backoff)
 				time.Sleep(backoff)
 				continue

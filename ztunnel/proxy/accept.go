@@ -4,26 +4,21 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"syscall"
 	"time"
+
+	"github.com/ambient-go/mesh/pkg/hbone"
 )
 
 // AcceptErrorHold is how long after the last retried accept error
 // AcceptHealth keeps reporting it (and ztunnel reports not ready).
 const AcceptErrorHold = 5 * time.Second
 
-// Back-off between retried accepts, as net/http: 5 ms doubling to 1 s.
-const (
-	minAcceptBackoff = 5 * time.Millisecond
-	maxAcceptBackoff = time.Second
-)
-
 // serve is the accept loop of every listener of the proxy: it accepts
 // connections on l and handles each in its own tracked goroutine until l
-// is closed (then it returns nil). Temporary errors (out of file
-// descriptors, a connection aborted before accept, timeouts) are counted,
-// reported to AcceptHealth and retried with back-off; any other error is
-// returned. listener names l in metrics and logs.
+// is closed (then it returns nil). Temporary errors
+// (hbone.TemporaryAcceptError: out of file descriptors, a connection
+// aborted before accept, timeouts) are counted, reported to AcceptHealth
+// and retried with hbone.AcceptBackoff; any other error is returned. listener names l in metrics and logs.
 func (p *Proxy) serve(l net.Listener, listener string, handle func(net.Conn)) error {
 	var backoff time.Duration
 	for {
@@ -32,11 +27,11 @@ func (p *Proxy) serve(l net.Listener, listener string, handle func(net.Conn)) er
 			if errors.Is(err, net.ErrClosed) {
 				return nil
 			}
-			if !TemporaryAcceptError(err) {
+			if !hbone.TemporaryAcceptError(err) {
 				return fmt.Errorf("%s accept: %w", listener, err)
 			}
 			p.AcceptError(listener, err)
-			backoff = min(max(2*backoff, minAcceptBackoff), maxAcceptBackoff)
+			backoff = hbone.AcceptBackoff(backoff)
 			p.log.Warn("accept failed, retrying", "listener", listener, "addr", l.Addr().String(), "error", err, "backoff", backoff)
 			time.Sleep(backoff)
 			continue
@@ -50,28 +45,6 @@ func (p *Proxy) serve(l net.Listener, listener string, handle func(net.Conn)) er
 			handle(c)
 		}()
 	}
-}
-
-// TemporaryAcceptError reports whether an accept error is worth retrying:
-// a timeout, resource exhaustion (EMFILE, ENFILE, ENOBUFS, ENOMEM), or a
-// connection that failed before it was accepted (ECONNABORTED and the
-// network errors accept(2) says to treat like EAGAIN).
-func TemporaryAcceptError(err error) bool {
-	var ne net.Error
-	if errors.As(err, &ne) && ne.Timeout() {
-		return true
-	}
-	for _, errno := range [...]syscall.Errno{
-		syscall.EMFILE, syscall.ENFILE, syscall.ENOBUFS, syscall.ENOMEM,
-		syscall.ECONNABORTED, syscall.ECONNRESET, syscall.EINTR, syscall.EAGAIN,
-		syscall.EPROTO, syscall.ENETDOWN, syscall.ENOPROTOOPT, syscall.EHOSTDOWN,
-		syscall.ENONET, syscall.EHOSTUNREACH, syscall.EOPNOTSUPP, syscall.ENETUNREACH,
-	} {
-		if errors.Is(err, errno) {
-			return true
-		}
-	}
-	return false
 }
 
 // AcceptError records a retried accept error of listener: it counts it
