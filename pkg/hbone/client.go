@@ -129,8 +129,8 @@ func defaultDial(ctx context.Context, network, laddr, raddr string) (net.Conn, e
 		}
 		d.LocalAddr = a
 		// The port is picked at connect, not searched among the
-		// TIME_WAIT sockets of the address at bind (relay_unix.go).
-		d.Control = bindAddressNoPort
+		// TIME_WAIT sockets of the address at bind.
+		d.Control = BindAddressNoPort
 	}
 	return d.DialContext(ctx, network, raddr)
 }

@@ -12,6 +12,8 @@ import (
 
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/ambient-go/mesh/pkg/hbone"
 )
 
 // Do runs f on an OS thread that has entered the network namespace ns, and
@@ -70,12 +72,9 @@ func Control(transparent bool) func(network, address string, c syscall.RawConn) 
 	}
 }
 
-// BindNoPort returns control (nil: none) followed by setting
-// IP_BIND_ADDRESS_NO_PORT, for a dialer that binds a local address with
-// port 0: the kernel then picks the port at connect, unique for the
-// 4-tuple, instead of at bind, where it must search for a port that no
-// socket on that address holds, TIME_WAIT ones included (milliseconds per
-// dial with tens of thousands of them, then EADDRINUSE).
+// BindNoPort returns control (nil: none) followed by
+// hbone.BindAddressNoPort, for a dialer that binds a local address with
+// port 0.
 func BindNoPort(control func(network, address string, c syscall.RawConn) error) func(network, address string, c syscall.RawConn) error {
 	return func(network, address string, c syscall.RawConn) error {
 		if control != nil {
@@ -83,16 +82,7 @@ func BindNoPort(control func(network, address string, c syscall.RawConn) error) 
 				return err
 			}
 		}
-		var serr error
-		if err := c.Control(func(fd uintptr) {
-			serr = unix.SetsockoptInt(int(fd), unix.SOL_IP, unix.IP_BIND_ADDRESS_NO_PORT, 1)
-		}); err != nil {
-			return err
-		}
-		if serr != nil {
-			return fmt.Errorf("IP_BIND_ADDRESS_NO_PORT: %w", serr)
-		}
-		return nil
+		return hbone.BindAddressNoPort(network, address, c)
 	}
 }
 
