@@ -15,43 +15,49 @@ import (
 // readable and giving it back when it is not, so that an idle connection
 // holds no buffer while it waits. ok is always true here.
 func copySocket(dst, src net.Conn, rc syscall.RawConn) (written int64, ok bool, err error) {
-	large := false
+	// The callback is built once: a closure per read would be an
+	// allocation per read.
+	var (
+		large bool
+		bp    *[]byte
+		pool  *sync.Pool
+		nr    int
+		rerr  error
+	)
+	read := func(fd uintptr) bool {
+		pool = &smallBufs
+		if large {
+			pool = &largeBufs
+		}
+		bp = pool.Get().(*[]byte)
+		for {
+			nr, rerr = syscall.Read(int(fd), *bp)
+			if rerr != syscall.EINTR {
+				break
+			}
+		}
+		if rerr == syscall.EAGAIN {
+			pool.Put(bp)
+			bp = nil
+			return false // wait for data without the buffer
+		}
+		return true
+	}
+	opErr := func(err error) error {
+		return &net.OpError{Op: "read", Net: src.LocalAddr().Network(), Source: src.LocalAddr(), Addr: src.RemoteAddr(), Err: err}
+	}
 	for {
-		var (
-			bp   *[]byte
-			pool *sync.Pool
-			nr   int
-			rerr error
-		)
-		err := rc.Read(func(fd uintptr) bool {
-			pool = &smallBufs
-			if large {
-				pool = &largeBufs
-			}
-			bp = pool.Get().(*[]byte)
-			for {
-				nr, rerr = syscall.Read(int(fd), *bp)
-				if rerr != syscall.EINTR {
-					break
-				}
-			}
-			if rerr == syscall.EAGAIN {
-				pool.Put(bp)
-				bp = nil
-				return false // wait for data without the buffer
-			}
-			return true
-		})
-		if err != nil {
+		bp = nil
+		if err := rc.Read(read); err != nil {
 			// Deadline, or src closed while waiting.
 			if bp != nil {
 				pool.Put(bp)
 			}
-			return written, true, &net.OpError{Op: "read", Net: src.LocalAddr().Network(), Source: src.LocalAddr(), Addr: src.RemoteAddr(), Err: err}
+			return written, true, opErr(err)
 		}
 		if rerr != nil {
 			pool.Put(bp)
-			return written, true, &net.OpError{Op: "read", Net: src.LocalAddr().Network(), Source: src.LocalAddr(), Addr: src.RemoteAddr(), Err: os.NewSyscallError("read", rerr)}
+			return written, true, opErr(os.NewSyscallError("read", rerr))
 		}
 		if nr <= 0 {
 			pool.Put(bp)
