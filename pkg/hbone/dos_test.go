@@ -456,6 +456,53 @@ func TestPendingHandshakesCapped(t *testing.T) {
 	echoOnce(t, e, echo)
 }
 
+// TestHandshakeTimeout: a client that stops during the TLS handshake, or
+// after it without the HTTP/2 preface, is disconnected once
+// HandshakeTimeout has passed.
+func TestHandshakeTimeout(t *testing.T) {
+	ca := identitytest.New(t, "cluster.local")
+	e := &testEnv{ca: ca, serverID: ca.ID("/ns/b/sa/server"), clientID: ca.ID("/ns/a/sa/client")}
+	e.srv = &Server{
+		TLSConfig:        ca.ServerTLS(t, e.serverID),
+		Handler:          relayHandler(),
+		HandshakeTimeout: 200 * time.Millisecond,
+	}
+	e.addr = e.serve(t, e.srv)
+	closed := func(t *testing.T, r io.Reader, c net.Conn) {
+		t.Helper()
+		// Less than the default timeout (10 s), which must not apply.
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		_, err := io.Copy(io.Discard, r)
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Fatalf("the server kept a stalled client for 5 s with a HandshakeTimeout of 200 ms")
+		}
+	}
+	t.Run("no TLS ClientHello", func(t *testing.T) {
+		c, err := net.Dial("tcp", e.addr.String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		closed(t, c, c)
+	})
+	t.Run("no HTTP/2 preface", func(t *testing.T) {
+		cfg, err := ca.PoolTLS(t, nil)(context.Background(), e.clientID, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		raw, err := net.Dial("tcp", e.addr.String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		tc := tls.Client(raw, cfg)
+		defer tc.Close()
+		if err := tc.Handshake(); err != nil {
+			t.Fatal(err)
+		}
+		closed(t, tc, raw)
+	})
+}
+
 // TestRawConnBuffersAfterHandshake: the 64 KiB read buffer is allocated
 // only once the TLS handshake succeeded.
 func TestRawConnBuffersAfterHandshake(t *testing.T) {
