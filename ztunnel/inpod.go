@@ -14,7 +14,7 @@ import (
 
 	"github.com/ambient-go/mesh/pkg/workloadapi"
 	"github.com/ambient-go/mesh/ztunnel/capture"
-	"github.com/ambient-go/mesh/ztunnel/state"
+	"github.com/ambient-go/mesh/pkg/state"
 	"github.com/ambient-go/mesh/ztunnel/zds"
 )
 

@@ -45,7 +45,7 @@ import (
 	"github.com/ambient-go/mesh/ztunnel/admin"
 	"github.com/ambient-go/mesh/ztunnel/capture"
 	"github.com/ambient-go/mesh/ztunnel/proxy"
-	"github.com/ambient-go/mesh/ztunnel/state"
+	"github.com/ambient-go/mesh/pkg/state"
 	"github.com/ambient-go/mesh/ztunnel/zds"
 )
 

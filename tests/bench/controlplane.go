@@ -19,7 +19,7 @@ import (
 
 	"github.com/ambient-go/mesh/pkg/workloadapi"
 	"github.com/ambient-go/mesh/pkg/xds"
-	"github.com/ambient-go/mesh/ztunnel/state"
+	"github.com/ambient-go/mesh/pkg/state"
 )
 
 // ControlPlaneConfig sizes the control-plane figure: istiod-lite (a

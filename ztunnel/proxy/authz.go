@@ -11,7 +11,7 @@ import (
 	"github.com/ambient-go/mesh/pkg/accesslog"
 	"github.com/ambient-go/mesh/pkg/authz"
 	"github.com/ambient-go/mesh/pkg/workloadapi/security"
-	"github.com/ambient-go/mesh/ztunnel/state"
+	"github.com/ambient-go/mesh/pkg/state"
 )
 
 // Errors of authorization, in access log records.

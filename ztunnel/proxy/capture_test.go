@@ -27,7 +27,7 @@ import (
 	"github.com/ambient-go/mesh/pkg/workloadapi/security"
 	"github.com/ambient-go/mesh/ztunnel/capture"
 	"github.com/ambient-go/mesh/ztunnel/capture/capturetest"
-	"github.com/ambient-go/mesh/ztunnel/state"
+	"github.com/ambient-go/mesh/pkg/state"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }

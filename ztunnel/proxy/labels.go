@@ -2,7 +2,7 @@ package proxy
 
 import (
 	"github.com/ambient-go/mesh/pkg/telemetry"
-	"github.com/ambient-go/mesh/ztunnel/state"
+	"github.com/ambient-go/mesh/pkg/state"
 )
 
 // setSource fills the source_* metric labels from the source workload.

@@ -19,7 +19,7 @@ import (
 	"github.com/ambient-go/mesh/pkg/identity/identitytest"
 	"github.com/ambient-go/mesh/pkg/telemetry"
 	"github.com/ambient-go/mesh/pkg/workloadapi"
-	"github.com/ambient-go/mesh/ztunnel/state"
+	"github.com/ambient-go/mesh/pkg/state"
 )
 
 // testAddrBase returns a random 127.X.Y.0 base for one test's addresses,

@@ -31,7 +31,7 @@ import (
 	"github.com/ambient-go/mesh/pkg/telemetry"
 	"github.com/ambient-go/mesh/pkg/workloadapi"
 	"github.com/ambient-go/mesh/ztunnel/capture"
-	"github.com/ambient-go/mesh/ztunnel/state"
+	"github.com/ambient-go/mesh/pkg/state"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 

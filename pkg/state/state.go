@@ -1,4 +1,4 @@
-// Package state holds what ztunnel knows of the mesh: the workloads,
+// Package state holds what a proxy (ztunnel or waypoint) knows of the mesh: the workloads,
 // services and authorization policies that istiod-lite serves over xDS.
 //
 // Store applies xDS deltas (it is the xds.Handler of ztunnel's client) and
