@@ -15,9 +15,11 @@ import (
 
 	securityv1 "istio.io/client-go/pkg/apis/security/v1"
 	corev1 "k8s.io/api/core/v1"
+	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 
 	"github.com/ambient-go/mesh/pkg/workloadapi"
 	"github.com/ambient-go/mesh/pkg/workloadapi/security"
+	"github.com/ambient-go/mesh/pkg/workloadapi/waypoint"
 )
 
 // Options are the mesh-wide settings the translation depends on. The zero
@@ -66,7 +68,11 @@ type Inputs struct {
 	// become istio.security.Authorization resources (see authz.go).
 	AuthorizationPolicies []*securityv1.AuthorizationPolicy
 	PeerAuthentications   []*securityv1.PeerAuthentication
-	// later: EndpointSlices, Gateways, HTTPRoutes
+	// Gateways of class istio-waypoint are waypoints (waypoint.go); their
+	// GatewayClasses may carry istio.io/waypoint-for. Others are ignored.
+	Gateways       []*gatewayv1.Gateway
+	GatewayClasses []*gatewayv1.GatewayClass
+	// later: EndpointSlices, HTTPRoutes
 }
 
 // Output is every resource the control plane serves, keyed by xDS resource name.
@@ -82,6 +88,13 @@ type Output struct {
 	// not served because another pod claims one of its IPs has one too
 	// (KindPod, reason ReasonAddressConflict; see resolveConflicts).
 	PolicyStatuses map[string]*PolicyStatus
+	// WaypointAuthorizations holds the AuthorizationPolicies with
+	// targetRefs, as waypoints apply them, keyed by "namespace/name"
+	// (l7authz.go).
+	WaypointAuthorizations map[string]*waypoint.Authorization
+	// GatewayStatuses holds the status of each waypoint Gateway, keyed by
+	// "namespace/name" (waypoint.go).
+	GatewayStatuses map[string]*GatewayStatus
 }
 
 // Build translates a snapshot of Kubernetes objects into Workload API
@@ -100,11 +113,15 @@ func build(in *Inputs, opt Options, prev *memo) (*Output, *memo) {
 		Addresses:      map[string]*workloadapi.Address{},
 		Authorizations: map[string]*security.Authorization{},
 		PolicyStatuses: map[string]*PolicyStatus{},
+
+		WaypointAuthorizations: map[string]*waypoint.Authorization{},
+		GatewayStatuses:        map[string]*GatewayStatus{},
 	}
 	if in == nil {
 		return out, nil
 	}
 	authz := buildAuthorizations(in, opt, out)
+	buildWaypointAuthorizations(in, opt, out)
 	namespaces := namespacesByName(in.Namespaces)
 	var services map[string]*serviceIndex
 	if prev != nil && slices.Equal(prev.serviceObjs, in.Services) {
