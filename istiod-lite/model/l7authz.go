@@ -5,4 +5,4 @@ package model
 // WaypointAccepted status conditions into Output.PolicyStatuses.
 //
 // TODO(issue 10): being written; until then no policy reaches waypoints.
-func buildWaypointAuthorizations(in *Inputs, opt Options, out *Output) {}
+func buildWaypointAuthorizations(in *Inputs, opt Options, out *Output, waypoints *waypointIndex) {}

@@ -121,7 +121,8 @@ func build(in *Inputs, opt Options, prev *memo) (*Output, *memo) {
 		return out, nil
 	}
 	authz := buildAuthorizations(in, opt, out)
-	buildWaypointAuthorizations(in, opt, out)
+	waypoints := indexWaypoints(in, opt)
+	buildWaypointAuthorizations(in, opt, out, waypoints)
 	namespaces := namespacesByName(in.Namespaces)
 	var services map[string]*serviceIndex
 	if prev != nil && slices.Equal(prev.serviceObjs, in.Services) {

@@ -73,3 +73,14 @@ type L7Decision struct {
 func (p *L7Policies) Evaluate(r *Request) L7Decision {
 	return L7Decision{Decision: Decision{Verdict: Verdict{Allow: true, Reason: NoPolicy}}}
 }
+
+// EvaluateTCP decides a non-HTTP stream at a waypoint with Istio's rules
+// for L7 policies on TCP traffic: in ALLOW (and AUDIT) policies the rules
+// that hold HTTP-only fields (methods, paths, hosts, request headers) are
+// dropped; in DENY policies they are enforced without those fields. Only
+// Peer, Remote, Identity, DestIP, Port, Service and Gateway of r are read.
+//
+// TODO(issue 10): being written.
+func (p *L7Policies) EvaluateTCP(r *Request) L7Decision {
+	return L7Decision{Decision: Decision{Verdict: Verdict{Allow: true, Reason: NoPolicy}}}
+}
