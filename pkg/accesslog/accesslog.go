@@ -21,8 +21,13 @@ import (
 	"time"
 )
 
-// Message is the message of every access log record, as in Istio.
+// Message is the message of every connection's access log record, as in
+// Istio's ztunnel.
 const Message = "connection complete"
+
+// RequestMessage is the message of a waypoint's per-request record (a
+// Record with Method set).
+const RequestMessage = "request complete"
 
 // Field keys, as Istio's ztunnel writes them. ResponseFlags and Policy are
 // this project's additions.
@@ -44,6 +49,16 @@ const (
 	KeyResponseFlags = "response_flags"
 	KeyPolicy        = "policy"
 	KeyError         = "error"
+
+	// Per-request fields (waypoint), with the names of Istio's JSON access
+	// log format (Envoy's %REQ(:METHOD)%, %RESPONSE_CODE%, ...).
+	KeyMethod       = "method"
+	KeyPath         = "path"
+	KeyAuthority    = "authority"
+	KeyProtocol     = "protocol"
+	KeyResponseCode = "response_code"
+	KeyUpstreamHost = "upstream_host"
+	KeyTraceID      = "trace_id"
 )
 
 // Directions.
@@ -82,6 +97,17 @@ type Record struct {
 	Err           error  // non-nil: logged at error level with error=Err.Error()
 	ResponseFlags string // Istio response flags such as "DENY", "CONNECT"; optional
 	Policy        string // the policy that decided (namespace/name); optional
+
+	// Per-request fields, set by a waypoint for each HTTP request; a record
+	// with Method set is logged with RequestMessage. Empty fields (and a
+	// zero ResponseCode) are left out.
+	Method       string
+	Path         string // as received, query included
+	Authority    string // the request's Host / :authority
+	Protocol     string // "HTTP/1.1", "HTTP/2"
+	ResponseCode int
+	UpstreamHost netip.AddrPort // the endpoint the request was sent to
+	TraceID      string         // W3C trace id (32 hex digits)
 }
 
 // Logger writes access log records. Log and Dropped on a nil *Logger do
@@ -151,7 +177,7 @@ func (l *Logger) Log(ctx context.Context, r *Record) {
 }
 
 func (l *Logger) write(ctx context.Context, level slog.Level, r *Record, dur time.Duration) {
-	var buf [17]slog.Attr
+	var buf [24]slog.Attr
 	a := buf[:0]
 	addr := func(key string, ap netip.AddrPort) {
 		if ap.IsValid() {
@@ -181,10 +207,23 @@ func (l *Logger) write(ctx context.Context, level slog.Level, r *Record, dur tim
 	)
 	str(KeyResponseFlags, r.ResponseFlags)
 	str(KeyPolicy, r.Policy)
+	msg := Message
+	if r.Method != "" {
+		msg = RequestMessage
+		str(KeyMethod, r.Method)
+		str(KeyPath, r.Path)
+		str(KeyAuthority, r.Authority)
+		str(KeyProtocol, r.Protocol)
+		if r.ResponseCode != 0 {
+			a = append(a, slog.Int(KeyResponseCode, r.ResponseCode))
+		}
+		addr(KeyUpstreamHost, r.UpstreamHost)
+		str(KeyTraceID, r.TraceID)
+	}
 	if r.Err != nil {
 		a = append(a, slog.String(KeyError, r.Err.Error()))
 	}
-	l.log.LogAttrs(ctx, level, Message, a...)
+	l.log.LogAttrs(ctx, level, msg, a...)
 }
 
 // FormatDuration formats d as Istio's ztunnel does: whole milliseconds,
