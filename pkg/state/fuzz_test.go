@@ -1,6 +1,7 @@
 package state
 
 import (
+	"errors"
 	"net/netip"
 	"testing"
 
@@ -24,6 +25,8 @@ func FuzzOnUpdate(f *testing.F) {
 		workload("w1", "127.1.0.1", workloadapi.WorkloadStatus_UNHEALTHY), // conflicts with w0
 		badTD,
 		service("127.1.100.1", 80, 8080),
+		wpWorkload("w3", "ns", "sa", healthy, []string{"127.1.0.3"}, nil, addressWaypoint("127.1.0.1")),
+		wpService("ns", "svc", "127.1.100.1", [][2]uint32{{80, 8080}}, nil, hostnameWaypoint("ns", "svc.ns.svc.cluster.local")),
 		&security.Authorization{Name: "p", Namespace: "ns", Rules: []*security.Rule{{}}},
 	} {
 		b, err := proto.Marshal(m)
@@ -72,8 +75,34 @@ func FuzzOnUpdate(f *testing.F) {
 				for _, p := range svc.Ports {
 					s.PickEndpoint(sv, uint16(p.ServicePort))
 				}
+				// Waypoint lookups never panic, and resolve to a pod
+				// with an address, or fail with ErrUnknownWaypoint.
+				for _, vip := range sv.VIPs {
+					wp, err := s.ServiceWaypoint(sv, vip)
+					checkWaypoint(t, wp, err)
+				}
+			}
+			for _, w := range d.Workloads {
+				for _, b := range w.Addresses {
+					a, _ := netip.AddrFromSlice(b)
+					got := s.WorkloadByAddr(a)
+					wp, err := s.WorkloadWaypoint(got, a)
+					checkWaypoint(t, wp, err)
+					s.IsFromWaypoint(got, got.ID, a)
+					s.IsWaypointFor(got, a, netip.MustParseAddr("127.1.100.1"))
+				}
 			}
 			_ = s.Policies()
 		}
 	})
+}
+
+func checkWaypoint(t *testing.T, wp *Waypoint, err error) {
+	t.Helper()
+	switch {
+	case err != nil && !errors.Is(err, ErrUnknownWaypoint):
+		t.Fatalf("waypoint lookup = %v, want ErrUnknownWaypoint", err)
+	case err == nil && wp != nil && (!wp.Addr.IsValid() || len(wp.IDs) == 0):
+		t.Fatalf("waypoint = %+v, want an address and identities", wp)
+	}
 }

@@ -31,6 +31,9 @@ type Workload struct {
 	Addrs []netip.Addr
 	// ID is the workload's SPIFFE identity.
 	ID spiffeid.ID
+	// WaypointRef is the parsed Waypoint (a workload waypoint); nil when
+	// it has none.
+	WaypointRef *GatewayAddress
 }
 
 // Service is a service with its parsed VIPs.
@@ -39,6 +42,8 @@ type Service struct {
 	// Key is "namespace/hostname", the xDS resource name.
 	Key  string
 	VIPs []netip.Addr
+	// WaypointRef is the parsed Waypoint; nil when it has none.
+	WaypointRef *GatewayAddress
 }
 
 // TargetPort returns the target port the service declares for servicePort:
@@ -303,6 +308,9 @@ func newWorkload(w *workloadapi.Workload) (*Workload, error) {
 		return nil, fmt.Errorf("identity: %w", err)
 	}
 	out.ID = id
+	if out.WaypointRef, err = parseGatewayAddress(w.Waypoint); err != nil {
+		return nil, fmt.Errorf("waypoint: %w", err)
+	}
 	return out, nil
 }
 
@@ -318,6 +326,11 @@ func newService(svc *workloadapi.Service) (*Service, error) {
 		}
 		out.VIPs = append(out.VIPs, a.Unmap())
 	}
+	wp, err := parseGatewayAddress(svc.Waypoint)
+	if err != nil {
+		return nil, fmt.Errorf("waypoint: %w", err)
+	}
+	out.WaypointRef = wp
 	return out, nil
 }
 
