@@ -19,7 +19,11 @@ import (
 // as informer caches and localdir snapshots do). A workload is reused when
 // its pod, its Namespace object, the selecting services of its namespace
 // and all AuthorizationPolicies and PeerAuthentications are the same
-// objects as in the previous call; a service when its Service is.
+// objects as in the previous call, and its waypoint binding and
+// require-waypoint policies (which depend on Gateways, GatewayClasses,
+// Namespaces and the waypoints' Services and pods) are the same as
+// computed anew; a service when its Service is and its waypoint binding
+// is the same.
 //
 // The Outputs share messages with each other and must be treated as
 // read-only. A Builder is not safe for concurrent use.
@@ -51,6 +55,9 @@ type memo struct {
 	serviceObjs []*corev1.Service
 	policies    []*securityv1.AuthorizationPolicy
 	peers       []*securityv1.PeerAuthentication
+	// require holds the require-waypoint policy keys each pod's workload
+	// names (waypoint.go), for the pods that name any.
+	require map[*corev1.Pod][]string
 }
 
 // service returns the previous resource of svc; m may be nil.

@@ -13,6 +13,7 @@ import (
 	"cmp"
 	"slices"
 
+	"google.golang.org/protobuf/proto"
 	securityv1 "istio.io/client-go/pkg/apis/security/v1"
 	corev1 "k8s.io/api/core/v1"
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
@@ -122,6 +123,7 @@ func build(in *Inputs, opt Options, prev *memo) (*Output, *memo) {
 	}
 	authz := buildAuthorizations(in, opt, out)
 	waypoints := indexWaypoints(in, opt)
+	waypoints.output(out)
 	buildWaypointAuthorizations(in, opt, out, waypoints)
 	namespaces := namespacesByName(in.Namespaces)
 	var services map[string]*serviceIndex
@@ -139,6 +141,7 @@ func build(in *Inputs, opt Options, prev *memo) (*Output, *memo) {
 		index:       services,
 		policies:    slices.Clone(in.AuthorizationPolicies),
 		peers:       slices.Clone(in.PeerAuthentications),
+		require:     map[*corev1.Pod][]string{},
 	}
 	// Whether workloads may be reused: the policies (which every workload
 	// names) are the same objects, and per namespace, whether its
@@ -169,9 +172,17 @@ func build(in *Inputs, opt Options, prev *memo) (*Output, *memo) {
 		if svc == nil || svc.Spec.Type == corev1.ServiceTypeExternalName {
 			continue
 		}
+		// The waypoint binding depends on Gateways, pods and namespaces:
+		// reuse only a resource with the same one.
+		wp := waypoints.serviceAddress(svc)
 		a := prev.service(svc)
+		if a != nil && !proto.Equal(a.GetService().GetWaypoint(), wp) {
+			a = nil
+		}
 		if a == nil {
-			a = &workloadapi.Address{Type: &workloadapi.Address_Service{Service: buildService(svc, opt)}}
+			s := buildService(svc, opt)
+			s.Waypoint = wp
+			a = &workloadapi.Address{Type: &workloadapi.Address_Service{Service: s}}
 		}
 		next.services[svc] = a
 		s := a.GetService()
@@ -182,14 +193,32 @@ func build(in *Inputs, opt Options, prev *memo) (*Output, *memo) {
 		if pod == nil {
 			continue
 		}
+		// The waypoint binding and the require-waypoint policies depend on
+		// Gateways, pods and namespaces: reuse only a resource with the
+		// same ones.
+		wp := waypoints.workloadAddress(pod, namespaces[pod.Namespace])
+		var require []string
 		a := reusable(pod)
+		if a != nil {
+			require = waypoints.requireKeys(a.GetWorkload().GetServices())
+			if !proto.Equal(a.GetWorkload().GetWaypoint(), wp) || !slices.Equal(require, prev.require[pod]) {
+				a = nil
+			}
+		}
 		if a == nil {
 			w := buildWorkload(pod, namespaces[pod.Namespace], services[pod.Namespace], opt)
 			if w == nil {
 				continue
 			}
+			w.Waypoint = wp
 			w.AuthorizationPolicies = authz.policiesFor(pod.Namespace, pod.Labels)
+			if require = waypoints.requireKeys(w.Services); len(require) > 0 {
+				w.AuthorizationPolicies = slices.Compact(slices.Sorted(slices.Values(append(w.AuthorizationPolicies, require...))))
+			}
 			a = &workloadapi.Address{Type: &workloadapi.Address_Workload{Workload: w}}
+		}
+		if len(require) > 0 {
+			next.require[pod] = require
 		}
 		next.pods[pod] = a
 		out.Addresses[a.GetWorkload().GetUid()] = a
