@@ -12,9 +12,9 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"golang.org/x/sys/unix"
 
+	"github.com/ambient-go/mesh/pkg/state"
 	"github.com/ambient-go/mesh/pkg/workloadapi"
 	"github.com/ambient-go/mesh/ztunnel/capture"
-	"github.com/ambient-go/mesh/pkg/state"
 	"github.com/ambient-go/mesh/ztunnel/zds"
 )
 

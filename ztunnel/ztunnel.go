@@ -39,13 +39,13 @@ import (
 	"github.com/ambient-go/mesh/pkg/accesslog"
 	"github.com/ambient-go/mesh/pkg/hbone"
 	"github.com/ambient-go/mesh/pkg/identity"
+	"github.com/ambient-go/mesh/pkg/state"
 	"github.com/ambient-go/mesh/pkg/telemetry"
 	"github.com/ambient-go/mesh/pkg/workloadapi"
 	"github.com/ambient-go/mesh/pkg/xds"
 	"github.com/ambient-go/mesh/ztunnel/admin"
 	"github.com/ambient-go/mesh/ztunnel/capture"
 	"github.com/ambient-go/mesh/ztunnel/proxy"
-	"github.com/ambient-go/mesh/pkg/state"
 	"github.com/ambient-go/mesh/ztunnel/zds"
 )
 

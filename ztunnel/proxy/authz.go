@@ -10,8 +10,8 @@ import (
 
 	"github.com/ambient-go/mesh/pkg/accesslog"
 	"github.com/ambient-go/mesh/pkg/authz"
-	"github.com/ambient-go/mesh/pkg/workloadapi/security"
 	"github.com/ambient-go/mesh/pkg/state"
+	"github.com/ambient-go/mesh/pkg/workloadapi/security"
 )
 
 // Errors of authorization, in access log records.

@@ -1,8 +1,8 @@
 package proxy
 
 import (
-	"github.com/ambient-go/mesh/pkg/telemetry"
 	"github.com/ambient-go/mesh/pkg/state"
+	"github.com/ambient-go/mesh/pkg/telemetry"
 )
 
 // setSource fills the source_* metric labels from the source workload.

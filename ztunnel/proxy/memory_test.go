@@ -11,8 +11,8 @@ import (
 
 	"github.com/ambient-go/mesh/pkg/accesslog"
 	"github.com/ambient-go/mesh/pkg/hbone"
-	"github.com/ambient-go/mesh/pkg/telemetry"
 	"github.com/ambient-go/mesh/pkg/state"
+	"github.com/ambient-go/mesh/pkg/telemetry"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 

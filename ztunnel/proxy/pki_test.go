@@ -17,9 +17,9 @@ import (
 	"github.com/ambient-go/mesh/pkg/accesslog"
 	"github.com/ambient-go/mesh/pkg/hbone"
 	"github.com/ambient-go/mesh/pkg/identity/identitytest"
+	"github.com/ambient-go/mesh/pkg/state"
 	"github.com/ambient-go/mesh/pkg/telemetry"
 	"github.com/ambient-go/mesh/pkg/workloadapi"
-	"github.com/ambient-go/mesh/pkg/state"
 )
 
 // testAddrBase returns a random 127.X.Y.0 base for one test's addresses,

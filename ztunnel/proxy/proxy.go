@@ -5,9 +5,13 @@
 // Outbound resolves the destination against the Store (a service VIP picks
 // an endpoint round robin; a pod IP is itself), then opens an HBONE tunnel
 // to the destination's ztunnel with the source workload's certificate, or
-// dials directly when the destination is not in the mesh. Inbound checks
-// the CONNECT, dials the application from the client's own address and only
-// then answers 200. Both ends write one access log record per connection
+// dials directly when the destination is not in the mesh. A service with a
+// waypoint, or a pod with its own, is reached through the waypoint instead:
+// HBONE to a waypoint pod with the original address as :authority, as
+// Istio's ztunnel does. Inbound checks the CONNECT (its :authority must be
+// the local workload's address, or something the local workload is the
+// waypoint of), dials the application from the client's own address and
+// only then answers 200. Both ends write one access log record per connection
 // and update Istio's TCP metrics.
 package proxy
 
@@ -28,10 +32,10 @@ import (
 	"github.com/ambient-go/mesh/pkg/accesslog"
 	"github.com/ambient-go/mesh/pkg/authz"
 	"github.com/ambient-go/mesh/pkg/hbone"
+	"github.com/ambient-go/mesh/pkg/state"
 	"github.com/ambient-go/mesh/pkg/telemetry"
 	"github.com/ambient-go/mesh/pkg/workloadapi"
 	"github.com/ambient-go/mesh/ztunnel/capture"
-	"github.com/ambient-go/mesh/pkg/state"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 
@@ -196,16 +200,38 @@ var (
 	ErrIllegalPort  = errors.New("port is reserved for ztunnel")
 	errNoWorkload   = errors.New("no workload with this address on this node")
 	errAuthorityMis = errors.New("authority does not match the connection's destination")
+	errNoVIP        = errors.New("service has no VIP to address its waypoint")
 )
 
 // destination is where an outbound connection goes.
 type destination struct {
-	service  *state.Service  // nil when addressed to a pod or outside the mesh
-	workload *state.Workload // nil when outside the mesh (passthrough)
-	addr     netip.AddrPort  // the endpoint to reach: pod IP and target port
+	service  *state.Service  // the service addressed; nil when addressed to a pod or outside the mesh
+	workload *state.Workload // the endpoint picked or the pod addressed; nil outside the mesh or when a service's waypoint takes the connection
+	// addr is the target: the endpoint's IP and target port, or, through
+	// a waypoint, the address the client connected to (the service's VIP
+	// and port, or the pod's IP and port). It is the HBONE :authority.
+	addr netip.AddrPort
+	// waypoint, when set, is where the tunnel goes: the service's
+	// waypoint, or the addressed pod's own (workload) waypoint.
+	waypoint *state.Waypoint
 }
 
-func (p *Proxy) resolve(target netip.AddrPort, host string) (destination, error) {
+// resolve finds where a connection of the local workload src, from its
+// address client, to target (or to the service named host, on target's
+// port) goes, as Istio's ztunnel does (outbound.rs build_request):
+//   - service-addressed, and the service has a waypoint: to the waypoint,
+//     whatever the port, with the VIP and port as authority; a waypoint
+//     that does not resolve fails the connection;
+//   - service-addressed otherwise: to an endpoint picked round robin,
+//     directly, even when that endpoint has a workload waypoint;
+//   - addressed to a pod with a waypoint: to the waypoint, with the pod's
+//     IP and port as authority, unless the connection comes from that
+//     waypoint itself (it has the waypoint's identity and address): then
+//     directly, so that it crosses the waypoint once;
+//   - otherwise to the pod, or, outside the mesh, to target as it is.
+//
+// On error the destination holds what was resolved, for the access log.
+func (p *Proxy) resolve(src *state.Workload, client netip.Addr, target netip.AddrPort, host string) (destination, error) {
 	store := p.cfg.Store
 	var svc *state.Service
 	switch {
@@ -217,19 +243,42 @@ func (p *Proxy) resolve(target netip.AddrPort, host string) (destination, error)
 		svc = store.ServiceByVIP(target.Addr())
 	}
 	if svc != nil {
+		if svc.WaypointRef != nil {
+			dst := destination{service: svc, addr: target}
+			if host != "" {
+				if len(svc.VIPs) == 0 {
+					return dst, fmt.Errorf("service %s: %w", svc.Hostname, errNoVIP)
+				}
+				dst.addr = netip.AddrPortFrom(svc.VIPs[0], target.Port())
+			}
+			wp, err := store.ServiceWaypoint(svc, dst.addr.Addr())
+			if err != nil {
+				return dst, fmt.Errorf("service %s: %w", svc.Hostname, err)
+			}
+			dst.waypoint = wp
+			return dst, nil
+		}
 		w, port, err := store.PickEndpoint(svc, target.Port())
 		if err != nil {
-			return destination{}, fmt.Errorf("service %s port %d: %w", svc.Hostname, target.Port(), err)
+			return destination{service: svc}, fmt.Errorf("service %s port %d: %w", svc.Hostname, target.Port(), err)
 		}
 		if p.reserved[port] {
-			return destination{}, fmt.Errorf("service %s port %d: target port %d: %w", svc.Hostname, target.Port(), port, ErrIllegalPort)
+			return destination{service: svc}, fmt.Errorf("service %s port %d: target port %d: %w", svc.Hostname, target.Port(), port, ErrIllegalPort)
 		}
 		return destination{service: svc, workload: w, addr: netip.AddrPortFrom(w.Addrs[0], port)}, nil
 	}
 	if p.reserved[target.Port()] {
 		return destination{}, fmt.Errorf("%v: %w", target, ErrIllegalPort)
 	}
-	return destination{workload: store.WorkloadByAddr(target.Addr()), addr: target}, nil
+	dst := destination{workload: store.WorkloadByAddr(target.Addr()), addr: target}
+	if w := dst.workload; w != nil && w.WaypointRef != nil && !store.IsFromWaypoint(w, src.ID, client) {
+		wp, err := store.WorkloadWaypoint(w, target.Addr())
+		if err != nil {
+			return dst, fmt.Errorf("workload %s/%s: %w", w.Namespace, w.Name, err)
+		}
+		dst.waypoint = wp
+	}
+	return dst, nil
 }
 
 // ServeSOCKS accepts, on l, SOCKS5 clients of the local workload whose
@@ -310,31 +359,49 @@ func (p *Proxy) Outbound(ctx context.Context, c net.Conn, src *state.Workload, t
 	}
 	setSource(labels, src)
 
-	dst, err := p.resolve(target, host)
-	if err == nil {
+	dst, err := p.resolve(src, clientAddr.Addr(), target, host)
+	rec.DstAddr = target
+	if dst.addr.IsValid() {
 		rec.DstAddr = dst.addr
-		if dst.service != nil {
-			rec.DstService = dst.service.Hostname
-			setService(labels, dst.service)
-		}
-		if w := dst.workload; w != nil {
-			rec.DstWorkload, rec.DstNamespace = w.Name, w.Namespace
-			setDestination(labels, w)
-		}
-	} else {
-		rec.DstAddr = target
+	}
+	if dst.service != nil {
+		rec.DstService = dst.service.Hostname
+		setService(labels, dst.service)
+	}
+	// Through a waypoint, the destination workload is the waypoint's pod
+	// (its labels, its identity), the destination service the one
+	// addressed, as Istio's ztunnel reports them.
+	dstW := dst.workload
+	if dst.waypoint != nil {
+		dstW = dst.waypoint.Workload
+	}
+	if dstW != nil {
+		rec.DstWorkload, rec.DstNamespace = dstW.Name, dstW.Namespace
+		setDestination(labels, dstW)
 	}
 
 	var upstream net.Conn
 	if err == nil {
-		if w := dst.workload; w != nil && w.TunnelProtocol == workloadapi.TunnelProtocol_HBONE {
+		switch w := dst.workload; {
+		case dst.waypoint != nil:
+			wp := dst.waypoint
+			rec.DstHBONEAddr = wp.Addr
+			rec.DstIdentity = wp.Workload.ID.String()
+			labels.DestinationPrincipal = wp.Workload.ID.String()
+			labels.ConnectionSecurityPolicy = "mutual_tls"
+			upstream, err = p.dialHBONE(ctx, src, clientAddr, dst.service, dst.addr, wp.Addr, wp.IDs)
+		case w != nil && w.TunnelProtocol == workloadapi.TunnelProtocol_HBONE:
 			hboneAddr := netip.AddrPortFrom(dst.addr.Addr(), p.cfg.HBONEPort)
 			rec.DstHBONEAddr = hboneAddr
 			rec.DstIdentity = w.ID.String()
 			labels.DestinationPrincipal = w.ID.String()
 			labels.ConnectionSecurityPolicy = "mutual_tls"
-			upstream, err = p.dialHBONE(ctx, src, clientAddr, dst, hboneAddr)
-		} else {
+			ids := []spiffeid.ID{w.ID}
+			if dst.service != nil {
+				ids = append(ids, sans(dst.service)...)
+			}
+			upstream, err = p.dialHBONE(ctx, src, clientAddr, dst.service, dst.addr, hboneAddr, ids)
+		default:
 			labels.ConnectionSecurityPolicy = "unknown"
 			upstream, err = p.dialDirect(ctx, src.Addrs[0], src.Addrs[0], dst.addr)
 		}
@@ -378,26 +445,22 @@ func (p *Proxy) Outbound(ctx context.Context, c net.Conn, src *state.Workload, t
 	p.cfg.AccessLog.Log(ctx, rec)
 }
 
-func (p *Proxy) dialHBONE(ctx context.Context, src *state.Workload, clientAddr netip.AddrPort, dst destination, hboneAddr netip.AddrPort) (net.Conn, error) {
+// dialHBONE opens a tunnel for the local workload src (whose client
+// connected from clientAddr) to authority, through the HBONE server at
+// hboneAddr that must present one of ids. svc is the service addressed,
+// if any: its hostname goes in the forwarded header.
+func (p *Proxy) dialHBONE(ctx context.Context, src *state.Workload, clientAddr netip.AddrPort, svc *state.Service, authority, hboneAddr netip.AddrPort, ids []spiffeid.ID) (net.Conn, error) {
 	forwarded := `for="` + clientAddr.String() + `"`
-	if dst.service != nil {
-		forwarded += ";host=" + dst.service.Hostname
+	if svc != nil {
+		forwarded += ";host=" + svc.Hostname
 	}
 	h := http.Header{
 		"Forwarded": {forwarded},
 		"Baggage":   {baggage(src)},
 	}
-	ids := []spiffeid.ID{dst.workload.ID}
-	if dst.service != nil {
-		for _, san := range dst.service.SubjectAltNames {
-			if id, err := spiffeid.FromString(san); err == nil {
-				ids = append(ids, id)
-			}
-		}
-	}
 	c, err := p.cfg.Pool.Dial(ctx, hbone.Target{
 		Addr:       hboneAddr,
-		Authority:  dst.addr.String(),
+		Authority:  authority.String(),
 		SourceID:   src.ID,
 		DestIDs:    ids,
 		SourceAddr: src.Addrs[0],
@@ -407,6 +470,17 @@ func (p *Proxy) dialHBONE(ctx context.Context, src *state.Workload, clientAddr n
 		return nil, err // not a nil *hbone.Conn in a non-nil net.Conn
 	}
 	return c, nil
+}
+
+// sans returns the service's subject_alt_names that are SPIFFE IDs.
+func sans(svc *state.Service) []spiffeid.ID {
+	var ids []spiffeid.ID
+	for _, san := range svc.SubjectAltNames {
+		if id, err := spiffeid.FromString(san); err == nil {
+			ids = append(ids, id)
+		}
+	}
+	return ids
 }
 
 // baggage describes the source workload as Istio's ztunnel does.
@@ -487,23 +561,30 @@ func (p *Proxy) ServeHBONE(ctx context.Context, req *hbone.Request, t *hbone.Tun
 		p.cfg.AccessLog.Log(ctx, rec)
 	}
 
-	if req.Authority.Addr() != req.LocalAddr.Addr() {
+	// The tunnel ends at the local workload the client dialed: the
+	// authority names it, or, when this workload is a waypoint, something
+	// it is the waypoint of (a service VIP or a pod IP, Istio's
+	// validate_destination); then the authority's port on this workload
+	// is the target.
+	local := req.LocalAddr.Addr()
+	dstW := p.cfg.Store.WorkloadByAddr(local)
+	if req.Authority.Addr() != local && (dstW == nil || !p.cfg.Store.IsWaypointFor(dstW, local, req.Authority.Addr())) {
 		fail(http.StatusBadRequest, "CONNECT", errAuthorityMis)
 		return
 	}
-	dstW := p.cfg.Store.WorkloadByAddr(req.Authority.Addr())
 	if dstW == nil {
 		fail(http.StatusServiceUnavailable, "CONNECT", errNoWorkload)
 		return
 	}
+	target := netip.AddrPortFrom(local, req.Authority.Port())
 	rec.DstWorkload, rec.DstNamespace, rec.DstIdentity = dstW.Name, dstW.Namespace, dstW.ID.String()
 	setDestination(labels, dstW)
 	labels.DestinationPrincipal = dstW.ID.String()
-	if p.reserved[req.Authority.Port()] {
+	if p.reserved[target.Port()] {
 		fail(http.StatusBadRequest, "CONNECT", ErrIllegalPort)
 		return
 	}
-	ac := authz.Conn{Src: req.RemoteAddr.Addr(), Dst: req.Authority, Identity: req.PeerID.String()}
+	ac := authz.Conn{Src: req.RemoteAddr.Addr(), Dst: target, Identity: req.PeerID.String()}
 	if d := p.Authorize(ac); !d.Allow {
 		rec.Policy = d.Policy
 		fail(http.StatusUnauthorized, "DENY", policyError(d))
@@ -512,7 +593,7 @@ func (p *Proxy) ServeHBONE(ctx context.Context, req *hbone.Request, t *hbone.Tun
 
 	// Dial the application from the client's own address, so that it sees
 	// the real source.
-	upstream, err := p.dialDirect(ctx, req.Authority.Addr(), req.RemoteAddr.Addr(), req.Authority)
+	upstream, err := p.dialDirect(ctx, local, req.RemoteAddr.Addr(), target)
 	if err != nil {
 		fail(http.StatusServiceUnavailable, "CONNECT", err)
 		return
