@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
+	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 )
 
 // fuzzFile is the name every fuzzed input is parsed under.
@@ -70,6 +71,9 @@ func FuzzParse(f *testing.F) {
 		"- a\n- b\n",
 		// Raw kinds.
 		"apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d, namespace: ns1}\n---\napiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: waypoint}\n",
+		// Gateway API kinds, valid and not.
+		waypointYAML,
+		"apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: w}\nspec:\n  gatewayClassName: istio-waypoint\n  listeners:\n  - {name: mesh, port: 0, protocol: HBONE}\n",
 		// A Secret with node tokens.
 		"apiVersion: v1\nkind: Secret\nmetadata:\n  name: ztunnel-node-tokens\n  namespace: istio-system\ndata:\n  node-1: dG9rZW4tMQ==\nstringData:\n  node-2: token-2\n  node-5: \"\"\n",
 		"apiVersion: v1\nkind: Secret\nmetadata: {name: s}\ndata:\n  node-1: not base64!\n",
@@ -152,7 +156,7 @@ func checkObject(t *testing.T, o object, lines int) {
 		if obj.Kind != o.key.kind || obj.Name != o.key.name || obj.File != fuzzFile || obj.Line != o.line || len(obj.JSON) == 0 {
 			t.Fatalf("raw object %+v does not match its key %v at line %d", obj, o.key, o.line)
 		}
-	case *corev1.Namespace, *corev1.Node:
+	case *corev1.Namespace, *corev1.Node, *gatewayv1.GatewayClass:
 		if o.key.namespace != "" {
 			t.Fatalf("cluster-scoped %v has namespace %q", o.key, o.key.namespace)
 		}

@@ -26,6 +26,7 @@ import (
 
 	securityv1 "istio.io/client-go/pkg/apis/security/v1"
 	corev1 "k8s.io/api/core/v1"
+	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 
 	"github.com/ambient-go/mesh/istiod-lite/model"
 )
@@ -210,6 +211,10 @@ func assemble(states map[string]*fileState) (*Snapshot, []error) {
 				snap.Inputs.AuthorizationPolicies = append(snap.Inputs.AuthorizationPolicies, obj)
 			case *securityv1.PeerAuthentication:
 				snap.Inputs.PeerAuthentications = append(snap.Inputs.PeerAuthentications, obj)
+			case *gatewayv1.Gateway:
+				snap.Inputs.Gateways = append(snap.Inputs.Gateways, obj)
+			case *gatewayv1.GatewayClass:
+				snap.Inputs.GatewayClasses = append(snap.Inputs.GatewayClasses, obj)
 			case *RawObject:
 				snap.Raw = append(snap.Raw, obj)
 			}

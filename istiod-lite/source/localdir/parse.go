@@ -35,8 +35,7 @@ func (e *ParseError) Error() string {
 func (e *ParseError) Unwrap() error { return e.Err }
 
 // RawObject is an object of a kind this package does not decode yet (for
-// example an AuthorizationPolicy or a Gateway), kept as JSON for the readers
-// of later kinds.
+// example an HTTPRoute), kept as JSON for the readers of later kinds.
 type RawObject struct {
 	APIVersion string
 	Kind       string
@@ -208,6 +207,18 @@ func parseDocument(file string, doc document) (*object, error) {
 			return nil, &ParseError{File: file, Line: policyErrorLine(doc, err), Err: err}
 		}
 		if key.namespace == "" {
+			key.namespace = DefaultNamespace
+		}
+		return &object{key: key, line: doc.line, obj: obj}, nil
+	}
+	if isGatewayKind(tm.APIVersion, tm.Kind) {
+		obj, err := decodeGatewayKind(js, tm.Kind)
+		if err != nil {
+			return nil, &ParseError{File: file, Line: policyErrorLine(doc, err), Err: err}
+		}
+		if tm.Kind == "GatewayClass" {
+			key.namespace = ""
+		} else if key.namespace == "" {
 			key.namespace = DefaultNamespace
 		}
 		return &object{key: key, line: doc.line, obj: obj}, nil
