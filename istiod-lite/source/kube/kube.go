@@ -1,8 +1,9 @@
 // Package kube is istiod-lite's cluster-mode configuration source: the
 // informer caches of a controller-runtime manager watching the objects the
 // model reads (Namespaces, Pods, Services, ServiceAccounts, Istio's
-// AuthorizationPolicy and PeerAuthentication) and those it will read
-// (EndpointSlices, Nodes, Gateway API Gateways and HTTPRoutes).
+// AuthorizationPolicy and PeerAuthentication, Gateway API Gateways and
+// GatewayClasses) and those it will read (EndpointSlices, Nodes,
+// HTTPRoutes).
 //
 // It is level-based: any event on any watched kind schedules a rebuild,
 // and a rebuild lists every kind from the caches into one Snapshot, whose
@@ -56,8 +57,9 @@ func NewScheme() (*runtime.Scheme, error) {
 type Snapshot struct {
 	// Inputs is what the model translates.
 	Inputs *model.Inputs
-	// Nodes, EndpointSlices, Gateways and HTTPRoutes are watched but not
-	// used by the model yet.
+	// Nodes, EndpointSlices and HTTPRoutes are watched but not used by
+	// the model yet. Gateways are Inputs.Gateways (also here for the
+	// waypoint deployer).
 	Nodes          []*corev1.Node
 	EndpointSlices []*discoveryv1.EndpointSlice
 	Gateways       []*gatewayv1.Gateway
@@ -108,6 +110,7 @@ var watched = []struct {
 	{&securityv1.AuthorizationPolicy{}, true},
 	{&securityv1.PeerAuthentication{}, true},
 	{&gatewayv1.Gateway{}, true},
+	{&gatewayv1.GatewayClass{}, true},
 	{&gatewayv1.HTTPRoute{}, true},
 }
 
@@ -256,6 +259,10 @@ func (s *Source) Snapshot(ctx context.Context) (*Snapshot, error) {
 		return nil, err
 	}
 	if snap.Gateways, err = list[gatewayv1.Gateway](ctx, s, "Gateway", &gatewayv1.GatewayList{}, func(l *gatewayv1.GatewayList) []gatewayv1.Gateway { return l.Items }); err != nil {
+		return nil, err
+	}
+	in.Gateways = snap.Gateways
+	if in.GatewayClasses, err = list[gatewayv1.GatewayClass](ctx, s, "GatewayClass", &gatewayv1.GatewayClassList{}, func(l *gatewayv1.GatewayClassList) []gatewayv1.GatewayClass { return l.Items }); err != nil {
 		return nil, err
 	}
 	if snap.HTTPRoutes, err = list[gatewayv1.HTTPRoute](ctx, s, "HTTPRoute", &gatewayv1.HTTPRouteList{}, func(l *gatewayv1.HTTPRouteList) []gatewayv1.HTTPRoute { return l.Items }); err != nil {
