@@ -338,6 +338,18 @@ func TestOutboundThroughWaypoint(t *testing.T) {
 				Workload: "echo-0", Namespace: "demo", Identity: m.EchoID.String(), Src: m.ClientID.String()},
 		},
 		{
+			// Istio skips the waypoint only for pod-addressed traffic
+			// (outbound.rs: check_from_waypoint is consulted only when
+			// the target is no service); its waypoints are not captured.
+			name:   "the waypoint itself to a service bound to it: to the waypoint, as Istio",
+			src:    m.WP,
+			target: netip.AddrPortFrom(m.EchoVIP, 80),
+			want: connectInfo{Server: "waypoint", Authority: netip.AddrPortFrom(m.EchoVIP, 80).String(), Peer: m.WPID.String(),
+				Forwarded: `for="` + m.WP.String() + `:PORT";host=` + echoHost},
+			log: loggedDst{Addr: netip.AddrPortFrom(m.EchoVIP, 80).String(), HBONEAddr: wpHBONE, Service: echoHost,
+				Workload: "wp-0", Namespace: "demo", Identity: m.WPID.String(), Src: m.WPID.String()},
+		},
+		{
 			name:   "the waypoint itself to the pod: direct",
 			src:    m.WP,
 			target: netip.AddrPortFrom(m.Echo, 8080),
