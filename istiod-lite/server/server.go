@@ -136,6 +136,11 @@ type Server struct {
 	// last logged per policy (owned by apply's goroutine).
 	statuses     atomic.Pointer[map[string]*model.PolicyStatus]
 	statusLogged map[string]string
+	// gatewayStatuses are the latest waypoint Gateway statuses;
+	// gatewayLogged holds what was last logged per Gateway (owned by
+	// apply's goroutine).
+	gatewayStatuses atomic.Pointer[map[string]*model.GatewayStatus]
+	gatewayLogged   map[string]string
 }
 
 type authSnapshot struct {
@@ -509,9 +514,15 @@ func (s *Server) applyInputs(in *model.Inputs, tokens map[string]string) map[str
 	for k, v := range out.Authorizations {
 		pols[k] = v
 	}
+	wpols := make(map[string]proto.Message, len(out.WaypointAuthorizations))
+	for k, v := range out.WaypointAuthorizations {
+		wpols[k] = v
+	}
 	s.logPolicyStatuses(out.PolicyStatuses)
+	s.logGatewayStatuses(out.GatewayStatuses)
 	s.xds.Set(workloadapi.AddressTypeURL, addrs)
 	s.xds.Set(workloadapi.AuthorizationTypeURL, pols)
+	s.xds.Set(workloadapi.WaypointAuthorizationTypeURL, wpols)
 	s.once.Do(func() { close(s.synced) })
 	s.log.Info("configuration applied", "addresses", len(addrs), "policies", len(pols), "took", time.Since(start).String())
 	return out.PolicyStatuses
@@ -567,7 +578,65 @@ func (s *Server) Errors() []error {
 			}
 		}
 	}
+	for _, st := range s.GatewayStatuses() {
+		for _, r := range st.Rejected() {
+			errs = append(errs, fmt.Errorf("%s %s/%s: %s", model.KindGateway, st.Namespace, st.Name, r))
+		}
+	}
 	return errs
+}
+
+// GatewayStatuses returns the status of every waypoint Gateway, sorted by
+// namespace and name. Local mode has no API server to write them to; they
+// are logged when they change.
+func (s *Server) GatewayStatuses() []*model.GatewayStatus {
+	m := s.gatewayStatuses.Load()
+	if m == nil {
+		return nil
+	}
+	out := make([]*model.GatewayStatus, 0, len(*m))
+	for _, k := range slices.Sorted(maps.Keys(*m)) {
+		out = append(out, (*m)[k])
+	}
+	return out
+}
+
+// logGatewayStatuses stores the Gateway statuses and logs each Gateway
+// whose conditions or addresses changed: a warning when a condition is
+// False.
+func (s *Server) logGatewayStatuses(statuses map[string]*model.GatewayStatus) {
+	s.gatewayStatuses.Store(&statuses)
+	if s.gatewayLogged == nil {
+		s.gatewayLogged = map[string]string{}
+	}
+	for k := range s.gatewayLogged {
+		if _, ok := statuses[k]; !ok {
+			delete(s.gatewayLogged, k)
+		}
+	}
+	for _, k := range slices.Sorted(maps.Keys(statuses)) {
+		st := statuses[k]
+		var addrs []string
+		for _, a := range st.Addresses {
+			addrs = append(addrs, a.Value)
+		}
+		var conds []string
+		for _, c := range st.Conditions {
+			conds = append(conds, c.Type+"="+string(c.Status)+" "+c.Reason)
+		}
+		rejected := st.Rejected()
+		sig := fmt.Sprint(addrs, conds, rejected)
+		if s.gatewayLogged[k] == sig {
+			continue
+		}
+		s.gatewayLogged[k] = sig
+		level := slog.LevelInfo
+		if len(rejected) > 0 {
+			level = slog.LevelWarn
+		}
+		s.log.Log(context.Background(), level, "gateway status", "namespace", st.Namespace, "name", st.Name,
+			"addresses", addrs, "conditions", conds, "problems", rejected)
+	}
 }
 
 // PolicyStatuses returns the status of every AuthorizationPolicy and
