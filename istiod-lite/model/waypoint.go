@@ -154,13 +154,13 @@ type GatewayStatus struct {
 // Key is "namespace/name", the key of Output.GatewayStatuses.
 func (s *GatewayStatus) Key() string { return s.Namespace + "/" + s.Name }
 
-// Rejected returns the conditions of the Gateway and its listeners that are
-// False, each as "<listener>: <type>" or "<type>" with its reason and
-// message, for Server.Errors.
+// Rejected describes the Accepted conditions of the Gateway and its
+// listeners that are False — configuration errors, for Server.Errors — each
+// with its reason and message. Programmed=False (not ready yet) is not one.
 func (s *GatewayStatus) Rejected() []string {
 	var out []string
 	for _, c := range s.Conditions {
-		if c.Status == metav1.ConditionFalse {
+		if c.Status == metav1.ConditionFalse && c.Type == string(gatewayv1.GatewayConditionAccepted) {
 			out = append(out, fmt.Sprintf("%s=False: %s: %s", c.Type, c.Reason, c.Message))
 		}
 	}
@@ -571,6 +571,9 @@ func (ix *waypointIndex) bindServices(in *Inputs) {
 			}
 		} else if sa := selectedServiceAccount(svc, podsByNS[svc.Namespace]); sa != "" {
 			for _, w := range ix.bySA[svc.Namespace+"/"+sa] {
+				if !w.serves(WaypointForService) {
+					continue // made for workload traffic only: no complaint
+				}
 				b.asked = true
 				b.wp, b.err = ix.resolve(w.key, svc.Namespace, WaypointForService, true)
 				if b.wp != nil {

@@ -397,6 +397,13 @@ func TestWaypointBinding(t *testing.T) {
 			wantStatus: map[string]PolicyCondition{"app/echo": bound("app/wp")},
 		},
 		{
+			name: "for-service-account with waypoint-for workload: pods only, no complaint for Services",
+			in: newWorld(ambient, func(w *world) {
+				w.gateways[0] = waypointGateway("app", "wp", gwAnnotation(AnnotationForServiceAccount, "echo"), gwLabel(LabelWaypointFor, WaypointForWorkload))
+			}),
+			want: map[string]*workloadapi.GatewayAddress{echoPod: gwAddr("app", "wp")},
+		},
+		{
 			name: "use-waypoint none on the objects beats for-service-account",
 			in: newWorld(ambient, func(w *world) {
 				w.gateways[0] = waypointGateway("app", "wp", gwAnnotation(AnnotationForServiceAccount, "echo"))
@@ -608,6 +615,34 @@ func TestGatewayStatus(t *testing.T) {
 			want := map[string]*GatewayStatus{"app/wp": tt.want}
 			if diff := cmp.Diff(want, out.GatewayStatuses); diff != "" {
 				t.Errorf("Build(in).GatewayStatuses (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+// TestGatewayStatusRejected checks that only configuration errors (Accepted
+// False) are reported as rejected, not a waypoint that is not ready yet.
+func TestGatewayStatusRejected(t *testing.T) {
+	const msg = `Expected a single listener on port 15008 with protocol "HBONE"`
+	tests := []struct {
+		name string
+		in   *Inputs
+		want []string
+	}{
+		{name: "ready", in: newWorld(nil, nil)},
+		{name: "not ready", in: newWorld(nil, func(w *world) { w.pods = w.pods[1:] })},
+		{name: "second listener", in: newWorld(nil, func(w *world) {
+			w.gateways[0].Spec.Listeners = append(w.gateways[0].Spec.Listeners, gatewayv1.Listener{Name: "http", Port: 80, Protocol: "HTTP"})
+		}), want: []string{
+			"Accepted=False: ListenersNotValid: The Gateway has 2 listeners. " + msg,
+			"listener http: Accepted=False: UnsupportedProtocol: " + msg,
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got := Build(tt.in, Options{}).GatewayStatuses["app/wp"].Rejected()
+			if diff := cmp.Diff(tt.want, got); diff != "" {
+				t.Errorf("GatewayStatus.Rejected() (-want +got):\n%s", diff)
 			}
 		})
 	}
