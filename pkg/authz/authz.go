@@ -77,6 +77,8 @@ func (r Reason) String() string {
 		return "allowed by policy"
 	case NoAllowMatched:
 		return "no allow policy matched"
+	case InvalidPath:
+		return "invalid path"
 	}
 	return "unknown"
 }
