@@ -4,7 +4,7 @@
 SHELL   := /bin/bash
 GO      ?= go
 MODULE  := github.com/ambient-go/mesh
-MODULES := pkg ztunnel istiod-lite tests
+MODULES := pkg ztunnel waypoint istiod-lite tests
 PKGS    := $(foreach m,$(MODULES),$(MODULE)/$(m)/...)
 BIN     := bin
 TOOLS   := $(CURDIR)/.cache/tools
@@ -17,8 +17,8 @@ export KUBE_ASSETS
 .PHONY: build test demo bench fuzz generate lint check-imports check-modules tools kube-binaries crds
 
 build:
-	@echo ">> building istiod-lite, ztunnel, ztunnel-cni and demo into $(BIN)/"
-	@$(GO) build -o $(BIN)/ $(MODULE)/istiod-lite/cmd/istiod-lite $(MODULE)/ztunnel/cmd/ztunnel $(MODULE)/ztunnel/cmd/ztunnel-cni $(MODULE)/tests/cmd/demo
+	@echo ">> building istiod-lite, ztunnel, ztunnel-cni, waypoint and demo into $(BIN)/"
+	@$(GO) build -o $(BIN)/ $(MODULE)/istiod-lite/cmd/istiod-lite $(MODULE)/ztunnel/cmd/ztunnel $(MODULE)/ztunnel/cmd/ztunnel-cni $(MODULE)/waypoint/cmd/waypoint $(MODULE)/tests/cmd/demo
 
 test: check-imports check-modules kube-binaries
 	@echo ">> go vet (all modules)"
@@ -54,11 +54,14 @@ fuzz:
 		done; \
 	done
 
-# The ztunnel module must not depend on any Kubernetes package.
+# The data plane modules (ztunnel, waypoint) must not depend on any
+# Kubernetes package.
 check-imports:
-	@echo ">> checking that ztunnel imports no k8s.io package"
-	@deps=$$($(GO) list -deps $(MODULE)/ztunnel/... | grep -E '^k8s\.io/' || true); \
-	if [ -n "$$deps" ]; then echo "ztunnel depends on: $$deps"; exit 1; fi
+	@for m in ztunnel waypoint; do \
+		echo ">> checking that $$m imports no k8s.io package"; \
+		deps=$$($(GO) list -deps $(MODULE)/$$m/... | grep -E '^k8s\.io/' || true); \
+		if [ -n "$$deps" ]; then echo "$$m depends on: $$deps"; exit 1; fi; \
+	done
 
 # Every module builds on its own, outside the workspace.
 check-modules:

@@ -64,7 +64,8 @@ func sniff(c net.Conn, timeout time.Duration) (net.Conn, protocol) {
 	defer c.SetReadDeadline(time.Time{})
 	n := 1
 	for {
-		b, err := br.Peek(n)
+		_, err := br.Peek(n)           // wait for one more byte than classified so far
+		b, _ := br.Peek(br.Buffered()) // and classify all that came
 		if p, done := classify(b, len(b) >= sniffSize); done {
 			return out, p
 		}

@@ -106,3 +106,26 @@ func TestTraceID(t *testing.T) {
 		}
 	}
 }
+
+// A request that arrives in one piece is classified from what came, not
+// after waiting for more bytes until the timeout.
+func TestSniffDecidesOnWhatArrived(t *testing.T) {
+	a, b := net.Pipe()
+	defer a.Close()
+	defer b.Close()
+	req := "GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+	go b.Write([]byte(req))
+	got := make(chan protocol, 1)
+	go func() {
+		_, p := sniff(a, time.Minute)
+		got <- p
+	}()
+	select {
+	case p := <-got:
+		if p != protoHTTP {
+			t.Errorf("sniff(%q) = %v, want protoHTTP", req, p)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatalf("sniff(%q) still waiting for bytes that never come", req)
+	}
+}
