@@ -103,6 +103,10 @@ type Config struct {
 	// XDSAddress is istiod-lite's xDS and CA address, as the waypoint
 	// dials it; default DefaultXDSAddress.
 	XDSAddress string
+	// TrustDomain, DomainSuffix and ClusterID are the mesh's (see
+	// model.Options); defaults "cluster.local", "cluster.local" and
+	// "Kubernetes".
+	TrustDomain, DomainSuffix, ClusterID string
 	// Logger; default discard.
 	Logger *slog.Logger
 	// Now is the time of Events; default time.Now.
@@ -137,6 +141,9 @@ func New(cfg Config) (*Deployer, error) {
 	}
 	cfg.Image = cmp.Or(cfg.Image, DefaultImage)
 	cfg.XDSAddress = cmp.Or(cfg.XDSAddress, DefaultXDSAddress)
+	cfg.TrustDomain = cmp.Or(cfg.TrustDomain, "cluster.local")
+	cfg.DomainSuffix = cmp.Or(cfg.DomainSuffix, "cluster.local")
+	cfg.ClusterID = cmp.Or(cfg.ClusterID, "Kubernetes")
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}

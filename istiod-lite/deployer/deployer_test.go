@@ -233,7 +233,7 @@ func TestDeployer(t *testing.T) {
 				env[e.Name] = e.ValueFrom.FieldRef.FieldPath
 			}
 		}
-		for name, path := range map[string]string{"POD_NAME": "metadata.name", "POD_NAMESPACE": "metadata.namespace", "POD_IP": "status.podIP", "SERVICE_ACCOUNT": "spec.serviceAccountName"} {
+		for name, path := range map[string]string{"POD_NAME": "metadata.name", "POD_NAMESPACE": "metadata.namespace", "INSTANCE_IP": "status.podIP", "SERVICE_ACCOUNT": "spec.serviceAccountName"} {
 			if env[name] != path {
 				t.Errorf("env %s from %q, want %q", name, env[name], path)
 			}

@@ -125,7 +125,7 @@ func render(gw *gatewayv1.Gateway, cfg *Config) objects {
 		WithEnv(
 			fieldEnv("POD_NAME", "metadata.name"),
 			fieldEnv("POD_NAMESPACE", "metadata.namespace"),
-			fieldEnv("POD_IP", "status.podIP"),
+			fieldEnv("INSTANCE_IP", "status.podIP"),
 			fieldEnv("SERVICE_ACCOUNT", "spec.serviceAccountName"),
 			fieldEnv("NODE_NAME", "spec.nodeName"),
 			corev1ac.EnvVar().WithName("GATEWAY_NAME").WithValue(name),
@@ -243,15 +243,23 @@ func infrastructure(gw *gatewayv1.Gateway) (labels, annotations map[string]strin
 	return labels, annotations
 }
 
-// waypointArgs are the waypoint binary's flags: where istiod-lite's xDS
-// and CA are, the mesh root and the token to authenticate with, and the
-// Gateway it serves.
+// waypointArgs are the waypoint binary's flags (waypoint/cmd/waypoint):
+// the Gateway it serves, this pod (from the downward API, expanded by the
+// kubelet), where istiod-lite's xDS and CA are, the mesh root and the
+// projected token to authenticate with, and the mesh's names.
 func waypointArgs(gw *gatewayv1.Gateway, cfg *Config) []string {
 	return []string{
+		"--namespace=$(POD_NAMESPACE)",
+		"--gateway=" + gw.Name,
+		"--service-account=$(SERVICE_ACCOUNT)",
+		"--pod-name=$(POD_NAME)",
+		"--pod-ip=$(INSTANCE_IP)",
 		"--xds-address=" + cfg.XDSAddress,
 		"--ca-root=" + rootDir + "/" + rootFile,
 		"--token-file=" + tokenDir + "/" + tokenFile,
-		"--gateway=" + gw.Namespace + "/" + gw.Name,
+		"--trust-domain=" + cfg.TrustDomain,
+		"--cluster-domain=" + cfg.DomainSuffix,
+		"--cluster-id=" + cfg.ClusterID,
 		fmt.Sprintf("--hbone-addr=:%d", MeshPort),
 		fmt.Sprintf("--metrics-addr=:%d", MetricsPort),
 		fmt.Sprintf("--readiness-addr=:%d", StatusPort),

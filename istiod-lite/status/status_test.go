@@ -22,7 +22,8 @@ func TestConditions(t *testing.T) {
 		return &metav1alpha1.IstioCondition{Type: c.Type, Status: c.Status, Reason: c.Reason, Message: c.Message,
 			ObservedGeneration: gen, LastTransitionTime: timestamppb.New(at)}
 	}
-	waypoint := &metav1alpha1.IstioCondition{Type: "WaypointAccepted", Status: "True", Reason: "Accepted"}
+	foreign := &metav1alpha1.IstioCondition{Type: "Reconciled", Status: "True", Reason: "Done"}
+	wpAccepted := model.PolicyCondition{Type: model.ConditionWaypointAccepted, Status: "True", Reason: model.ReasonAccepted, Message: "bound to waypoint demo/waypoint"}
 	st := func(cs ...model.PolicyCondition) *model.PolicyStatus {
 		return &model.PolicyStatus{Kind: model.KindAuthorizationPolicy, Namespace: "demo", Name: "p", Conditions: cs}
 	}
@@ -41,10 +42,14 @@ func TestConditions(t *testing.T) {
 			want: []*metav1alpha1.IstioCondition{cond(partial, 2, then)}, wantChanged: true},
 		{name: "status flips", have: []*metav1alpha1.IstioCondition{cond(accepted, 1, then)}, st: st(invalid), gen: 2,
 			want: []*metav1alpha1.IstioCondition{cond(invalid, 2, now)}, wantChanged: true},
-		{name: "other types kept", have: []*metav1alpha1.IstioCondition{waypoint}, st: st(accepted), gen: 1,
-			want: []*metav1alpha1.IstioCondition{waypoint, cond(accepted, 1, now)}, wantChanged: true},
-		{name: "policy left to waypoints loses ours", have: []*metav1alpha1.IstioCondition{cond(accepted, 1, then), waypoint}, st: nil, gen: 2,
-			want: []*metav1alpha1.IstioCondition{waypoint}, wantChanged: true},
+		{name: "other types kept", have: []*metav1alpha1.IstioCondition{foreign}, st: st(accepted), gen: 1,
+			want: []*metav1alpha1.IstioCondition{foreign, cond(accepted, 1, now)}, wantChanged: true},
+		{name: "WaypointAccepted next to ZtunnelAccepted", have: []*metav1alpha1.IstioCondition{cond(accepted, 1, then)}, st: st(accepted, wpAccepted), gen: 1,
+			want: []*metav1alpha1.IstioCondition{cond(accepted, 1, then), cond(wpAccepted, 1, now)}, wantChanged: true},
+		{name: "policy left to waypoints loses ZtunnelAccepted", have: []*metav1alpha1.IstioCondition{cond(accepted, 1, then), foreign}, st: st(wpAccepted), gen: 2,
+			want: []*metav1alpha1.IstioCondition{foreign, cond(wpAccepted, 2, now)}, wantChanged: true},
+		{name: "policy without status loses both of ours", have: []*metav1alpha1.IstioCondition{cond(accepted, 1, then), cond(wpAccepted, 1, then), foreign}, st: nil, gen: 2,
+			want: []*metav1alpha1.IstioCondition{foreign}, wantChanged: true},
 		{name: "nothing to do", have: nil, st: nil, gen: 1},
 	}
 	for _, tt := range tests {
