@@ -200,7 +200,8 @@ func ValidatePeerAuthentication(p *securityv1.PeerAuthentication) error {
 
 // ConvertAuthorizationPolicy translates one AuthorizationPolicy for ztunnel.
 // It returns a nil Authorization when ztunnel does not enforce the policy:
-// with targetRefs (left to waypoints; no condition either), CUSTOM, or
+// with targetRefs (left to waypoints, whose translation in l7authz.go
+// gives them a WaypointAccepted condition; no condition here), CUSTOM, or
 // invalid (with a False condition). rootNamespace is the mesh's root
 // namespace, where selector-less policies are GLOBAL.
 //

@@ -232,7 +232,9 @@ func TestPolicyStatuses(t *testing.T) {
 		"AuthorizationPolicy/demo/l7":      {"True", ReasonUnsupportedValue},
 		"AuthorizationPolicy/demo/badcidr": {"False", ReasonInvalid},
 		"AuthorizationPolicy/demo/badport": {"False", ReasonInvalid},
-		"PeerAuthentication/demo/badpa":    {"False", ReasonInvalid},
+		// WaypointAccepted (l7authz.go): no Gateway demo/wp.
+		"AuthorizationPolicy/demo/waypoint": {"False", WaypointPolicyReasonTargetNotFound},
+		"PeerAuthentication/demo/badpa":     {"False", ReasonInvalid},
 	}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("PolicyStatuses mismatch (-want +got):\n%s", diff)
