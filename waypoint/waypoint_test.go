@@ -59,7 +59,9 @@ func (s *signer) RequestCertificate(_ context.Context, id spiffeid.ID, csrPEM []
 		return nil, err
 	}
 	s.ids <- id
-	enc := func(der []byte) string { return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})) }
+	enc := func(der []byte) string {
+		return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}))
+	}
 	return []string{enc(der), enc(s.ca.Cert.Raw)}, nil
 }
 
