@@ -263,6 +263,12 @@ func (t *Topology) addNode(uh *netlink.Handle, ubr netlink.Link, i, nodes int) (
 	if _, err := addBridge(nh, netip.PrefixFrom(n.Gateway, 24)); err != nil {
 		return n, fmt.Errorf("netns: node %d: %w", i, err)
 	}
+	// The underlay answers pods that reach it (a waypoint's xDS and CA
+	// connections to istiod-lite; see Pod.RouteUnderlay) through their
+	// node.
+	if err := uh.RouteAdd(&netlink.Route{Dst: ipNet(PodPrefix(i)), Gw: n.IP.AsSlice()}); err != nil {
+		return n, fmt.Errorf("netns: underlay: route to %s: %w", PodPrefix(i), err)
+	}
 	for k := 1; k <= nodes; k++ {
 		if k == i {
 			continue
@@ -345,6 +351,28 @@ func (p *Pod) build() error {
 		if err := ph.RouteAdd(r); err != nil {
 			return fmt.Errorf("route to %s: %w", dst, err)
 		}
+	}
+	return nil
+}
+
+// RouteUnderlay routes the underlay's own address (UnderlayIP, where
+// istiod-lite listens) from the pod through its node, as a cluster's pod
+// network reaches its control plane. Only pods that talk to the control
+// plane themselves (a waypoint) need it; application pods have no route
+// past the pod and VIP prefixes.
+func (p *Pod) RouteUnderlay() error {
+	h, err := p.Handle()
+	if err != nil {
+		return err
+	}
+	defer h.Close()
+	eth, err := h.LinkByName(podIfName)
+	if err != nil {
+		return err
+	}
+	r := &netlink.Route{LinkIndex: eth.Attrs().Index, Dst: ipNet(netip.PrefixFrom(UnderlayIP, 32)), Gw: p.Node.Gateway.AsSlice()}
+	if err := h.RouteAdd(r); err != nil {
+		return fmt.Errorf("netns: pod %s: route to %s: %w", p.PodName, UnderlayIP, err)
 	}
 	return nil
 }

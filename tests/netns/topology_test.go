@@ -149,6 +149,46 @@ func TestTopology(t *testing.T) {
 		}
 	})
 
+	t.Run("only a pod routed to the underlay reaches it", func(t *testing.T) {
+		l, err := topo.Underlay.Listen("tcp", netip.AddrPortFrom(UnderlayIP, 15012).String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer l.Close()
+		accepted := make(chan netip.Addr, 1)
+		go func() {
+			defer close(accepted)
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			accepted <- c.RemoteAddr().(*net.TCPAddr).AddrPort().Addr()
+			c.Close()
+		}()
+		dial := func(p *Pod) error {
+			ctx, cancel := context.WithTimeout(t.Context(), 2*time.Second)
+			defer cancel()
+			c, err := p.Dial(ctx, "tcp", netip.AddrPortFrom(UnderlayIP, 15012).String())
+			if err == nil {
+				c.Close()
+			}
+			return err
+		}
+		if err := dial(topo.Node(1).Pod("p3")); err == nil {
+			t.Fatal("a pod without RouteUnderlay reached the underlay")
+		}
+		p := topo.Node(2).Pod("p3")
+		if err := p.RouteUnderlay(); err != nil {
+			t.Fatal(err)
+		}
+		if err := dial(p); err != nil {
+			t.Fatalf("after RouteUnderlay: %v", err)
+		}
+		if got := <-accepted; got != p.IP {
+			t.Errorf("the underlay saw %s, want the pod's own address %s", got, p.IP)
+		}
+	})
+
 	t.Run("exec in a pod", func(t *testing.T) {
 		p := topo.Node(2).Pod("p2")
 		var out bytes.Buffer
