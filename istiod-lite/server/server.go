@@ -18,8 +18,9 @@
 // informer caches of a controller-runtime manager (package source/kube),
 // nodes authenticate with service account tokens checked by TokenReview
 // (ca.TokenReviewAuthenticator), every replica signs with the root kept in
-// the Secret istio-system/istio-ca-secret, and the elected leader writes
-// policy status onto the objects (package status) and publishes the root
+// the Secret istio-system/istio-ca-secret, and the elected leader deploys
+// waypoints (package deployer), writes policy, Service and Gateway status
+// onto the objects (package status) and publishes the root
 // in the ConfigMap istio-ca-root-cert of every namespace. Both sources
 // feed the same model and the same xDS server.
 package server
@@ -46,8 +47,11 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/protobuf/proto"
+	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	toolscache "k8s.io/client-go/tools/cache"
@@ -57,6 +61,7 @@ import (
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	"github.com/ambient-go/mesh/istiod-lite/ca"
+	"github.com/ambient-go/mesh/istiod-lite/deployer"
 	"github.com/ambient-go/mesh/istiod-lite/model"
 	"github.com/ambient-go/mesh/istiod-lite/source/kube"
 	"github.com/ambient-go/mesh/istiod-lite/source/localdir"
@@ -104,6 +109,13 @@ type ClusterOptions struct {
 	NodeAgents []string
 	// Debounce coalesces cluster events; default kube.DefaultDebounce.
 	Debounce time.Duration
+	// WaypointImage is the image of the waypoint Deployments the leader
+	// deploys for Gateways of class istio-waypoint; default
+	// deployer.DefaultImage.
+	WaypointImage string
+	// WaypointXDSAddress is istiod-lite's address as waypoint pods dial
+	// it (xDS and CA); default deployer.DefaultXDSAddress.
+	WaypointXDSAddress string
 }
 
 // Server is a running istiod-lite.
@@ -114,7 +126,7 @@ type Server struct {
 	xds     *xds.Server
 	watcher *localdir.Watcher     // local mode
 	mgr     manager.Manager       // cluster mode
-	status  *status.Writer        // cluster mode, when AuthorizationPolicy is installed
+	status  *status.Writer        // cluster mode
 	rootCM  *ca.RootCertPublisher // cluster mode
 	grpc    *grpc.Server
 	plain   *grpc.Server
@@ -313,7 +325,8 @@ func xdsAuthenticator(authn ca.Authenticator, td spiffeid.TrustDomain) func(cont
 	}
 }
 
-// newCluster builds cluster mode's manager, source and status writer.
+// newCluster builds cluster mode's manager, source, status writer and
+// waypoint deployer.
 func (s *Server) newCluster(log *slog.Logger) error {
 	scheme, err := kube.NewScheme()
 	if err != nil {
@@ -336,10 +349,12 @@ func (s *Server) newCluster(log *slog.Logger) error {
 		LeaderElectionReleaseOnCancel: true,
 		Cache: cache.Options{
 			DefaultTransform: cache.TransformStripManagedFields(),
-			// Only the ConfigMaps the root certificate publisher writes.
-			ByObject: map[client.Object]cache.ByObject{&corev1.ConfigMap{}: {
-				Field: fields.OneTermEqualSelector("metadata.name", ca.RootCertConfigMap),
-			}},
+			ByObject: map[client.Object]cache.ByObject{
+				// Only the ConfigMaps the root certificate publisher writes.
+				&corev1.ConfigMap{}: {Field: fields.OneTermEqualSelector("metadata.name", ca.RootCertConfigMap)},
+				// Only the Deployments of waypoints.
+				&appsv1.Deployment{}: {Label: labels.SelectorFromSet(labels.Set{deployer.ManagedLabel: deployer.ManagedValue})},
+			},
 		},
 	})
 	if err != nil {
@@ -365,12 +380,27 @@ func (s *Server) newCluster(log *slog.Logger) error {
 	if err := s.mgr.Add(s.rootCM); err != nil {
 		return fmt.Errorf("manager: %w", err)
 	}
-	if !slices.Contains(src.Skipped(), model.KindAuthorizationPolicy) {
-		if s.status, err = status.New(status.Config{Client: s.mgr.GetClient(), Logger: log}); err != nil {
+	if s.status, err = status.New(status.Config{Client: s.mgr.GetClient(), Skip: src.Skipped(), Logger: log}); err != nil {
+		return err
+	}
+	if err := s.mgr.Add(s.status); err != nil {
+		return fmt.Errorf("manager: %w", err)
+	}
+	if !slices.Contains(src.Skipped(), model.KindGateway) {
+		d, err := deployer.New(deployer.Config{
+			Client: s.mgr.GetClient(), Reader: s.mgr.GetAPIReader(),
+			Image: opt.WaypointImage, XDSAddress: opt.WaypointXDSAddress,
+			TrustDomain: s.cfg.Model.TrustDomain, DomainSuffix: s.cfg.Model.DomainSuffix, ClusterID: s.cfg.Model.ClusterID,
+			Logger: log,
+		})
+		if err != nil {
 			return err
 		}
-		if err := s.mgr.Add(s.status); err != nil {
-			return fmt.Errorf("manager: %w", err)
+		if err := d.SetupWithManager(s.mgr); err != nil {
+			if !meta.IsNoMatchError(err) {
+				return err
+			}
+			log.Warn("waypoints not deployed: the Gateway API CRDs are not installed", "error", err.Error())
 		}
 	}
 	return nil
@@ -485,11 +515,14 @@ func (s *Server) Start(ctx context.Context) error {
 func (s *Server) apply(snap *localdir.Snapshot) { s.applyInputs(snap.Inputs, snap.NodeTokens) }
 
 // applyKube applies one snapshot of the informer caches (cluster mode) and
-// hands the policy statuses to the status writer.
+// hands the policy, Service and Gateway statuses to the status writer.
 func (s *Server) applyKube(snap *kube.Snapshot) {
 	st := s.applyInputs(snap.Inputs, nil)
 	if s.status != nil {
 		s.status.Update(st)
+		if gw := s.gatewayStatuses.Load(); gw != nil {
+			s.status.UpdateGateways(*gw)
+		}
 	}
 	s.rootCM.Trigger() // namespaces may have changed
 }

@@ -146,7 +146,50 @@ func TestIstiodLiteWithDeployRBAC(t *testing.T) {
 			return false, nil
 		})
 	})
+	t.Run("Waypoint", func(t *testing.T) {
+		// The deployer creates the class and the waypoint's objects, the
+		// status writer writes Gateway and Service status: all with
+		// deploy/'s RBAC.
+		c.MustKubectl(t, "label", "namespace", "demo", "istio.io/use-waypoint=waypoint")
+		if out, err := c.KubectlStdin(ctx, strings.NewReader(waypointGateway), "apply", "-f", "-"); err != nil {
+			t.Fatalf("%v: %s", err, out)
+		}
+		poll(t, "GatewayClass istio-waypoint", func(ctx context.Context) (bool, error) {
+			out, err := c.Kubectl(ctx, "get", "gatewayclass", "istio-waypoint", "-o", "jsonpath={.spec.controllerName} {.status.conditions[?(@.type=='Accepted')].status}")
+			return err == nil && out == "istio.io/mesh-controller True", nil
+		})
+		for _, kind := range []string{"serviceaccount", "deployment", "service"} {
+			poll(t, kind+" demo/waypoint", func(ctx context.Context) (bool, error) {
+				_, err := c.Kubectl(ctx, "-n", "demo", "get", kind, "waypoint")
+				return err == nil, nil
+			})
+		}
+		poll(t, "Gateway status (its pod never runs here: Programmed=False)", func(ctx context.Context) (bool, error) {
+			out, err := c.Kubectl(ctx, "-n", "demo", "get", "gateway", "waypoint", "-o", "jsonpath={.status.conditions[?(@.type=='Programmed')].reason}")
+			return err == nil && out == "AddressNotAssigned", nil
+		})
+		poll(t, "istio.io/WaypointBound on Service demo/echo", func(ctx context.Context) (bool, error) {
+			out, err := c.Kubectl(ctx, "-n", "demo", "get", "service", "echo", "-o", "jsonpath={.status.conditions[?(@.type=='istio.io/WaypointBound')].reason}")
+			return err == nil && out == "WaypointIsNotReady", nil
+		})
+	})
 }
+
+const waypointGateway = `
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: waypoint, namespace: demo}
+spec:
+  gatewayClassName: istio-waypoint
+  listeners: [{name: mesh, port: 15008, protocol: HBONE}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: echo, namespace: demo}
+spec:
+  selector: {app: echo}
+  ports: [{name: http, port: 80}]
+`
 
 const policy = `
 apiVersion: security.istio.io/v1

@@ -20,6 +20,7 @@ import (
 	"k8s.io/klog/v2"
 	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
 
+	"github.com/ambient-go/mesh/istiod-lite/deployer"
 	"github.com/ambient-go/mesh/istiod-lite/server"
 )
 
@@ -88,6 +89,7 @@ func main() {
 	f.StringVar(&kubeconfig, "kubeconfig", "", "kubeconfig file (kube mode); default: in-cluster configuration")
 	f.StringVar(&cfg.Cluster.LeaderElectionNamespace, "leader-election-namespace", "istio-system", "namespace of the status writer's leader election Lease (kube mode)")
 	f.StringSliceVar(&cfg.Cluster.NodeAgents, "node-agent", []string{"istio-system/ztunnel"}, "namespace/name of the node agents' service accounts (kube mode)")
+	f.StringVar(&cfg.Cluster.WaypointImage, "waypoint-image", "", "image of the waypoint Deployments deployed for Gateways of class istio-waypoint (kube mode); default "+deployer.DefaultImage)
 	_ = cmd.MarkFlagRequired("state-dir")
 	if err := cmd.ExecuteContext(context.Background()); err != nil {
 		fmt.Fprintln(os.Stderr, "istiod-lite:", err)
