@@ -84,10 +84,12 @@ type Output struct {
 	// Authorizations holds policies keyed by "namespace/name".
 	Authorizations map[string]*security.Authorization
 	// PolicyStatuses holds the status of each AuthorizationPolicy and
-	// PeerAuthentication read, keyed by PolicyStatus.Key(); an
-	// AuthorizationPolicy left to waypoints (targetRefs) has none. A pod
-	// not served because another pod claims one of its IPs has one too
-	// (KindPod, reason ReasonAddressConflict; see resolveConflicts).
+	// PeerAuthentication read, keyed by PolicyStatus.Key(): condition
+	// ZtunnelAccepted, or WaypointAccepted for a policy with targetRefs
+	// (l7authz.go). A pod not served because another pod claims one of its
+	// IPs has one too (KindPod, reason ReasonAddressConflict; see
+	// resolveConflicts), and so has a Service that asks for a waypoint
+	// (KindService, condition istio.io/WaypointBound; waypoint.go).
 	PolicyStatuses map[string]*PolicyStatus
 	// WaypointAuthorizations holds the AuthorizationPolicies with
 	// targetRefs, as waypoints apply them, keyed by "namespace/name"

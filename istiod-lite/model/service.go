@@ -2,6 +2,7 @@ package model
 
 import (
 	"net/netip"
+	"strings"
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
@@ -34,7 +35,7 @@ func buildService(svc *corev1.Service, opt Options) *workloadapi.Service {
 		if !tcp(p.Protocol) {
 			continue
 		}
-		s.Ports = append(s.Ports, &workloadapi.Port{ServicePort: uint32(p.Port), TargetPort: serviceTargetPort(p)})
+		s.Ports = append(s.Ports, &workloadapi.Port{ServicePort: uint32(p.Port), TargetPort: serviceTargetPort(p), AppProtocol: appProtocol(p)})
 	}
 	s.IpFamilies = ipFamilies(svc, s.Addresses)
 	return s
@@ -83,4 +84,51 @@ func ipFamilies(svc *corev1.Service, addrs []*workloadapi.NetworkAddress) worklo
 		return workloadapi.IPFamilies_IPV6_ONLY
 	}
 	return workloadapi.IPFamilies_AUTOMATIC
+}
+
+// appProtocol derives a Service port's application protocol as Istio does
+// (pkg/config/kube ConvertProtocol): the port's appProtocol when set (with
+// Kubernetes' kubernetes.io/h2c, /ws and /wss names), else the port name's
+// prefix before "-" ("http-web" is HTTP); an unrecognised name on SMTP,
+// DNS, MySQL or MongoDB's well-known port is TCP; anything else is UNKNOWN (sniffed). gRPC-Web
+// and Istio's other protocols have no Workload API value: UNKNOWN.
+func appProtocol(p corev1.ServicePort) workloadapi.AppProtocol {
+	name := p.Name
+	if p.AppProtocol != nil {
+		name = *p.AppProtocol
+		switch name {
+		case "kubernetes.io/h2c":
+			return workloadapi.AppProtocol_HTTP2
+		case "kubernetes.io/ws":
+			return workloadapi.AppProtocol_HTTP11
+		case "kubernetes.io/wss":
+			return workloadapi.AppProtocol_TLS
+		}
+	}
+	if len(name) >= len("grpc-web") && strings.EqualFold(name[:len("grpc-web")], "grpc-web") {
+		return workloadapi.AppProtocol_UNKNOWN
+	}
+	if i := strings.IndexByte(name, '-'); i >= 0 {
+		name = name[:i]
+	}
+	switch strings.ToLower(name) {
+	case "http":
+		return workloadapi.AppProtocol_HTTP11
+	case "http2":
+		return workloadapi.AppProtocol_HTTP2
+	case "grpc":
+		return workloadapi.AppProtocol_GRPC
+	case "tls", "https":
+		return workloadapi.AppProtocol_TLS
+	case "tcp":
+		return workloadapi.AppProtocol_TCP
+	case "mongo", "mysql", "redis", "udp", "http_proxy":
+		// Istio's protocols that have no Workload API value.
+		return workloadapi.AppProtocol_UNKNOWN
+	}
+	switch p.Port {
+	case 25, 53, 3306, 27017: // SMTP, DNS, MySQL, MongoDB
+		return workloadapi.AppProtocol_TCP
+	}
+	return workloadapi.AppProtocol_UNKNOWN
 }

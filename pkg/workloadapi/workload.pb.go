@@ -224,6 +224,64 @@ func (WorkloadType) EnumDescriptor() ([]byte, []int) {
 	return file_workload_proto_rawDescGZIP(), []int{3}
 }
 
+type AppProtocol int32
+
+const (
+	AppProtocol_UNKNOWN AppProtocol = 0
+	AppProtocol_HTTP11  AppProtocol = 1
+	AppProtocol_HTTP2   AppProtocol = 2
+	AppProtocol_GRPC    AppProtocol = 3
+	AppProtocol_TCP     AppProtocol = 4
+	AppProtocol_TLS     AppProtocol = 5
+)
+
+// Enum value maps for AppProtocol.
+var (
+	AppProtocol_name = map[int32]string{
+		0: "UNKNOWN",
+		1: "HTTP11",
+		2: "HTTP2",
+		3: "GRPC",
+		4: "TCP",
+		5: "TLS",
+	}
+	AppProtocol_value = map[string]int32{
+		"UNKNOWN": 0,
+		"HTTP11":  1,
+		"HTTP2":   2,
+		"GRPC":    3,
+		"TCP":     4,
+		"TLS":     5,
+	}
+)
+
+func (x AppProtocol) Enum() *AppProtocol {
+	p := new(AppProtocol)
+	*p = x
+	return p
+}
+
+func (x AppProtocol) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (AppProtocol) Descriptor() protoreflect.EnumDescriptor {
+	return file_workload_proto_enumTypes[4].Descriptor()
+}
+
+func (AppProtocol) Type() protoreflect.EnumType {
+	return &file_workload_proto_enumTypes[4]
+}
+
+func (x AppProtocol) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use AppProtocol.Descriptor instead.
+func (AppProtocol) EnumDescriptor() ([]byte, []int) {
+	return file_workload_proto_rawDescGZIP(), []int{4}
+}
+
 type TunnelProtocol int32
 
 const (
@@ -254,11 +312,11 @@ func (x TunnelProtocol) String() string {
 }
 
 func (TunnelProtocol) Descriptor() protoreflect.EnumDescriptor {
-	return file_workload_proto_enumTypes[4].Descriptor()
+	return file_workload_proto_enumTypes[5].Descriptor()
 }
 
 func (TunnelProtocol) Type() protoreflect.EnumType {
-	return &file_workload_proto_enumTypes[4]
+	return &file_workload_proto_enumTypes[5]
 }
 
 func (x TunnelProtocol) Number() protoreflect.EnumNumber {
@@ -267,7 +325,7 @@ func (x TunnelProtocol) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use TunnelProtocol.Descriptor instead.
 func (TunnelProtocol) EnumDescriptor() ([]byte, []int) {
-	return file_workload_proto_rawDescGZIP(), []int{4}
+	return file_workload_proto_rawDescGZIP(), []int{5}
 }
 
 type LoadBalancing_Scope int32
@@ -315,11 +373,11 @@ func (x LoadBalancing_Scope) String() string {
 }
 
 func (LoadBalancing_Scope) Descriptor() protoreflect.EnumDescriptor {
-	return file_workload_proto_enumTypes[5].Descriptor()
+	return file_workload_proto_enumTypes[6].Descriptor()
 }
 
 func (LoadBalancing_Scope) Type() protoreflect.EnumType {
-	return &file_workload_proto_enumTypes[5]
+	return &file_workload_proto_enumTypes[6]
 }
 
 func (x LoadBalancing_Scope) Number() protoreflect.EnumNumber {
@@ -367,11 +425,11 @@ func (x LoadBalancing_Mode) String() string {
 }
 
 func (LoadBalancing_Mode) Descriptor() protoreflect.EnumDescriptor {
-	return file_workload_proto_enumTypes[6].Descriptor()
+	return file_workload_proto_enumTypes[7].Descriptor()
 }
 
 func (LoadBalancing_Mode) Type() protoreflect.EnumType {
-	return &file_workload_proto_enumTypes[6]
+	return &file_workload_proto_enumTypes[7]
 }
 
 func (x LoadBalancing_Mode) Number() protoreflect.EnumNumber {
@@ -413,11 +471,11 @@ func (x LoadBalancing_HealthPolicy) String() string {
 }
 
 func (LoadBalancing_HealthPolicy) Descriptor() protoreflect.EnumDescriptor {
-	return file_workload_proto_enumTypes[7].Descriptor()
+	return file_workload_proto_enumTypes[8].Descriptor()
 }
 
 func (LoadBalancing_HealthPolicy) Type() protoreflect.EnumType {
-	return &file_workload_proto_enumTypes[7]
+	return &file_workload_proto_enumTypes[8]
 }
 
 func (x LoadBalancing_HealthPolicy) Number() protoreflect.EnumNumber {
@@ -459,11 +517,11 @@ func (x LoadBalancing_DnsConnectStrategy) String() string {
 }
 
 func (LoadBalancing_DnsConnectStrategy) Descriptor() protoreflect.EnumDescriptor {
-	return file_workload_proto_enumTypes[8].Descriptor()
+	return file_workload_proto_enumTypes[9].Descriptor()
 }
 
 func (LoadBalancing_DnsConnectStrategy) Type() protoreflect.EnumType {
-	return &file_workload_proto_enumTypes[8]
+	return &file_workload_proto_enumTypes[9]
 }
 
 func (x LoadBalancing_DnsConnectStrategy) Number() protoreflect.EnumNumber {
@@ -505,11 +563,11 @@ func (x ApplicationTunnel_Protocol) String() string {
 }
 
 func (ApplicationTunnel_Protocol) Descriptor() protoreflect.EnumDescriptor {
-	return file_workload_proto_enumTypes[9].Descriptor()
+	return file_workload_proto_enumTypes[10].Descriptor()
 }
 
 func (ApplicationTunnel_Protocol) Type() protoreflect.EnumType {
-	return &file_workload_proto_enumTypes[9]
+	return &file_workload_proto_enumTypes[10]
 }
 
 func (x ApplicationTunnel_Protocol) Number() protoreflect.EnumNumber {
@@ -1154,9 +1212,12 @@ func (x *PortList) GetPorts() []*Port {
 }
 
 type Port struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	ServicePort   uint32                 `protobuf:"varint,1,opt,name=service_port,json=servicePort,proto3" json:"service_port,omitempty"`
-	TargetPort    uint32                 `protobuf:"varint,2,opt,name=target_port,json=targetPort,proto3" json:"target_port,omitempty"`
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	ServicePort uint32                 `protobuf:"varint,1,opt,name=service_port,json=servicePort,proto3" json:"service_port,omitempty"`
+	TargetPort  uint32                 `protobuf:"varint,2,opt,name=target_port,json=targetPort,proto3" json:"target_port,omitempty"`
+	// The application protocol, from the Service port's appProtocol or name
+	// prefix, as Istio derives it; waypoints skip sniffing when it is known.
+	AppProtocol   AppProtocol `protobuf:"varint,3,opt,name=app_protocol,json=appProtocol,proto3,enum=istio.workload.AppProtocol" json:"app_protocol,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1203,6 +1264,13 @@ func (x *Port) GetTargetPort() uint32 {
 		return x.TargetPort
 	}
 	return 0
+}
+
+func (x *Port) GetAppProtocol() AppProtocol {
+	if x != nil {
+		return x.AppProtocol
+	}
+	return AppProtocol_UNKNOWN
 }
 
 type ApplicationTunnel struct {
@@ -1594,11 +1662,12 @@ const file_workload_proto_rawDesc = "" +
 	"\x04zone\x18\x02 \x01(\tR\x04zone\x12\x18\n" +
 	"\asubzone\x18\x03 \x01(\tR\asubzone\"6\n" +
 	"\bPortList\x12*\n" +
-	"\x05ports\x18\x01 \x03(\v2\x14.istio.workload.PortR\x05ports\"J\n" +
+	"\x05ports\x18\x01 \x03(\v2\x14.istio.workload.PortR\x05ports\"\x8a\x01\n" +
 	"\x04Port\x12!\n" +
 	"\fservice_port\x18\x01 \x01(\rR\vservicePort\x12\x1f\n" +
 	"\vtarget_port\x18\x02 \x01(\rR\n" +
-	"targetPort\"\x90\x01\n" +
+	"targetPort\x12>\n" +
+	"\fapp_protocol\x18\x03 \x01(\x0e2\x1b.istio.workload.AppProtocolR\vappProtocol\"\x90\x01\n" +
 	"\x11ApplicationTunnel\x12F\n" +
 	"\bprotocol\x18\x01 \x01(\x0e2*.istio.workload.ApplicationTunnel.ProtocolR\bprotocol\x12\x12\n" +
 	"\x04port\x18\x02 \x01(\rR\x04port\"\x1f\n" +
@@ -1636,7 +1705,15 @@ const file_workload_proto_rawDesc = "" +
 	"DEPLOYMENT\x10\x00\x12\v\n" +
 	"\aCRONJOB\x10\x01\x12\a\n" +
 	"\x03POD\x10\x02\x12\a\n" +
-	"\x03JOB\x10\x03*%\n" +
+	"\x03JOB\x10\x03*M\n" +
+	"\vAppProtocol\x12\v\n" +
+	"\aUNKNOWN\x10\x00\x12\n" +
+	"\n" +
+	"\x06HTTP11\x10\x01\x12\t\n" +
+	"\x05HTTP2\x10\x02\x12\b\n" +
+	"\x04GRPC\x10\x03\x12\a\n" +
+	"\x03TCP\x10\x04\x12\a\n" +
+	"\x03TLS\x10\x05*%\n" +
 	"\x0eTunnelProtocol\x12\b\n" +
 	"\x04NONE\x10\x00\x12\t\n" +
 	"\x05HBONE\x10\x01B,Z*github.com/ambient-go/mesh/pkg/workloadapib\x06proto3"
@@ -1653,70 +1730,72 @@ func file_workload_proto_rawDescGZIP() []byte {
 	return file_workload_proto_rawDescData
 }
 
-var file_workload_proto_enumTypes = make([]protoimpl.EnumInfo, 10)
+var file_workload_proto_enumTypes = make([]protoimpl.EnumInfo, 11)
 var file_workload_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
 var file_workload_proto_goTypes = []any{
 	(IPFamilies)(0),                       // 0: istio.workload.IPFamilies
 	(NetworkMode)(0),                      // 1: istio.workload.NetworkMode
 	(WorkloadStatus)(0),                   // 2: istio.workload.WorkloadStatus
 	(WorkloadType)(0),                     // 3: istio.workload.WorkloadType
-	(TunnelProtocol)(0),                   // 4: istio.workload.TunnelProtocol
-	(LoadBalancing_Scope)(0),              // 5: istio.workload.LoadBalancing.Scope
-	(LoadBalancing_Mode)(0),               // 6: istio.workload.LoadBalancing.Mode
-	(LoadBalancing_HealthPolicy)(0),       // 7: istio.workload.LoadBalancing.HealthPolicy
-	(LoadBalancing_DnsConnectStrategy)(0), // 8: istio.workload.LoadBalancing.DnsConnectStrategy
-	(ApplicationTunnel_Protocol)(0),       // 9: istio.workload.ApplicationTunnel.Protocol
-	(*Address)(nil),                       // 10: istio.workload.Address
-	(*Service)(nil),                       // 11: istio.workload.Service
-	(*LoadBalancing)(nil),                 // 12: istio.workload.LoadBalancing
-	(*Workload)(nil),                      // 13: istio.workload.Workload
-	(*Locality)(nil),                      // 14: istio.workload.Locality
-	(*PortList)(nil),                      // 15: istio.workload.PortList
-	(*Port)(nil),                          // 16: istio.workload.Port
-	(*ApplicationTunnel)(nil),             // 17: istio.workload.ApplicationTunnel
-	(*GatewayAddress)(nil),                // 18: istio.workload.GatewayAddress
-	(*NetworkAddress)(nil),                // 19: istio.workload.NetworkAddress
-	(*NamespacedHostname)(nil),            // 20: istio.workload.NamespacedHostname
-	(*Extension)(nil),                     // 21: istio.workload.Extension
-	nil,                                   // 22: istio.workload.Workload.ServicesEntry
-	(*wrapperspb.UInt32Value)(nil),        // 23: google.protobuf.UInt32Value
-	(*anypb.Any)(nil),                     // 24: google.protobuf.Any
+	(AppProtocol)(0),                      // 4: istio.workload.AppProtocol
+	(TunnelProtocol)(0),                   // 5: istio.workload.TunnelProtocol
+	(LoadBalancing_Scope)(0),              // 6: istio.workload.LoadBalancing.Scope
+	(LoadBalancing_Mode)(0),               // 7: istio.workload.LoadBalancing.Mode
+	(LoadBalancing_HealthPolicy)(0),       // 8: istio.workload.LoadBalancing.HealthPolicy
+	(LoadBalancing_DnsConnectStrategy)(0), // 9: istio.workload.LoadBalancing.DnsConnectStrategy
+	(ApplicationTunnel_Protocol)(0),       // 10: istio.workload.ApplicationTunnel.Protocol
+	(*Address)(nil),                       // 11: istio.workload.Address
+	(*Service)(nil),                       // 12: istio.workload.Service
+	(*LoadBalancing)(nil),                 // 13: istio.workload.LoadBalancing
+	(*Workload)(nil),                      // 14: istio.workload.Workload
+	(*Locality)(nil),                      // 15: istio.workload.Locality
+	(*PortList)(nil),                      // 16: istio.workload.PortList
+	(*Port)(nil),                          // 17: istio.workload.Port
+	(*ApplicationTunnel)(nil),             // 18: istio.workload.ApplicationTunnel
+	(*GatewayAddress)(nil),                // 19: istio.workload.GatewayAddress
+	(*NetworkAddress)(nil),                // 20: istio.workload.NetworkAddress
+	(*NamespacedHostname)(nil),            // 21: istio.workload.NamespacedHostname
+	(*Extension)(nil),                     // 22: istio.workload.Extension
+	nil,                                   // 23: istio.workload.Workload.ServicesEntry
+	(*wrapperspb.UInt32Value)(nil),        // 24: google.protobuf.UInt32Value
+	(*anypb.Any)(nil),                     // 25: google.protobuf.Any
 }
 var file_workload_proto_depIdxs = []int32{
-	13, // 0: istio.workload.Address.workload:type_name -> istio.workload.Workload
-	11, // 1: istio.workload.Address.service:type_name -> istio.workload.Service
-	19, // 2: istio.workload.Service.addresses:type_name -> istio.workload.NetworkAddress
-	16, // 3: istio.workload.Service.ports:type_name -> istio.workload.Port
-	18, // 4: istio.workload.Service.waypoint:type_name -> istio.workload.GatewayAddress
-	12, // 5: istio.workload.Service.load_balancing:type_name -> istio.workload.LoadBalancing
+	14, // 0: istio.workload.Address.workload:type_name -> istio.workload.Workload
+	12, // 1: istio.workload.Address.service:type_name -> istio.workload.Service
+	20, // 2: istio.workload.Service.addresses:type_name -> istio.workload.NetworkAddress
+	17, // 3: istio.workload.Service.ports:type_name -> istio.workload.Port
+	19, // 4: istio.workload.Service.waypoint:type_name -> istio.workload.GatewayAddress
+	13, // 5: istio.workload.Service.load_balancing:type_name -> istio.workload.LoadBalancing
 	0,  // 6: istio.workload.Service.ip_families:type_name -> istio.workload.IPFamilies
-	21, // 7: istio.workload.Service.extensions:type_name -> istio.workload.Extension
-	5,  // 8: istio.workload.LoadBalancing.routing_preference:type_name -> istio.workload.LoadBalancing.Scope
-	6,  // 9: istio.workload.LoadBalancing.mode:type_name -> istio.workload.LoadBalancing.Mode
-	7,  // 10: istio.workload.LoadBalancing.health_policy:type_name -> istio.workload.LoadBalancing.HealthPolicy
-	8,  // 11: istio.workload.LoadBalancing.dns_connect_strategy:type_name -> istio.workload.LoadBalancing.DnsConnectStrategy
-	4,  // 12: istio.workload.Workload.tunnel_protocol:type_name -> istio.workload.TunnelProtocol
-	18, // 13: istio.workload.Workload.waypoint:type_name -> istio.workload.GatewayAddress
-	18, // 14: istio.workload.Workload.network_gateway:type_name -> istio.workload.GatewayAddress
+	22, // 7: istio.workload.Service.extensions:type_name -> istio.workload.Extension
+	6,  // 8: istio.workload.LoadBalancing.routing_preference:type_name -> istio.workload.LoadBalancing.Scope
+	7,  // 9: istio.workload.LoadBalancing.mode:type_name -> istio.workload.LoadBalancing.Mode
+	8,  // 10: istio.workload.LoadBalancing.health_policy:type_name -> istio.workload.LoadBalancing.HealthPolicy
+	9,  // 11: istio.workload.LoadBalancing.dns_connect_strategy:type_name -> istio.workload.LoadBalancing.DnsConnectStrategy
+	5,  // 12: istio.workload.Workload.tunnel_protocol:type_name -> istio.workload.TunnelProtocol
+	19, // 13: istio.workload.Workload.waypoint:type_name -> istio.workload.GatewayAddress
+	19, // 14: istio.workload.Workload.network_gateway:type_name -> istio.workload.GatewayAddress
 	3,  // 15: istio.workload.Workload.workload_type:type_name -> istio.workload.WorkloadType
-	17, // 16: istio.workload.Workload.application_tunnel:type_name -> istio.workload.ApplicationTunnel
-	22, // 17: istio.workload.Workload.services:type_name -> istio.workload.Workload.ServicesEntry
+	18, // 16: istio.workload.Workload.application_tunnel:type_name -> istio.workload.ApplicationTunnel
+	23, // 17: istio.workload.Workload.services:type_name -> istio.workload.Workload.ServicesEntry
 	2,  // 18: istio.workload.Workload.status:type_name -> istio.workload.WorkloadStatus
-	14, // 19: istio.workload.Workload.locality:type_name -> istio.workload.Locality
+	15, // 19: istio.workload.Workload.locality:type_name -> istio.workload.Locality
 	1,  // 20: istio.workload.Workload.network_mode:type_name -> istio.workload.NetworkMode
-	21, // 21: istio.workload.Workload.extensions:type_name -> istio.workload.Extension
-	23, // 22: istio.workload.Workload.capacity:type_name -> google.protobuf.UInt32Value
-	16, // 23: istio.workload.PortList.ports:type_name -> istio.workload.Port
-	9,  // 24: istio.workload.ApplicationTunnel.protocol:type_name -> istio.workload.ApplicationTunnel.Protocol
-	20, // 25: istio.workload.GatewayAddress.hostname:type_name -> istio.workload.NamespacedHostname
-	19, // 26: istio.workload.GatewayAddress.address:type_name -> istio.workload.NetworkAddress
-	24, // 27: istio.workload.Extension.config:type_name -> google.protobuf.Any
-	15, // 28: istio.workload.Workload.ServicesEntry.value:type_name -> istio.workload.PortList
-	29, // [29:29] is the sub-list for method output_type
-	29, // [29:29] is the sub-list for method input_type
-	29, // [29:29] is the sub-list for extension type_name
-	29, // [29:29] is the sub-list for extension extendee
-	0,  // [0:29] is the sub-list for field type_name
+	22, // 21: istio.workload.Workload.extensions:type_name -> istio.workload.Extension
+	24, // 22: istio.workload.Workload.capacity:type_name -> google.protobuf.UInt32Value
+	17, // 23: istio.workload.PortList.ports:type_name -> istio.workload.Port
+	4,  // 24: istio.workload.Port.app_protocol:type_name -> istio.workload.AppProtocol
+	10, // 25: istio.workload.ApplicationTunnel.protocol:type_name -> istio.workload.ApplicationTunnel.Protocol
+	21, // 26: istio.workload.GatewayAddress.hostname:type_name -> istio.workload.NamespacedHostname
+	20, // 27: istio.workload.GatewayAddress.address:type_name -> istio.workload.NetworkAddress
+	25, // 28: istio.workload.Extension.config:type_name -> google.protobuf.Any
+	16, // 29: istio.workload.Workload.ServicesEntry.value:type_name -> istio.workload.PortList
+	30, // [30:30] is the sub-list for method output_type
+	30, // [30:30] is the sub-list for method input_type
+	30, // [30:30] is the sub-list for extension type_name
+	30, // [30:30] is the sub-list for extension extendee
+	0,  // [0:30] is the sub-list for field type_name
 }
 
 func init() { file_workload_proto_init() }
@@ -1737,7 +1816,7 @@ func file_workload_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_workload_proto_rawDesc), len(file_workload_proto_rawDesc)),
-			NumEnums:      10,
+			NumEnums:      11,
 			NumMessages:   13,
 			NumExtensions: 0,
 			NumServices:   0,
