@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/ambient-go/mesh/pkg/state"
+	"github.com/ambient-go/mesh/pkg/workloadapi"
 )
 
 // protocol is how the waypoint carries a stream.
@@ -20,31 +21,26 @@ const (
 	protoHTTP2                   // HTTP/2 declared (http2, grpc, h2c): HTTP/2 upstream too
 )
 
-// declaredProtocol maps a Kubernetes Service port's appProtocol to how the
-// waypoint carries it, as Istio reads appProtocol (case-insensitive):
-// http and kubernetes.io/ws are HTTP; http2, grpc, grpc-web, h2c and
-// kubernetes.io/h2c are HTTP/2; Istio's non-HTTP protocols (tcp, tls,
-// https, mongo, mysql, redis, kubernetes.io/wss) are TCP; anything else is
-// sniffed.
-func declaredProtocol(appProtocol string) protocol {
-	switch strings.ToLower(appProtocol) {
-	case "http", "http_proxy", "kubernetes.io/ws":
-		return protoHTTP
-	case "http2", "grpc", "grpc-web", "h2c", "kubernetes.io/h2c":
-		return protoHTTP2
-	case "tcp", "tls", "https", "mongo", "mysql", "redis", "kubernetes.io/wss":
-		return protoTCP
+// servicePortProtocol returns the protocol svc declares for servicePort:
+// the Workload API's app_protocol, which istiod-lite derives from the
+// Service port's appProtocol or name as Istio does. UNKNOWN, and a port svc does not list, are sniffed.
+func servicePortProtocol(svc *state.Service, servicePort uint16) protocol {
+	for _, p := range svc.GetPorts() {
+		if p.GetServicePort() != uint32(servicePort) {
+			continue
+		}
+		switch p.GetAppProtocol() {
+		case workloadapi.AppProtocol_HTTP11:
+			return protoHTTP
+		case workloadapi.AppProtocol_HTTP2, workloadapi.AppProtocol_GRPC:
+			return protoHTTP2
+		case workloadapi.AppProtocol_TCP, workloadapi.AppProtocol_TLS:
+			return protoTCP
+		}
+		return protoUnknown
 	}
 	return protoUnknown
 }
-
-// servicePortProtocol returns the protocol svc declares for servicePort.
-//
-// The Workload API's Port carries no app_protocol yet (Istio's ztunnel
-// proto has it as field 3, an AppProtocol enum: UNKNOWN, HTTP11, HTTP2,
-// GRPC, TCP, TLS); until istiod-lite sends it, every port is sniffed,
-// which gives the same result for client-first HTTP.
-func servicePortProtocol(*state.Service, uint16) protocol { return protoUnknown }
 
 // h2Preface is the client connection preface of HTTP/2 (RFC 9113 3.4).
 const h2Preface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"

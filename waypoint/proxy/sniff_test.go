@@ -4,6 +4,9 @@ import (
 	"net"
 	"testing"
 	"time"
+
+	"github.com/ambient-go/mesh/pkg/state"
+	"github.com/ambient-go/mesh/pkg/workloadapi"
 )
 
 func TestClassify(t *testing.T) {
@@ -74,13 +77,18 @@ func TestSniff(t *testing.T) {
 	}
 }
 
-func TestDeclaredProtocol(t *testing.T) {
-	for in, want := range map[string]protocol{
-		"http": protoHTTP, "HTTP": protoHTTP, "kubernetes.io/h2c": protoHTTP2, "grpc": protoHTTP2, "grpc-web": protoHTTP2,
-		"http2": protoHTTP2, "h2c": protoHTTP2, "tcp": protoTCP, "mysql": protoTCP, "": protoUnknown, "foo": protoUnknown,
-	} {
-		if got := declaredProtocol(in); got != want {
-			t.Errorf("declaredProtocol(%q) = %v, want %v", in, got, want)
+func TestServicePortProtocol(t *testing.T) {
+	svc := &state.Service{Service: &workloadapi.Service{Ports: []*workloadapi.Port{
+		{ServicePort: 80, AppProtocol: workloadapi.AppProtocol_HTTP11},
+		{ServicePort: 81, AppProtocol: workloadapi.AppProtocol_HTTP2},
+		{ServicePort: 82, AppProtocol: workloadapi.AppProtocol_GRPC},
+		{ServicePort: 83, AppProtocol: workloadapi.AppProtocol_TCP},
+		{ServicePort: 84, AppProtocol: workloadapi.AppProtocol_TLS},
+		{ServicePort: 85},
+	}}}
+	for port, want := range map[uint16]protocol{80: protoHTTP, 81: protoHTTP2, 82: protoHTTP2, 83: protoTCP, 84: protoTCP, 85: protoUnknown, 86: protoUnknown} {
+		if got := servicePortProtocol(svc, port); got != want {
+			t.Errorf("servicePortProtocol(port %d) = %v, want %v", port, got, want)
 		}
 	}
 }
