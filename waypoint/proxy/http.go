@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/http/httputil"
 	"net/netip"
+	neturl "net/url"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -110,6 +111,19 @@ func (p *Proxy) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	rec := st.record()
 	rec.Start = start
 	rec.Method, rec.Path, rec.Authority, rec.Protocol, rec.TraceID = r.Method, r.RequestURI, r.Host, r.Proto, traceID
+
+	// Authorize and forward the path Envoy would: normalized (dot
+	// segments, unreserved escapes), in origin form; an absolute-form
+	// request line ("GET http://host/admin") is judged on its path too.
+	if !normalizeRequestPath(r) {
+		labels.ResponseCode = http.StatusBadRequest
+		localReply(rw, grpc, http.StatusBadRequest, "Bad Request")
+		rec.ResponseCode, rec.Duration, rec.Err = http.StatusBadRequest, time.Since(start), errInvalidPath
+		p.cfg.Requests.Observe(&labels, rec.Duration, 0, rw.n)
+		p.cfg.AccessLog.Log(r.Context(), rec)
+		return
+	}
+	rec.Path = r.RequestURI
 
 	b := st.binding
 	areq := authz.Request{
@@ -356,4 +370,35 @@ func (b *countingBody) Read(p []byte) (int, error) {
 	n, err := b.ReadCloser.Read(p)
 	b.n.Add(int64(n))
 	return n, err
+}
+
+// errInvalidPath is the access log error of a request whose path cannot be
+// normalized (Envoy answers 400).
+var errInvalidPath = errors.New("invalid request path")
+
+// normalizeRequestPath rewrites r's path as authz.NormalizePath normalizes
+// it (Istio's default, Envoy's normalize_path) and reports false when the
+// path is invalid. The asterisk form ("OPTIONS *") is left alone.
+func normalizeRequestPath(r *http.Request) bool {
+	raw := r.RequestURI
+	if raw == "*" {
+		return true
+	}
+	if !strings.HasPrefix(raw, "/") {
+		raw = r.URL.RequestURI() // absolute form: its path and query
+	}
+	norm, ok := authz.NormalizePath(raw)
+	if !ok {
+		return false
+	}
+	if norm == r.RequestURI {
+		return true
+	}
+	u, err := neturl.ParseRequestURI(norm)
+	if err != nil {
+		return false
+	}
+	r.URL.Path, r.URL.RawPath, r.URL.RawQuery = u.Path, u.RawPath, u.RawQuery
+	r.RequestURI = norm
+	return true
 }

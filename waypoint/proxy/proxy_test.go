@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bufio"
 	"context"
 	"io"
 	"net"
@@ -197,6 +198,11 @@ func TestDenyPolicy(t *testing.T) {
 	}{
 		{path: "/admin", wantCode: http.StatusForbidden, wantBody: DeniedBody},
 		{path: "/", wantCode: http.StatusOK},
+		// Judged (and forwarded) after Envoy's normalization.
+		{path: "/public/../admin", wantCode: http.StatusForbidden, wantBody: DeniedBody},
+		{path: "/%61dmin", wantCode: http.StatusForbidden, wantBody: DeniedBody},
+		{path: "/admin?x=1", wantCode: http.StatusForbidden, wantBody: DeniedBody},
+		{path: "/a%00b", wantCode: http.StatusBadRequest},
 	} {
 		code, body := get(t, c, svc, tc.path, nil)
 		if code != tc.wantCode || (tc.wantBody != "" && body != tc.wantBody) {
@@ -207,7 +213,28 @@ func TestDenyPolicy(t *testing.T) {
 			t.Errorf("record of a denied request: policy %q flags %q code %d, want default/deny-admin DENY 403", rec.Policy, rec.ResponseFlags, rec.ResponseCode)
 		}
 	}
-	wantMetric(t, m, "istio_requests_total", map[string]string{"response_code": "403", "response_flags": "DENY"}, 1)
+	wantMetric(t, m, "istio_requests_total", map[string]string{"response_code": "403", "response_flags": "DENY"}, 4)
+
+	// An absolute-form request line is judged on its path, not on the
+	// whole URI.
+	ctx, cancelDial := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancelDial()
+	conn, err := m.dial(ctx, svc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if _, err := io.WriteString(conn, "GET http://echo/admin HTTP/1.1\r\nHost: echo\r\n\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusForbidden {
+		t.Errorf("GET http://echo/admin (absolute form) = %d, want 403", resp.StatusCode)
+	}
 }
 
 func TestRefusedTargets(t *testing.T) {
