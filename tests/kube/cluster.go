@@ -81,8 +81,11 @@ type Config struct {
 	// (for example the repository's crds/, see CRDDir).
 	CRDDirs []string
 	// RunPod is called once for each pod bound to a harness node that has no
-	// IP yet, in its own goroutine. It returns the pod's IPs; the harness
-	// then marks the pod Running and Ready. An error is logged and the pod
+	// IP yet, in its own goroutine: pods the test creates, and those the
+	// controllers create (a Deployment's, such as the waypoint istiod-lite
+	// deploys for a Gateway, which the harness schedules). It returns the
+	// pod's IPs; the harness then marks the pod Running and Ready
+	// (SetPodReady flips readiness later). An error is logged and the pod
 	// stays Pending. Nil: pods stay Pending until the test calls
 	// SetPodStatus.
 	RunPod func(ctx context.Context, pod *corev1.Pod) ([]netip.Addr, error)
@@ -365,6 +368,32 @@ func (c *Cluster) fillStatus(pod *corev1.Pod, s PodStatus) {
 			State: corev1.ContainerState{Running: &corev1.ContainerStateRunning{StartedAt: now}},
 		})
 	}
+}
+
+// SetPodReady flips a running pod's readiness, keeping its IPs, as a
+// kubelet does when a readiness probe starts or stops failing (for
+// example a waypoint pod run by Config.RunPod going unready).
+func (c *Cluster) SetPodReady(ctx context.Context, namespace, name string, ready bool) error {
+	return retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		pod, err := c.Clientset.CoreV1().Pods(namespace).Get(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		var ips []netip.Addr
+		for _, ip := range pod.Status.PodIPs {
+			a, err := netip.ParseAddr(ip.IP)
+			if err != nil {
+				return fmt.Errorf("pod %s/%s: %w", namespace, name, err)
+			}
+			ips = append(ips, a)
+		}
+		if len(ips) == 0 {
+			return fmt.Errorf("pod %s/%s is not running (no IP)", namespace, name)
+		}
+		c.fillStatus(pod, PodStatus{IPs: ips, Ready: ready})
+		_, err = c.Clientset.CoreV1().Pods(namespace).UpdateStatus(ctx, pod, metav1.UpdateOptions{})
+		return err
+	})
 }
 
 // BindPod binds a pending pod to node through the binding subresource, as
