@@ -5,6 +5,7 @@ go 1.26.8
 require (
 	github.com/ambient-go/mesh/istiod-lite v0.0.0
 	github.com/ambient-go/mesh/pkg v0.0.0
+	github.com/ambient-go/mesh/waypoint v0.0.0
 	github.com/ambient-go/mesh/ztunnel v0.0.0
 	github.com/envoyproxy/go-control-plane/envoy v1.40.0
 	github.com/go-logr/logr v1.4.4
@@ -93,5 +94,6 @@ require (
 replace (
 	github.com/ambient-go/mesh/istiod-lite => ../istiod-lite
 	github.com/ambient-go/mesh/pkg => ../pkg
+	github.com/ambient-go/mesh/waypoint => ../waypoint
 	github.com/ambient-go/mesh/ztunnel => ../ztunnel
 )

@@ -51,6 +51,10 @@ type Mesh struct {
 	istiod   *running
 	Istiod   *server.Server
 	ztunnels map[string]*Ztunnel
+	// waypoints run in-process (waypoint.go); waypointSpecs keep each
+	// waypoint's Gateway and addresses across restarts.
+	waypoints     map[string]*Waypoint
+	waypointSpecs map[string]*WaypointSpec
 }
 
 // Ztunnel is one node's running ztunnel.
