@@ -597,8 +597,9 @@ func (c *servingCert) get() (*tls.Certificate, error) {
 }
 
 // Errors are the configuration source's current parse errors (file and
-// line), whose files' last good content stays served, and the policies
-// that are not applied (status condition False).
+// line), whose files' last good content stays served, the policies that
+// are not applied and the Services whose waypoint does not bind (status
+// condition False), and the Gateways that are not accepted.
 func (s *Server) Errors() []error {
 	var errs []error
 	if s.watcher != nil {
@@ -606,7 +607,10 @@ func (s *Server) Errors() []error {
 	}
 	for _, st := range s.PolicyStatuses() {
 		for _, c := range st.Conditions {
-			if c.Rejected() {
+			switch {
+			case c.Rejected() && c.Type == model.ConditionWaypointBound:
+				errs = append(errs, fmt.Errorf("%s %s/%s not bound to a waypoint: %s: %s", st.Kind, st.Namespace, st.Name, c.Reason, c.Message))
+			case c.Rejected():
 				errs = append(errs, fmt.Errorf("%s %s/%s not applied: %s: %s", st.Kind, st.Namespace, st.Name, c.Reason, c.Message))
 			}
 		}
@@ -708,7 +712,7 @@ func (s *Server) logPolicyStatuses(statuses map[string]*model.PolicyStatus) {
 			}
 			s.statusLogged[k] = sig
 			level := slog.LevelInfo
-			if c.Rejected() || c.Reason != model.ReasonAccepted {
+			if c.Rejected() || (c.Reason != model.ReasonAccepted && c.Reason != model.ReasonWaypointAccepted) {
 				level = slog.LevelWarn
 			}
 			s.log.Log(context.Background(), level, "policy status", "kind", st.Kind, "namespace", st.Namespace, "name", st.Name,
