@@ -17,9 +17,9 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 
+	"github.com/ambient-go/mesh/pkg/state"
 	"github.com/ambient-go/mesh/pkg/workloadapi"
 	"github.com/ambient-go/mesh/pkg/xds"
-	"github.com/ambient-go/mesh/pkg/state"
 )
 
 // ControlPlaneConfig sizes the control-plane figure: istiod-lite (a

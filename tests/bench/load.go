@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -31,14 +32,15 @@ const ReqSize = 1024
 
 // Apps are the server pod's applications.
 type Apps struct {
-	ls []net.Listener
-	wg sync.WaitGroup
+	ls   []net.Listener
+	http *http.Server
+	wg   sync.WaitGroup
 
 	mu    sync.Mutex
 	conns map[net.Conn]struct{}
 }
 
-// StartApps binds the echo and sink applications on host.
+// StartApps binds the echo, sink, greet and HTTP applications on host.
 func StartApps(host string) (*Apps, error) {
 	return StartAppsWith(net.Listen, host)
 }
@@ -63,6 +65,17 @@ func StartAppsWith(listen func(network, addr string) (net.Listener, error), host
 			a.serve(l, s.serve)
 		}()
 	}
+	l, err := listen("tcp", net.JoinHostPort(host, fmt.Sprint(HTTPPort)))
+	if err != nil {
+		a.Close()
+		return nil, err
+	}
+	a.http = newHTTPServer()
+	a.wg.Add(1)
+	go func() {
+		defer a.wg.Done()
+		a.http.Serve(l)
+	}()
 	return a, nil
 }
 
@@ -91,6 +104,9 @@ func (a *Apps) serve(l net.Listener, f func(net.Conn)) {
 func (a *Apps) Close() error {
 	for _, l := range a.ls {
 		l.Close()
+	}
+	if a.http != nil {
+		a.http.Close()
 	}
 	a.mu.Lock()
 	for c := range a.conns {
@@ -216,7 +232,24 @@ func (r LoadResult) RPS() float64 { return float64(r.Requests) / r.Elapsed.Secon
 // granularity), the moment it wakes: the generator's own lateness is not
 // charged to the path under test, and Late reports it.
 func OpenLoop(ctx context.Context, dial Dialer, conns int, rate float64, duration time.Duration) (LoadResult, error) {
-	cs, err := dialN(ctx, dial, EchoPort, conns)
+	return openLoop(ctx, dial, EchoPort, tcpExchange, conns, rate, duration)
+}
+
+// exchange sends one request on its connection and reads the answer.
+type exchange func() error
+
+// newExchange returns the exchange of one connection.
+type newExchange func(c net.Conn) exchange
+
+// tcpExchange writes ReqSize bytes to the echo application and reads them
+// back.
+func tcpExchange(c net.Conn) exchange {
+	buf := make([]byte, ReqSize)
+	return func() error { return roundTrip(c, buf) }
+}
+
+func openLoop(ctx context.Context, dial Dialer, port uint16, newEx newExchange, conns int, rate float64, duration time.Duration) (LoadResult, error) {
+	cs, err := dialN(ctx, dial, port, conns)
 	if err != nil {
 		return LoadResult{}, err
 	}
@@ -226,6 +259,7 @@ func OpenLoop(ctx context.Context, dial Dialer, conns int, rate float64, duratio
 	released := make(chan time.Time, n)
 	lat := make([][]time.Duration, len(cs))
 	var errs atomic.Int64
+	var firstErr atomic.Pointer[error]
 	var wg sync.WaitGroup
 	stop := time.Now().Add(duration + 10*time.Second) // hard bound on a stuck path
 	for i, c := range cs {
@@ -233,11 +267,12 @@ func OpenLoop(ctx context.Context, dial Dialer, conns int, rate float64, duratio
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			buf := make([]byte, ReqSize)
+			ex := newEx(c)
 			c.SetDeadline(stop)
 			for t := range released {
-				if err := roundTrip(c, buf); err != nil {
+				if err := ex(); err != nil {
 					errs.Add(1) // the others take the rest
+					firstErr.CompareAndSwap(nil, &err)
 					return
 				}
 				lat[i] = append(lat[i], time.Since(t))
@@ -270,7 +305,7 @@ func OpenLoop(ctx context.Context, dial Dialer, conns int, rate float64, duratio
 	res := LoadResult{Latencies: Summarize(all), Requests: len(all), Errors: int(errs.Load()), Elapsed: time.Since(start),
 		Late: Summarize(late).P99}
 	if res.Errors > 0 {
-		return res, fmt.Errorf("%d requests failed", res.Errors)
+		return res, fmt.Errorf("%d requests failed (first: %v)", res.Errors, errOf(firstErr.Load()))
 	}
 	return res, ctx.Err()
 }
@@ -279,13 +314,18 @@ func OpenLoop(ctx context.Context, dial Dialer, conns int, rate float64, duratio
 // for duration: the saturation throughput of the path, and the latency of
 // each request from its send.
 func ClosedLoop(ctx context.Context, dial Dialer, conns int, duration time.Duration) (LoadResult, error) {
-	cs, err := dialN(ctx, dial, EchoPort, conns)
+	return closedLoop(ctx, dial, EchoPort, tcpExchange, conns, duration)
+}
+
+func closedLoop(ctx context.Context, dial Dialer, port uint16, newEx newExchange, conns int, duration time.Duration) (LoadResult, error) {
+	cs, err := dialN(ctx, dial, port, conns)
 	if err != nil {
 		return LoadResult{}, err
 	}
 	defer closeAll(cs)
 	lat := make([][]time.Duration, len(cs))
 	var errs atomic.Int64
+	var firstErr atomic.Pointer[error]
 	var wg sync.WaitGroup
 	start := time.Now()
 	end := start.Add(duration)
@@ -294,15 +334,16 @@ func ClosedLoop(ctx context.Context, dial Dialer, conns int, duration time.Durat
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			buf := make([]byte, ReqSize)
+			ex := newEx(c)
 			c.SetDeadline(end.Add(10 * time.Second))
 			for ctx.Err() == nil {
 				t := time.Now()
 				if !t.Before(end) {
 					return
 				}
-				if err := roundTrip(c, buf); err != nil {
+				if err := ex(); err != nil {
 					errs.Add(1)
+					firstErr.CompareAndSwap(nil, &err)
 					return
 				}
 				lat[i] = append(lat[i], time.Since(t))
@@ -316,7 +357,7 @@ func ClosedLoop(ctx context.Context, dial Dialer, conns int, duration time.Durat
 	}
 	res := LoadResult{Latencies: Summarize(all), Requests: len(all), Errors: int(errs.Load()), Elapsed: time.Since(start)}
 	if res.Errors > 0 {
-		return res, fmt.Errorf("%d connections failed", res.Errors)
+		return res, fmt.Errorf("%d connections failed (first: %v)", res.Errors, errOf(firstErr.Load()))
 	}
 	return res, ctx.Err()
 }
@@ -405,6 +446,14 @@ func dialN(ctx context.Context, dial Dialer, port uint16, n int) ([]net.Conn, er
 		cs = append(cs, c)
 	}
 	return cs, nil
+}
+
+// errOf dereferences a recorded first error (nil: none).
+func errOf(p *error) error {
+	if p == nil {
+		return nil
+	}
+	return *p
 }
 
 func closeAll(cs []net.Conn) {

@@ -5,10 +5,14 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -48,6 +52,14 @@ func TestLoadAgainstApps(t *testing.T) {
 	nc := NewConns(ctx, dial, 2, 100*time.Millisecond)
 	if nc.Conns == 0 || nc.Errors != 0 {
 		t.Errorf("NewConns() = %+v, want connections and no errors", nc)
+	}
+	hol, err := HTTPOpenLoop(ctx, dial, 2, 500, 200*time.Millisecond)
+	if err != nil || hol.Requests != 100 || hol.P50 > hol.P99 {
+		t.Errorf("HTTPOpenLoop(500 rps, 200ms) = %+v, %v; want 100 requests and ordered percentiles", hol, err)
+	}
+	hcl, err := HTTPClosedLoop(ctx, dial, 2, 100*time.Millisecond)
+	if err != nil || hcl.Requests == 0 {
+		t.Errorf("HTTPClosedLoop() = %+v, %v; want requests", hcl, err)
 	}
 	cs, err := IdleConns(ctx, dial, 10)
 	if err != nil || len(cs) != 10 {
@@ -93,4 +105,42 @@ func TestWriteCerts(t *testing.T) {
 	}
 	a.Close() // not the TLS conns: close_notify on a synchronous pipe blocks
 	b.Close()
+}
+
+// TestHTTPExchangeRefusesBadAnswers checks that the HTTP load counts only
+// 200 answers of ReqSize bytes on a kept-alive connection as requests:
+// a proxy answering an error, a short body or closing each connection
+// fails the run.
+func TestHTTPExchangeRefusesBadAnswers(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		handler http.HandlerFunc
+		wantErr string
+	}{
+		{"ok", func(w http.ResponseWriter, r *http.Request) { httpApp().ServeHTTP(w, r) }, ""},
+		{"403", func(w http.ResponseWriter, r *http.Request) {
+			http.Error(w, "RBAC: access denied", http.StatusForbidden)
+		}, "403"},
+		{"short body", func(w http.ResponseWriter, r *http.Request) { io.Copy(io.Discard, r.Body); w.Write([]byte("short")) }, "5 bytes"},
+		{"closes", func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Connection", "close")
+			httpApp().ServeHTTP(w, r)
+		}, "closes the connection"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			srv := httptest.NewServer(tc.handler)
+			defer srv.Close()
+			dial := func(ctx context.Context, _ uint16) (net.Conn, error) {
+				var d net.Dialer
+				return d.DialContext(ctx, "tcp", srv.Listener.Addr().String())
+			}
+			err := HTTPCheck(context.Background(), dial)
+			switch {
+			case tc.wantErr == "" && err != nil:
+				t.Errorf("HTTPCheck() = %v, want nil", err)
+			case tc.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tc.wantErr)):
+				t.Errorf("HTTPCheck() = %v, want an error with %q", err, tc.wantErr)
+			}
+		})
+	}
 }

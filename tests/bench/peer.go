@@ -38,6 +38,11 @@ type PeerConfig struct {
 	// DialClient and DialServer connect to each stunnel's listeners (from
 	// inside the namespace it runs in); nil: a plain dial.
 	DialClient, DialServer func(ctx context.Context, network, addr string) (net.Conn, error)
+	// L7, when valid, is the address of an L7 proxy (HAProxy, see StartL7)
+	// that terminates TLS: the stunnel client then also accepts on
+	// Client:HTTPPort+L7PortOffset and connects there (DialL7), and the
+	// proxy re-encrypts to the stunnel server (L7Backend).
+	L7 netip.AddrPort
 }
 
 func orDial(f func(ctx context.Context, network, addr string) (net.Conn, error)) func(ctx context.Context, network, addr string) (net.Conn, error) {
@@ -58,6 +63,19 @@ type Peer struct {
 
 // The stunnel server accepts application port + peerPortOffset.
 const peerPortOffset = 1000
+
+// L7PortOffset: the stunnel client accepts HTTPPort+L7PortOffset for the
+// path through the L7 proxy.
+const L7PortOffset = 2000
+
+// peerPorts are the application ports the stunnel pair carries.
+var peerPorts = []uint16{EchoPort, SinkPort, GreetPort, HTTPPort}
+
+// L7Backend is where an L7 proxy in front of the stunnel server sends
+// the HTTP application's traffic (TLS, as the stunnel client does).
+func (c PeerConfig) L7Backend() netip.AddrPort {
+	return netip.AddrPortFrom(c.Server, HTTPPort+peerPortOffset)
+}
 
 // StartPeer generates the certificates and starts both stunnels.
 func StartPeer(ctx context.Context, cfg PeerConfig) (*Peer, error) {
@@ -120,6 +138,15 @@ func (p *Peer) Dial(ctx context.Context, port uint16) (net.Conn, error) {
 	return orDial(p.cfg.DialClient)(ctx, "tcp", netip.AddrPortFrom(p.cfg.Client, port).String())
 }
 
+// DialL7 connects to the stunnel client's listener that leads through the
+// L7 proxy (PeerConfig.L7); only the HTTP application is reached that way.
+func (p *Peer) DialL7(ctx context.Context, port uint16) (net.Conn, error) {
+	if port != HTTPPort {
+		return nil, fmt.Errorf("the L7 path carries port %d only, not %d", HTTPPort, port)
+	}
+	return orDial(p.cfg.DialClient)(ctx, "tcp", netip.AddrPortFrom(p.cfg.Client, port+L7PortOffset).String())
+}
+
 // stunnelConf is the configuration of one side. Both sides pin TLS 1.3 and
 // TLS_AES_128_GCM_SHA256 (the suite Go's TLS prefers on machines with
 // AES-NI, so that both variants encrypt alike) and verify the peer's chain.
@@ -143,7 +170,7 @@ key = %[1]s/%[2]s-key.pem
 CAfile = %[1]s/ca.pem
 verifyChain = yes
 `, cfg.Dir, name)
-	for _, port := range []uint16{EchoPort, SinkPort, GreetPort} {
+	for _, port := range peerPorts {
 		fmt.Fprintf(&b, "\n[app-%d]\n", port)
 		if client {
 			fmt.Fprintf(&b, "client = yes\naccept = %s\nconnect = %s\n",
@@ -152,6 +179,10 @@ verifyChain = yes
 			fmt.Fprintf(&b, "accept = %s\nconnect = %s\n",
 				netip.AddrPortFrom(cfg.Server, port+peerPortOffset), netip.AddrPortFrom(cfg.Backend, port))
 		}
+	}
+	if client && cfg.L7.IsValid() {
+		fmt.Fprintf(&b, "\n[l7-%d]\nclient = yes\naccept = %s\nconnect = %s\n",
+			HTTPPort, netip.AddrPortFrom(cfg.Client, HTTPPort+L7PortOffset), cfg.L7)
 	}
 	return b.String()
 }
