@@ -111,7 +111,7 @@ func (p *Proxy) newStream(req *hbone.Request) *stream {
 	}
 	if w := p.cfg.Store.WorkloadByAddr(st.client.Addr()); w != nil {
 		st.src = w
-		setSource(&st.labels, w)
+		st.labels.SetSource(w)
 	}
 	return st
 }
@@ -119,10 +119,10 @@ func (p *Proxy) newStream(req *hbone.Request) *stream {
 // setDestination fills the destination labels known from the binding.
 func (st *stream) setDestination() {
 	if s := st.binding.service; s != nil {
-		setService(&st.labels, s)
+		st.labels.SetService(s)
 	}
 	if w := st.binding.workload; w != nil {
-		setDestination(&st.labels, w)
+		st.labels.SetDestination(w)
 	}
 }
 
@@ -153,7 +153,7 @@ func setEndpoint(rec *accesslog.Record, labels *telemetry.Labels, w *state.Workl
 	if hboneAddr.IsValid() {
 		rec.DstHBONEAddr = hboneAddr
 	}
-	setDestination(labels, w)
+	labels.SetDestination(w)
 	labels.DestinationPrincipal = w.ID.String()
 }
 
@@ -171,33 +171,4 @@ func (st *stream) reject(ctx context.Context, t *hbone.Tunnel, err error) {
 	rec.Err = fmt.Errorf("%d: %w", code, err)
 	rec.ResponseFlags = telemetry.FlagConnect
 	st.p.cfg.AccessLog.Log(ctx, rec)
-}
-
-// setSource fills the source_* labels from the client's workload.
-func setSource(l *telemetry.Labels, w *state.Workload) {
-	l.SourceWorkload = w.WorkloadName
-	l.SourceWorkloadNamespace = w.Namespace
-	l.SourceCanonicalService = w.CanonicalName
-	l.SourceCanonicalRevision = w.CanonicalRevision
-	l.SourceApp = w.CanonicalName
-	l.SourceVersion = w.CanonicalRevision
-	l.SourceCluster = w.ClusterId
-}
-
-// setDestination fills the destination_* workload labels.
-func setDestination(l *telemetry.Labels, w *state.Workload) {
-	l.DestinationWorkload = w.WorkloadName
-	l.DestinationWorkloadNamespace = w.Namespace
-	l.DestinationCanonicalService = w.CanonicalName
-	l.DestinationCanonicalRevision = w.CanonicalRevision
-	l.DestinationApp = w.CanonicalName
-	l.DestinationVersion = w.CanonicalRevision
-	l.DestinationCluster = w.ClusterId
-}
-
-// setService fills the destination_service* labels.
-func setService(l *telemetry.Labels, s *state.Service) {
-	l.DestinationService = s.Hostname
-	l.DestinationServiceNamespace = s.Namespace
-	l.DestinationServiceName = s.Name
 }

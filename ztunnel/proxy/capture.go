@@ -67,7 +67,7 @@ func (p *Proxy) plaintextInbound(ctx context.Context, c net.Conn, pod netip.Addr
 	}
 	if w := p.cfg.Store.WorkloadByAddr(client.Addr()); w != nil {
 		rec.SrcWorkload, rec.SrcNamespace = w.Name, w.Namespace
-		setSource(labels, w)
+		labels.SetSource(w)
 	}
 	fail := func(err error) {
 		labels.ResponseFlags = "CONNECT"
@@ -83,7 +83,7 @@ func (p *Proxy) plaintextInbound(ctx context.Context, c net.Conn, pod netip.Addr
 		return
 	}
 	rec.DstWorkload, rec.DstNamespace, rec.DstIdentity = dstW.Name, dstW.Namespace, dstW.ID.String()
-	setDestination(labels, dstW)
+	labels.SetDestination(dstW)
 	labels.DestinationPrincipal = dstW.ID.String()
 	if p.reserved[dst.Port()] {
 		fail(fmt.Errorf("%v: %w", dst, ErrIllegalPort))

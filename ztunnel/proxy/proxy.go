@@ -357,7 +357,7 @@ func (p *Proxy) Outbound(ctx context.Context, c net.Conn, src *state.Workload, t
 		SourcePrincipal: src.ID.String(),
 		RequestProtocol: "tcp",
 	}
-	setSource(labels, src)
+	labels.SetSource(src)
 
 	dst, err := p.resolve(src, clientAddr.Addr(), target, host)
 	rec.DstAddr = target
@@ -366,7 +366,7 @@ func (p *Proxy) Outbound(ctx context.Context, c net.Conn, src *state.Workload, t
 	}
 	if dst.service != nil {
 		rec.DstService = dst.service.Hostname
-		setService(labels, dst.service)
+		labels.SetService(dst.service)
 	}
 	// Through a waypoint, the destination workload is the waypoint's pod
 	// (its labels, its identity), the destination service the one
@@ -377,7 +377,7 @@ func (p *Proxy) Outbound(ctx context.Context, c net.Conn, src *state.Workload, t
 	}
 	if dstW != nil {
 		rec.DstWorkload, rec.DstNamespace = dstW.Name, dstW.Namespace
-		setDestination(labels, dstW)
+		labels.SetDestination(dstW)
 	}
 
 	var upstream net.Conn
@@ -544,12 +544,12 @@ func (p *Proxy) ServeHBONE(ctx context.Context, req *hbone.Request, t *hbone.Tun
 	if host := forwardedHost(req.Header.Get("Forwarded")); host != "" {
 		if svc := p.cfg.Store.ServiceByHostname(host); svc != nil {
 			rec.DstService = svc.Hostname
-			setService(labels, svc)
+			labels.SetService(svc)
 		}
 	}
 	if srcW := p.cfg.Store.WorkloadByAddr(req.RemoteAddr.Addr()); srcW != nil {
 		rec.SrcWorkload, rec.SrcNamespace = srcW.Name, srcW.Namespace
-		setSource(labels, srcW)
+		labels.SetSource(srcW)
 	}
 	fail := func(code int, flags string, err error) {
 		t.Reject(code, err.Error())
@@ -578,7 +578,7 @@ func (p *Proxy) ServeHBONE(ctx context.Context, req *hbone.Request, t *hbone.Tun
 	}
 	target := netip.AddrPortFrom(local, req.Authority.Port())
 	rec.DstWorkload, rec.DstNamespace, rec.DstIdentity = dstW.Name, dstW.Namespace, dstW.ID.String()
-	setDestination(labels, dstW)
+	labels.SetDestination(dstW)
 	labels.DestinationPrincipal = dstW.ID.String()
 	if p.reserved[target.Port()] {
 		fail(http.StatusBadRequest, "CONNECT", ErrIllegalPort)

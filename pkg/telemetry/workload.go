@@ -1,12 +1,9 @@
-package proxy
+package telemetry
 
-import (
-	"github.com/ambient-go/mesh/pkg/state"
-	"github.com/ambient-go/mesh/pkg/telemetry"
-)
+import "github.com/ambient-go/mesh/pkg/state"
 
-// setSource fills the source_* metric labels from the source workload.
-func setSource(l *telemetry.Labels, w *state.Workload) {
+// SetSource fills the source_* labels from the source workload.
+func (l *Labels) SetSource(w *state.Workload) {
 	l.SourceWorkload = w.WorkloadName
 	l.SourceWorkloadNamespace = w.Namespace
 	l.SourceCanonicalService = w.CanonicalName
@@ -16,8 +13,8 @@ func setSource(l *telemetry.Labels, w *state.Workload) {
 	l.SourceCluster = w.ClusterId
 }
 
-// setDestination fills the destination_* workload labels.
-func setDestination(l *telemetry.Labels, w *state.Workload) {
+// SetDestination fills the destination_* workload labels.
+func (l *Labels) SetDestination(w *state.Workload) {
 	l.DestinationWorkload = w.WorkloadName
 	l.DestinationWorkloadNamespace = w.Namespace
 	l.DestinationCanonicalService = w.CanonicalName
@@ -27,8 +24,8 @@ func setDestination(l *telemetry.Labels, w *state.Workload) {
 	l.DestinationCluster = w.ClusterId
 }
 
-// setService fills the destination_service* labels.
-func setService(l *telemetry.Labels, s *state.Service) {
+// SetService fills the destination_service* labels.
+func (l *Labels) SetService(s *state.Service) {
 	l.DestinationService = s.Hostname
 	l.DestinationServiceNamespace = s.Namespace
 	l.DestinationServiceName = s.Name
