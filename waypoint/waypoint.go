@@ -33,13 +33,13 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/ambient-go/mesh/pkg/accesslog"
+	"github.com/ambient-go/mesh/pkg/admin"
 	"github.com/ambient-go/mesh/pkg/hbone"
 	"github.com/ambient-go/mesh/pkg/identity"
 	"github.com/ambient-go/mesh/pkg/state"
 	"github.com/ambient-go/mesh/pkg/telemetry"
 	"github.com/ambient-go/mesh/pkg/workloadapi"
 	"github.com/ambient-go/mesh/pkg/xds"
-	"github.com/ambient-go/mesh/waypoint/admin"
 	"github.com/ambient-go/mesh/waypoint/proxy"
 )
 
@@ -92,7 +92,10 @@ type Config struct {
 	// SniffTimeout and RequestTimeout: see proxy.Config.
 	SniffTimeout, RequestTimeout time.Duration
 
-	Logger *slog.Logger
+	// Logger receives the waypoint's logs and access logs; LogLevel, if
+	// set, is the level /logging on the admin port shows and changes.
+	Logger   *slog.Logger
+	LogLevel *slog.LevelVar
 }
 
 // Waypoint is a running L7 proxy.
@@ -235,6 +238,8 @@ func New(cfg Config) (*Waypoint, error) {
 		return nil, err
 	}
 	w.admin, err = admin.New(admin.Config{
+		Name:          "waypoint",
+		Level:         cfg.LogLevel,
 		AdminAddr:     cfg.AdminAddr,
 		MetricsAddr:   cfg.MetricsAddr,
 		ReadinessAddr: cfg.ReadinessAddr,

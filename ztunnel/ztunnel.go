@@ -43,7 +43,7 @@ import (
 	"github.com/ambient-go/mesh/pkg/telemetry"
 	"github.com/ambient-go/mesh/pkg/workloadapi"
 	"github.com/ambient-go/mesh/pkg/xds"
-	"github.com/ambient-go/mesh/ztunnel/admin"
+	"github.com/ambient-go/mesh/pkg/admin"
 	"github.com/ambient-go/mesh/ztunnel/capture"
 	"github.com/ambient-go/mesh/ztunnel/proxy"
 	"github.com/ambient-go/mesh/ztunnel/zds"
@@ -302,6 +302,7 @@ func New(cfg Config) (*Ztunnel, error) {
 	})
 
 	z.admin, err = admin.New(admin.Config{
+		Name:          "ztunnel",
 		AdminAddr:     cfg.AdminAddr,
 		MetricsAddr:   cfg.MetricsAddr,
 		ReadinessAddr: cfg.ReadinessAddr,

@@ -44,11 +44,11 @@ func main() {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			var lv slog.LevelVar
-			if err := lv.UnmarshalText([]byte(level)); err != nil {
+			cfg.LogLevel = new(slog.LevelVar)
+			if err := cfg.LogLevel.UnmarshalText([]byte(level)); err != nil {
 				return fmt.Errorf("--log-level: %w", err)
 			}
-			cfg.Logger = slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: &lv}))
+			cfg.Logger = slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: cfg.LogLevel}))
 			if podIP != "" {
 				a, err := netip.ParseAddr(podIP)
 				if err != nil {

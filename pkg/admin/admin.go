@@ -1,7 +1,8 @@
-// Package admin serves ztunnel's operator endpoints on Istio's ports: the
-// admin server (localhost:15000: /config_dump, /logging, /debug/pprof/), the
-// Prometheus metrics server (15020: /metrics, /stats/prometheus) and the
-// readiness server (15021: /healthz/ready).
+// Package admin serves a proxy's (ztunnel's or a waypoint's) operator
+// endpoints on Istio's ports: the admin server (localhost:15000:
+// /config_dump, /logging, /debug/pprof/), the Prometheus metrics server
+// (15020: /metrics, /stats/prometheus) and the readiness server (15021:
+// /healthz/ready).
 //
 // A Server is a Start(ctx) runnable. Start binds the three listeners before
 // serving, and so returns a listen error at once; callers that need the
@@ -10,6 +11,7 @@
 package admin
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -26,7 +28,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
-// Default listen addresses, as Istio's ztunnel.
+// Default listen addresses, as Istio's proxies.
 const (
 	DefaultAdminAddr     = "127.0.0.1:15000"
 	DefaultMetricsAddr   = ":15020"
@@ -58,6 +60,8 @@ type Config struct {
 	// Level is the log level that /logging shows and sets. Nil: a level of
 	// the server's own (default info) that affects no logger.
 	Level *slog.LevelVar
+	// Name names the proxy on the admin index page; default "proxy".
+	Name string
 	// Logger receives the server's own logs. Nil discards them.
 	Logger *slog.Logger
 	// ShutdownTimeout bounds the graceful shutdown once the context is done;
@@ -242,7 +246,7 @@ func (s *Server) adminMux() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-		fmt.Fprint(w, "ztunnel admin\n\n"+
+		fmt.Fprint(w, cmp.Or(s.cfg.Name, "proxy")+" admin\n\n"+
 			"/config_dump     the proxy's configuration (JSON)\n"+
 			"/logging         show the log level; ?level=debug|info|warn|error sets it\n"+
 			"/debug/pprof/    Go runtime profiles\n")
