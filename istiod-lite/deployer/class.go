@@ -56,6 +56,12 @@ func (d *Deployer) ensureClass(ctx context.Context) error {
 	}
 	class.Status.Conditions = conds
 	if err := d.cfg.Client.Status().Update(ctx, &class); err != nil {
+		if apierrors.IsConflict(err) {
+			// The cache had not seen our last write yet; its event
+			// brings us back.
+			d.log.Debug("gateway class status conflict, retrying")
+			return nil
+		}
 		return fmt.Errorf("deployer: GatewayClass %s status: %w", ClassName, err)
 	}
 	return nil

@@ -1,11 +1,16 @@
 package kubectl
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/http"
 	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -42,24 +47,136 @@ spec:
 // gives each an IP of 198.18.3.0/24 and marks it Ready, except the pods of
 // the Gateways in stuck, which stay Pending. Other pods are left to the
 // test (runPod).
+//
+// With bin set, a pod runs the real waypoint binary with the arguments of
+// the Deployment istiod-lite wrote (so a flag the binary does not know
+// fails the test), on a loopback address instead, where only what a
+// kubelet would provide is replaced: the projected token (a token of the
+// pod's ServiceAccount, audience istio-ca), the listeners' host, and
+// istiod-lite's address (its plaintext loopback port: no root
+// certificate). The pod is Ready once the waypoint answers
+// /healthz/ready, after it obtained its certificate and configuration.
 type waypointPods struct {
 	mu    sync.Mutex
 	next  int
 	stuck map[string]bool // Gateway names
+
+	bin   string        // waypoint binary; "" runs nothing
+	c     *kube.Cluster // set before any waypoint pod exists
+	xds   string        // istiod-lite's plaintext address
+	dir   string
+	t     *testing.T
+	procs map[string]*exec.Cmd // by pod UID
 }
 
-func (w *waypointPods) run(_ context.Context, pod *corev1.Pod) ([]netip.Addr, error) {
+func (w *waypointPods) run(ctx context.Context, pod *corev1.Pod) ([]netip.Addr, error) {
 	gw := pod.Labels["gateway.networking.k8s.io/gateway-name"]
 	if gw == "" {
 		return nil, errors.New("not a waypoint pod: the test runs it")
 	}
 	w.mu.Lock()
-	defer w.mu.Unlock()
 	if w.stuck[gw] {
+		w.mu.Unlock()
 		return nil, errors.New("waypoint " + gw + " does not start in this test")
 	}
 	w.next++
-	return []netip.Addr{netip.AddrFrom4([4]byte{198, 18, 3, byte(w.next)})}, nil
+	n := w.next
+	bin := w.bin
+	w.mu.Unlock()
+	if bin == "" {
+		return []netip.Addr{netip.AddrFrom4([4]byte{198, 18, 3, byte(n)})}, nil
+	}
+	ip := netip.AddrFrom4([4]byte{127, 0, 3, byte(n)})
+	if err := w.start(ctx, pod, ip); err != nil {
+		return nil, err
+	}
+	return []netip.Addr{ip}, nil
+}
+
+func (w *waypointPods) start(ctx context.Context, pod *corev1.Pod, ip netip.Addr) error {
+	token, err := w.c.ServiceAccountToken(ctx, pod.Namespace, pod.Spec.ServiceAccountName, "istio-ca", pod)
+	if err != nil {
+		return err
+	}
+	tokenFile := filepath.Join(w.dir, string(pod.UID)+".token")
+	if err := os.WriteFile(tokenFile, []byte(token), 0o600); err != nil {
+		return err
+	}
+	expand := strings.NewReplacer("$(POD_NAMESPACE)", pod.Namespace, "$(SERVICE_ACCOUNT)", pod.Spec.ServiceAccountName,
+		"$(POD_NAME)", pod.Name, "$(INSTANCE_IP)", ip.String())
+	var args []string
+	for _, a := range pod.Spec.Containers[0].Args {
+		args = append(args, expand.Replace(a))
+	}
+	// What the kubelet and the cluster network would provide (the last
+	// value of a flag wins).
+	args = append(args, "--xds-address="+w.xds, "--ca-root=", "--token-file="+tokenFile,
+		"--hbone-addr="+ip.String()+":15008", "--metrics-addr="+ip.String()+":15020",
+		"--readiness-addr="+ip.String()+":15021", "--admin-addr="+ip.String()+":15000")
+	cmd := exec.Command(w.bin, args...)
+	out := &lockedBuffer{}
+	cmd.Stdout, cmd.Stderr = out, out
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	w.mu.Lock()
+	w.procs[string(pod.UID)] = cmd
+	w.mu.Unlock()
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	w.t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		<-exited
+		if w.t.Failed() {
+			w.t.Logf("waypoint %s/%s output:\n%s", pod.Namespace, pod.Name, out.String())
+		}
+	})
+	ready := "http://" + ip.String() + ":15021/healthz/ready"
+	deadline := time.Now().Add(20 * time.Second)
+	for time.Now().Before(deadline) {
+		select {
+		case err := <-exited:
+			exited <- err
+			return fmt.Errorf("waypoint exited: %v: %s", err, out.String())
+		default:
+		}
+		if resp, err := http.Get(ready); err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return nil
+			}
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	return fmt.Errorf("waypoint not ready after 20s: %s", out.String())
+}
+
+// stop ends the waypoint of a deleted pod.
+func (w *waypointPods) stop(_ context.Context, pod *corev1.Pod) {
+	w.mu.Lock()
+	cmd := w.procs[string(pod.UID)]
+	w.mu.Unlock()
+	if cmd != nil {
+		_ = cmd.Process.Signal(os.Interrupt)
+	}
+}
+
+// lockedBuffer is a bytes.Buffer safe for a process's output and a reader.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
 }
 
 // TestWaypointClusterMode drives waypoints with kubectl against a real API
@@ -71,11 +188,18 @@ func TestWaypointClusterMode(t *testing.T) {
 		t.Fatal(err)
 	}
 	log := testLogger(t)
-	pods := &waypointPods{stuck: map[string]bool{"stuck": true}}
-	c := kube.Start(t, kube.Config{CRDDirs: []string{crds}, RunPod: pods.run, Log: log.With("component", "harness")})
+	bin := filepath.Join(t.TempDir(), "waypoint")
+	if out, err := exec.Command("go", "build", "-o", bin, "github.com/ambient-go/mesh/waypoint/cmd/waypoint").CombinedOutput(); err != nil {
+		t.Fatalf("go build waypoint: %v\n%s", err, out)
+	}
+	pods := &waypointPods{stuck: map[string]bool{"stuck": true}, bin: bin, dir: t.TempDir(), t: t, procs: map[string]*exec.Cmd{}}
+	c := kube.Start(t, kube.Config{CRDDirs: []string{crds}, RunPod: pods.run, StopPod: pods.stop, Log: log.With("component", "harness")})
 	c.MustKubectl(t, "create", "namespace", "istio-system")
 	apply(t, c, objects)
 	ist, _ := startIstiod(t, c, log)
+	pods.mu.Lock()
+	pods.c, pods.xds = c, ist.PlaintextAddr().String()
+	pods.mu.Unlock()
 	x := startXDS(t, c, ist.PlaintextAddr().String(), log)
 	runPod(t, c, "node-b", &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "echo", Namespace: "demo", Labels: map[string]string{"app": "echo"}},
 		Spec: corev1.PodSpec{ServiceAccountName: "echo"}}, "198.18.2.10")
@@ -132,6 +256,18 @@ func TestWaypointClusterMode(t *testing.T) {
 		}
 		if len(g.Status.Listeners) != 1 || g.Status.Listeners[0].Name != "mesh" || g.Status.Listeners[0].Conditions.condition("Accepted").Status != "True" {
 			t.Errorf("listeners = %+v, want mesh Accepted", g.Status.Listeners)
+		}
+		// The pod is the waypoint binary, run with the Deployment's
+		// arguments: ready means it holds its certificate (the CA took
+		// its ServiceAccount token) and its first xDS configuration.
+		podIP := strings.TrimSpace(c.MustKubectl(t, "-n", "demo", "get", "pods", "-l", "gateway.networking.k8s.io/gateway-name=waypoint", "-o", "jsonpath={.items[0].status.podIP}"))
+		resp, err := http.Get("http://" + podIP + ":15021/healthz/ready")
+		if err != nil {
+			t.Fatalf("the waypoint's readiness endpoint: %v", err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			t.Errorf("GET /healthz/ready on the waypoint = %d, want 200", resp.StatusCode)
 		}
 	})
 
