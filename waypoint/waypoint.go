@@ -18,8 +18,6 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
-	"os"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -430,13 +428,4 @@ func (w *Waypoint) configDump() any {
 		State    state.Dump `json:"state"`
 		Policies []string   `json:"waypointPolicies"`
 	}{w.id.String(), w.proxy.Hostname(), w.store.Dump(), w.l7.names()}
-}
-
-// ReadToken reads a token file, trimming whitespace.
-func ReadToken(path string) (string, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return "", err
-	}
-	return strings.TrimSpace(string(b)), nil
 }

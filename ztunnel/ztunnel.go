@@ -22,7 +22,6 @@ import (
 	"runtime"
 	"slices"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -569,13 +568,4 @@ func addrOf(a net.Addr) netip.Addr {
 	}
 	ap, _ := netip.ParseAddrPort(a.String())
 	return ap.Addr().Unmap()
-}
-
-// ReadToken reads a token file, trimming whitespace.
-func ReadToken(path string) (string, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return "", err
-	}
-	return strings.TrimSpace(string(b)), nil
 }

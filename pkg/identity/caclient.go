@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
+	"strings"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -76,4 +78,14 @@ func (c *CAClient) RequestCertificate(ctx context.Context, id spiffeid.ID, csrPE
 		return nil, fmt.Errorf("identity: create certificate for %s: chain of %d elements, want the leaf and the root at least", id, n)
 	}
 	return resp.GetCertChain(), nil
+}
+
+// ReadToken reads a bearer token file (a node token, or a projected
+// ServiceAccount token), trimming whitespace.
+func ReadToken(path string) (string, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", err
+	}
+	return strings.TrimSpace(string(b)), nil
 }

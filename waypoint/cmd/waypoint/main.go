@@ -29,6 +29,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/ambient-go/mesh/pkg/identity"
 	"github.com/ambient-go/mesh/waypoint"
 )
 
@@ -57,7 +58,7 @@ func main() {
 				cfg.PodIP = a
 			}
 			if tokenFile != "" {
-				t, err := waypoint.ReadToken(tokenFile)
+				t, err := identity.ReadToken(tokenFile)
 				if err != nil {
 					return fmt.Errorf("--token-file: %w", err)
 				}

@@ -11,6 +11,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/ambient-go/mesh/pkg/identity"
 	"github.com/ambient-go/mesh/ztunnel"
 	"github.com/ambient-go/mesh/ztunnel/zds"
 )
@@ -33,7 +34,7 @@ func main() {
 			}
 			cfg.Logger = slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: cfg.LogLevel}))
 			if tokenFile != "" {
-				t, err := ztunnel.ReadToken(tokenFile)
+				t, err := identity.ReadToken(tokenFile)
 				if err != nil {
 					return fmt.Errorf("--token-file: %w", err)
 				}
