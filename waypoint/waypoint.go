@@ -41,7 +41,7 @@ import (
 	"github.com/ambient-go/mesh/waypoint/proxy"
 )
 
-// Config configures a waypoint. Namespace, Gateway and Token are
+// Config configures a waypoint. Namespace, Gateway and Token (or TokenFile) are
 // required.
 type Config struct {
 	// Namespace and Gateway name the waypoint's Gateway. ServiceAccount is
@@ -63,7 +63,9 @@ type Config struct {
 	// (istiod-lite's loopback-only port, for tests).
 	CARoot []byte
 	// Token authenticates the waypoint to istiod-lite (xDS and CA).
-	Token string
+	// TokenFile, if set, is read instead at every use (a projected token
+	// the kubelet rotates).
+	Token, TokenFile string
 	// Impersonate asks the CA for the waypoint's identity by impersonation
 	// (ImpersonatedIdentity): in local mode the token is the waypoint's
 	// node's token, and the CA grants identities of pods on that node.
@@ -125,8 +127,8 @@ func New(cfg Config) (*Waypoint, error) {
 	if cfg.Namespace == "" || cfg.Gateway == "" {
 		return nil, errors.New("waypoint: Namespace and Gateway are required")
 	}
-	if cfg.Token == "" && cfg.CA == nil {
-		return nil, errors.New("waypoint: Token is required")
+	if cfg.Token == "" && cfg.TokenFile == "" && cfg.CA == nil {
+		return nil, errors.New("waypoint: Token or TokenFile is required")
 	}
 	if cfg.ServiceAccount == "" {
 		cfg.ServiceAccount = cfg.Gateway
@@ -181,7 +183,7 @@ func New(cfg Config) (*Waypoint, error) {
 		}
 		creds = credentials.NewTLS(&tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12, ServerName: "istiod-lite.istio-system.svc"})
 	}
-	token := func(context.Context) (string, error) { return cfg.Token, nil }
+	token := identity.TokenSource(cfg.Token, cfg.TokenFile)
 	w.conn, err = grpc.NewClient(cfg.XDSAddress, grpc.WithTransportCredentials(creds))
 	if err != nil {
 		return nil, fmt.Errorf("waypoint: istiod-lite client: %w", err)

@@ -48,7 +48,7 @@ import (
 	"github.com/ambient-go/mesh/ztunnel/zds"
 )
 
-// Config configures a ztunnel. Node and Token are required.
+// Config configures a ztunnel. Node and Token (or TokenFile) are required.
 type Config struct {
 	// Node is the name of the node this ztunnel serves.
 	Node string
@@ -61,8 +61,9 @@ type Config struct {
 	CARoot []byte
 	// Token authenticates this node to istiod-lite, for xDS and the CA
 	// (local mode: the node's token from the config directory; cluster
-	// mode: ztunnel's ServiceAccount token).
-	Token string
+	// mode: ztunnel's ServiceAccount token). TokenFile, if set, is read
+	// instead at every use (a projected token the kubelet rotates).
+	Token, TokenFile string
 	// ClusterID is sent to the CA; default "Kubernetes".
 	ClusterID string
 	// CertTTL is the certificate lifetime requested; default 24h.
@@ -170,8 +171,8 @@ func New(cfg Config) (*Ztunnel, error) {
 	if cfg.Node == "" {
 		return nil, errors.New("ztunnel: Node is required")
 	}
-	if cfg.Token == "" {
-		return nil, errors.New("ztunnel: Token is required")
+	if cfg.Token == "" && cfg.TokenFile == "" {
+		return nil, errors.New("ztunnel: Token or TokenFile is required")
 	}
 	if cfg.XDSAddress == "" {
 		cfg.XDSAddress = "127.0.0.1:15012"
@@ -237,7 +238,7 @@ func New(cfg Config) (*Ztunnel, error) {
 	z.certs = identity.NewManager(identity.ManagerConfig{
 		Requester: &identity.CAClient{
 			Conn:        conn,
-			Token:       func(context.Context) (string, error) { return cfg.Token, nil },
+			Token:       identity.TokenSource(cfg.Token, cfg.TokenFile),
 			Impersonate: true,
 			ClusterID:   cfg.ClusterID,
 		},
@@ -281,7 +282,7 @@ func New(cfg Config) (*Ztunnel, error) {
 	z.xds, err = xds.NewClient(xds.ClientConfig{
 		Target:      cfg.XDSAddress,
 		DialOptions: []grpc.DialOption{grpc.WithTransportCredentials(creds)},
-		Token:       func(context.Context) (string, error) { return cfg.Token, nil },
+		Token:       identity.TokenSource(cfg.Token, cfg.TokenFile),
 		Node: &corev3.Node{
 			Id:      "ztunnel~127.0.0.1~ztunnel-" + cfg.Node + ".istio-system~istio-system.svc.cluster.local",
 			Cluster: cfg.ClusterID,

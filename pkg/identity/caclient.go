@@ -80,6 +80,22 @@ func (c *CAClient) RequestCertificate(ctx context.Context, id spiffeid.ID, csrPE
 	return resp.GetCertChain(), nil
 }
 
+// TokenSource returns the bearer token function of the CA and xDS clients:
+// with file set, the file is read at every use, so that a projected
+// ServiceAccount token the kubelet rotates keeps working; else token.
+func TokenSource(token, file string) func(context.Context) (string, error) {
+	if file == "" {
+		return func(context.Context) (string, error) { return token, nil }
+	}
+	return func(context.Context) (string, error) {
+		t, err := ReadToken(file)
+		if err == nil && t == "" {
+			err = fmt.Errorf("token file %s is empty", file)
+		}
+		return t, err
+	}
+}
+
 // ReadToken reads a bearer token file (a node token, or a projected
 // ServiceAccount token), trimming whitespace.
 func ReadToken(path string) (string, error) {

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"net"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -163,4 +165,30 @@ func TestCAClientErrors(t *testing.T) {
 			t.Errorf("status.Code(RequestCertificate() error) = %v, want InvalidArgument (error %v)", got, err)
 		}
 	})
+}
+
+func TestTokenSourceRereadsFile(t *testing.T) {
+	ctx := context.Background()
+	if got, err := TokenSource("static", "")(ctx); got != "static" || err != nil {
+		t.Errorf("TokenSource(static, \"\")() = %q, %v, want static, nil", got, err)
+	}
+	file := filepath.Join(t.TempDir(), "token")
+	src := TokenSource("ignored", file)
+	if _, err := src(ctx); err == nil {
+		t.Error("TokenSource with a missing file: no error")
+	}
+	for _, tok := range []string{"first", "rotated"} {
+		if err := os.WriteFile(file, []byte(tok+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if got, err := src(ctx); got != tok || err != nil {
+			t.Errorf("TokenSource(file)() after writing %q = %q, %v, want %q, nil", tok, got, err, tok)
+		}
+	}
+	if err := os.WriteFile(file, []byte("  \n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := src(ctx); err == nil {
+		t.Error("TokenSource with an empty file: no error")
+	}
 }

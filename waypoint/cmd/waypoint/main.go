@@ -35,9 +35,9 @@ import (
 
 func main() {
 	var (
-		cfg                      waypoint.Config
-		tokenFile, caRoot, level string
-		podIP                    string
+		cfg           waypoint.Config
+		caRoot, level string
+		podIP         string
 	)
 	cmd := &cobra.Command{
 		Use:           "waypoint",
@@ -57,12 +57,10 @@ func main() {
 				}
 				cfg.PodIP = a
 			}
-			if tokenFile != "" {
-				t, err := identity.ReadToken(tokenFile)
-				if err != nil {
+			if cfg.TokenFile != "" {
+				if _, err := identity.ReadToken(cfg.TokenFile); err != nil {
 					return fmt.Errorf("--token-file: %w", err)
 				}
-				cfg.Token = t
 			}
 			if caRoot != "" {
 				b, err := os.ReadFile(caRoot)
@@ -91,7 +89,7 @@ func main() {
 	f.StringVar(&cfg.XDSAddress, "xds-address", "127.0.0.1:15012", "istiod-lite gRPC address (xDS and CA)")
 	f.StringVar(&caRoot, "ca-root", "", "PEM root to verify istiod-lite's TLS; empty: plaintext gRPC (istiod-lite serves it only on loopback, for tests)")
 	f.StringVar(&cfg.Token, "token", "", "token that authenticates to istiod-lite (xDS and CA)")
-	f.StringVar(&tokenFile, "token-file", "", "file holding the token that authenticates to istiod-lite: the waypoint's ServiceAccount token (cluster), or its node's token with --impersonate (local)")
+	f.StringVar(&cfg.TokenFile, "token-file", "", "file (read at every use) holding the token that authenticates to istiod-lite: the waypoint's ServiceAccount token (cluster), or its node's token with --impersonate (local)")
 	f.BoolVar(&cfg.Impersonate, "impersonate", false, "the token is a node's (local mode): ask the CA for the waypoint's identity by impersonation")
 	f.StringVar(&cfg.ClusterID, "cluster-id", "Kubernetes", "cluster id sent to the CA")
 	f.DurationVar(&cfg.CertTTL, "cert-ttl", 0, "certificate lifetime to request (default 24h)")

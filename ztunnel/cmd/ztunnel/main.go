@@ -18,9 +18,9 @@ import (
 
 func main() {
 	var (
-		cfg               ztunnel.Config
-		tokenFile, caRoot string
-		level             string
+		cfg    ztunnel.Config
+		caRoot string
+		level  string
 	)
 	cmd := &cobra.Command{
 		Use:           "ztunnel",
@@ -33,12 +33,10 @@ func main() {
 				return fmt.Errorf("--log-level: %w", err)
 			}
 			cfg.Logger = slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: cfg.LogLevel}))
-			if tokenFile != "" {
-				t, err := identity.ReadToken(tokenFile)
-				if err != nil {
+			if cfg.TokenFile != "" {
+				if _, err := identity.ReadToken(cfg.TokenFile); err != nil {
 					return fmt.Errorf("--token-file: %w", err)
 				}
-				cfg.Token = t
 			}
 			if caRoot != "" {
 				b, err := os.ReadFile(caRoot)
@@ -61,7 +59,7 @@ func main() {
 	f.StringVar(&cfg.XDSAddress, "xds-address", "127.0.0.1:15012", "istiod-lite gRPC address (xDS and CA)")
 	f.StringVar(&caRoot, "ca-root", "", "PEM root to verify istiod-lite's TLS; empty: plaintext gRPC (istiod-lite serves it only on loopback, for tests)")
 	f.StringVar(&cfg.Token, "token", "", "node token that authenticates to istiod-lite (xDS and CA)")
-	f.StringVar(&tokenFile, "token-file", "", "file holding the node token that authenticates to istiod-lite (xDS and CA)")
+	f.StringVar(&cfg.TokenFile, "token-file", "", "file (read at every use) holding the node token that authenticates to istiod-lite (xDS and CA)")
 	f.DurationVar(&cfg.CertTTL, "cert-ttl", 0, "workload certificate lifetime to request (default 24h)")
 	f.StringVar(&cfg.AdminAddr, "admin-addr", "127.0.0.1:15000", "admin address (/config_dump, /logging)")
 	f.StringVar(&cfg.MetricsAddr, "metrics-addr", ":15020", "Prometheus metrics address")
