@@ -33,11 +33,13 @@ demo: build
 bench:
 	@command -v stunnel4 >/dev/null || { echo ">> installing stunnel4 (Debian) for the peer variant"; \
 		apt-get update -qq && apt-get install -y -qq stunnel4; }
-	@echo ">> building istiod-lite, ztunnel and the bench runner into $(BIN)/"
-	@$(GO) build -o $(BIN)/ $(MODULE)/istiod-lite/cmd/istiod-lite $(MODULE)/ztunnel/cmd/ztunnel $(MODULE)/tests/cmd/bench
+	@command -v haproxy >/dev/null || { echo ">> installing haproxy (Debian) for the L7 peer"; \
+		apt-get update -qq && apt-get install -y -qq haproxy; }
+	@echo ">> building istiod-lite, ztunnel, waypoint and the bench runner into $(BIN)/"
+	@$(GO) build -o $(BIN)/ $(MODULE)/istiod-lite/cmd/istiod-lite $(MODULE)/ztunnel/cmd/ztunnel $(MODULE)/waypoint/cmd/waypoint $(MODULE)/tests/cmd/bench
 	@if [ "$$(id -u)" = 0 ]; then topo=netns; echo ">> topology: netns (root: pods in network namespaces on two nodes, transparent capture)"; \
 		else topo=loopback; echo ">> topology: loopback (not root; run as root for the netns topology)"; fi; \
-	echo ">> benchmarks: direct vs mesh vs stunnel, then the control plane (about 5 minutes); writes docs/performance.md"; \
+	echo ">> benchmarks: direct vs mesh vs stunnel; as root also HTTP through mesh+waypoint vs stunnel+HAProxy; then the control plane (about 8 minutes); writes docs/performance.md"; \
 	$(BIN)/bench -bin $(BIN) -out _out/bench -topology $$topo -doc docs/performance.md
 
 # Every native Go fuzz target (func FuzzXxx in a _test.go file), one after
