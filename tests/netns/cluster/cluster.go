@@ -85,6 +85,10 @@ type Cluster struct {
 	bin      string
 	// Nodes are the nodes, Nodes[i-1] being node-i.
 	Nodes []*Node
+
+	wpMu      sync.Mutex
+	waypoints []*Waypoint
+	wpCount   int // waypoints ever added, for default VIPs
 }
 
 // Node is one node of the cluster: its namespace, its ztunnel and its
@@ -166,13 +170,17 @@ func (c *Cluster) Node(i int) *Node { return c.Nodes[i-1] }
 // atomically.
 func (c *Cluster) Write(name, yaml string) {
 	c.t.Helper()
+	if err := c.write(name, yaml); err != nil {
+		c.t.Fatal(err)
+	}
+}
+
+func (c *Cluster) write(name, yaml string) error {
 	tmp := filepath.Join(c.ConfigDir, "."+name+".tmp")
 	if err := os.WriteFile(tmp, []byte(yaml), 0o644); err != nil {
-		c.t.Fatal(err)
+		return err
 	}
-	if err := os.Rename(tmp, filepath.Join(c.ConfigDir, name)); err != nil {
-		c.t.Fatal(err)
-	}
+	return os.Rename(tmp, filepath.Join(c.ConfigDir, name))
 }
 
 // Remove deletes a file of the config directory; a missing file is fine.
@@ -211,6 +219,27 @@ spec:
   - name: tcp
     port: %d
     targetPort: %d
+`, name, namespace, vip, flow(selector), port, targetPort))
+}
+
+// HTTPService writes a Service like Service whose port is declared HTTP
+// (named http, appProtocol http), so that a waypoint serves it as HTTP
+// without sniffing; a port named tcp is TCP to a waypoint, as in Istio.
+func (c *Cluster) HTTPService(namespace, name string, vip netip.Addr, selector map[string]string, port, targetPort int) {
+	c.t.Helper()
+	c.Write("service-"+namespace+"-"+name+".yaml", fmt.Sprintf(`apiVersion: v1
+kind: Service
+metadata:
+  name: %s
+  namespace: %s
+spec:
+  clusterIP: %s
+  selector: %s
+  ports:
+  - name: http
+    port: %d
+    targetPort: %d
+    appProtocol: http
 `, name, namespace, vip, flow(selector), port, targetPort))
 }
 
@@ -315,6 +344,15 @@ func (c *Cluster) StopIstiod() error {
 
 func (c *Cluster) teardown() {
 	t := c.t
+	// Waypoints first: their processes run in pods about to go.
+	for _, w := range c.Waypoints() {
+		if t.Failed() && w.process != nil {
+			w.dumpLogs(t, 40)
+		}
+		if err := w.Stop(); err != nil {
+			t.Errorf("%v", err)
+		}
+	}
 	for _, n := range c.Nodes {
 		for _, p := range n.Pods() {
 			if err := p.Delete(); err != nil {
@@ -379,17 +417,34 @@ func (h HTTPClient) Get(ctx context.Context, url string) ([]byte, error) {
 // Binaries builds ztunnel and ztunnel-cni once per process and returns the
 // directory holding them.
 func Binaries() (string, error) {
-	buildOnce.Do(func() { binDir, buildErr = build() })
+	buildOnce.Do(func() { binDir, buildErr = build("ztunnel/cmd/ztunnel", "ztunnel/cmd/ztunnel-cni") })
 	return binDir, buildErr
+}
+
+// WaypointBinary builds the waypoint once per process (only tests that
+// run waypoints pay for it) and returns its path.
+func WaypointBinary() (string, error) {
+	wpOnce.Do(func() {
+		var dir string
+		dir, wpErr = build("waypoint/cmd/waypoint")
+		wpBin = filepath.Join(dir, "waypoint")
+	})
+	return wpBin, wpErr
 }
 
 var (
 	buildOnce sync.Once
 	binDir    string
 	buildErr  error
+
+	wpOnce sync.Once
+	wpBin  string
+	wpErr  error
 )
 
-func build() (string, error) {
+// build builds the packages (paths below the repository's module path)
+// into the cache directory, which it returns.
+func build(pkgs ...string) (string, error) {
 	cache, err := os.UserCacheDir()
 	if err != nil {
 		cache = os.TempDir()
@@ -398,7 +453,7 @@ func build() (string, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return "", err
 	}
-	for _, pkg := range []string{"ztunnel/cmd/ztunnel", "ztunnel/cmd/ztunnel-cni"} {
+	for _, pkg := range pkgs {
 		name := filepath.Base(pkg)
 		tmp, err := os.CreateTemp(dir, "."+name+"-*")
 		if err != nil {

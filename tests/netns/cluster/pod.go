@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/ambient-go/mesh/tests/netns"
@@ -21,6 +22,10 @@ type PodSpec struct {
 	// Labels of the pod (a service selects them; istio.io/dataplane-mode
 	// enrolls or excludes the pod).
 	Labels map[string]string
+	// Unready starts the pod with its Ready condition False, as the
+	// kubelet reports a pod whose readiness probe has not passed yet;
+	// SetReady changes it. Default: Ready.
+	Unready bool
 }
 
 // Pod is a running pod: a namespace attached to its node, known to
@@ -29,9 +34,10 @@ type Pod struct {
 	*netns.Pod
 	Spec PodSpec
 	// UID is the pod's UID (also its CNI container id).
-	UID  string
-	node *Node
-	file string // in the config directory
+	UID     string
+	node    *Node
+	file    string // in the config directory
+	unready atomic.Bool
 }
 
 // Key is namespace/name.
@@ -41,6 +47,10 @@ func (p *Pod) Key() string { return p.Spec.Namespace + "/" + p.Spec.Name }
 func (p *Pod) NodeOf() *Node { return p.node }
 
 func (p *Pod) yaml() string {
+	ready := "True"
+	if p.unready.Load() {
+		ready = "False"
+	}
 	return fmt.Sprintf(`apiVersion: v1
 kind: Pod
 metadata:
@@ -59,8 +69,19 @@ status:
   podIP: %s
   conditions:
   - type: Ready
-    status: "True"
-`, p.Spec.Name, p.Spec.Namespace, p.UID, flow(p.Spec.Labels), p.node.Name, p.Spec.ServiceAccount, p.IP)
+    status: "%s"
+`, p.Spec.Name, p.Spec.Namespace, p.UID, flow(p.Spec.Labels), p.node.Name, p.Spec.ServiceAccount, p.IP, ready)
+}
+
+// SetReady publishes the pod's Ready condition (its Pod object in the
+// config directory is written again), as the kubelet does when the
+// readiness probe passes or fails.
+func (p *Pod) SetReady(ready bool) error {
+	p.unready.Store(!ready)
+	if p.file == "" {
+		return fmt.Errorf("pod %s has no object in the config directory", p.Key())
+	}
+	return p.node.rewrite(p.file)
 }
 
 // AddPod creates a pod on the node, as the kubelet and the runtime do: the
@@ -92,6 +113,7 @@ func (n *Node) AddPods(specs []PodSpec) ([]*Pod, error) {
 			return nil, errors.Join(err, n.removePods(pods))
 		}
 		p := &Pod{Pod: tp, Spec: s, node: n, UID: fmt.Sprintf("uid-%s-%s-%s", n.Name, s.Namespace, s.Name)}
+		p.unready.Store(s.Unready)
 		pods = append(pods, p)
 		yaml = append(yaml, p.yaml())
 	}

@@ -4,16 +4,11 @@ import (
 	"bytes"
 	"cmp"
 	"context"
-	"errors"
 	"fmt"
 	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
-	"sync"
-	"syscall"
-	"testing"
 	"time"
 )
 
@@ -27,24 +22,7 @@ const (
 // Ztunnel is a ztunnel process running inside its node's namespace.
 type Ztunnel struct {
 	Node *Node
-	cmd  *exec.Cmd
-	done chan struct{}
-	err  error // set before done is closed
-
-	mu      sync.Mutex
-	partial []byte // the start of a line not yet complete
-	logs    []Log
-	changed chan struct{} // closed and replaced at every new line
-}
-
-// Log is one JSON log line of a ztunnel (slog's JSON handler: "msg",
-// "level", attributes by key).
-type Log map[string]any
-
-// String returns the attribute key as a string ("" if absent).
-func (l Log) String(key string) string {
-	s, _ := l[key].(string)
-	return s
+	*process
 }
 
 // StartZtunnel starts the node's ztunnel in in-pod mode inside the node's
@@ -80,40 +58,18 @@ func (n *Node) startZtunnel() (*Ztunnel, error) {
 	if err := os.MkdirAll(filepath.Dir(n.ZDSSocket), 0o755); err != nil {
 		return nil, err
 	}
-	cmd := exec.Command(filepath.Join(c.bin, "ztunnel"), args...)
-	z := &Ztunnel{Node: n, cmd: cmd, done: make(chan struct{}), changed: make(chan struct{})}
-	cmd.Stderr = z
-	cmd.Stdout = z
-	if err := n.Start(cmd); err != nil {
+	proc, err := startProcess(n.NS, "ztunnel "+n.Name, exec.Command(filepath.Join(c.bin, "ztunnel"), args...))
+	if err != nil {
 		return nil, err
 	}
-	go func() {
-		z.err = cmd.Wait()
-		close(z.done)
-		z.mu.Lock()
-		close(z.changed)
-		z.changed = make(chan struct{})
-		z.mu.Unlock()
-	}()
+	z := &Ztunnel{Node: n, process: proc}
 	n.mu.Lock()
 	n.zt = z
 	n.mu.Unlock()
-	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
-	defer cancel()
-	h := HTTPClient{NS: n.NS}
-	for {
-		_, err := h.Get(ctx, "http://"+ReadinessAddr+"/healthz/ready")
-		if err == nil {
-			return z, nil
-		}
-		select {
-		case <-z.done:
-			return z, fmt.Errorf("exited before ready: %v; logs:\n%s", z.err, z.tail(20))
-		case <-ctx.Done():
-			return z, fmt.Errorf("not ready within 15s: %v; logs:\n%s", err, z.tail(20))
-		case <-time.After(50 * time.Millisecond):
-		}
+	if err := proc.waitReady(n.NS, "http://"+ReadinessAddr+"/healthz/ready", 15*time.Second); err != nil {
+		return z, err
 	}
+	return z, nil
 }
 
 // Ztunnel returns the node's ztunnel (nil once stopped).
@@ -142,107 +98,8 @@ func (n *Node) KillZtunnel() {
 	n.zt = nil
 	n.mu.Unlock()
 	if z != nil {
-		z.cmd.Process.Kill()
-		<-z.done
+		z.kill()
 	}
-}
-
-// Write collects the process's output, one JSON log per line.
-func (z *Ztunnel) Write(b []byte) (int, error) {
-	z.mu.Lock()
-	defer z.mu.Unlock()
-	z.partial = append(z.partial, b...)
-	for {
-		line, rest, ok := bytes.Cut(z.partial, []byte("\n"))
-		if !ok {
-			break
-		}
-		z.partial = rest
-		l, ok := decodeLog(line)
-		if !ok {
-			l = Log{"msg": string(line), "raw": true}
-		}
-		z.logs = append(z.logs, l)
-	}
-	close(z.changed)
-	z.changed = make(chan struct{})
-	return len(b), nil
-}
-
-// Logs returns the log lines so far.
-func (z *Ztunnel) Logs() []Log {
-	z.mu.Lock()
-	defer z.mu.Unlock()
-	return append([]Log(nil), z.logs...)
-}
-
-// WaitLog waits for a log line, from the from-th on, that match accepts,
-// and returns it with its index.
-func (z *Ztunnel) WaitLog(ctx context.Context, from int, match func(Log) bool) (Log, int, error) {
-	for {
-		z.mu.Lock()
-		for i := from; i < len(z.logs); i++ {
-			if match(z.logs[i]) {
-				l := z.logs[i]
-				z.mu.Unlock()
-				return l, i, nil
-			}
-		}
-		from = len(z.logs)
-		ch := z.changed
-		z.mu.Unlock()
-		select {
-		case <-ch:
-		case <-ctx.Done():
-			return nil, from, fmt.Errorf("ztunnel %s: no matching log line: %w", z.Node.Name, ctx.Err())
-		}
-	}
-}
-
-// Mark is the number of log lines so far, to wait for lines after it.
-func (z *Ztunnel) Mark() int {
-	z.mu.Lock()
-	defer z.mu.Unlock()
-	return len(z.logs)
-}
-
-func (z *Ztunnel) tail(n int) string {
-	logs := z.Logs()
-	if len(logs) > n {
-		logs = logs[len(logs)-n:]
-	}
-	var b bytes.Buffer
-	for _, l := range logs {
-		fmt.Fprintln(&b, l)
-	}
-	return b.String()
-}
-
-func (z *Ztunnel) dumpLogs(t testing.TB, n int) {
-	t.Logf("last log lines of ztunnel %s:\n%s", z.Node.Name, z.tail(n))
-}
-
-// Pid is the process id.
-func (z *Ztunnel) Pid() int { return z.cmd.Process.Pid }
-
-// Done is closed when the process has exited.
-func (z *Ztunnel) Done() <-chan struct{} { return z.done }
-
-// Stop sends SIGTERM and waits (10s at most, then SIGKILL).
-func (z *Ztunnel) Stop() error {
-	z.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-z.done:
-	case <-time.After(10 * time.Second):
-		z.cmd.Process.Kill()
-		<-z.done
-		return fmt.Errorf("ztunnel %s did not stop within 10s of SIGTERM", z.Node.Name)
-	}
-	var ee *exec.ExitError
-	if errors.As(z.err, &ee) && ee.ExitCode() != 0 {
-		return fmt.Errorf("ztunnel %s exited: %w", z.Node.Name, z.err)
-	}
-	return nil
 }
 
 // Admin fetches path from the admin server.
@@ -262,15 +119,6 @@ func (z *Ztunnel) Goroutines(ctx context.Context) (int, error) {
 		return 0, fmt.Errorf("goroutine profile %.40q: %w", b, err)
 	}
 	return n, nil
-}
-
-// FDs is the number of the process's open file descriptors.
-func (z *Ztunnel) FDs() (int, error) {
-	ents, err := os.ReadDir("/proc/" + strconv.Itoa(z.Pid()) + "/fd")
-	if err != nil {
-		return 0, err
-	}
-	return len(ents), nil
 }
 
 // HasWorkload reports whether the ztunnel's configuration holds a workload
