@@ -136,3 +136,20 @@ backend unrouted
     http-request return status 404 content-type text/plain string "no route"
 `, cfg.Listen, cfg.Dir, prefix, cfg.Backend)
 }
+
+// HAProxyVersion is the first line of `haproxy -v` ("HAProxy version
+// 2.6.12-1+deb12u4 ..."), or "HAProxy" when it cannot be read.
+func HAProxyVersion(bin string) string {
+	if bin == "" {
+		bin = "haproxy"
+	}
+	out, err := exec.Command(bin, "-v").Output()
+	if err != nil {
+		return "HAProxy"
+	}
+	line, _, _ := strings.Cut(string(out), "\n")
+	if f := strings.Fields(line); len(f) >= 3 {
+		return "HAProxy " + f[2]
+	}
+	return "HAProxy"
+}

@@ -34,10 +34,10 @@ import (
 )
 
 type options struct {
-	bin, out, doc, stunnel, topology string
-	runs                             int
-	quick, skipCP                    bool
-	only                             string
+	bin, out, doc, stunnel, haproxy, topology string
+	runs                                      int
+	quick, skipCP                             bool
+	only                                      string
 }
 
 func main() {
@@ -46,6 +46,7 @@ func main() {
 	flag.StringVar(&o.out, "out", "_out/bench", "working directory (configs, logs, profiles)")
 	flag.StringVar(&o.doc, "doc", "docs/performance.md", "report to write (empty: none)")
 	flag.StringVar(&o.stunnel, "stunnel", "stunnel4", "stunnel binary of the peer variant")
+	flag.StringVar(&o.haproxy, "haproxy", "haproxy", "HAProxy binary of the L7 peer (netns topology)")
 	flag.StringVar(&o.topology, "topology", "loopback", "loopback, or netns (root: pods in network namespaces on two nodes, transparent capture)")
 	flag.IntVar(&o.runs, "runs", 5, "runs per variant of each figure (medians are reported)")
 	flag.BoolVar(&o.quick, "quick", false, "short runs, for trying the harness")
@@ -88,7 +89,11 @@ type setup struct {
 	variants []variant
 	idle     []*bench.Process // proxies whose RSS is read idle
 	// profile profiles both ztunnels under mesh load; nil: not profiled.
-	profile  func(ctx context.Context, d durations) ([]profileOut, error)
+	profile func(ctx context.Context, d durations) ([]profileOut, error)
+	// l7 are the variants of the HTTP figures (direct, mesh,
+	// mesh+waypoint, peer, peer+haproxy); empty: not run (loopback).
+	l7       []variant
+	waypoint *bench.Waypoint
 	stop     func() // stops and removes everything
 	describe string
 }
@@ -245,6 +250,14 @@ func run(ctx context.Context, o options) error {
 	}
 	time.Sleep(time.Second) // let closed connections drain
 
+	if len(s.l7) > 0 {
+		if err := runL7(ctx, o, s, d, r); err != nil {
+			return fmt.Errorf("L7 figures: %w", err)
+		}
+	} else {
+		say("L7 figures (waypoint, HAProxy) skipped: they run in the netns topology (as root)")
+	}
+
 	say("profiling both ztunnels during a throughput run and a saturation run (%s each)", d.profile)
 	r.profiles, err = s.profile(ctx, d)
 	if err != nil {
@@ -270,13 +283,20 @@ func run(ctx context.Context, o options) error {
 	fmt.Println()
 	fmt.Print(table)
 	fmt.Println()
-	for _, row := range rows {
+	var l7Table string
+	l7Rows := r.l7Rows()
+	if len(l7Rows) > 0 {
+		l7Table = bench.Markdown(l7Rows, l7Columns)
+		fmt.Print(l7Table)
+		fmt.Println()
+	}
+	for _, row := range append(rows, l7Rows...) {
 		if row.Verdict != "" {
 			fmt.Printf("%-4s %-55s %s\n", row.Verdict, row.Figure, strings.Join(row.Ratios, ", "))
 		}
 	}
 	if o.doc != "" {
-		doc := r.document(machine, started, time.Since(started), o, table)
+		doc := r.document(machine, started, time.Since(started), o, table, l7Table)
 		if err := os.WriteFile(o.doc, []byte(doc), 0o644); err != nil {
 			return err
 		}

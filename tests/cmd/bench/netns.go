@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/ambient-go/mesh/tests/bench"
+	"github.com/ambient-go/mesh/tests/netns"
 	"github.com/ambient-go/mesh/tests/netns/cluster"
 )
 
@@ -146,13 +147,14 @@ func setupNetns(ctx context.Context, o options, localPods int) (s *setup, err er
 		c = cluster.New(tb, cluster.Options{Nodes: 2, LogLevel: "info"})
 		c.Namespace("bench-direct", map[string]string{})
 		c.Namespace("bench-mesh", ambientLabels)
+		c.Write("bench-l7.yaml", l7YAML)
 		return nil
 	})
 	if err != nil {
 		return s, fmt.Errorf("netns cluster: %w", err)
 	}
 	n1, n2 := c.Node(1), c.Node(2)
-	var pods []*cluster.Pod
+	var pods1, pods2 []*cluster.Pod
 	err = withTB(func() error {
 		var err error
 		specs := []cluster.PodSpec{
@@ -162,23 +164,26 @@ func setupNetns(ctx context.Context, o options, localPods int) (s *setup, err er
 		for i := 1; i < localPods; i++ {
 			specs = append(specs, cluster.PodSpec{Namespace: "bench-mesh", Name: fmt.Sprintf("idle-%d", i), ServiceAccount: "idle"})
 		}
-		if pods, err = n1.AddPods(specs); err != nil {
+		if pods1, err = n1.AddPods(specs); err != nil {
 			return err
 		}
-		more, err := n2.AddPods([]cluster.PodSpec{
+		pods2, err = n2.AddPods([]cluster.PodSpec{
 			{Namespace: "bench-direct", Name: "direct-server"},
-			{Namespace: "bench-mesh", Name: "mesh-server"},
+			{Namespace: "bench-mesh", Name: "mesh-server", Labels: map[string]string{"app": "mesh-server"}},
+			// Where the waypoint is, the L7 peer is: node-2, a pod of its own.
+			{Namespace: "bench-mesh", Name: waypointGateway + "-0", ServiceAccount: waypointGateway,
+				Labels: map[string]string{"gateway.networking.k8s.io/gateway-name": waypointGateway, "istio.io/dataplane-mode": "none"}},
+			{Namespace: "bench-direct", Name: "haproxy"},
 		})
-		pods = append(pods, more...)
 		return err
 	})
 	if err != nil {
 		return s, fmt.Errorf("pods: %w", err)
 	}
-	directClient, meshClient := pods[0], pods[1]
-	directServer, meshServer := pods[len(pods)-2], pods[len(pods)-1]
-	s.describe = fmt.Sprintf("netns: node-1 %s, node-2 %s; client pods %s (direct, peer) and %s (mesh, captured) on node-1, server pods %s and %s on node-2; %d ambient pods on node-1",
-		n1.IP, n2.IP, directClient.IP, meshClient.IP, directServer.IP, meshServer.IP, localPods)
+	directClient, meshClient := pods1[0], pods1[1]
+	directServer, meshServer, wpPod, l7Pod := pods2[0], pods2[1], pods2[2], pods2[3]
+	s.describe = fmt.Sprintf("netns: node-1 %s, node-2 %s; client pods %s (direct, peer) and %s (mesh, captured) on node-1, server pods %s and %s on node-2; %d ambient pods on node-1; waypoint pod %s and HAProxy pod %s on node-2",
+		n1.IP, n2.IP, directClient.IP, meshClient.IP, directServer.IP, meshServer.IP, localPods, wpPod.IP, l7Pod.IP)
 
 	for _, srv := range []*cluster.Pod{directServer, meshServer} {
 		apps, err := bench.StartAppsWith(srv.Listen, srv.IP.String())
@@ -198,10 +203,12 @@ func setupNetns(ctx context.Context, o options, localPods int) (s *setup, err er
 	zt2 := bench.External("ztunnel node-2", n2.Ztunnel().Pid())
 
 	say("starting the stunnel4 pair in the plain pods (TLS 1.3, mutual auth, ECDSA P-256)")
-	peer, err := bench.StartPeer(ctx, bench.PeerConfig{Stunnel: o.stunnel, Dir: filepath.Join(o.out, "peer"),
+	peerCfg := bench.PeerConfig{Stunnel: o.stunnel, Dir: filepath.Join(o.out, "peer"),
 		Client: directClient.IP, Server: directServer.IP, Backend: directServer.IP,
 		StartClient: directClient.Start, StartServer: directServer.Start,
-		DialClient: directClient.Dial, DialServer: directServer.Dial})
+		DialClient: directClient.Dial, DialServer: directServer.Dial,
+		L7: netip.AddrPortFrom(l7Pod.IP, l7Port)}
+	peer, err := bench.StartPeer(ctx, peerCfg)
 	if err != nil {
 		return s, err
 	}
@@ -218,7 +225,173 @@ func setupNetns(ctx context.Context, o options, localPods int) (s *setup, err er
 			"node-1": n1.Ztunnel().Admin, "node-2": n2.Ztunnel().Admin}
 		return profileWith(ctx, o, s.variants[1].dial, d, get)
 	}
+
+	// The L7 figures: the waypoint and HAProxy.
+	say("starting HAProxy in pod %s (mode http, mTLS in and out, routing by path)", l7Pod.Key())
+	l7, err := bench.StartL7(ctx, bench.L7Config{HAProxy: o.haproxy, Dir: peerCfg.Dir, Listen: peerCfg.L7, Backend: peerCfg.L7Backend(),
+		Start: l7Pod.Start, Dial: l7Pod.Dial})
+	if err != nil {
+		return s, err
+	}
+	stops = append(stops, l7.Stop)
+
+	say("starting the waypoint in pod %s (Gateway bench-mesh/%s)", wpPod.Key(), waypointGateway)
+	// The waypoint's pod reaches istiod-lite as a pod reaches a Service:
+	// here through a relay from its namespace's loopback to the underlay.
+	rl, err := wpPod.Listen("tcp", "127.0.0.1:15012")
+	if err != nil {
+		return s, err
+	}
+	relay := bench.NewRelay(rl, func(ctx context.Context) (net.Conn, error) {
+		return c.Topo.Underlay.Dial(ctx, "tcp", c.IstiodAddr().String())
+	})
+	stops = append(stops, func() { relay.Close() })
+	wpDir := filepath.Join(o.out, "waypoint")
+	if err := os.MkdirAll(wpDir, 0o755); err != nil {
+		return s, err
+	}
+	root := filepath.Join(wpDir, "root-cert.pem")
+	if err := os.WriteFile(root, c.Istiod.RootPEM(), 0o644); err != nil {
+		return s, err
+	}
+	wpGet := cluster.HTTPClient{NS: wpPod.NS}.Get
+	wp, err := bench.StartWaypoint(ctx, bench.WaypointConfig{Bin: filepath.Join(o.bin, "waypoint"), Dir: wpDir,
+		Namespace: "bench-mesh", Gateway: waypointGateway, PodName: wpPod.Spec.Name, PodIP: wpPod.IP,
+		XDSAddress: "127.0.0.1:15012", CARoot: root, Token: c.Token(n2.Name),
+		Start: wpPod.Start, Get: wpGet})
+	if err != nil {
+		return s, err
+	}
+	stops = append(stops, wp.Stop)
+	s.waypoint = wp
+
+	mesh, viaWaypoint := podDialer(meshClient, svcVIP), podDialer(meshClient, svcWaypointVIP)
+	if err := checkWaypointPath(ctx, wp, mesh, viaWaypoint); err != nil {
+		return s, err
+	}
+	s.l7 = []variant{
+		{"direct", podDialer(directClient, directServer.IP), nil},
+		{"mesh", mesh, []*bench.Process{zt1, zt2}},
+		{"mesh+waypoint", viaWaypoint, []*bench.Process{zt1, zt2, wp.Proc}},
+		{"peer", peer.Dial, []*bench.Process{peer.Client, peer.Server}},
+		{"peer+haproxy", peer.DialL7, []*bench.Process{peer.Client, peer.Server, l7.Proc}},
+	}
+	s.idle = append(s.idle, wp.Proc, l7.Proc)
 	return s, nil
+}
+
+// The L7 objects of the netns topology: the waypoint Gateway of
+// bench-mesh, its Service (named after it, as the deployer writes it), and
+// two Services of mesh-server's HTTP application, one bound to the
+// waypoint (istio.io/use-waypoint on the Service) and one not.
+const (
+	waypointGateway = "waypoint"
+	l7Port          = 8443 // HAProxy's frontend
+)
+
+var (
+	waypointVIP    = netns.VIP(1)
+	svcVIP         = netns.VIP(2)
+	svcWaypointVIP = netns.VIP(3)
+	l7YAML         = fmt.Sprintf(`apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata:
+  name: %[1]s
+  namespace: bench-mesh
+spec:
+  gatewayClassName: istio-waypoint
+  listeners:
+  - name: mesh
+    port: 15008
+    protocol: HBONE
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: %[1]s
+  namespace: bench-mesh
+  labels:
+    gateway.networking.k8s.io/gateway-name: %[1]s
+spec:
+  clusterIP: %[2]s
+  selector:
+    gateway.networking.k8s.io/gateway-name: %[1]s
+  ports:
+  - name: status-port
+    port: 15021
+    targetPort: 15021
+  - name: mesh
+    port: 15008
+    targetPort: 15008
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: mesh-http
+  namespace: bench-mesh
+spec:
+  clusterIP: %[3]s
+  selector:
+    app: mesh-server
+  ports:
+  - name: http
+    port: %[5]d
+    targetPort: %[5]d
+    appProtocol: http
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: mesh-http-waypoint
+  namespace: bench-mesh
+  labels:
+    istio.io/use-waypoint: %[1]s
+spec:
+  clusterIP: %[4]s
+  selector:
+    app: mesh-server
+  ports:
+  - name: http
+    port: %[5]d
+    targetPort: %[5]d
+    appProtocol: http
+`, waypointGateway, waypointVIP, svcVIP, svcWaypointVIP, bench.HTTPPort)
+)
+
+// checkWaypointPath waits (20 s at most) until a request to the Service
+// bound to the waypoint succeeds and is counted by the waypoint, then
+// checks that a request to the other Service does not pass it: otherwise
+// the mesh+waypoint figures would measure something else.
+func checkWaypointPath(ctx context.Context, wp *bench.Waypoint, mesh, viaWaypoint bench.Dialer) error {
+	before, err := wp.Requests(ctx)
+	if err != nil {
+		return fmt.Errorf("waypoint metrics: %w", err)
+	}
+	var last error
+	if err := bench.WaitFor(ctx, 20*time.Second, "a request through the waypoint", func() bool {
+		if last = bench.HTTPCheck(ctx, viaWaypoint); last != nil {
+			return false
+		}
+		n, err := wp.Requests(ctx)
+		if err != nil || n <= before {
+			last = fmt.Errorf("answered, but the waypoint counted no request (%v)", err)
+			return false
+		}
+		return true
+	}); err != nil {
+		return fmt.Errorf("%w: %v", err, last)
+	}
+	before, err = wp.Requests(ctx)
+	if err != nil {
+		return err
+	}
+	if err := bench.HTTPCheck(ctx, mesh); err != nil {
+		return fmt.Errorf("mesh-http: %w", err)
+	}
+	if after, err := wp.Requests(ctx); err != nil || after != before {
+		return fmt.Errorf("a request to mesh-http (no waypoint) went through the waypoint (%v → %v, %v)", before, after, err)
+	}
+	return nil
 }
 
 // The report's text for the netns topology.

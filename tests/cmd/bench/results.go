@@ -16,6 +16,7 @@ type results struct {
 	perConn  []perConn
 	profiles []profileOut
 	cp       *bench.ControlPlaneResult
+	l7       *l7Results // nil: the L7 figures did not run
 }
 
 type procRSS struct {
@@ -212,7 +213,7 @@ func (r *results) rows() []bench.Row {
 	return rows
 }
 
-func (r *results) document(m bench.Machine, started time.Time, took time.Duration, o options, table string) string {
+func (r *results) document(m bench.Machine, started time.Time, took time.Duration, o options, table, l7Table string) string {
 	topo, variants, conns := o.topology+` — pods are 127.X.0.0/16 addresses, the two "nodes" share the
   kernel; istiod-lite, the two ztunnels and the two stunnels are separate
   processes whose CPU and RSS are read from /proc; the load generators and the
@@ -280,6 +281,9 @@ How each figure is measured:
   connections (each checked with a 1-byte echo) minus before, divided by
   1,000. RSS idle is read after start-up, before any traffic.
 `, conns)
+	if l7Table != "" {
+		b.WriteString(r.l7Document(o, l7Table))
+	}
 	if cp := r.cp; cp != nil {
 		fmt.Fprintf(&b, `
 ## Control plane
