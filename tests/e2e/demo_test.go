@@ -12,10 +12,12 @@ import (
 )
 
 // TestDemo builds the binaries and runs the demo once, as `make demo` does,
-// so that the README's first command keeps working.
+// so that the README's first command keeps working: the L4 mesh and the
+// waypoint of examples/local (a request through it, one denied by its L7
+// policy).
 func TestDemo(t *testing.T) {
 	if testing.Short() {
-		t.Skip("builds three binaries")
+		t.Skip("builds four binaries")
 	}
 	if l, err := net.Listen("tcp", "127.10.0.1:15012"); err != nil {
 		t.Skipf("the demo's address 127.10.0.1:15012 is taken (is a demo running?): %v", err)
@@ -28,6 +30,7 @@ func TestDemo(t *testing.T) {
 	build := exec.CommandContext(ctx, "go", "build", "-o", bin+"/",
 		"github.com/ambient-go/mesh/istiod-lite/cmd/istiod-lite",
 		"github.com/ambient-go/mesh/ztunnel/cmd/ztunnel",
+		"github.com/ambient-go/mesh/waypoint/cmd/waypoint",
 		"github.com/ambient-go/mesh/tests/cmd/demo")
 	if out, err := build.CombinedOutput(); err != nil {
 		t.Fatalf("go build: %v\n%s", err, out)
@@ -49,6 +52,17 @@ func TestDemo(t *testing.T) {
 		"[node-a] outbound spiffe://cluster.local/ns/demo/sa/client",
 		"[node-b] inbound  spiffe://cluster.local/ns/demo/sa/client",
 		"via HBONE",
+		// The waypoint: started as its pod, Programmed, a request through
+		// it (the destination sees its identity) and one denied by the L7
+		// policy bound to echo-l7.
+		"waypoint demo/waypoint is ready on pod 127.10.1.200",
+		"[waypoint demo/waypoint] GET / -> 200 from spiffe://cluster.local/ns/demo/sa/client",
+		"for echo-l7.demo.svc.cluster.local sent to 127.10.2.1",
+		"-> spiffe://cluster.local/ns/demo/sa/waypoint (127.10.100.11:80) via HBONE 127.10.1.200:15008",
+		"[node-b] inbound  spiffe://cluster.local/ns/demo/sa/waypoint",
+		"[waypoint demo/waypoint] GET /admin -> 403 from spiffe://cluster.local/ns/demo/sa/client",
+		"policy demo/deny-admin",
+		"GET http://echo-l7.demo.svc.cluster.local:80/admin  -> 403 RBAC: access denied",
 		"all processes stopped",
 	} {
 		if !strings.Contains(string(out), want) {

@@ -264,6 +264,7 @@ func (w *wpMesh) waitVia(t *testing.T, wp *harness.Waypoint, url string) {
 type hop struct {
 	resp      response
 	waypoint  []accesslog.Record
+	srcOut    []accesslog.Record // node-a's outbound records (the source ztunnel)
 	dstInbnds []accesslog.Record
 	appDelta  int64
 }
@@ -275,6 +276,7 @@ func (w *wpMesh) send(t *testing.T, wp *harness.Waypoint, app *harness.HTTPEcho,
 		harness.Drain(wp.Records)
 	}
 	harness.Drain(w.nodeB().Records)
+	harness.Drain(w.Ztunnel("node-a").Records)
 	before := app.Requests()
 	h := hop{resp: w.get(t, url)}
 	// Records are written when the request (waypoint) and the connection
@@ -291,6 +293,10 @@ func (w *wpMesh) send(t *testing.T, wp *harness.Waypoint, app *harness.HTTPEcho,
 		case r := <-w.nodeB().Records:
 			if r.Direction == accesslog.Inbound {
 				h.dstInbnds = append(h.dstInbnds, r)
+			}
+		case r := <-w.Ztunnel("node-a").Records:
+			if r.Direction == accesslog.Outbound {
+				h.srcOut = append(h.srcOut, r)
 			}
 		case <-deadline:
 			done = true
@@ -344,6 +350,27 @@ func TestWaypointService(t *testing.T) {
 			if h.appDelta != 1 {
 				t.Errorf("GET %s: the app received %d requests, want 1", path, h.appDelta)
 			}
+			// The source ztunnel sent it to the waypoint.
+			if len(h.srcOut) != 1 || spiffeID(h.srcOut[0].DstIdentity) != idWaypoint || h.srcOut[0].DstHBONEAddr != netip.AddrPortFrom(wp.Spec.PodIP, 15008) {
+				t.Errorf("GET %s: node-a outbound records = %+v, want one to %s via %s", path, h.srcOut, idWaypoint, netip.AddrPortFrom(wp.Spec.PodIP, 15008))
+			}
+		}
+	})
+
+	// Known to fail (reported): the waypoint resets the client's stream
+	// with RST_STREAM(CANCEL) when it closes a downstream HTTP connection
+	// before the source ztunnel's END_STREAM arrived, and in local mode it
+	// dials endpoints from 127.0.0.1 rather than its pod address.
+	t.Run("clean close, from the waypoint pod's address", func(t *testing.T) {
+		h := w.send(t, wp, w.echo, w.url(w.echoVIP, 80, "/clean"))
+		if h.resp.status != http.StatusOK || len(h.srcOut) != 1 || len(h.dstInbnds) != 1 {
+			t.Fatalf("GET /clean = %d with node-a outbound %+v and node-b inbound %+v, want 200 and one of each", h.resp.status, h.srcOut, h.dstInbnds)
+		}
+		if err := h.srcOut[0].Err; err != nil {
+			t.Errorf("node-a outbound record to the waypoint: error %q, want none (the request completed)", err)
+		}
+		if got := h.dstInbnds[0].SrcAddr.Addr(); got != wp.Spec.PodIP {
+			t.Errorf("node-b inbound record from address %s, want the waypoint pod's %s (in local mode every pod dials from its own address)", got, wp.Spec.PodIP)
 		}
 	})
 

@@ -24,12 +24,14 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
 	"golang.org/x/net/proxy"
 
 	"github.com/ambient-go/mesh/istiod-lite/source/localdir"
+	"github.com/ambient-go/mesh/tests/harness"
 	"github.com/ambient-go/mesh/tests/netns"
 )
 
@@ -134,6 +136,22 @@ func run(ctx context.Context, binDir, example, outDir string, once bool, mode st
 		say("ztunnel %s is ready (admin http://%s:15000/config_dump)", node, nodeAdmin[node])
 	}
 
+	for i, gw := range waypointGateways(snap) {
+		// The waypoint's pod is on node-a, after the example's pods.
+		ip := netip.AddrFrom4([4]byte{127, 10, 1, byte(200 + i)})
+		w := waypointRun{
+			spec: harness.WaypointSpec{Namespace: gw.Namespace, Gateway: gw.Name, Node: "node-a",
+				PodIP: ip, VIP: netip.AddrFrom4([4]byte{127, 10, 100, byte(200 + i)})},
+			launch:   (*exec.Cmd).Start,
+			bind:     ip.String(),
+			readyURL: "http://" + ip.String() + ":15021/healthz/ready",
+			client:   &http.Client{Timeout: time.Second},
+		}
+		if err := startWaypoint(ctx, procs, w, binDir, configDir, logDir, istiodAddr+":15012", rootFile, snapTokenOf(snap, "node-a"), records); err != nil {
+			return err
+		}
+	}
+
 	apps, err := startEchoApps(snap)
 	if err != nil {
 		return err
@@ -146,9 +164,15 @@ func run(ctx context.Context, binDir, example, outDir string, once bool, mode st
 	}
 	go printRecords(records)
 
-	targets := []string{"echo.demo.svc.cluster.local:80", "127.10.100.10:80", "127.10.2.10:8080"}
+	targets := []string{"echo.demo.svc.cluster.local:80/", "127.10.100.10:80/", "127.10.2.10:8080/"}
+	for _, s := range snap.Inputs.Services {
+		if l7Services(snap)[s.Spec.ClusterIP] {
+			h := s.Name + "." + s.Namespace + ".svc.cluster.local:80"
+			targets = append(targets, h+"/", h+"/admin")
+		}
+	}
 	say("the client pod (demo/client, %s, node-a) calls the echo service through its ztunnel (SOCKS5 %s:%d):", client, client, socksPort)
-	return traffic(ctx, targets, 32, once, func(ctx context.Context, t string) (string, error) {
+	return traffic(ctx, targets, 40, once, func(ctx context.Context, t string) (string, error) {
 		return get(ctx, client, t)
 	}, func() { explain(client) })
 }
@@ -157,6 +181,9 @@ func run(ctx context.Context, binDir, example, outDir string, once bool, mode st
 // each answer; after the first round it calls explain. It returns after one
 // round with once, else when ctx is done.
 func traffic(ctx context.Context, targets []string, width int, once bool, get func(context.Context, string) (string, error), explain func()) error {
+	// Records of the shutdown (connections cut as processes stop) are
+	// left to the log files.
+	defer quiet.Store(true)
 	for round := 0; ; round++ {
 		for _, t := range targets {
 			body, err := get(ctx, t)
@@ -190,6 +217,14 @@ func explain(client netip.Addr) {
     addresses. The echo app's answer shows the client address it saw: the
     client pod's own. Traffic repeats every 10 s.
 
+    The echo-l7 service carries istio.io/use-waypoint: waypoint, so node-a's
+    ztunnel sends its traffic to the waypoint (an L7 proxy, the Gateway
+    demo/waypoint of waypoint.yaml): each [waypoint demo/waypoint] line is one
+    HTTP request it handled; it forwards allowed requests to an echo pod
+    under its own identity (node-b's inbound record shows sa/waypoint), and
+    answers 403 to GET /admin, denied by the AuthorizationPolicy deny-admin
+    (targetRefs: Service echo-l7) at the waypoint.
+
     Try more, in another terminal:
       curl --interface %[1]s --socks5-hostname %[1]s:%[2]d http://echo.demo.svc.cluster.local/
       curl -s http://127.10.2.1:15000/config_dump | head -50
@@ -217,14 +252,7 @@ func get(ctx context.Context, client netip.Addr, target string) (string, error) 
 			DisableKeepAlives: true,
 		},
 	}
-	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+target+"/", nil)
-	resp, err := c.Do(req)
-	if err != nil {
-		return "", err
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(io.LimitReader(resp.Body, 4096))
-	return strings.TrimSpace(string(b)), err
+	return getWith(ctx, c, target)
 }
 
 // startEchoApps runs an HTTP echo server on every declared container port
@@ -338,7 +366,7 @@ func (p *processes) startWith(launch func(*exec.Cmd) error, name, bin, logFile s
 				continue
 			}
 			var rec map[string]any
-			if json.Unmarshal(line, &rec) == nil && rec["msg"] == "connection complete" {
+			if json.Unmarshal(line, &rec) == nil && (rec["msg"] == "connection complete" || rec["msg"] == "request complete") {
 				select {
 				case records <- logLine{node, rec}:
 				default:
@@ -374,10 +402,28 @@ func (p *processes) stop() {
 	say("all processes stopped")
 }
 
+// quiet stops printRecords once the demo's traffic is over.
+var quiet atomic.Bool
+
 func printRecords(records <-chan logLine) {
 	for l := range records {
+		if quiet.Load() {
+			continue
+		}
 		r := l.rec
 		s := func(k string) string { v, _ := r[k].(string); return v }
+		if r["msg"] == "request complete" {
+			line := fmt.Sprintf("    [%s] %s %s -> %v from %s (%s) for %s", l.node, s("method"), s("path"), r["response_code"],
+				s("src.identity"), s("src.addr"), s("dst.service"))
+			if u := s("upstream_host"); u != "" {
+				line += " sent to " + u + " as " + s("dst.identity")
+			}
+			if p := s("policy"); p != "" {
+				line += " policy " + p
+			}
+			fmt.Println(line)
+			continue
+		}
 		line := fmt.Sprintf("    [%s] %-8s %s (%s) -> %s (%s)", l.node, s("direction"),
 			s("src.identity"), s("src.addr"), s("dst.identity"), s("dst.addr"))
 		if h := s("dst.hbone_addr"); h != "" {

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/ambient-go/mesh/istiod-lite/source/localdir"
+	"github.com/ambient-go/mesh/tests/harness"
 	"github.com/ambient-go/mesh/tests/netns"
 )
 
@@ -37,7 +38,7 @@ type demoPod struct {
 // plain HTTP client inside the client pod: its traffic is captured
 // transparently.
 func runNetns(ctx context.Context, binDir, configDir, stateDir, logDir, runDir string, snap *localdir.Snapshot, once bool) error {
-	for _, b := range []string{"istiod-lite", "ztunnel", "ztunnel-cni"} {
+	for _, b := range []string{"istiod-lite", "ztunnel", "ztunnel-cni", "waypoint"} {
 		if _, err := os.Stat(filepath.Join(binDir, b)); err != nil {
 			return fmt.Errorf("%s is missing in %s (run `make build` first): %w", b, binDir, err)
 		}
@@ -133,6 +134,31 @@ func runNetns(ctx context.Context, binDir, configDir, stateDir, logDir, runDir s
 		say("ztunnel %s is ready in netns %s", node, nodeOf[node].Name)
 	}
 
+	// Waypoints: each in its own pod namespace on node-a, not captured (no
+	// CNI ADD: its pod is istio.io/dataplane-mode: none), with a route to
+	// istiod-lite.
+	for i, gw := range waypointGateways(snap) {
+		tp, err := nodeOf[nodes[0]].AddPod(gw.Namespace + "-" + gw.Name)
+		if err != nil {
+			return err
+		}
+		if err := tp.RouteUnderlay(); err != nil {
+			return err
+		}
+		w := waypointRun{
+			spec: harness.WaypointSpec{Namespace: gw.Namespace, Gateway: gw.Name, Node: nodes[0],
+				PodIP: tp.IP, VIP: netns.VIP(len(snap.Inputs.Services) + i)},
+			launch:   tp.Start,
+			bind:     "127.0.0.1",
+			readyURL: "http://127.0.0.1:15021/healthz/ready",
+			client:   nsHTTPClient(tp.NS),
+		}
+		if err := startWaypoint(ctx, procs, w, binDir, configDir, logDir, netns.UnderlayIP.String()+":15012", rootFile, snapTokenOf(snap, nodes[0]), records); err != nil {
+			return err
+		}
+		say("waypoint %s/%s runs in netns %s (%s), not captured", gw.Namespace, gw.Name, tp.Name, tp.IP)
+	}
+
 	// Play the container runtime: start the apps, then CNI ADD.
 	var apps closers
 	defer apps.Close()
@@ -176,18 +202,22 @@ func runNetns(ctx context.Context, binDir, configDir, stateDir, logDir, runDir s
 	go printRecords(records)
 
 	var targets []string
+	l7 := l7Services(snap)
 	for old, ip := range addrs {
 		if strings.HasPrefix(ip, "198.18.100.") {
-			targets = append(targets, ip+":80")
+			targets = append(targets, ip+":80/")
+			if l7[old] {
+				targets = append(targets, ip+":80/admin")
+			}
 		}
 		if old == "127.10.2.10" {
-			targets = append(targets, ip+":8080")
+			targets = append(targets, ip+":8080/")
 		}
 	}
 	sort.Strings(targets)
 	c := nsHTTPClient(client.pod.NS)
 	say("the client pod (demo/client, %s, node-a) calls the echo service with a plain HTTP client; its ztunnel captures it:", client.pod.IP)
-	return traffic(ctx, targets, 24, once, func(ctx context.Context, t string) (string, error) {
+	return traffic(ctx, targets, 30, once, func(ctx context.Context, t string) (string, error) {
 		return getWith(ctx, c, t)
 	}, func() {
 		fmt.Printf(`
@@ -197,7 +227,7 @@ func runNetns(ctx context.Context, binDir, configDir, stateDir, logDir, runDir s
     node-b's ztunnel, and delivered from the client's own address.
 
     Try more, in another terminal:
-      ip netns exec %[1]s curl -s http://%[2]s/
+      ip netns exec %[1]s curl -s http://%[2]s
       ip netns exec %[3]s curl -s http://127.0.0.1:15000/config_dump | head -50
       ip netns exec %[1]s nft list ruleset
     Ctrl-C stops everything and removes every namespace.
@@ -283,13 +313,22 @@ func httpOKWith(c *http.Client, url string) bool {
 	return resp.StatusCode == http.StatusOK
 }
 
+// getWith sends GET http://<target> (host:port/path) and returns the
+// body, prefixed by the status code unless it is 200.
 func getWith(ctx context.Context, c *http.Client, target string) (string, error) {
-	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+target+"/", nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+target, nil)
+	if err != nil {
+		return "", err
+	}
 	resp, err := c.Do(req)
 	if err != nil {
 		return "", err
 	}
 	defer resp.Body.Close()
 	b, err := io.ReadAll(io.LimitReader(resp.Body, 4096))
-	return strings.TrimSpace(string(b)), err
+	body := strings.TrimSpace(string(b))
+	if resp.StatusCode != http.StatusOK {
+		body = fmt.Sprintf("%d %s", resp.StatusCode, body)
+	}
+	return body, err
 }
