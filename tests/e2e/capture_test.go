@@ -478,6 +478,7 @@ func TestDemoNetns(t *testing.T) {
 		"github.com/ambient-go/mesh/istiod-lite/cmd/istiod-lite",
 		"github.com/ambient-go/mesh/ztunnel/cmd/ztunnel",
 		"github.com/ambient-go/mesh/ztunnel/cmd/ztunnel-cni",
+		"github.com/ambient-go/mesh/waypoint/cmd/waypoint",
 		"github.com/ambient-go/mesh/tests/cmd/demo")
 	if out, err := build.CombinedOutput(); err != nil {
 		t.Fatalf("go build: %v\n%s", err, out)
