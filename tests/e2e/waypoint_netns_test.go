@@ -18,6 +18,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -116,6 +117,8 @@ func newNSWaypointMesh(t *testing.T) *nsWaypointMesh {
 	return m
 }
 
+const echoHost = "echo.shop.svc.cluster.local"
+
 func (m *nsWaypointMesh) echoAddr() netip.AddrPort { return netip.AddrPortFrom(m.echo.IP, 8080) }
 
 // nsGoGet sends one GET from inside the pod with Go's net/http client (no
@@ -177,7 +180,16 @@ func nsIsAnyConn(l cluster.Log) bool { return l.String("msg") == accesslog.Messa
 // nsHops are the log positions of every process on the way, taken before a
 // request, to look at what each logged for it.
 type nsHops struct {
-	z1, z2, z3, wp int
+	z1, z2, z3 int
+	wps        map[*cluster.Waypoint]int
+}
+
+func (h nsHops) all() []int {
+	all := []int{h.z1, h.z2, h.z3}
+	for _, n := range h.wps {
+		all = append(all, n)
+	}
+	return all
 }
 
 // mark returns the log positions once the processes have been quiet for
@@ -186,13 +198,17 @@ type nsHops struct {
 // before the next request's are counted.
 func (m *nsWaypointMesh) mark() nsHops {
 	pos := func() nsHops {
-		return nsHops{m.Node(1).Ztunnel().Mark(), m.Node(2).Ztunnel().Mark(), m.Node(3).Ztunnel().Mark(), m.wp.Mark()}
+		h := nsHops{m.Node(1).Ztunnel().Mark(), m.Node(2).Ztunnel().Mark(), m.Node(3).Ztunnel().Mark(), map[*cluster.Waypoint]int{}}
+		for _, w := range m.Waypoints() {
+			h.wps[w] = w.Mark()
+		}
+		return h
 	}
 	last := pos()
 	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); {
 		time.Sleep(nsSettle)
 		cur := pos()
-		if cur == last {
+		if slices.Equal(cur.all(), last.all()) {
 			break
 		}
 		last = cur
@@ -226,23 +242,26 @@ const nsSettle = 200 * time.Millisecond
 // request, the destination's ztunnel accepted one connection, from the
 // waypoint's identity, the waypoint's own node's ztunnel saw nothing (its
 // pod is not captured), and the app served one request, from the waypoint.
-func (m *nsWaypointMesh) checkThroughWaypoint(t *testing.T, h nsHops, path string, code int) {
+//
+// service is the service addressed (its hostname), "" for pod-addressed
+// traffic.
+func (m *nsWaypointMesh) checkThroughWaypoint(t *testing.T, h nsHops, wp *cluster.Waypoint, service, path string, code int) {
 	t.Helper()
 	z1, z2, z3 := m.Node(1).Ztunnel(), m.Node(2).Ztunnel(), m.Node(3).Ztunnel()
-	wpHBONE := netip.AddrPortFrom(m.wp.IP(), cluster.WaypointHBONEPort).String()
+	wpHBONE := netip.AddrPortFrom(wp.IP(), cluster.WaypointHBONEPort).String()
 
 	out := nsWaitLog(t, z1, h.z1, "node-1's ztunnel: outbound record", nsIsConn(accesslog.Outbound))
-	if got := out.String(accesslog.KeyDstIdentity); got != m.wp.ID() {
-		t.Errorf("node-1's outbound record: dst.identity %q, want the waypoint's %q (%v)", got, m.wp.ID(), out)
+	if got := out.String(accesslog.KeyDstIdentity); got != wp.ID() {
+		t.Errorf("node-1's outbound record: dst.identity %q, want the waypoint's %q (%v)", got, wp.ID(), out)
 	}
 	if got := out.String(accesslog.KeyDstHBONEAddr); got != wpHBONE {
 		t.Errorf("node-1's outbound record: dst.hbone_addr %q, want the waypoint pod's %s", got, wpHBONE)
 	}
-	if got := out.String(accesslog.KeyDstService); got != "echo.shop.svc.cluster.local" {
-		t.Errorf("node-1's outbound record: dst.service %q, want echo.shop.svc.cluster.local", got)
+	if got := out.String(accesslog.KeyDstService); got != service {
+		t.Errorf("node-1's outbound record: dst.service %q, want %q", got, service)
 	}
 
-	rec := nsWaitLog(t, m.wp, h.wp, "waypoint: request record for "+path, nsIsRequest(path))
+	rec := nsWaitLog(t, wp, h.wps[wp], "waypoint: request record for "+path, nsIsRequest(path))
 	if got, _ := rec.Int(accesslog.KeyResponseCode); int(got) != code {
 		t.Errorf("waypoint's record: response_code %d, want %d (%v)", got, code, rec)
 	}
@@ -252,8 +271,8 @@ func (m *nsWaypointMesh) checkThroughWaypoint(t *testing.T, h nsHops, path strin
 	if got := rec.String(accesslog.KeyMethod); got != http.MethodGet {
 		t.Errorf("waypoint's record: method %q, want GET", got)
 	}
-	if got := rec.String(accesslog.KeyDstService); got != "echo.shop.svc.cluster.local" {
-		t.Errorf("waypoint's record: dst.service %q, want echo.shop.svc.cluster.local", got)
+	if got := rec.String(accesslog.KeyDstService); got != service {
+		t.Errorf("waypoint's record: dst.service %q, want %q", got, service)
 	}
 
 	var in cluster.Log
@@ -262,8 +281,8 @@ func (m *nsWaypointMesh) checkThroughWaypoint(t *testing.T, h nsHops, path strin
 			t.Errorf("waypoint's record: upstream_host %q, want %s", got, m.echoAddr())
 		}
 		in = nsWaitLog(t, z2, h.z2, "node-2's ztunnel: inbound record", nsIsConn(accesslog.Inbound))
-		if got := in.String(accesslog.KeySrcIdentity); got != m.wp.ID() {
-			t.Errorf("node-2's inbound record: src.identity %q, want the waypoint's %q (%v)", got, m.wp.ID(), in)
+		if got := in.String(accesslog.KeySrcIdentity); got != wp.ID() {
+			t.Errorf("node-2's inbound record: src.identity %q, want the waypoint's %q (%v)", got, wp.ID(), in)
 		}
 		if got := in.String(accesslog.KeyDstAddr); got != m.echoAddr().String() {
 			t.Errorf("node-2's inbound record: dst.addr %q, want %s", got, m.echoAddr())
@@ -272,8 +291,8 @@ func (m *nsWaypointMesh) checkThroughWaypoint(t *testing.T, h nsHops, path strin
 		if len(reqs) != 1 {
 			t.Errorf("the app served %d requests for %s, want 1", len(reqs), path)
 		} else {
-			if reqs[0].remote != m.wp.IP() {
-				t.Errorf("the app saw the request from %s, want the waypoint %s", reqs[0].remote, m.wp.IP())
+			if reqs[0].remote != wp.IP() {
+				t.Errorf("the app saw the request from %s, want the waypoint %s", reqs[0].remote, wp.IP())
 			}
 			if !strings.Contains(reqs[0].xff, m.client.IP.String()) {
 				t.Errorf("the app saw X-Forwarded-For %q, want it to name the client %s", reqs[0].xff, m.client.IP)
@@ -286,8 +305,14 @@ func (m *nsWaypointMesh) checkThroughWaypoint(t *testing.T, h nsHops, path strin
 	if n := z1.Count(h.z1, nsIsAnyConn); n != 1 {
 		t.Errorf("node-1's ztunnel logged %d connections for one request, want 1", n)
 	}
-	if n := m.wp.Count(h.wp, nsIsRequest(path)); n != 1 {
-		t.Errorf("the waypoint logged %d records for %s, want 1", n, path)
+	for w, from := range h.wps {
+		want := 0
+		if w == wp {
+			want = 1
+		}
+		if n := w.Count(from, nsIsRequest(path)); n != want {
+			t.Errorf("waypoint %s logged %d records for %s, want %d", w.Spec.Name, n, path, want)
+		}
 	}
 	wantIn := 0
 	if code == http.StatusOK {
@@ -318,8 +343,10 @@ func (m *nsWaypointMesh) checkDirect(t *testing.T, h nsHops, path string) {
 		t.Errorf("the app served %v for %s, want one request from the client %s", reqs, path, m.client.IP)
 	}
 	time.Sleep(nsSettle)
-	if n := m.wp.Count(h.wp, func(l cluster.Log) bool { return l.String("msg") == accesslog.RequestMessage }); n != 0 {
-		t.Errorf("the waypoint logged %d requests for traffic that should bypass it", n)
+	for w, from := range h.wps {
+		if n := w.Count(from, func(l cluster.Log) bool { return l.String("msg") == accesslog.RequestMessage }); n != 0 {
+			t.Errorf("waypoint %s logged %d requests for traffic that should bypass it", w.Spec.Name, n)
+		}
 	}
 	if n := z2.Count(h.z2, nsIsAnyConn); n != 1 {
 		t.Errorf("node-2's ztunnel logged %d connections, want 1", n)
@@ -463,7 +490,7 @@ func TestWaypointNetns(t *testing.T) {
 					t.Fatalf("GET %s = %d %q, %v", path, code, body, err)
 				}
 				want(t, body, "echo-0", m.wp.IP(), path)
-				m.checkThroughWaypoint(t, h, path, http.StatusOK)
+				m.checkThroughWaypoint(t, h, m.wp, echoHost, path, http.StatusOK)
 			})
 		}
 		after := nsWaypointRequests(t, m.wp, `response_code="200"`, `destination_service="echo.shop.svc.cluster.local"`)
@@ -541,8 +568,8 @@ func TestWaypointNetns(t *testing.T) {
 					t.Errorf("GET /admin = %d %q, %v; want 403 %q", code, body, err, "RBAC: access denied")
 				}
 				if err == nil {
-					m.checkThroughWaypoint(t, h, "/admin", http.StatusForbidden)
-					rec := nsWaitLog(t, m.wp, h.wp, "waypoint: record of /admin", nsIsRequest("/admin"))
+					m.checkThroughWaypoint(t, h, m.wp, echoHost, "/admin", http.StatusForbidden)
+					rec := nsWaitLog(t, m.wp, h.wps[m.wp], "waypoint: record of /admin", nsIsRequest("/admin"))
 					if got := rec.String(accesslog.KeyPolicy); got != "shop/deny-admin" {
 						t.Errorf("waypoint's record of the denied request: policy %q, want shop/deny-admin", got)
 					}
@@ -554,7 +581,7 @@ func TestWaypointNetns(t *testing.T) {
 					t.Fatalf("GET %s = %d %q, %v; want 200", path, code, body, err)
 				}
 				want(t, body, "echo-0", m.wp.IP(), path)
-				m.checkThroughWaypoint(t, h, path, http.StatusOK)
+				m.checkThroughWaypoint(t, h, m.wp, echoHost, path, http.StatusOK)
 			})
 		}
 		if n := len(m.app.requests("/admin")); n != 0 {
@@ -592,6 +619,57 @@ func TestWaypointNetns(t *testing.T) {
 				t.Errorf("node-%d's ztunnel re-captured or released pods %d times on a use-waypoint change", i+1, n)
 			}
 		}
+	})
+
+	t.Run("pod-addressed traffic uses a workload waypoint", func(t *testing.T) {
+		wl, err := m.Node(3).AddWaypoint(cluster.WaypointSpec{Namespace: "shop", Name: "wl-waypoint", For: "workload"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		uses := maps.Clone(ambient)
+		uses["istio.io/use-waypoint"] = wl.Spec.Name
+		m.Namespace("shop", uses)
+		defer m.Namespace("shop", ambient)
+		eventually(t, 10*time.Second, "pod-addressed traffic goes through the workload waypoint", func() error {
+			_, body, err := nsGoGet(ctx, m.client, m.echoAddr(), nsUniquePath("wl-probe"))
+			if err != nil {
+				return err
+			}
+			if f := strings.Fields(body); len(f) != 3 || !strings.HasPrefix(f[1], wl.IP().String()+":") {
+				return fmt.Errorf("answer %q, not from the workload waypoint %s", body, wl.IP())
+			}
+			return nil
+		})
+		for _, client := range []string{"go", "curl"} {
+			t.Run(client, func(t *testing.T) {
+				path := nsUniquePath("by-pod-" + client)
+				h := m.mark()
+				var code int
+				var body string
+				var err error
+				if client == "go" {
+					code, body, err = nsGoGet(ctx, m.client, m.echoAddr(), path)
+				} else {
+					code, body, err = nsCurlGet(ctx, curl, m.client, m.echoAddr(), path)
+				}
+				if err != nil || code != http.StatusOK {
+					t.Fatalf("GET %s = %d %q, %v", path, code, body, err)
+				}
+				want(t, body, "echo-0", wl.IP(), path)
+				m.checkThroughWaypoint(t, h, wl, "", path, http.StatusOK)
+			})
+		}
+		// A workload waypoint serves no service traffic: addressed to the
+		// service, the request goes to the endpoint directly (Istio's
+		// ztunnel does not look at the endpoint's waypoint then).
+		path := nsUniquePath("by-vip-wl")
+		h := m.mark()
+		code, body, err := nsGoGet(ctx, m.client, m.vip, path)
+		if err != nil || code != http.StatusOK {
+			t.Fatalf("GET %s = %d %q, %v", path, code, body, err)
+		}
+		want(t, body, "echo-0", m.client.IP, path)
+		m.checkDirect(t, h, path)
 	})
 }
 
