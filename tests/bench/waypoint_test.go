@@ -9,6 +9,8 @@ import (
 	"os"
 	"testing"
 	"time"
+
+	"github.com/google/go-cmp/cmp"
 )
 
 func TestSumMetric(t *testing.T) {
@@ -97,5 +99,33 @@ func TestPeakRSS(t *testing.T) {
 	got := stop()
 	if got[0] <= 0 || got[1] != 0 {
 		t.Errorf("PeakRSS(self, missing) = %v, want [>0 0]", got)
+	}
+}
+
+func TestParsePerfStat(t *testing.T) {
+	events := []string{"raw_syscalls:sys_enter", "context-switches"}
+	for _, tc := range []struct {
+		name    string
+		out     string
+		want    map[string]float64
+		wantErr bool
+	}{
+		{
+			name: "both counted",
+			out:  "109,,raw_syscalls:sys_enter,800944,100.00,,\n12,,context-switches,800944,100.00,,\n",
+			want: map[string]float64{"raw_syscalls:sys_enter": 109, "context-switches": 12},
+		},
+		{name: "not counted", out: "<not counted>,,raw_syscalls:sys_enter,0,0.00,,\n3,,context-switches,1,100.00,,\n", wantErr: true},
+		{name: "empty", out: "", wantErr: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := parsePerfStat([]byte(tc.out), events)
+			if (err != nil) != tc.wantErr {
+				t.Fatalf("parsePerfStat() error = %v, want error %v", err, tc.wantErr)
+			}
+			if diff := cmp.Diff(tc.want, got); diff != "" && !tc.wantErr {
+				t.Errorf("parsePerfStat() (-want +got):\n%s", diff)
+			}
+		})
 	}
 }

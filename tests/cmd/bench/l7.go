@@ -127,9 +127,28 @@ func runL7(ctx context.Context, o options, s *setup, d durations, r *results) er
 			top, err := bench.PerfTop(ctx, mid.Pid(), d.profile, file)
 			ch <- got{top, err}
 		}()
+		type counted struct {
+			n   map[string]float64
+			err error
+		}
+		stat := make(chan counted, 1)
+		go func() {
+			n, err := bench.PerfStat(ctx, mid.Pid(), d.profile, "raw_syscalls:sys_enter", "context-switches")
+			stat <- counted{n, err}
+		}()
 		time.Sleep(200 * time.Millisecond)
-		if _, err := bench.HTTPClosedLoop(ctx, v.dial, l7Conns, d.profile); err != nil {
+		res, err := bench.HTTPClosedLoop(ctx, v.dial, l7Conns, d.profile)
+		if err != nil {
 			return fmt.Errorf("%s: profile load: %w", v.name, err)
+		}
+		// perf counts over whole seconds from its start, the load runs
+		// d.profile from 200 ms later: the rate is per request of the load,
+		// with requests counted over the same span.
+		if c := <-stat; c.err != nil {
+			say("perf stat of %s failed: %v", mid.Name, c.err)
+		} else if res.Requests > 0 {
+			r.add("perf-syscalls", v.name, c.n["raw_syscalls:sys_enter"]/float64(res.Requests))
+			r.add("perf-cs", v.name, c.n["context-switches"]/float64(res.Requests))
 		}
 		g := <-ch
 		if g.err != nil {
@@ -194,6 +213,16 @@ func (r *results) l7Rows() []bench.Row {
 			row.Target, row.Verdict = "waypoint ≤ HAProxy", bench.Check(v[wp] <= v[hp])
 		}
 		rows = append(rows, row)
+	}
+	if st := r.medians("perf-syscalls"); len(st) > 0 {
+		cs := r.medians("perf-cs")
+		rows = append(rows, bench.Row{
+			Figure: "system calls per request at saturation, middle proxy (perf stat, profiling run)", Unit: "calls", Values: st,
+			Ratios: []string{ratio("waypoint/HAProxy", st[wp], st[hp])},
+		}, bench.Row{
+			Figure: "context switches per request at saturation, middle proxy (perf stat, profiling run)", Unit: "switches", Values: cs,
+			Ratios: []string{ratio("waypoint/HAProxy", cs[wp], cs[hp])},
+		})
 	}
 	for i, side := range []string{"source", "destination"} {
 		v := r.medians(fmt.Sprintf("http1000-cpu/%d", i))
@@ -267,7 +296,10 @@ GOMAXPROCS (one per core).
 The "middle proxy" is the waypoint or HAProxy; the source and destination
 proxies are the two ztunnels or the two stunnels; "all proxies" sums
 every proxy process of the path. CPU is user+system time from
-/proc/<pid>/stat over each run (10 ms resolution). Loads: an open-loop
+/proc/<pid>/stat over each run (10 ms resolution). System calls (every
+kind, raw_syscalls:sys_enter) and context switches are counted by perf stat
+on the middle proxy during the profiling run (a run of its own, so perf's
+overhead is not charged to the figures above). Loads: an open-loop
 generator (as in the main table) releasing 1 KiB POSTs to %s at 1000 and
 3000 requests per second over %d persistent HTTP/1.1 connections, %s per
 run; and %d connections back to back for the saturation figures. Each
@@ -278,6 +310,7 @@ during each run (median over the runs). The waypoint counted %.0f
 requests in its istio_requests_total over the figures, for %.0f sent
 through it.
 `, bench.HTTPPath, l7Conns, r.l7.run, l7Conns, r.l7.counted, r.l7.sent)
+	b.WriteString("\n" + l7ProfileNotes)
 	if len(r.l7.profiles) > 0 {
 		b.WriteString("\nProfiles of the middle proxies (perf record -g -F 499 during an HTTP saturation run, flat by symbol, entries ≥ 1 %; files in _out/bench/):\n")
 		for _, p := range r.l7.profiles {
