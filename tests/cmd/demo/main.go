@@ -276,6 +276,10 @@ func startEchoApps(snap *localdir.Snapshot) (io.Closer, error) {
 				srv := &http.Server{
 					ReadHeaderTimeout: 5 * time.Second,
 					Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+						// One connection per request, so that each shows up in
+						// the access logs at once (the waypoint keeps its
+						// upstream connections otherwise).
+						w.Header().Set("Connection", "close")
 						fmt.Fprintf(w, "hello from %s on %s; you are %s\n", name, node, r.RemoteAddr)
 					}),
 				}
