@@ -902,11 +902,9 @@ func (st *clientStream) closeWriteLocked() error {
 		err := st.err
 		cc.mu.Unlock()
 		return err
-	case st.wErr != nil:
-		err := st.wErr
-		cc.mu.Unlock()
-		return err
 	case st.localClosed:
+		// Also after the server ended the stream once its response was
+		// complete (wErr): nothing more was to be sent, nothing is lost.
 		cc.mu.Unlock()
 		return nil
 	}

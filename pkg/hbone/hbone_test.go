@@ -420,6 +420,26 @@ func TestHalfClose(t *testing.T) {
 			expectRead(t, server, "client still writes")
 			expectEOF(t, server)
 		}},
+		{"server closes after its response, client has not", func(t *testing.T, client, server *Conn) {
+			// An HTTP server answering "Connection: close": the response,
+			// then Close while the client's side is open. As a TCP close:
+			// the client reads the response and EOF, and half-closing
+			// afterwards is not an error (nothing is lost); only writing
+			// more data fails.
+			io.WriteString(client, "request")
+			expectRead(t, server, "request")
+			io.WriteString(server, "response")
+			server.Close()
+			expectRead(t, client, "response")
+			expectEOF(t, client)
+			waitFor(t, "the server's reset", func() bool {
+				_, err := io.WriteString(client, "more")
+				return err != nil
+			})
+			if err := client.CloseWrite(); err != nil {
+				t.Errorf("client CloseWrite after the server's clean close = %v, want nil", err)
+			}
+		}},
 		{"write after CloseWrite fails", func(t *testing.T, client, server *Conn) {
 			client.CloseWrite()
 			if _, err := io.WriteString(client, "x"); err == nil {

@@ -894,8 +894,10 @@ func (st *serverStream) closeWriteLocked() error {
 	return nil
 }
 
-// Close ends the stream: END_STREAM if the write side is open and idle, then
-// RST_STREAM(CANCEL) if the peer's side is still open.
+// Close ends the stream: END_STREAM if the write side is open and idle, then,
+// if the peer's side is still open, RST_STREAM — NO_ERROR after a complete
+// response (RFC 9113 §8.1: the client may stop sending; it is a clean
+// close, as a TCP server's), CANCEL when the response was cut short.
 func (st *serverStream) Close() error {
 	sc := st.sc
 	sc.mu.Lock()
@@ -914,8 +916,11 @@ func (st *serverStream) Close() error {
 	}
 	sc.mu.Lock()
 	if st.err == nil {
-		if !st.localClosed || !st.remoteClosed {
+		switch {
+		case !st.localClosed:
 			sc.queueLocked(ctrlFrame{kind: ctrlRST, stream: st.id, n: uint32(http2.ErrCodeCancel)})
+		case !st.remoteClosed:
+			sc.queueLocked(ctrlFrame{kind: ctrlRST, stream: st.id, n: uint32(http2.ErrCodeNo)})
 		}
 		st.failLocked(errStreamClosed)
 	}
