@@ -142,6 +142,10 @@ func New(cfg Config) (*Waypoint, error) {
 	if cfg.PodName == "" {
 		cfg.PodName = cfg.Gateway
 	}
+	// Upstream tunnels leave from the pod's address when it is given, as
+	// every pod's do (it matters where pods share a network namespace:
+	// local mode on loopback).
+	sourceAddr := cfg.PodIP
 	if !cfg.PodIP.IsValid() {
 		cfg.PodIP = netip.MustParseAddr("127.0.0.1")
 	}
@@ -203,6 +207,7 @@ func New(cfg Config) (*Waypoint, error) {
 		Policies:       w.l7.current,
 		Pool:           w.pool,
 		Identity:       id,
+		SourceAddr:     sourceAddr,
 		Gateway:        cfg.Gateway,
 		Namespace:      cfg.Namespace,
 		ClusterDomain:  cfg.ClusterDomain,

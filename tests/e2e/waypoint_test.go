@@ -357,10 +357,9 @@ func TestWaypointService(t *testing.T) {
 		}
 	})
 
-	// Known to fail (reported): the waypoint resets the client's stream
-	// with RST_STREAM(CANCEL) when it closes a downstream HTTP connection
-	// before the source ztunnel's END_STREAM arrived, and in local mode it
-	// dials endpoints from 127.0.0.1 rather than its pod address.
+	// The waypoint closing a downstream HTTP connection after a complete
+	// response is a clean end for the source ztunnel, and in local mode it
+	// dials endpoints from its pod address.
 	t.Run("clean close, from the waypoint pod's address", func(t *testing.T) {
 		h := w.send(t, wp, w.echo, w.url(w.echoVIP, 80, "/clean"))
 		if h.resp.status != http.StatusOK || len(h.srcOut) != 1 || len(h.dstInbnds) != 1 {

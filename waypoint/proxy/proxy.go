@@ -26,6 +26,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"sync"
 	"time"
 
@@ -52,6 +53,9 @@ type Config struct {
 	Pool *hbone.Pool
 	// Identity is the waypoint's own SPIFFE ID: upstream tunnels present it.
 	Identity spiffeid.ID
+	// SourceAddr is the local address upstream connections are bound to;
+	// zero: any (the kernel's choice).
+	SourceAddr netip.Addr
 
 	// Gateway and Namespace name the waypoint's Gateway; ClusterDomain
 	// (default "cluster.local") completes its Service hostname

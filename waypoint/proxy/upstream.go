@@ -84,6 +84,9 @@ func (u *upstream) dial(ctx context.Context, _, addr string) (net.Conn, error) {
 	w := u.p.cfg.Store.WorkloadByAddr(ap.Addr())
 	if w == nil || !u.tunnelled(w) {
 		var d net.Dialer
+		if u.p.cfg.SourceAddr.IsValid() {
+			d.LocalAddr = net.TCPAddrFromAddrPort(netip.AddrPortFrom(u.p.cfg.SourceAddr, 0))
+		}
 		c, err := d.DialContext(ctx, "tcp", addr)
 		if err != nil {
 			return nil, &dialError{err}
@@ -91,10 +94,11 @@ func (u *upstream) dial(ctx context.Context, _, addr string) (net.Conn, error) {
 		return c, nil
 	}
 	t := hbone.Target{
-		Addr:      netip.AddrPortFrom(ap.Addr(), u.p.cfg.HBONEPort),
-		Authority: addr,
-		SourceID:  u.p.cfg.Identity,
-		DestIDs:   []spiffeid.ID{w.ID},
+		Addr:       netip.AddrPortFrom(ap.Addr(), u.p.cfg.HBONEPort),
+		Authority:  addr,
+		SourceID:   u.p.cfg.Identity,
+		DestIDs:    []spiffeid.ID{w.ID},
+		SourceAddr: u.p.cfg.SourceAddr,
 	}
 	if u.p.cfg.Baggage != "" {
 		t.Header = http.Header{"Baggage": {u.p.cfg.Baggage}}
