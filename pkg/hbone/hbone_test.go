@@ -440,6 +440,26 @@ func TestHalfClose(t *testing.T) {
 				t.Errorf("client CloseWrite after the server's clean close = %v, want nil", err)
 			}
 		}},
+		{"client closes after the whole response, server has not", func(t *testing.T, client, server *Conn) {
+			// An HTTP client that read a complete response (known length)
+			// and closes before the server's END_STREAM: the server's
+			// pending half-close loses nothing and is not an error; only
+			// writing more data fails.
+			io.WriteString(client, "request")
+			client.CloseWrite()
+			expectRead(t, server, "request")
+			expectEOF(t, server)
+			io.WriteString(server, "response")
+			expectRead(t, client, "response")
+			client.Close()
+			waitFor(t, "the client's reset", func() bool {
+				_, err := io.WriteString(server, "more")
+				return err != nil
+			})
+			if err := server.CloseWrite(); err != nil {
+				t.Errorf("server CloseWrite after the client's close = %v, want nil", err)
+			}
+		}},
 		{"write after CloseWrite fails", func(t *testing.T, client, server *Conn) {
 			client.CloseWrite()
 			if _, err := io.WriteString(client, "x"); err == nil {

@@ -527,7 +527,20 @@ func (sc *serverConn) processReset(f *http2.RSTStreamFrame) error {
 		}
 		return nil
 	}
-	st.failLocked(fmt.Errorf("hbone: stream reset by peer: %v", f.ErrCode))
+	rerr := fmt.Errorf("hbone: stream reset by peer: %v", f.ErrCode)
+	if st.remoteClosed && st.answered && st.err == nil {
+		// The client sent all it had and wants nothing more (an HTTP
+		// client that read a complete response): only the write side
+		// ends. Writing more fails; a half-close loses nothing and
+		// succeeds, as a TCP shutdown after the peer's close would.
+		st.wErr = rerr
+		st.localClosed = true
+		st.cond.Broadcast()
+		sc.removeLocked(st)
+		sc.mu.Unlock()
+		return nil
+	}
+	st.failLocked(rerr)
 	var err error
 	if !st.answered {
 		if sc.earlyResets++; sc.earlyResets > maxEarlyResets {
@@ -737,10 +750,11 @@ type serverStream struct {
 	recvAvail    int64 // bytes the peer may still send on this stream
 	recvUnacked  int64
 	sendWindow   int64
-	remoteClosed bool // END_STREAM received
-	localClosed  bool // END_STREAM written
-	answered     bool // response HEADERS written
-	appClosed    bool // Close called
+	remoteClosed bool  // END_STREAM received
+	localClosed  bool  // END_STREAM written
+	wErr         error // the client reset the stream after its END_STREAM
+	answered     bool  // response HEADERS written
+	appClosed    bool  // Close called
 	err          error
 	rdl, wdl     time.Time
 	rdt, wdt     *time.Timer
@@ -835,6 +849,10 @@ func (st *serverStream) Write(p []byte) (int, error) {
 				return total, net.ErrClosed
 			case st.err != nil:
 				err := st.err
+				sc.mu.Unlock()
+				return total, err
+			case st.wErr != nil:
+				err := st.wErr
 				sc.mu.Unlock()
 				return total, err
 			case st.localClosed:
