@@ -278,7 +278,7 @@ interleaved, %d runs each, medians):
   → mesh-server.
 - **peer**: direct-client → stunnel client → TLS 1.3 mTLS → stunnel server →
   direct-server (the L4 peer of the main table, carrying HTTP).
-- **peer+haproxy**: direct-client → stunnel client → TLS 1.3 mTLS → HAProxy
+- **peer+haproxy**: direct-client → stunnel client → TLS 1.3 mTLS →
   %s (mode http, its own process in its own pod on node-2, where the
   waypoint is; client certificate required; routes by path, use_backend
   on path_beg; one log line per request, option httplog on stdout) →
@@ -312,7 +312,7 @@ through it.
 `, bench.HTTPPath, l7Conns, r.l7.run, l7Conns, r.l7.counted, r.l7.sent)
 	b.WriteString("\n" + l7ProfileNotes)
 	if len(r.l7.profiles) > 0 {
-		b.WriteString("\nProfiles of the middle proxies (perf record -g -F 499 during an HTTP saturation run, flat by symbol, entries ≥ 1 %; files in _out/bench/):\n")
+		b.WriteString("\nProfiles of the middle proxies (perf record -g -F 499 during an HTTP saturation run; perf report --children by symbol, each symbol with what it called, entries ≥ 3 %, the first 45; files in _out/bench/):\n")
 		for _, p := range r.l7.profiles {
 			fmt.Fprintf(&b, "\n<details><summary>%s, %s (perf report)</summary>\n\n```\n%s```\n</details>\n", p.proc, p.load, p.top)
 		}

@@ -48,39 +48,50 @@ and ztunnel/proxy). Suggestions, in the order the profiles rank them:
 `
 
 // l7ProfileNotes summarises where the waypoint's time went when the L7
-// figures were written (a perf profile of the waypoint at HTTP saturation,
-// netns topology, 2 cores); the raw profiles below are from the run that
-// wrote the file. The waypoint's code belongs to waypoint/ and pkg/: these
-// are findings, not changes.
-const l7ProfileNotes = `What the waypoint's profile showed at the time of writing (cumulative
-shares of its samples; the raw profiles below are from this run):
+// figures were written (perf profiles of the waypoint and of HAProxy at
+// HTTP saturation, netns topology, 2 cores); the raw profiles below are
+// from the run that wrote the file. The waypoint's code belongs to
+// waypoint/ and pkg/: these are findings, not changes.
+const l7ProfileNotes = `What the profiles showed at the time of writing (shares of each
+process's samples; the raw profiles below are from this run):
 
-- **write(2), ~19 %**, and syscalls in all ~35 %: every request costs at
-  least one HBONE DATA frame, one TLS record and one write(2) in each
-  direction on each side (request to the upstream ztunnel through
-  net/http's Transport writeLoop → hbone clientStream.Write → tlsWriter;
-  response back through the server's chunkWriter → hbone serverStream),
-  with no coalescing of the HTTP/2 frames and the TLS record of one
-  request. HAProxy reads and writes each side once per request as well,
-  but does so from one event loop without hand-offs.
-- **Goroutine hand-offs, ~15 %** (runtime.findRunnable, futex wake-ups,
-  schedule): each request crosses the inbound HBONE connection's read
-  loop → the http.Server's goroutine → the Transport's writeLoop → the
-  outbound HBONE connection's read loop → the Transport's readLoop → back:
-  five goroutines per request, each wake-up a futex on 2 cores.
-- **Allocation and GC, ~20 %** (mallocgc ~11 %, gcBgMarkWorker ~9 %):
-  per-request http.Request/Header copies in httputil.ReverseProxy, a 32 KiB
-  copy buffer per request (mallocgcLarge; ReverseProxy.BufferPool is not
-  set), the access-log record and its JSON encoding.
-- **Access log ~6 %** (slog JSON, one line per request; HAProxy writes one
-  line per request too) and **request metrics ~2.5 %**
-  (GetMetricWithLabelValues for every request instead of a cached child).
-- Crypto is small at 1 KiB (AES-GCM below 2 %).
+- **Where the gap is.** HAProxy spent 79 % of its samples in the kernel
+  (mostly the TCP send path, which on veth pairs also carries the
+  receiver's softirq processing) and 21 % in HAProxy, OpenSSL, libc and
+  the vDSO. The waypoint spent 43 % in the kernel and 57 % in its own code,
+  the Go runtime and the vDSO. Applied to the saturation figures, that is
+  about 0.08 CPU-s per 1000 requests of user time and 0.06 of kernel time
+  for the waypoint, against 0.011 and 0.041 for HAProxy (0.052 in all):
+  the waypoint's kernel time alone exceeds HAProxy's whole cost, and its
+  user time is about seven times HAProxy's.
+- **Two writes per request towards the upstream** (net/http Request.write
+  17 %): net/http's Transport flushes a request's headers before copying
+  a body that is not in memory (transferWriter.FlushHeaders), and the body
+  here is the inbound HBONE stream, so each request becomes two HBONE
+  DATA frames, two TLS records and two write(2) calls (hbone
+  clientStream.Write → tlsWriter → write), and two frames more for the
+  destination ztunnel to read. The answer goes back in one (finishRequest,
+  12 %).
+- **Goroutine hand-offs**: a request crosses the inbound HBONE read loop,
+  the http.Server connection goroutine, the Transport's writeLoop, the
+  outbound HBONE read loop and the Transport's readLoop; the scheduler
+  shows as findRunnable 8 %, park_m 6 %, futex 4 %, sysmon 8 %, and perf
+  counts 2.3 context switches per request against HAProxy's 1.1 (one
+  event loop per thread, no hand-off).
+- **Allocation and GC, ~20 %** (gcBgMarkWorker 11 %, mallocgc 9 %,
+  bgsweep 4 %): per-request Request/Header copies in
+  httputil.ReverseProxy, a 32 KiB copy buffer per request (mallocgcLarge
+  2 %; ReverseProxy.BufferPool is not set), the access-log record.
+- **Access log 5.6 %** (slog JSON, one line per request; HAProxy also
+  logs one line per request), request metrics ~1.5 %
+  (WithLabelValues on every request instead of a cached child),
+  deadlines 1.3 %. Crypto is small at 1 KiB (AES-GCM below 1 %).
 
-Suggestions for waypoint/ and pkg/hbone, in that order: a BufferPool for
-the ReverseProxy; flush the HTTP/2 DATA frame of a request and its
-headers in one TLS record (and one write); cache metric children per
-label set; and fewer goroutine hops per request (an HTTP/1.1 upstream
-client that writes the request and reads the answer on the request's
-own goroutine rather than net/http's Transport read/write loops).
+Suggestions for waypoint/ and pkg/hbone, largest first: send a request's
+headers and a small body of known length in one DATA frame and one TLS
+record (read a body of up to a few KiB before forwarding, or an upstream
+HTTP/1.1 writer that does not flush between them); fewer goroutines per
+request (write the request and read the answer on the request's own
+goroutine instead of the Transport's loops); a BufferPool for the
+ReverseProxy and fewer per-request allocations; cached metric children.
 `
