@@ -98,9 +98,9 @@ func TestTransientIPConflictKeepsPolicy(t *testing.T) {
 	rec := harness.WaitRecord(t, za, 2*time.Second, func(r accesslog.Record) bool {
 		return r.Direction == accesslog.Outbound && r.SrcNamespace == "bar" && r.DstAddr.Addr() == a.echo
 	})
-	if rec.DstHBONEAddr != netip.AddrPortFrom(a.echo, 15008) || rec.DstIdentity != echoID || rec.DstWorkload != "echo-0" {
+	if rec.DstAddr != netip.AddrPortFrom(a.echo, 15008) || rec.DstIdentity != echoID || rec.DstWorkload != "echo-0" {
 		t.Errorf("bar → echo-0 outbound record: hbone %v, identity %q, workload %q; want HBONE to %s, %s, echo-0",
-			rec.DstHBONEAddr, rec.DstIdentity, rec.DstWorkload, netip.AddrPortFrom(a.echo, 15008), echoID)
+			rec.DstAddr, rec.DstIdentity, rec.DstWorkload, netip.AddrPortFrom(a.echo, 15008), echoID)
 	}
 	harness.WaitRecord(t, zb, 2*time.Second, func(r accesslog.Record) bool {
 		return r.Direction == accesslog.Inbound && r.SrcNamespace == "bar" && r.SrcIdentity == "spiffe://cluster.local/ns/bar/sa/client" &&

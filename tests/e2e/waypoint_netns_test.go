@@ -254,8 +254,8 @@ func (m *nsWaypointMesh) checkThroughWaypoint(t *testing.T, h nsHops, wp *cluste
 	if got := out.String(accesslog.KeyDstIdentity); got != wp.ID() {
 		t.Errorf("node-1's outbound record: dst.identity %q, want the waypoint's %q (%v)", got, wp.ID(), out)
 	}
-	if got := out.String(accesslog.KeyDstHBONEAddr); got != wpHBONE {
-		t.Errorf("node-1's outbound record: dst.hbone_addr %q, want the waypoint pod's %s", got, wpHBONE)
+	if got := out.String(accesslog.KeyDstAddr); got != wpHBONE {
+		t.Errorf("node-1's outbound record: dst.addr %q, want the waypoint pod's %s", got, wpHBONE)
 	}
 	if got := out.String(accesslog.KeyDstService); got != service {
 		t.Errorf("node-1's outbound record: dst.service %q, want %q", got, service)

@@ -351,7 +351,7 @@ func TestWaypointService(t *testing.T) {
 				t.Errorf("GET %s: the app received %d requests, want 1", path, h.appDelta)
 			}
 			// The source ztunnel sent it to the waypoint.
-			if len(h.srcOut) != 1 || spiffeID(h.srcOut[0].DstIdentity) != idWaypoint || h.srcOut[0].DstHBONEAddr != netip.AddrPortFrom(wp.Spec.PodIP, 15008) {
+			if len(h.srcOut) != 1 || spiffeID(h.srcOut[0].DstIdentity) != idWaypoint || h.srcOut[0].DstAddr != netip.AddrPortFrom(wp.Spec.PodIP, 15008) {
 				t.Errorf("GET %s: node-a outbound records = %+v, want one to %s via %s", path, h.srcOut, idWaypoint, netip.AddrPortFrom(wp.Spec.PodIP, 15008))
 			}
 		}

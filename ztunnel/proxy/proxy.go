@@ -384,15 +384,17 @@ func (p *Proxy) Outbound(ctx context.Context, c net.Conn, src *state.Workload, t
 	if err == nil {
 		switch w := dst.workload; {
 		case dst.waypoint != nil:
+			// As Istio logs it: dst.addr is where the connection went (the
+			// waypoint's 15008), dst.hbone_addr the :authority.
 			wp := dst.waypoint
-			rec.DstHBONEAddr = wp.Addr
+			rec.DstAddr, rec.DstHBONEAddr = wp.Addr, dst.addr
 			rec.DstIdentity = wp.Workload.ID.String()
 			labels.DestinationPrincipal = wp.Workload.ID.String()
 			labels.ConnectionSecurityPolicy = "mutual_tls"
 			upstream, err = p.dialHBONE(ctx, src, clientAddr, dst.service, dst.addr, wp.Addr, wp.IDs)
 		case w != nil && w.TunnelProtocol == workloadapi.TunnelProtocol_HBONE:
 			hboneAddr := netip.AddrPortFrom(dst.addr.Addr(), p.cfg.HBONEPort)
-			rec.DstHBONEAddr = hboneAddr
+			rec.DstAddr, rec.DstHBONEAddr = hboneAddr, dst.addr
 			rec.DstIdentity = w.ID.String()
 			labels.DestinationPrincipal = w.ID.String()
 			labels.ConnectionSecurityPolicy = "mutual_tls"
@@ -530,7 +532,7 @@ func (p *Proxy) ServeHBONE(ctx context.Context, req *hbone.Request, t *hbone.Tun
 		SrcAddr:      req.RemoteAddr,
 		SrcIdentity:  req.PeerID.String(),
 		DstAddr:      req.Authority,
-		DstHBONEAddr: req.LocalAddr,
+		DstHBONEAddr: req.Authority,
 	}
 	labels := &telemetry.Labels{
 		Reporter:                 "destination",

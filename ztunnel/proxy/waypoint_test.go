@@ -304,7 +304,7 @@ func TestOutboundThroughWaypoint(t *testing.T) {
 			target: netip.AddrPortFrom(m.EchoVIP, 80),
 			want: connectInfo{Server: "waypoint", Authority: netip.AddrPortFrom(m.EchoVIP, 80).String(), Peer: m.ClientID.String(),
 				Forwarded: `for="` + m.Client.String() + `:PORT";host=` + echoHost},
-			log: loggedDst{Addr: netip.AddrPortFrom(m.EchoVIP, 80).String(), HBONEAddr: wpHBONE, Service: echoHost,
+			log: loggedDst{Addr: wpHBONE, HBONEAddr: netip.AddrPortFrom(m.EchoVIP, 80).String(), Service: echoHost,
 				Workload: "wp-0", Namespace: "demo", Identity: m.WPID.String(), Src: m.ClientID.String()},
 			labels: map[string]string{"destination_service": echoHost, "destination_service_name": "echo", "destination_workload": "waypoint",
 				"destination_principal": m.WPID.String(), "source_principal": m.ClientID.String(), "connection_security_policy": "mutual_tls"},
@@ -315,7 +315,7 @@ func TestOutboundThroughWaypoint(t *testing.T) {
 			target: netip.AddrPortFrom(m.EchoVIP, 9999),
 			want: connectInfo{Server: "waypoint", Authority: netip.AddrPortFrom(m.EchoVIP, 9999).String(), Peer: m.ClientID.String(),
 				Forwarded: `for="` + m.Client.String() + `:PORT";host=` + echoHost},
-			log: loggedDst{Addr: netip.AddrPortFrom(m.EchoVIP, 9999).String(), HBONEAddr: wpHBONE, Service: echoHost,
+			log: loggedDst{Addr: wpHBONE, HBONEAddr: netip.AddrPortFrom(m.EchoVIP, 9999).String(), Service: echoHost,
 				Workload: "wp-0", Namespace: "demo", Identity: m.WPID.String(), Src: m.ClientID.String()},
 		},
 		{
@@ -324,7 +324,7 @@ func TestOutboundThroughWaypoint(t *testing.T) {
 			target: netip.AddrPortFrom(m.Echo, 8080),
 			want: connectInfo{Server: "waypoint", Authority: netip.AddrPortFrom(m.Echo, 8080).String(), Peer: m.ClientID.String(),
 				Forwarded: `for="` + m.Client.String() + `:PORT"`},
-			log: loggedDst{Addr: netip.AddrPortFrom(m.Echo, 8080).String(), HBONEAddr: wpHBONE,
+			log: loggedDst{Addr: wpHBONE, HBONEAddr: netip.AddrPortFrom(m.Echo, 8080).String(),
 				Workload: "wp-0", Namespace: "demo", Identity: m.WPID.String(), Src: m.ClientID.String()},
 			labels: map[string]string{"destination_service": "unknown", "destination_workload": "waypoint", "destination_principal": m.WPID.String()},
 		},
@@ -334,7 +334,7 @@ func TestOutboundThroughWaypoint(t *testing.T) {
 			target: netip.AddrPortFrom(m.PlainVIP, 80),
 			want: connectInfo{Server: "echo", Authority: netip.AddrPortFrom(m.Echo, 8080).String(), Peer: m.ClientID.String(),
 				Forwarded: `for="` + m.Client.String() + `:PORT";host=` + plainHost},
-			log: loggedDst{Addr: netip.AddrPortFrom(m.Echo, 8080).String(), HBONEAddr: echoHBONE, Service: plainHost,
+			log: loggedDst{Addr: echoHBONE, HBONEAddr: netip.AddrPortFrom(m.Echo, 8080).String(), Service: plainHost,
 				Workload: "echo-0", Namespace: "demo", Identity: m.EchoID.String(), Src: m.ClientID.String()},
 		},
 		{
@@ -346,7 +346,7 @@ func TestOutboundThroughWaypoint(t *testing.T) {
 			target: netip.AddrPortFrom(m.EchoVIP, 80),
 			want: connectInfo{Server: "waypoint", Authority: netip.AddrPortFrom(m.EchoVIP, 80).String(), Peer: m.WPID.String(),
 				Forwarded: `for="` + m.WP.String() + `:PORT";host=` + echoHost},
-			log: loggedDst{Addr: netip.AddrPortFrom(m.EchoVIP, 80).String(), HBONEAddr: wpHBONE, Service: echoHost,
+			log: loggedDst{Addr: wpHBONE, HBONEAddr: netip.AddrPortFrom(m.EchoVIP, 80).String(), Service: echoHost,
 				Workload: "wp-0", Namespace: "demo", Identity: m.WPID.String(), Src: m.WPID.String()},
 		},
 		{
@@ -355,7 +355,7 @@ func TestOutboundThroughWaypoint(t *testing.T) {
 			target: netip.AddrPortFrom(m.Echo, 8080),
 			want: connectInfo{Server: "echo", Authority: netip.AddrPortFrom(m.Echo, 8080).String(), Peer: m.WPID.String(),
 				Forwarded: `for="` + m.WP.String() + `:PORT"`},
-			log: loggedDst{Addr: netip.AddrPortFrom(m.Echo, 8080).String(), HBONEAddr: echoHBONE,
+			log: loggedDst{Addr: echoHBONE, HBONEAddr: netip.AddrPortFrom(m.Echo, 8080).String(),
 				Workload: "echo-0", Namespace: "demo", Identity: m.EchoID.String(), Src: m.WPID.String()},
 		},
 	}

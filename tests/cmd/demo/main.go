@@ -428,10 +428,16 @@ func printRecords(records <-chan logLine) {
 			fmt.Println(line)
 			continue
 		}
+		// Istio's fields: outbound, dst.hbone_addr is the target and
+		// dst.addr the HBONE port it went to; inbound, both are the target.
+		target, via := s("dst.addr"), ""
+		if h := s("dst.hbone_addr"); h != "" && h != target {
+			target, via = h, target
+		}
 		line := fmt.Sprintf("    [%s] %-8s %s (%s) -> %s (%s)", l.node, s("direction"),
-			s("src.identity"), s("src.addr"), s("dst.identity"), s("dst.addr"))
-		if h := s("dst.hbone_addr"); h != "" {
-			line += " via HBONE " + h
+			s("src.identity"), s("src.addr"), s("dst.identity"), target)
+		if via != "" {
+			line += " via HBONE " + via
 		}
 		line += fmt.Sprintf(" sent=%v recv=%v %v", r["bytes_sent"], r["bytes_recv"], r["duration"])
 		if e := s("error"); e != "" {
