@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/netip"
@@ -82,7 +83,7 @@ type appRequest struct {
 	RemoteAddr                string
 }
 
-func listen(t *testing.T, addr string) net.Listener {
+func listen(t testing.TB, addr string) net.Listener {
 	t.Helper()
 	l, err := net.Listen("tcp", addr)
 	if err != nil {
@@ -91,7 +92,11 @@ func listen(t *testing.T, addr string) net.Listener {
 	return l
 }
 
-func newMesh(t *testing.T) *mesh {
+func newMesh(t testing.TB) *mesh { return newMeshLogged(t, nil) }
+
+// newMeshLogged is newMesh whose waypoint writes its access log to l (nil:
+// discarded).
+func newMeshLogged(t testing.TB, l *slog.Logger) *mesh {
 	t.Helper()
 	ca := identitytest.New(t, "cluster.local")
 	m := &mesh{
@@ -101,7 +106,7 @@ func newMesh(t *testing.T) *mesh {
 		echoID:      ca.ID("/ns/default/sa/echo"),
 		store:       state.NewStore(),
 		reg:         prometheus.NewRegistry(),
-		access:      accesslog.New(nil),
+		access:      accesslog.New(l),
 		connects:    make(chan *hbone.Request, 64),
 		appRequests: make(chan appRequest, 64),
 		baggage:     "k8s.namespace.name=default,k8s.deployment.name=waypoint,service.name=waypoint,service.version=latest",
@@ -119,6 +124,12 @@ func newMesh(t *testing.T) *mesh {
 	protos.SetHTTP1(true)
 	protos.SetUnencryptedHTTP2(true)
 	app := &http.Server{Protocols: &protos, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == benchPath {
+			io.Copy(io.Discard, r.Body)
+			w.Header().Set("Content-Length", strconv.Itoa(len(benchBody)))
+			w.Write(benchBody)
+			return
+		}
 		io.Copy(io.Discard, r.Body)
 		m.appRequests <- appRequest{Method: r.Method, Path: r.URL.RequestURI(), Host: r.Host, Proto: r.Proto, Header: r.Header.Clone(), RemoteAddr: r.RemoteAddr}
 		w.Header().Set("Content-Type", "application/json")
@@ -228,7 +239,7 @@ func (m *mesh) setPolicies(ps ...*waypoint.Authorization) {
 	m.policies = authz.CompileL7(ps)
 }
 
-func resource(t *testing.T, name string, msg proto.Message) *discoveryv3.Resource {
+func resource(t testing.TB, name string, msg proto.Message) *discoveryv3.Resource {
 	t.Helper()
 	a, err := anypb.New(msg)
 	if err != nil {
@@ -244,7 +255,7 @@ func waypointRef() *workloadapi.GatewayAddress {
 	}
 }
 
-func (m *mesh) fillStore(t *testing.T) {
+func (m *mesh) fillStore(t testing.TB) {
 	t.Helper()
 	svc := func(name string, vip netip.Addr, wp *workloadapi.GatewayAddress, ports ...*workloadapi.Port) *workloadapi.Address {
 		return &workloadapi.Address{Type: &workloadapi.Address_Service{Service: &workloadapi.Service{
@@ -298,7 +309,7 @@ func (m *mesh) dial(ctx context.Context, authority netip.AddrPort) (net.Conn, er
 
 // client returns an HTTP client whose connections are tunnels to the
 // waypoint with authority (h2: HTTP/2 with prior knowledge).
-func (m *mesh) client(t *testing.T, authority netip.AddrPort, h2 bool) *http.Client {
+func (m *mesh) client(t testing.TB, authority netip.AddrPort, h2 bool) *http.Client {
 	t.Helper()
 	var protos http.Protocols
 	if h2 {
