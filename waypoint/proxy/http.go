@@ -12,6 +12,7 @@ import (
 	neturl "net/url"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -82,6 +83,7 @@ func (p *Proxy) serveHTTPStream(ctx context.Context, st *stream, c net.Conn) {
 type request struct {
 	upstream netip.AddrPort // the endpoint: pod IP and target port
 	h2       bool           // HTTP/2 upstream
+	hbone    bool           // the endpoint is reached over HBONE
 	client   netip.Addr     // appended to x-forwarded-for
 	flags    string         // response flags set by the error handler
 }
@@ -167,6 +169,7 @@ func (p *Proxy) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		var hboneAddr netip.AddrPort
 		if p.up.tunnelled(w) {
 			hboneAddr = netip.AddrPortFrom(w.Addrs[0], p.cfg.HBONEPort)
+			rq.hbone = true
 		}
 		setEndpoint(rec, &labels.Labels, w, rq.upstream, hboneAddr)
 		r = r.WithContext(context.WithValue(r.Context(), requestKey{}, rq))
@@ -231,7 +234,8 @@ func (p *Proxy) newReverseProxy(rt http.RoundTripper) *httputil.ReverseProxy {
 			}
 			pr.Out.Header.Set("X-Forwarded-For", xff+rq.client.String())
 		},
-		Transport: rt,
+		Transport:  rt,
+		BufferPool: copyBuffers{},
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
 			rq := r.Context().Value(requestKey{}).(*request)
 			code, flags, body := upstreamError(r.Context(), err)
@@ -240,6 +244,22 @@ func (p *Proxy) newReverseProxy(rt http.RoundTripper) *httputil.ReverseProxy {
 			localReply(w, isGRPC(r), code, body)
 		},
 		ErrorLog: slog.NewLogLogger(p.log.Handler(), slog.LevelDebug),
+	}
+}
+
+// copyBuffers is the reverse proxy's BufferPool: 32 KiB buffers (its
+// default size) reused instead of allocated for each request.
+type copyBuffers struct{}
+
+const copyBufferSize = 32 << 10
+
+var copyBufferPool = sync.Pool{New: func() any { return new([copyBufferSize]byte) }}
+
+func (copyBuffers) Get() []byte { return copyBufferPool.Get().(*[copyBufferSize]byte)[:] }
+
+func (copyBuffers) Put(b []byte) {
+	if cap(b) == copyBufferSize {
+		copyBufferPool.Put((*[copyBufferSize]byte)(b[:copyBufferSize]))
 	}
 }
 

@@ -57,6 +57,12 @@ const (
 
 const echoHost = "echo.default.svc.cluster.local"
 
+// Paths the echo application answers without recording the request.
+const (
+	echoBodyPath = "/echo-body" // answers with the request's body
+	hangupPath   = "/hangup"    // answers, then closes the connection without Connection: close
+)
+
 type mesh struct {
 	ca                           *identitytest.CA
 	clientID, waypointID, echoID spiffeid.ID
@@ -124,6 +130,23 @@ func newMeshLogged(t testing.TB, l *slog.Logger) *mesh {
 	protos.SetHTTP1(true)
 	protos.SetUnencryptedHTTP2(true)
 	app := &http.Server{Protocols: &protos, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case echoBodyPath: // the body back, and nothing recorded
+			b, _ := io.ReadAll(r.Body) // all first: net/http's HTTP/1 server is not full duplex
+			w.Header().Set("X-Request-Length", strconv.FormatInt(r.ContentLength, 10))
+			w.Write(b)
+			return
+		case hangupPath: // a complete answer, then the connection closed without notice
+			io.Copy(io.Discard, r.Body)
+			c, brw, err := http.NewResponseController(w).Hijack()
+			if err != nil {
+				return
+			}
+			brw.WriteString("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+			brw.Flush()
+			c.Close()
+			return
+		}
 		if r.URL.Path == benchPath {
 			io.Copy(io.Discard, r.Body)
 			w.Header().Set("Content-Length", strconv.Itoa(len(benchBody)))

@@ -21,9 +21,13 @@ import (
 // pool, so that HTTP connections are kept and reused per endpoint
 // (Transport's pool, keyed by podIP:targetPort) over HTTP/2 connections
 // shared per endpoint node (hbone.Pool).
+//
+// The common HTTP/1.1 request to a tunnelled endpoint (no upgrade, a body
+// of known length up to maxFastBody) takes fast instead (h1client.go).
 type upstream struct {
 	p      *Proxy
 	h1, h2 *http.Transport
+	fast   *h1Client
 	proxy  *httputil.ReverseProxy
 }
 
@@ -46,14 +50,20 @@ func newUpstream(p *Proxy) *upstream {
 		}
 	}
 	u.h1, u.h2 = transport(false), transport(true)
+	u.fast = &h1Client{dial: u.dial, idleTimeout: 5 * time.Minute, headerWait: p.cfg.RequestTimeout}
 	u.proxy = p.newReverseProxy(u)
 	return u
 }
 
 // RoundTrip sends r over HTTP/2 or HTTP/1.1, as its request state says.
 func (u *upstream) RoundTrip(r *http.Request) (*http.Response, error) {
-	if rq, _ := r.Context().Value(requestKey{}).(*request); rq != nil && rq.h2 {
+	rq, _ := r.Context().Value(requestKey{}).(*request)
+	switch {
+	case rq == nil:
+	case rq.h2:
 		return u.h2.RoundTrip(r)
+	case fastEligible(r, rq):
+		return u.fast.roundTrip(r, rq.upstream.String())
 	}
 	return u.h1.RoundTrip(r)
 }
@@ -112,6 +122,7 @@ func (u *upstream) dial(ctx context.Context, _, addr string) (net.Conn, error) {
 
 // close releases the idle upstream connections.
 func (u *upstream) close() {
+	u.fast.close()
 	u.h1.CloseIdleConnections()
 	u.h2.CloseIdleConnections()
 }
