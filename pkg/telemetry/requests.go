@@ -2,6 +2,7 @@ package telemetry
 
 import (
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -87,6 +88,18 @@ type Requests struct {
 	duration  *prometheus.HistogramVec
 	reqBytes  *prometheus.HistogramVec
 	respBytes *prometheus.HistogramVec
+
+	// series caches the metrics of each label set seen, keyed by the
+	// normalized labels, so that Observe neither builds the label values
+	// nor hashes them four times. Series are never removed, as in a Vec.
+	mu     sync.RWMutex
+	series map[RequestLabels]*requestSeries
+}
+
+// requestSeries are the four metrics of one label set.
+type requestSeries struct {
+	total                         prometheus.Counter
+	duration, reqBytes, respBytes prometheus.Observer
 }
 
 // NewRequests creates the request metrics and registers them with reg (if
@@ -100,6 +113,7 @@ func NewRequests(reg prometheus.Registerer) *Requests {
 		duration:  hist(RequestDurationName, "The duration of requests in milliseconds", DurationBuckets),
 		reqBytes:  hist(RequestBytesName, "The size of request bodies and headers in bytes", SizeBuckets),
 		respBytes: hist(ResponseBytesName, "The size of response bodies and headers in bytes", SizeBuckets),
+		series:    make(map[RequestLabels]*requestSeries),
 	}
 	if reg != nil {
 		reg.MustRegister(m.total, m.duration, m.reqBytes, m.respBytes)
@@ -113,10 +127,38 @@ func (m *Requests) Observe(l *RequestLabels, d time.Duration, requestBytes, resp
 	if m == nil {
 		return
 	}
-	lc := *l
-	v := lc.values()
-	m.total.WithLabelValues(v...).Inc()
-	m.duration.WithLabelValues(v...).Observe(float64(d) / float64(time.Millisecond))
-	m.reqBytes.WithLabelValues(v...).Observe(float64(requestBytes))
-	m.respBytes.WithLabelValues(v...).Observe(float64(responseBytes))
+	n := *l
+	if n.RequestProtocol == "" {
+		n.RequestProtocol = ProtocolHTTP
+	}
+	n.Labels = n.normalized()
+	s := m.lookup(&n)
+	s.total.Inc()
+	s.duration.Observe(float64(d) / float64(time.Millisecond))
+	s.reqBytes.Observe(float64(requestBytes))
+	s.respBytes.Observe(float64(responseBytes))
+}
+
+// lookup returns the metrics of the normalized label set n.
+func (m *Requests) lookup(n *RequestLabels) *requestSeries {
+	m.mu.RLock()
+	s := m.series[*n]
+	m.mu.RUnlock()
+	if s != nil {
+		return s
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if s = m.series[*n]; s != nil {
+		return s
+	}
+	v := n.values()
+	s = &requestSeries{
+		total:     m.total.WithLabelValues(v...),
+		duration:  m.duration.WithLabelValues(v...),
+		reqBytes:  m.reqBytes.WithLabelValues(v...),
+		respBytes: m.respBytes.WithLabelValues(v...),
+	}
+	m.series[*n] = s
+	return s
 }

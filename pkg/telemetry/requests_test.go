@@ -1,6 +1,7 @@
 package telemetry
 
 import (
+	"strings"
 	"testing"
 	"time"
 
@@ -79,4 +80,43 @@ func TestRequestsObserve(t *testing.T) {
 func TestNilRequests(t *testing.T) {
 	var m *Requests
 	m.Observe(&RequestLabels{}, time.Second, 1, 1) // must not panic
+}
+
+// TestRequestsSeriesPerLabelSet: label sets that differ only in the
+// request's own labels (response code, gRPC status, flags) or in an empty
+// versus "unknown" value are counted apart, respectively together, with
+// the series cache as without it.
+func TestRequestsSeriesPerLabelSet(t *testing.T) {
+	reg := prometheus.NewPedanticRegistry()
+	m := NewRequests(reg)
+	base := Labels{Reporter: ReporterWaypoint}
+	for _, l := range []RequestLabels{
+		{Labels: base, ResponseCode: 200},
+		{Labels: base, ResponseCode: 503},
+		{Labels: base, ResponseCode: 503},
+		{Labels: Labels{Reporter: ReporterWaypoint, SourceWorkload: Unknown, RequestProtocol: ProtocolHTTP}, ResponseCode: 200},
+		{Labels: Labels{Reporter: ReporterWaypoint, RequestProtocol: ProtocolGRPC}, ResponseCode: 200, GRPCStatus: "0"},
+		{Labels: Labels{Reporter: ReporterWaypoint, RequestProtocol: ProtocolGRPC}, ResponseCode: 200, GRPCStatus: "14"},
+		{Labels: Labels{Reporter: ReporterWaypoint, ResponseFlags: FlagDeny}, ResponseCode: 200},
+	} {
+		m.Observe(&l, time.Millisecond, 1, 1)
+	}
+	got := map[string]float64{}
+	for _, l := range []RequestLabels{
+		{Labels: base, ResponseCode: 200},
+		{Labels: base, ResponseCode: 503},
+		{Labels: Labels{Reporter: ReporterWaypoint, RequestProtocol: ProtocolGRPC}, ResponseCode: 200, GRPCStatus: "0"},
+		{Labels: Labels{Reporter: ReporterWaypoint, RequestProtocol: ProtocolGRPC}, ResponseCode: 200, GRPCStatus: "14"},
+		{Labels: Labels{Reporter: ReporterWaypoint, ResponseFlags: FlagDeny}, ResponseCode: 200},
+	} {
+		v := l.values()
+		got[strings.Join(v, ",")] = testutil.ToFloat64(m.total.WithLabelValues(v...))
+	}
+	var sum float64
+	for _, v := range got {
+		sum += v
+	}
+	if len(got) != 5 || sum != 7 || testutil.CollectAndCount(m.total) != 5 {
+		t.Errorf("series %v (%d collected), want 5 series adding up to 7 (200: 2, 503: 2, the others 1)", got, testutil.CollectAndCount(m.total))
+	}
 }
