@@ -19,7 +19,6 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -27,6 +26,7 @@ import (
 
 	"github.com/ambient-go/mesh/istiod-lite/server"
 	"github.com/ambient-go/mesh/pkg/accesslog"
+	"github.com/ambient-go/mesh/pkg/socks5"
 	"github.com/ambient-go/mesh/ztunnel"
 )
 
@@ -311,7 +311,7 @@ func Dial(ctx context.Context, src netip.Addr, target string) (*net.TCPConn, err
 	if dl, ok := ctx.Deadline(); ok {
 		tc.SetDeadline(dl)
 	}
-	if err := socksConnect(tc, target); err != nil {
+	if err := socks5.Connect(tc, target); err != nil {
 		tc.Close()
 		return nil, fmt.Errorf("socks5 connect to %s: %w", target, err)
 	}
@@ -319,51 +319,8 @@ func Dial(ctx context.Context, src netip.Addr, target string) (*net.TCPConn, err
 	return tc, nil
 }
 
-// socksConnect performs a SOCKS5 no-auth CONNECT handshake (RFC 1928).
-func socksConnect(c net.Conn, target string) error {
-	host, portStr, err := net.SplitHostPort(target)
-	if err != nil {
-		return err
-	}
-	port, err := strconv.ParseUint(portStr, 10, 16)
-	if err != nil {
-		return err
-	}
-	if _, err := c.Write([]byte{5, 1, 0}); err != nil {
-		return err
-	}
-	var b [10]byte
-	if _, err := io.ReadFull(c, b[:2]); err != nil {
-		return err
-	}
-	if b[0] != 5 || b[1] != 0 {
-		return fmt.Errorf("greeting answered %v", b[:2])
-	}
-	req := []byte{5, 1, 0}
-	if a, err := netip.ParseAddr(host); err == nil && a.Is4() {
-		req = append(append(req, 1), a.AsSlice()...)
-	} else if err == nil {
-		req = append(append(req, 4), a.AsSlice()...)
-	} else {
-		req = append(append(req, 3, byte(len(host))), host...)
-	}
-	req = append(req, byte(port>>8), byte(port))
-	if _, err := c.Write(req); err != nil {
-		return err
-	}
-	if _, err := io.ReadFull(c, b[:10]); err != nil {
-		return err
-	}
-	if b[1] != 0 {
-		return &SOCKSError{Code: b[1]}
-	}
-	return nil
-}
-
-// SOCKSError is a SOCKS5 reply other than success.
-type SOCKSError struct{ Code byte }
-
-func (e *SOCKSError) Error() string { return fmt.Sprintf("socks5 reply %d", e.Code) }
+// SOCKSError is a SOCKS5 reply other than success, as Dial returns it.
+type SOCKSError = socks5.ReplyError
 
 // WaitRecord returns the first access log record of z that matches, or
 // fails the test after timeout.

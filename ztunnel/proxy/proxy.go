@@ -281,62 +281,6 @@ func (p *Proxy) resolve(src *state.Workload, client netip.Addr, target netip.Add
 	return dst, nil
 }
 
-// ServeSOCKS accepts, on l, SOCKS5 clients of the local workload whose
-// address is src, until l is closed. Only connections from src itself are
-// served: the listener acts with the workload's identity, and anything
-// else reaching it (ztunnel's own inbound path, dialing from a remote
-// client's address, for one) would launder that identity.
-func (p *Proxy) ServeSOCKS(l net.Listener, src netip.Addr) error {
-	return p.serve(l, ListenerSOCKS5, func(c net.Conn) {
-		if from := addrPort(c.RemoteAddr()).Addr(); from != src {
-			p.log.Debug("socks5 connection refused: not from the pod", "src", c.RemoteAddr().String(), "pod", src.String())
-			if tc, ok := c.(*net.TCPConn); ok {
-				tc.SetLinger(0)
-			}
-			c.Close()
-			return
-		}
-		p.serveSOCKSConn(c, src)
-	})
-}
-
-func (p *Proxy) serveSOCKSConn(c net.Conn, srcAddr netip.Addr) {
-	defer c.Close()
-	req, err := readSOCKSRequest(c, p.cfg.HandshakeTimeout)
-	if err != nil {
-		p.log.Debug("socks5 handshake failed", "src", c.RemoteAddr().String(), "error", err)
-		return
-	}
-	src := p.cfg.Store.WorkloadByAddr(srcAddr)
-	if src == nil {
-		writeSOCKSReply(c, socksGeneralFailure)
-		return
-	}
-	if len(req.Early) > 0 {
-		c = &earlyConn{Conn: c, early: req.Early}
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	p.Outbound(ctx, c, src, req.Addr, req.Host, func(err error) error {
-		code := byte(socksSucceeded)
-		switch {
-		case err == nil:
-		case errors.Is(err, ErrUnknownHost):
-			code = socksHostUnreachable
-		case errors.Is(err, ErrIllegalPort):
-			code = socksNotAllowed
-		default:
-			var se *hbone.StatusError
-			if errors.As(err, &se) && se.Code == http.StatusUnauthorized {
-				code = socksNotAllowed
-			} else {
-				code = socksConnectionRefused
-			}
-		}
-		return writeSOCKSReply(c, code)
-	})
-}
-
 // Outbound carries the connection c of the local workload src to target,
 // or, when host is set, to the service of that name on target's port. ready, if not nil, is
 // called once the upstream is connected or has failed, before any byte is

@@ -22,6 +22,7 @@ import (
 	"github.com/ambient-go/mesh/pkg/accesslog"
 	"github.com/ambient-go/mesh/pkg/hbone"
 	"github.com/ambient-go/mesh/pkg/identity/identitytest"
+	"github.com/ambient-go/mesh/pkg/socks5"
 	"github.com/ambient-go/mesh/pkg/state"
 	"github.com/ambient-go/mesh/pkg/telemetry"
 	"github.com/ambient-go/mesh/pkg/workloadapi"
@@ -483,11 +484,11 @@ func TestSOCKSThroughWaypoint(t *testing.T) {
 		}
 	}()
 	for _, tc := range []struct {
-		name string
-		req  []byte
+		name   string
+		target string
 	}{
-		{"by VIP", append(append([]byte{5, 1, 0, 5, 1, 0, 1}, m.EchoVIP.AsSlice()...), 0, 80)},
-		{"by name", append(append([]byte{5, 1, 0, 5, 1, 0, 3, byte(len(echoHost))}, echoHost...), 0, 80)},
+		{"by VIP", netip.AddrPortFrom(m.EchoVIP, 80).String()},
+		{"by name", echoHost + ":80"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			d := net.Dialer{LocalAddr: &net.TCPAddr{IP: m.Client.AsSlice()}, Timeout: 5 * time.Second}
@@ -497,12 +498,8 @@ func TestSOCKSThroughWaypoint(t *testing.T) {
 			}
 			defer c.Close()
 			c.SetDeadline(time.Now().Add(5 * time.Second))
-			if _, err := c.Write(tc.req); err != nil {
-				t.Fatal(err)
-			}
-			reply := make([]byte, 2+10)
-			if _, err := io.ReadFull(c, reply); err != nil || reply[3] != socksSucceeded {
-				t.Fatalf("SOCKS5 reply = %v, %v; want success", reply, err)
+			if err := socks5.Connect(c, tc.target); err != nil {
+				t.Fatalf("socks5.Connect(%s) = %v, want success", tc.target, err)
 			}
 			echoRoundTrip(t, c, "socks")
 			got := m.nextSeen(t)

@@ -1,4 +1,4 @@
-package proxy
+package socks5
 
 import (
 	"bytes"
@@ -7,9 +7,13 @@ import (
 	"net/netip"
 	"testing"
 	"time"
+
+	"go.uber.org/goleak"
 )
 
-func TestReadSOCKSRequest(t *testing.T) {
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+func TestReadRequest(t *testing.T) {
 	tests := []struct {
 		name      string
 		in        []byte
@@ -50,7 +54,13 @@ func TestReadSOCKSRequest(t *testing.T) {
 			name:      "BIND is refused",
 			in:        []byte{5, 1, 0, 5, 2, 0, 1, 127, 0, 0, 1, 0, 80},
 			wantErr:   true,
-			wantReply: []byte{5, socksCommandUnsupported},
+			wantReply: []byte{5, CommandNotSupported},
+		},
+		{
+			name:      "scoped address is refused",
+			in:        append(append([]byte{5, 1, 0, 5, 1, 0, 3, 12}, "fe80::1%eth0"...), 0, 80),
+			wantErr:   true,
+			wantReply: []byte{5, AddressTypeNotSupported},
 		},
 		{
 			name:    "only username/password auth offered",
@@ -81,11 +91,11 @@ func TestReadSOCKSRequest(t *testing.T) {
 			var out bytes.Buffer
 			done := make(chan struct{})
 			go func() { io.Copy(&out, client); close(done) }()
-			got, err := readSOCKSRequest(server, time.Second)
+			got, err := ReadRequest(server, time.Second)
 			server.Close()
 			<-done
 			if (err != nil) != tc.wantErr {
-				t.Fatalf("readSOCKSRequest() error = %v, want error %v", err, tc.wantErr)
+				t.Fatalf("ReadRequest() error = %v, want error %v", err, tc.wantErr)
 			}
 			if tc.wantReply != nil && !bytes.Contains(out.Bytes(), tc.wantReply) {
 				t.Errorf("server wrote %v, want it to contain %v", out.Bytes(), tc.wantReply)
@@ -94,23 +104,9 @@ func TestReadSOCKSRequest(t *testing.T) {
 				return
 			}
 			if got.Addr != tc.wantAddr || got.Host != tc.wantHost || !bytes.Equal(got.Early, tc.wantEarly) {
-				t.Errorf("readSOCKSRequest() = %v %q early %q, want %v %q early %q",
+				t.Errorf("ReadRequest() = %v %q early %q, want %v %q early %q",
 					got.Addr, got.Host, got.Early, tc.wantAddr, tc.wantHost, tc.wantEarly)
 			}
 		})
-	}
-}
-
-func TestForwardedHost(t *testing.T) {
-	tests := []struct{ in, want string }{
-		{`for="127.0.0.1:80";host=echo.demo.svc.cluster.local`, "echo.demo.svc.cluster.local"},
-		{`for="127.0.0.1:80"`, ""},
-		{`Host="a.b"; for=1.2.3.4`, "a.b"},
-		{``, ""},
-	}
-	for _, tc := range tests {
-		if got := forwardedHost(tc.in); got != tc.want {
-			t.Errorf("forwardedHost(%q) = %q, want %q", tc.in, got, tc.want)
-		}
 	}
 }
