@@ -10,31 +10,7 @@ import (
 	"github.com/ambient-go/mesh/pkg/accesslog"
 	"github.com/ambient-go/mesh/pkg/authz"
 	"github.com/ambient-go/mesh/pkg/telemetry"
-	"github.com/ambient-go/mesh/ztunnel/capture"
 )
-
-// ServeOutboundCapture accepts, on l (port 15001 inside the pod's network
-// namespace), the connections that capture redirected from the local
-// workload whose address is src, and carries each to its original
-// destination (SO_ORIGINAL_DST), until l is closed.
-func (p *Proxy) ServeOutboundCapture(l net.Listener, src netip.Addr) error {
-	return p.serve(l, ListenerOutbound, func(c net.Conn) {
-		defer c.Close()
-		target, err := capture.OriginalDst(c)
-		if err != nil {
-			p.log.Warn("reading original destination", "src", c.RemoteAddr().String(), "error", err)
-			return
-		}
-		w := p.cfg.Store.WorkloadByAddr(src)
-		if w == nil {
-			p.log.Warn("captured connection from an unknown workload", "src", src.String(), "dst", target.String())
-			return
-		}
-		ctx, cancel := context.WithCancel(context.Background())
-		defer cancel()
-		p.Outbound(ctx, c, w, target, "", nil)
-	})
-}
 
 // ServePlaintextInbound accepts, on l (port 15006 inside the network
 // namespace of the local pod whose address is pod), the plaintext TCP

@@ -1,0 +1,74 @@
+package proxy
+
+import (
+	"context"
+	"net"
+	"net/netip"
+)
+
+// track registers c for Close; it returns false (and closes c) once the
+// proxy is closed.
+func (p *Proxy) track(c net.Conn) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed || p.draining {
+		c.Close()
+		return false
+	}
+	p.conns[c] = struct{}{}
+	p.peak = max(p.peak, len(p.conns))
+	p.wg.Add(1)
+	return true
+}
+
+func (p *Proxy) untrack(c net.Conn) {
+	p.mu.Lock()
+	delete(p.conns, c)
+	p.mu.Unlock()
+	p.wg.Done()
+}
+
+// Drain waits until every connection has ended by itself or ctx is done,
+// then closes what remains.
+func (p *Proxy) Drain(ctx context.Context) {
+	p.mu.Lock()
+	p.draining = true // no new connections: Add never races with Wait
+	p.mu.Unlock()
+	idle := make(chan struct{})
+	go func() { p.wg.Wait(); close(idle) }()
+	select {
+	case <-idle:
+	case <-ctx.Done():
+	}
+	p.Close()
+	<-idle
+}
+
+// Close closes every connection the proxy carries and waits for their
+// handlers to finish.
+func (p *Proxy) Close() error {
+	p.mu.Lock()
+	p.closed = true
+	for c := range p.conns {
+		c.Close()
+	}
+	p.mu.Unlock()
+	p.wg.Wait()
+	return nil
+}
+
+// CloseFor closes the connections to or from the workload address a (one
+// end's address is a): those of a pod that left the node or the mesh.
+func (p *Proxy) CloseFor(a netip.Addr) {
+	p.mu.Lock()
+	var gone []net.Conn
+	for c := range p.conns {
+		if addrPort(c.LocalAddr()).Addr() == a || addrPort(c.RemoteAddr()).Addr() == a {
+			gone = append(gone, c)
+		}
+	}
+	p.mu.Unlock()
+	for _, c := range gone {
+		c.Close()
+	}
+}
