@@ -302,9 +302,13 @@ func (cc *clientConn) processData(f *http2.DataFrame) error {
 			return http2.ConnectionError(http2.ErrCodeProtocol)
 		}
 		if st != nil && st.err == nil {
-			// DATA before the response or after END_STREAM.
+			// DATA before the response, or after END_STREAM (RFC 9113 §5.1).
+			code := http2.ErrCodeProtocol
+			if st.remoteClosed {
+				code = http2.ErrCodeStreamClosed
+			}
 			st.failLocked(errStreamClosed)
-			cc.queueLocked(ctrlFrame{kind: ctrlRST, stream: id, n: uint32(http2.ErrCodeProtocol)})
+			cc.queueLocked(ctrlFrame{kind: ctrlRST, stream: id, n: uint32(code)})
 		}
 		return nil
 	}

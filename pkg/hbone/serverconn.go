@@ -296,14 +296,14 @@ func (sc *serverConn) processHeaders(f *http2.MetaHeadersFrame) error {
 		return http2.ConnectionError(http2.ErrCodeProtocol)
 	}
 	if st := sc.streams[id]; st != nil {
-		// Trailers: they must end the stream.
-		if !f.StreamEnded() {
-			return http2.ConnectionError(http2.ErrCodeProtocol)
-		}
 		if st.remoteClosed {
 			st.failLocked(errStreamClosed)
 			sc.queueLocked(ctrlFrame{kind: ctrlRST, stream: id, n: uint32(http2.ErrCodeStreamClosed)})
 			return nil
+		}
+		// Trailers: they must end the stream.
+		if !f.StreamEnded() {
+			return http2.ConnectionError(http2.ErrCodeProtocol)
 		}
 		st.remoteClosed = true
 		st.cond.Broadcast()
