@@ -27,7 +27,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 
-	"github.com/ambient-go/mesh/istiod-lite/internal/kubetest"
+	"github.com/ambient-go/mesh/istiod-lite/kubetest"
 	"github.com/ambient-go/mesh/istiod-lite/source/kube"
 )
 

@@ -219,7 +219,7 @@ func skipOrFail(t testing.TB, format string, args ...any) {
 
 // CRDDir returns the repository's crds/ directory.
 func CRDDir() (string, error) {
-	root, err := repoRoot()
+	root, err := RepoRoot()
 	if err != nil {
 		return "", err
 	}

@@ -1,8 +1,9 @@
 // Package kubetest starts a real Kubernetes API server (etcd and
 // kube-apiserver through controller-runtime's envtest, with the
-// repository's CRDs) for the package tests of istiod-lite. It is the small
-// sibling of the tests/kube harness: no controller manager, no nodes, no
-// kubelet; for those, and for kubectl, use tests/kube.
+// repository's CRDs) for the package tests of istiod-lite, and finds the
+// binaries of `make kube-binaries` for the tests/kube harness too. It is the
+// small sibling of that harness: no controller manager, no nodes, no
+// kubelet; for those, and for kubectl, use tests/kube. Only tests import it.
 //
 // The binaries are those of `make kube-binaries` (tools/kube/build.sh):
 // $KUBE_ASSETS, or the build script's cache directory. Start skips the test
@@ -27,11 +28,11 @@ import (
 // returns an admin client configuration. t.Cleanup stops them.
 func Start(t testing.TB) *rest.Config {
 	t.Helper()
-	root, err := repoRoot()
+	root, err := RepoRoot()
 	if err != nil {
 		t.Fatal(err)
 	}
-	assets, err := assetsDir(root)
+	assets, err := AssetsDir()
 	if err != nil {
 		skipOrFail(t, "kube binaries: %v", err)
 	}
@@ -67,13 +68,18 @@ func skipOrFail(t testing.TB, format string, args ...any) {
 	t.Skipf(format, args...)
 }
 
-// assetsDir is tests/kube.AssetsDir: $KUBE_ASSETS, or
-// ${XDG_CACHE_HOME:-$HOME/.cache}/ambient-go/kube/<hash>/bin where hash is
-// the first 16 hex digits of sha256(go.mod + go.sum + build.sh) of
-// tools/kube.
-func assetsDir(root string) (string, error) {
+// AssetsDir returns the directory holding the binaries built by
+// `make kube-binaries`: $KUBE_ASSETS when set (the Makefile sets it),
+// otherwise the cache directory tools/kube/build.sh builds into,
+// ${XDG_CACHE_HOME:-$HOME/.cache}/ambient-go/kube/<hash>/bin, where hash is
+// the first 16 hex digits of sha256(go.mod + go.sum + build.sh).
+func AssetsDir() (string, error) {
 	if d := os.Getenv("KUBE_ASSETS"); d != "" {
 		return d, nil
+	}
+	root, err := RepoRoot()
+	if err != nil {
+		return "", err
 	}
 	h := sha256.New()
 	for _, f := range []string{"go.mod", "go.sum", "build.sh"} {
@@ -94,9 +100,9 @@ func assetsDir(root string) (string, error) {
 	return filepath.Join(cache, "ambient-go", "kube", hex.EncodeToString(h.Sum(nil))[:16], "bin"), nil
 }
 
-// repoRoot is the nearest parent of the working directory holding
-// tools/kube/build.sh.
-func repoRoot() (string, error) {
+// RepoRoot returns the root of the repository: the nearest parent of the
+// working directory holding tools/kube/build.sh.
+func RepoRoot() (string, error) {
 	dir, err := os.Getwd()
 	if err != nil {
 		return "", err
