@@ -58,11 +58,10 @@ type clientConn struct {
 	nextID         uint32
 	reserved       int
 	peerMaxStreams uint32
-	sendWindow     int64
+	out            outflow // the window the peer granted us
 	peerInitWindow int64
 	peerMaxFrame   int64
-	recvAvail      int64
-	recvUnacked    int64
+	in             inflow // the window we granted the peer
 	ctrl           ctrlQueue
 	goingAway      bool
 	pingOut        bool
@@ -90,10 +89,10 @@ func newClientConn(tc *tls.Conn, w io.Writer, cfg clientConnConfig) (*clientConn
 		streams:        make(map[uint32]*clientStream),
 		nextID:         1,
 		peerMaxStreams: initialPeerMaxStreams,
-		sendWindow:     initialWindow,
+		out:            outflow{initialWindow},
 		peerInitWindow: initialWindow,
 		peerMaxFrame:   initialMaxFrame,
-		recvAvail:      initialWindow + connWindow,
+		in:             inflow{avail: initialWindow + connWindow},
 		idleSince:      time.Now(),
 	}
 	cc.lastRead.Store(time.Now().UnixNano())
@@ -291,10 +290,9 @@ func (cc *clientConn) processData(f *http2.DataFrame) error {
 	n := int64(f.Length)
 	cc.mu.Lock()
 	defer cc.mu.Unlock()
-	if n > cc.recvAvail {
+	if !cc.in.take(n) {
 		return http2.ConnectionError(http2.ErrCodeFlowControl)
 	}
-	cc.recvAvail -= n
 	st := cc.streams[id]
 	if st == nil || st.remoteClosed || st.err != nil || st.status == 0 {
 		cc.refundLocked(n)
@@ -312,13 +310,12 @@ func (cc *clientConn) processData(f *http2.DataFrame) error {
 		}
 		return nil
 	}
-	if n > st.recvAvail {
+	if !st.in.take(n) {
 		cc.refundLocked(n)
 		st.failLocked(errors.New("hbone: peer exceeded the stream window"))
 		cc.queueLocked(ctrlFrame{kind: ctrlRST, stream: id, n: uint32(http2.ErrCodeFlowControl)})
 		return nil
 	}
-	st.recvAvail -= n
 	if data := f.Data(); len(data) > 0 {
 		bufferData(&st.buf, data)
 	}
@@ -341,9 +338,8 @@ func (cc *clientConn) processWindowUpdate(f *http2.WindowUpdateFrame) error {
 	cc.mu.Lock()
 	defer cc.mu.Unlock()
 	if f.StreamID == 0 {
-		old := cc.sendWindow
-		cc.sendWindow += inc
-		if cc.sendWindow > maxWindow {
+		old := cc.out.n
+		if !cc.out.add(inc) {
 			return http2.ConnectionError(http2.ErrCodeFlowControl)
 		}
 		if old <= 0 {
@@ -360,8 +356,7 @@ func (cc *clientConn) processWindowUpdate(f *http2.WindowUpdateFrame) error {
 		}
 		return nil
 	}
-	st.sendWindow += inc
-	if st.sendWindow > maxWindow {
+	if !st.out.add(inc) {
 		st.failLocked(errors.New("hbone: peer overflowed the stream window"))
 		cc.queueLocked(ctrlFrame{kind: ctrlRST, stream: f.StreamID, n: uint32(http2.ErrCodeFlowControl)})
 		return nil
@@ -388,8 +383,7 @@ func (cc *clientConn) processSettings(f *http2.SettingsFrame) error {
 			delta := int64(s.Val) - cc.peerInitWindow
 			cc.peerInitWindow = int64(s.Val)
 			for _, st := range cc.streams {
-				st.sendWindow += delta
-				if st.sendWindow > maxWindow {
+				if !st.out.add(delta) {
 					return http2.ConnectionError(http2.ErrCodeFlowControl)
 				}
 				st.cond.Broadcast()
@@ -464,11 +458,8 @@ func (cc *clientConn) queueLocked(c ctrlFrame) {
 // refundLocked returns n consumed bytes to the connection window, sending
 // WINDOW_UPDATE once a quarter of the window has accumulated.
 func (cc *clientConn) refundLocked(n int64) {
-	cc.recvUnacked += n
-	if cc.recvUnacked >= connWindow/4 {
-		cc.queueLocked(ctrlFrame{kind: ctrlWindowUpdate, n: uint32(cc.recvUnacked)})
-		cc.recvAvail += cc.recvUnacked
-		cc.recvUnacked = 0
+	if inc := cc.in.add(n, connWindow); inc > 0 {
+		cc.queueLocked(ctrlFrame{kind: ctrlWindowUpdate, n: inc})
 	}
 }
 
@@ -671,7 +662,7 @@ func (cc *clientConn) writeData(id uint32, end bool, p []byte) error {
 // open sends a CONNECT for authority with the extra headers h, using a
 // reservation made by reserve, and waits for the response.
 func (cc *clientConn) open(ctx context.Context, authority string, h http.Header) (*clientStream, error) {
-	st := &clientStream{cc: cc, recvAvail: streamWindow}
+	st := &clientStream{cc: cc, in: inflow{avail: streamWindow}}
 	st.cond.L = &cc.mu
 
 	// Stream IDs must reach the wire in order: take wmu before numbering.
@@ -686,7 +677,7 @@ func (cc *clientConn) open(ctx context.Context, authority string, h http.Header)
 	}
 	st.id = cc.nextID
 	cc.nextID += 2
-	st.sendWindow = cc.peerInitWindow
+	st.out.n = cc.peerInitWindow
 	cc.streams[st.id] = st
 	maxFrame := int(cc.peerMaxFrame)
 	cc.mu.Unlock()
@@ -765,9 +756,8 @@ type clientStream struct {
 	status       int
 	reason       string
 	buf          bytes.Buffer
-	recvAvail    int64
-	recvUnacked  int64
-	sendWindow   int64
+	in           inflow
+	out          outflow
 	remoteClosed bool
 	localClosed  bool
 	appClosed    bool
@@ -793,11 +783,8 @@ func (st *clientStream) refundLocked(n int64) {
 	if st.remoteClosed {
 		return
 	}
-	st.recvUnacked += n
-	if st.recvUnacked >= streamWindow/4 {
-		st.cc.queueLocked(ctrlFrame{kind: ctrlWindowUpdate, stream: st.id, n: uint32(st.recvUnacked)})
-		st.recvAvail += st.recvUnacked
-		st.recvUnacked = 0
+	if inc := st.in.add(n, streamWindow); inc > 0 {
+		st.cc.queueLocked(ctrlFrame{kind: ctrlWindowUpdate, stream: st.id, n: inc})
 	}
 }
 
@@ -874,14 +861,14 @@ func (st *clientStream) Write(p []byte) (int, error) {
 				cc.mu.Unlock()
 				return total, os.ErrDeadlineExceeded
 			}
-			n = min(int64(len(p)), st.sendWindow, cc.sendWindow, cc.peerMaxFrame)
+			n = min(int64(len(p)), st.out.n, cc.out.n, cc.peerMaxFrame)
 			if n > 0 {
 				break
 			}
 			st.cond.Wait()
 		}
-		st.sendWindow -= n
-		cc.sendWindow -= n
+		st.out.take(n)
+		cc.out.take(n)
 		cc.mu.Unlock()
 		if err := cc.writeData(st.id, false, p[:n]); err != nil {
 			return total, err

@@ -906,7 +906,7 @@ func TestClientSettings(t *testing.T) {
 	e.srv.mu.Lock()
 	for _, sc := range e.srv.conns {
 		sc.mu.Lock()
-		got = settings{sc.peerInitWindow, sc.sendWindow, sc.peerMaxFrame}
+		got = settings{sc.peerInitWindow, sc.out.n, sc.peerMaxFrame}
 		sc.mu.Unlock()
 	}
 	e.srv.mu.Unlock()

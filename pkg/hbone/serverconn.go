@@ -30,7 +30,6 @@ import (
 // a queue drained by one writer goroutine.
 
 const (
-	maxWindow       = 1<<31 - 1
 	initialWindow   = 65535 // RFC 9113 initial window size
 	initialMaxFrame = 16384 // RFC 9113 initial SETTINGS_MAX_FRAME_SIZE
 	maxHeaderList   = 64 << 10
@@ -89,12 +88,11 @@ type serverConn struct {
 
 	mu             sync.Mutex
 	streams        map[uint32]*serverStream
-	maxStreamID    uint32 // highest client stream ID seen
-	sendWindow     int64  // connection-level window the peer granted us
+	maxStreamID    uint32  // highest client stream ID seen
+	out            outflow // the window the peer granted us
 	peerInitWindow int64
 	peerMaxFrame   int64
-	recvAvail      int64 // connection-level bytes the peer may still send
-	recvUnacked    int64 // bytes consumed but not yet returned by WINDOW_UPDATE
+	in             inflow // the window we granted the peer
 	ctrl           ctrlQueue
 	goingAway      bool
 	closeErr       error
@@ -132,10 +130,10 @@ func newServerConn(s *Server, tc *tls.Conn, w io.Writer, peer spiffeid.ID, maxSt
 		done:           make(chan struct{}),
 		wdone:          make(chan struct{}),
 		streams:        make(map[uint32]*serverStream),
-		sendWindow:     initialWindow,
+		out:            outflow{initialWindow},
 		peerInitWindow: initialWindow,
 		peerMaxFrame:   initialMaxFrame,
-		recvAvail:      connWindow,
+		in:             inflow{avail: connWindow},
 	}
 	sc.ctx, sc.cancel = context.WithCancel(context.Background())
 	sc.fr = http2.NewFramer(nil, tc)
@@ -348,8 +346,8 @@ func (sc *serverConn) processHeaders(f *http2.MetaHeadersFrame) error {
 	st := &serverStream{
 		sc:           sc,
 		id:           id,
-		sendWindow:   sc.peerInitWindow,
-		recvAvail:    streamWindow,
+		out:          outflow{sc.peerInitWindow},
+		in:           inflow{avail: streamWindow},
 		remoteClosed: f.StreamEnded(),
 	}
 	st.cond.L = &sc.mu
@@ -402,10 +400,9 @@ func (sc *serverConn) processData(f *http2.DataFrame) error {
 	n := int64(f.Length) // flow control counts padding too
 	sc.mu.Lock()
 	defer sc.mu.Unlock()
-	if n > sc.recvAvail {
+	if !sc.in.take(n) {
 		return http2.ConnectionError(http2.ErrCodeFlowControl)
 	}
-	sc.recvAvail -= n
 	st := sc.streams[id]
 	if st == nil || st.remoteClosed || st.err != nil {
 		sc.refundLocked(n)
@@ -419,13 +416,12 @@ func (sc *serverConn) processData(f *http2.DataFrame) error {
 		}
 		return nil
 	}
-	if n > st.recvAvail {
+	if !st.in.take(n) {
 		sc.refundLocked(n)
 		st.failLocked(errors.New("hbone: peer exceeded the stream window"))
 		sc.queueLocked(ctrlFrame{kind: ctrlRST, stream: id, n: uint32(http2.ErrCodeFlowControl)})
 		return nil
 	}
-	st.recvAvail -= n
 	data := f.Data()
 	if len(data) > 0 {
 		bufferData(&st.buf, data)
@@ -449,9 +445,8 @@ func (sc *serverConn) processWindowUpdate(f *http2.WindowUpdateFrame) error {
 	sc.mu.Lock()
 	defer sc.mu.Unlock()
 	if f.StreamID == 0 {
-		old := sc.sendWindow
-		sc.sendWindow += inc
-		if sc.sendWindow > maxWindow {
+		old := sc.out.n
+		if !sc.out.add(inc) {
 			return http2.ConnectionError(http2.ErrCodeFlowControl)
 		}
 		if old <= 0 {
@@ -468,8 +463,7 @@ func (sc *serverConn) processWindowUpdate(f *http2.WindowUpdateFrame) error {
 		}
 		return nil
 	}
-	st.sendWindow += inc
-	if st.sendWindow > maxWindow {
+	if !st.out.add(inc) {
 		st.failLocked(errors.New("hbone: peer overflowed the stream window"))
 		sc.queueLocked(ctrlFrame{kind: ctrlRST, stream: f.StreamID, n: uint32(http2.ErrCodeFlowControl)})
 		return nil
@@ -496,8 +490,7 @@ func (sc *serverConn) processSettings(f *http2.SettingsFrame) error {
 			delta := int64(s.Val) - sc.peerInitWindow
 			sc.peerInitWindow = int64(s.Val)
 			for _, st := range sc.streams {
-				st.sendWindow += delta
-				if st.sendWindow > maxWindow {
+				if !st.out.add(delta) {
 					return http2.ConnectionError(http2.ErrCodeFlowControl)
 				}
 				st.cond.Broadcast()
@@ -563,11 +556,8 @@ func (sc *serverConn) queueLocked(c ctrlFrame) {
 // refundLocked returns n consumed bytes to the connection-level window,
 // sending WINDOW_UPDATE once a quarter of the window has accumulated.
 func (sc *serverConn) refundLocked(n int64) {
-	sc.recvUnacked += n
-	if sc.recvUnacked >= connWindow/4 {
-		sc.queueLocked(ctrlFrame{kind: ctrlWindowUpdate, n: uint32(sc.recvUnacked)})
-		sc.recvAvail += sc.recvUnacked
-		sc.recvUnacked = 0
+	if inc := sc.in.add(n, connWindow); inc > 0 {
+		sc.queueLocked(ctrlFrame{kind: ctrlWindowUpdate, n: inc})
 	}
 }
 
@@ -747,9 +737,8 @@ type serverStream struct {
 
 	// Guarded by sc.mu.
 	buf          bytes.Buffer
-	recvAvail    int64 // bytes the peer may still send on this stream
-	recvUnacked  int64
-	sendWindow   int64
+	in           inflow
+	out          outflow
 	remoteClosed bool  // END_STREAM received
 	localClosed  bool  // END_STREAM written
 	wErr         error // the client reset the stream after its END_STREAM
@@ -779,11 +768,8 @@ func (st *serverStream) refundLocked(n int64) {
 	if st.remoteClosed {
 		return
 	}
-	st.recvUnacked += n
-	if st.recvUnacked >= streamWindow/4 {
-		st.sc.queueLocked(ctrlFrame{kind: ctrlWindowUpdate, stream: st.id, n: uint32(st.recvUnacked)})
-		st.recvAvail += st.recvUnacked
-		st.recvUnacked = 0
+	if inc := st.in.add(n, streamWindow); inc > 0 {
+		st.sc.queueLocked(ctrlFrame{kind: ctrlWindowUpdate, stream: st.id, n: inc})
 	}
 }
 
@@ -862,14 +848,14 @@ func (st *serverStream) Write(p []byte) (int, error) {
 				sc.mu.Unlock()
 				return total, os.ErrDeadlineExceeded
 			}
-			n = min(int64(len(p)), st.sendWindow, sc.sendWindow, sc.peerMaxFrame)
+			n = min(int64(len(p)), st.out.n, sc.out.n, sc.peerMaxFrame)
 			if n > 0 {
 				break
 			}
 			st.cond.Wait()
 		}
-		st.sendWindow -= n
-		sc.sendWindow -= n
+		st.out.take(n)
+		sc.out.take(n)
 		sc.mu.Unlock()
 		if err := sc.writeData(st.id, false, p[:n]); err != nil {
 			return total, err
