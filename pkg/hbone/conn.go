@@ -8,19 +8,6 @@ import (
 	"time"
 )
 
-// stream is one side of a tunnel stream: the server's or the client's.
-type stream interface {
-	Read(p []byte) (int, error)
-	Write(p []byte) (int, error)
-	CloseWrite() error
-	Close() error
-	SetReadDeadline(t time.Time) error
-	SetWriteDeadline(t time.Time) error
-	// buffered waits until Read would not block and returns the bytes
-	// it could return, or Read's error.
-	buffered() (int, error)
-}
-
 // maxDrainedBuf is the capacity a stream's receive buffer keeps once
 // drained: a burst of data must not leave an idle stream holding megabytes
 // (the buffer grows up to the stream window, 4 MiB). Larger storage goes
@@ -58,7 +45,7 @@ func bufferData(b *bytes.Buffer, p []byte) {
 // has been read, otherwise with RST_STREAM, as TCP would send RST when closed
 // with unread data. Deadlines are supported on both sides.
 type Conn struct {
-	s      stream
+	s      *stream
 	local  net.Addr
 	remote net.Addr
 }

@@ -21,6 +21,29 @@ const maxSettings = 100
 // frames it causes.
 var errCtrlFlood = errors.New("hbone: peer does not read its control frames (too many queued)")
 
+type ctrlKind uint8
+
+const (
+	ctrlWindowUpdate ctrlKind = iota
+	ctrlRST
+	ctrlPingAck
+	ctrlSettingsAck
+	ctrlHeaders // an early response (400) with END_STREAM
+	ctrlGoAway
+	ctrlTableSize
+	ctrlClose // close the connection once everything before is written
+	ctrlPing  // a PING (client keepalive)
+)
+
+// ctrlFrame is a frame queued for the writer goroutine.
+type ctrlFrame struct {
+	kind   ctrlKind
+	stream uint32
+	n      uint32 // increment, error code, status or table size
+	ping   [8]byte
+	reason string
+}
+
 // ctrlQueue holds the frames queued for a connection's writer goroutine. It
 // is guarded by the connection's mu, except flooded.
 type ctrlQueue struct {

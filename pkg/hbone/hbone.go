@@ -6,8 +6,9 @@
 // [Pool.Dial] opens one CONNECT stream and returns it as a [Conn] once the
 // server answered 200.
 //
-// Both sides are small CONNECT-only HTTP/2 implementations built on the
-// x/net/http2 Framer and hpack (serverconn.go, clientconn.go): the stock
+// Both sides share one small CONNECT-only HTTP/2 core built on the
+// x/net/http2 Framer and hpack (h2conn.go, with stream.go and flow.go;
+// clientconn.go and serverconn.go hold what differs): the stock
 // http2.Server ends a stream when its handler returns and so cannot
 // half-close towards the client while still reading from it, and the stock
 // client costs a goroutine, an io.Pipe and a WINDOW_UPDATE per 4 KiB per

@@ -926,17 +926,17 @@ func TestReceiveBufferTrimmed(t *testing.T) {
 		if err != nil {
 			return
 		}
-		st := c.s.(*serverStream)
+		st := c.s
 		// Let the whole burst arrive before reading it.
 		waitFor(t, "the burst to arrive", func() bool {
-			st.sc.mu.Lock()
-			defer st.sc.mu.Unlock()
+			st.c.mu.Lock()
+			defer st.c.mu.Unlock()
 			return st.buf.Len() == 1<<20
 		})
 		io.CopyN(io.Discard, c, 1<<20)
-		st.sc.mu.Lock()
+		st.c.mu.Lock()
 		got <- st.buf.Cap()
-		st.sc.mu.Unlock()
+		st.c.mu.Unlock()
 		c.Write([]byte("done"))
 	}))
 	c, err := e.pool.Dial(ctxT(t), e.target("10.0.0.1:80"))

@@ -261,7 +261,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 			c.Close() // still handshaking: no tunnels to drain
 			continue
 		}
-		sc.goAway()
+		sc.shutdown()
 	}
 	done := make(chan struct{})
 	go func() {
@@ -306,7 +306,8 @@ func (s *Server) stopListening() map[net.Conn]*serverConn {
 
 // Tunnel is the server's side of one CONNECT before it is answered.
 type Tunnel struct {
-	st *serverStream
+	sc *serverConn
+	st *stream
 
 	mu        sync.Mutex
 	responded bool
@@ -321,11 +322,10 @@ func (t *Tunnel) Accept() (*Conn, error) {
 		return nil, errors.New("hbone: tunnel already answered")
 	}
 	t.responded = true
-	if err := t.st.respond(http.StatusOK, "", false); err != nil {
+	if err := t.sc.respond(t.st, http.StatusOK, "", false); err != nil {
 		return nil, err
 	}
-	sc := t.st.sc
-	t.conn = &Conn{s: t.st, local: sc.conn.LocalAddr(), remote: sc.conn.RemoteAddr()}
+	t.conn = &Conn{s: t.st, local: t.sc.conn.LocalAddr(), remote: t.sc.conn.RemoteAddr()}
 	return t.conn, nil
 }
 
@@ -339,7 +339,7 @@ func (t *Tunnel) Reject(status int, reason string) {
 		return
 	}
 	t.responded = true
-	t.st.reject(status, reason)
+	t.sc.reject(t.st, status, reason)
 }
 
 // finish is called when the handler returned.
@@ -357,19 +357,19 @@ func (t *Tunnel) finish() {
 }
 
 // runHandler serves one stream.
-func (sc *serverConn) runHandler(st *serverStream, req *Request) {
+func (sc *serverConn) runHandler(st *stream, req *Request) {
 	defer sc.handlers.Done()
 	defer func() {
 		sc.mu.Lock()
 		sc.handlerDoneLocked()
 		sc.mu.Unlock()
 	}()
-	t := &Tunnel{st: st}
+	t := &Tunnel{sc: sc, st: st}
 	defer func() {
 		if r := recover(); r != nil {
 			sc.log.Error("handler panic", "panic", r, "stack", string(debug.Stack()))
 			t.Reject(http.StatusInternalServerError, "handler panic")
-			st.reset(errHandlerPanic)
+			sc.reset(st, errHandlerPanic)
 		}
 		t.finish()
 		st.cancel()
