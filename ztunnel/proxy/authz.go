@@ -8,7 +8,6 @@ import (
 	"sync"
 	"sync/atomic"
 
-	"github.com/ambient-go/mesh/pkg/accesslog"
 	"github.com/ambient-go/mesh/pkg/authz"
 	"github.com/ambient-go/mesh/pkg/state"
 	"github.com/ambient-go/mesh/pkg/workloadapi/security"
@@ -134,14 +133,9 @@ func (p *Proxy) unwatchInbound(ic *inboundConn) {
 	p.authz.connsMu.Unlock()
 }
 
-// annotate marks rec as ended by a policy change, if it was.
-func (ic *inboundConn) annotate(rec *accesslog.Record) {
-	if v := ic.denied.Load(); v != nil {
-		rec.Err = ErrPolicyChange
-		rec.ResponseFlags = "DENY"
-		rec.Policy = v.Policy
-	}
-}
+// closedBy returns the verdict of the policy change that closed ic, or
+// nil.
+func (ic *inboundConn) closedBy() *authz.Verdict { return ic.denied.Load() }
 
 // check closes ic if policies deny it now.
 func (a *authorizer) check(policies *authz.Policies, ic *inboundConn) {

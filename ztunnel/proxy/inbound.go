@@ -7,9 +7,7 @@ import (
 	"net/http"
 	"net/netip"
 	"strings"
-	"time"
 
-	"github.com/ambient-go/mesh/pkg/accesslog"
 	"github.com/ambient-go/mesh/pkg/authz"
 	"github.com/ambient-go/mesh/pkg/hbone"
 	"github.com/ambient-go/mesh/pkg/telemetry"
@@ -20,42 +18,24 @@ var _ hbone.Handler = (*Proxy)(nil)
 // ServeHBONE is the inbound side: one CONNECT from another ztunnel (or a
 // waypoint) to a workload on this node.
 func (p *Proxy) ServeHBONE(ctx context.Context, req *hbone.Request, t *hbone.Tunnel) {
-	start := time.Now()
-	rec := &accesslog.Record{
-		Direction:    "inbound",
-		Start:        start,
-		SrcAddr:      req.RemoteAddr,
-		SrcIdentity:  req.PeerID.String(),
-		DstAddr:      req.Authority,
-		DstHBONEAddr: req.Authority,
-	}
-	labels := &telemetry.Labels{
-		Reporter:                 "destination",
-		SourcePrincipal:          req.PeerID.String(),
-		RequestProtocol:          "tcp",
-		ConnectionSecurityPolicy: "mutual_tls",
-	}
+	client := req.RemoteAddr
 	if fwd, ok := req.ForwardedFor(); ok {
-		rec.SrcAddr = fwd
+		client = fwd
 	}
+	r := p.inboundResult(client, req.PeerID.String(), telemetry.PolicyMutualTLS)
+	r.setDestinationAddr(req.Authority, req.Authority)
 	if host := forwardedHost(req.Header.Get("Forwarded")); host != "" {
 		if svc := p.cfg.Store.ServiceByHostname(host); svc != nil {
-			rec.DstService = svc.Hostname
-			labels.SetService(svc)
+			r.setService(svc)
 		}
 	}
 	if srcW := p.cfg.Store.WorkloadByAddr(req.RemoteAddr.Addr()); srcW != nil {
-		rec.SrcWorkload, rec.SrcNamespace = srcW.Name, srcW.Namespace
-		labels.SetSource(srcW)
+		r.setSource(srcW)
 	}
 	fail := func(code int, flags string, err error) {
 		t.Reject(code, err.Error())
-		labels.ResponseFlags = flags
-		p.cfg.Metrics.Open(labels).Close()
-		rec.Err = fmt.Errorf("%d: %w", code, err)
-		rec.ResponseFlags = flags
-		rec.Duration = time.Since(start)
-		p.cfg.AccessLog.Log(ctx, rec)
+		r.setFlags(flags)
+		r.finish(ctx, fmt.Errorf("%d: %w", code, err))
 	}
 
 	// The tunnel ends at the local workload the client dialed: the
@@ -66,25 +46,24 @@ func (p *Proxy) ServeHBONE(ctx context.Context, req *hbone.Request, t *hbone.Tun
 	local := req.LocalAddr.Addr()
 	dstW := p.cfg.Store.WorkloadByAddr(local)
 	if req.Authority.Addr() != local && (dstW == nil || !p.cfg.Store.IsWaypointFor(dstW, local, req.Authority.Addr())) {
-		fail(http.StatusBadRequest, "CONNECT", errAuthorityMis)
+		fail(http.StatusBadRequest, telemetry.FlagConnect, errAuthorityMis)
 		return
 	}
 	if dstW == nil {
-		fail(http.StatusServiceUnavailable, "CONNECT", errNoWorkload)
+		fail(http.StatusServiceUnavailable, telemetry.FlagConnect, errNoWorkload)
 		return
 	}
 	target := netip.AddrPortFrom(local, req.Authority.Port())
-	rec.DstWorkload, rec.DstNamespace, rec.DstIdentity = dstW.Name, dstW.Namespace, dstW.ID.String()
-	labels.SetDestination(dstW)
-	labels.DestinationPrincipal = dstW.ID.String()
+	r.setDestination(dstW)
+	r.setDestinationIdentity(dstW.ID)
 	if p.reserved[target.Port()] {
-		fail(http.StatusBadRequest, "CONNECT", ErrIllegalPort)
+		fail(http.StatusBadRequest, telemetry.FlagConnect, ErrIllegalPort)
 		return
 	}
 	ac := authz.Conn{Src: req.RemoteAddr.Addr(), Dst: target, Identity: req.PeerID.String()}
 	if d := p.Authorize(ac); !d.Allow {
-		rec.Policy = d.Policy
-		fail(http.StatusUnauthorized, "DENY", policyError(d))
+		r.setPolicy(d.Policy)
+		fail(http.StatusUnauthorized, telemetry.FlagDeny, policyError(d))
 		return
 	}
 
@@ -92,42 +71,41 @@ func (p *Proxy) ServeHBONE(ctx context.Context, req *hbone.Request, t *hbone.Tun
 	// the real source.
 	upstream, err := p.dialDirect(ctx, local, req.RemoteAddr.Addr(), target)
 	if err != nil {
-		fail(http.StatusServiceUnavailable, "CONNECT", err)
+		fail(http.StatusServiceUnavailable, telemetry.FlagConnect, err)
 		return
 	}
 	down, err := t.Accept()
 	if err != nil {
 		upstream.Close()
-		fail(http.StatusServiceUnavailable, "CONNECT", err)
+		fail(http.StatusServiceUnavailable, telemetry.FlagConnect, err)
 		return
 	}
-	p.relayInbound(ctx, down, upstream, down, ac, labels, rec)
+	p.relayInbound(ctx, r, down, upstream, down, ac)
 }
 
 // relayInbound carries an accepted inbound connection: it copies between
 // the client's side down and the application's upstream, closing both if a
-// policy change denies the connection, then counts and logs it. tracked is
-// the connection to register for Close (the one its caller has not).
-func (p *Proxy) relayInbound(ctx context.Context, down, upstream, tracked net.Conn, ac authz.Conn, labels *telemetry.Labels, rec *accesslog.Record) {
-	m := p.cfg.Metrics.Open(labels)
+// policy change denies the connection, then finishes r. tracked is the
+// connection to register for Close (the one its caller has not).
+func (p *Proxy) relayInbound(ctx context.Context, r *connResult, down, upstream, tracked net.Conn, ac authz.Conn) {
+	r.open()
 	if !p.track(tracked) {
 		upstream.Close()
-		m.Close()
+		r.discard()
 		return
 	}
 	defer p.untrack(tracked)
 	ic := p.watchInbound(ac, down, upstream)
 	defer p.unwatchInbound(ic)
-	recv, sent, err := hbone.Relay(down, upstream)
-	m.AddReceived(recv)
-	m.AddSent(sent)
-	m.Close()
-	// As at the source, bytes_sent counts what the client sent.
-	rec.BytesSent, rec.BytesRecv = recv, sent
-	rec.Duration = time.Since(rec.Start)
-	rec.Err = ignoreClosed(err)
-	ic.annotate(rec)
-	p.cfg.AccessLog.Log(ctx, rec)
+	toServer, toClient, err := hbone.Relay(down, upstream)
+	r.relayed(toServer, toClient)
+	err = ignoreClosed(err)
+	if v := ic.closedBy(); v != nil {
+		r.setFlags(telemetry.FlagDeny) // the record's only: the metrics are open
+		r.setPolicy(v.Policy)
+		err = ErrPolicyChange
+	}
+	r.finish(ctx, err)
 }
 
 // forwardedHost returns the host parameter of a Forwarded header

@@ -5,9 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"time"
 
-	"github.com/ambient-go/mesh/pkg/accesslog"
 	"github.com/ambient-go/mesh/pkg/authz"
 	"github.com/ambient-go/mesh/pkg/telemetry"
 )
@@ -28,39 +26,23 @@ func (p *Proxy) ServePlaintextInbound(l net.Listener, pod netip.Addr) error {
 }
 
 func (p *Proxy) plaintextInbound(ctx context.Context, c net.Conn, pod netip.Addr) {
-	start := time.Now()
 	client, dst := addrPort(c.RemoteAddr()), addrPort(c.LocalAddr())
-	rec := &accesslog.Record{
-		Direction: "inbound",
-		Start:     start,
-		SrcAddr:   client,
-		DstAddr:   dst,
-	}
-	labels := &telemetry.Labels{
-		Reporter:                 "destination",
-		RequestProtocol:          "tcp",
-		ConnectionSecurityPolicy: "unknown",
-	}
+	r := p.inboundResult(client, "", telemetry.PolicyUnknown)
+	r.setDestinationAddr(dst, netip.AddrPort{})
 	if w := p.cfg.Store.WorkloadByAddr(client.Addr()); w != nil {
-		rec.SrcWorkload, rec.SrcNamespace = w.Name, w.Namespace
-		labels.SetSource(w)
+		r.setSource(w)
 	}
 	fail := func(err error) {
-		labels.ResponseFlags = "CONNECT"
-		p.cfg.Metrics.Open(labels).Close()
-		rec.Err = err
-		rec.ResponseFlags = labels.ResponseFlags
-		rec.Duration = time.Since(start)
-		p.cfg.AccessLog.Log(ctx, rec)
+		r.setFlags(telemetry.FlagConnect)
+		r.finish(ctx, err)
 	}
 	dstW := p.cfg.Store.WorkloadByAddr(dst.Addr())
 	if dstW == nil || dst.Addr() != pod {
 		fail(fmt.Errorf("%v: %w", dst, errNoWorkload))
 		return
 	}
-	rec.DstWorkload, rec.DstNamespace, rec.DstIdentity = dstW.Name, dstW.Namespace, dstW.ID.String()
-	labels.SetDestination(dstW)
-	labels.DestinationPrincipal = dstW.ID.String()
+	r.setDestination(dstW)
+	r.setDestinationIdentity(dstW.ID)
 	if p.reserved[dst.Port()] {
 		fail(fmt.Errorf("%v: %w", dst, ErrIllegalPort))
 		return
@@ -73,13 +55,9 @@ func (p *Proxy) plaintextInbound(ctx context.Context, c net.Conn, pod netip.Addr
 		if tc, ok := c.(*net.TCPConn); ok {
 			tc.SetLinger(0)
 		}
-		rec.Policy = d.Policy
-		labels.ResponseFlags = "DENY"
-		p.cfg.Metrics.Open(labels).Close()
-		rec.Err = policyError(d)
-		rec.ResponseFlags = labels.ResponseFlags
-		rec.Duration = time.Since(start)
-		p.cfg.AccessLog.Log(ctx, rec)
+		r.setPolicy(d.Policy)
+		r.setFlags(telemetry.FlagDeny)
+		r.finish(ctx, policyError(d))
 		return
 	}
 	upstream, err := p.dialDirect(ctx, pod, client.Addr(), dst)
@@ -88,5 +66,5 @@ func (p *Proxy) plaintextInbound(ctx context.Context, c net.Conn, pod netip.Addr
 		return
 	}
 	// c is tracked by serve already.
-	p.relayInbound(ctx, c, upstream, upstream, ac, labels, rec)
+	p.relayInbound(ctx, r, c, upstream, upstream, ac)
 }

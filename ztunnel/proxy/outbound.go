@@ -6,11 +6,9 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
-	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
-	"github.com/ambient-go/mesh/pkg/accesslog"
 	"github.com/ambient-go/mesh/pkg/hbone"
 	"github.com/ambient-go/mesh/pkg/state"
 	"github.com/ambient-go/mesh/pkg/telemetry"
@@ -42,35 +40,22 @@ func (p *Proxy) ServeOutboundCapture(l net.Listener, src netip.Addr) error {
 }
 
 // Outbound carries the connection c of the local workload src to target,
-// or, when host is set, to the service of that name on target's port. ready, if not nil, is
-// called once the upstream is connected or has failed, before any byte is
-// copied; an error it returns aborts the connection.
+// or, when host is set, to the service of that name on target's port.
+// ready, if not nil, is called once the upstream is connected or has
+// failed, before any byte is copied; an error it returns aborts the
+// connection.
 func (p *Proxy) Outbound(ctx context.Context, c net.Conn, src *state.Workload, target netip.AddrPort, host string, ready func(error) error) {
-	start := time.Now()
 	clientAddr := addrPort(c.RemoteAddr())
-	rec := &accesslog.Record{
-		Direction:    "outbound",
-		Start:        start,
-		SrcAddr:      clientAddr,
-		SrcWorkload:  src.Name,
-		SrcNamespace: src.Namespace,
-		SrcIdentity:  src.ID.String(),
-	}
-	labels := &telemetry.Labels{
-		Reporter:        "source",
-		SourcePrincipal: src.ID.String(),
-		RequestProtocol: "tcp",
-	}
-	labels.SetSource(src)
+	r := p.outboundResult(src, clientAddr)
 
 	dst, err := p.resolve(src, clientAddr.Addr(), target, host)
-	rec.DstAddr = target
 	if dst.addr.IsValid() {
-		rec.DstAddr = dst.addr
+		r.setDestinationAddr(dst.addr, netip.AddrPort{})
+	} else {
+		r.setDestinationAddr(target, netip.AddrPort{})
 	}
 	if dst.service != nil {
-		rec.DstService = dst.service.Hostname
-		labels.SetService(dst.service)
+		r.setService(dst.service)
 	}
 	// Through a waypoint, the destination workload is the waypoint's pod
 	// (its labels, its identity), the destination service the one
@@ -80,43 +65,18 @@ func (p *Proxy) Outbound(ctx context.Context, c net.Conn, src *state.Workload, t
 		dstW = dst.waypoint.Workload
 	}
 	if dstW != nil {
-		rec.DstWorkload, rec.DstNamespace = dstW.Name, dstW.Namespace
-		labels.SetDestination(dstW)
+		r.setDestination(dstW)
 	}
 
 	var upstream net.Conn
 	if err == nil {
-		switch w := dst.workload; {
-		case dst.waypoint != nil:
-			// As Istio logs it: dst.addr is where the connection went (the
-			// waypoint's 15008), dst.hbone_addr the :authority.
-			wp := dst.waypoint
-			rec.DstAddr, rec.DstHBONEAddr = wp.Addr, dst.addr
-			rec.DstIdentity = wp.Workload.ID.String()
-			labels.DestinationPrincipal = wp.Workload.ID.String()
-			labels.ConnectionSecurityPolicy = "mutual_tls"
-			upstream, err = p.dialHBONE(ctx, src, clientAddr, dst.service, dst.addr, wp.Addr, wp.IDs)
-		case w != nil && w.TunnelProtocol == workloadapi.TunnelProtocol_HBONE:
-			hboneAddr := netip.AddrPortFrom(dst.addr.Addr(), p.cfg.HBONEPort)
-			rec.DstAddr, rec.DstHBONEAddr = hboneAddr, dst.addr
-			rec.DstIdentity = w.ID.String()
-			labels.DestinationPrincipal = w.ID.String()
-			labels.ConnectionSecurityPolicy = "mutual_tls"
-			ids := []spiffeid.ID{w.ID}
-			if dst.service != nil {
-				ids = append(ids, sans(dst.service)...)
-			}
-			upstream, err = p.dialHBONE(ctx, src, clientAddr, dst.service, dst.addr, hboneAddr, ids)
-		default:
-			labels.ConnectionSecurityPolicy = "unknown"
-			upstream, err = p.dialDirect(ctx, src.Addrs[0], src.Addrs[0], dst.addr)
-		}
+		upstream, err = p.connect(ctx, r, src, clientAddr, dst)
 	}
 	if err != nil {
-		labels.ResponseFlags = "CONNECT"
+		r.setFlags(telemetry.FlagConnect)
 		var se *hbone.StatusError
 		if errors.As(err, &se) && se.Code == http.StatusUnauthorized {
-			labels.ResponseFlags = "DENY"
+			r.setFlags(telemetry.FlagDeny)
 		}
 	}
 	if ready != nil {
@@ -124,29 +84,49 @@ func (p *Proxy) Outbound(ctx context.Context, c net.Conn, src *state.Workload, t
 			err = rerr
 		}
 	}
-	m := p.cfg.Metrics.Open(labels)
+	r.open()
 	if err != nil {
-		m.Close()
 		if upstream != nil {
 			upstream.Close()
 		}
-		rec.Err = err
-		rec.ResponseFlags = labels.ResponseFlags
-		rec.Duration = time.Since(start)
-		p.cfg.AccessLog.Log(ctx, rec)
+		r.finish(ctx, err)
 		return
 	}
 	if !p.track(upstream) {
-		m.Close()
+		r.discard()
 		return
 	}
 	defer p.untrack(upstream)
 	sent, recv, err := hbone.Relay(c, upstream)
-	m.AddReceived(sent)
-	m.AddSent(recv)
-	m.Close()
-	rec.BytesSent, rec.BytesRecv = sent, recv
-	rec.Duration = time.Since(start)
-	rec.Err = ignoreClosed(err)
-	p.cfg.AccessLog.Log(ctx, rec)
+	r.relayed(sent, recv)
+	r.finish(ctx, ignoreClosed(err))
+}
+
+// connect opens the upstream of an outbound connection to the resolved
+// dst: HBONE to its waypoint, HBONE to its ztunnel when it is in the mesh,
+// or a plain TCP connection from the source pod's address.
+func (p *Proxy) connect(ctx context.Context, r *connResult, src *state.Workload, clientAddr netip.AddrPort, dst destination) (net.Conn, error) {
+	switch w := dst.workload; {
+	case dst.waypoint != nil:
+		// As Istio logs it: dst.addr is where the connection went (the
+		// waypoint's 15008), dst.hbone_addr the :authority.
+		wp := dst.waypoint
+		r.setDestinationAddr(wp.Addr, dst.addr)
+		r.setDestinationIdentity(wp.Workload.ID)
+		r.setSecurity(telemetry.PolicyMutualTLS)
+		return p.dialHBONE(ctx, src, clientAddr, dst.service, dst.addr, wp.Addr, wp.IDs)
+	case w != nil && w.TunnelProtocol == workloadapi.TunnelProtocol_HBONE:
+		hboneAddr := netip.AddrPortFrom(dst.addr.Addr(), p.cfg.HBONEPort)
+		r.setDestinationAddr(hboneAddr, dst.addr)
+		r.setDestinationIdentity(w.ID)
+		r.setSecurity(telemetry.PolicyMutualTLS)
+		ids := []spiffeid.ID{w.ID}
+		if dst.service != nil {
+			ids = append(ids, sans(dst.service)...)
+		}
+		return p.dialHBONE(ctx, src, clientAddr, dst.service, dst.addr, hboneAddr, ids)
+	default:
+		r.setSecurity(telemetry.PolicyUnknown)
+		return p.dialDirect(ctx, src.Addrs[0], src.Addrs[0], dst.addr)
+	}
 }
