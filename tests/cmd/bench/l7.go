@@ -310,7 +310,6 @@ during each run (median over the runs). The waypoint counted %.0f
 requests in its istio_requests_total over the figures, for %.0f sent
 through it.
 `, bench.HTTPPath, l7Conns, r.l7.run, l7Conns, r.l7.counted, r.l7.sent)
-	b.WriteString("\n" + l7ProfileNotes)
 	if len(r.l7.profiles) > 0 {
 		b.WriteString("\nProfiles of the middle proxies (perf record -g -F 499 during an HTTP saturation run; perf report --children by symbol, each symbol with what it called, entries ≥ 3 %, the first 45; files in _out/bench/):\n")
 		for _, p := range r.l7.profiles {

@@ -1,10 +1,11 @@
-// Command bench measures the mesh against a direct connection and a
-// stunnel4 pair, then istiod-lite under a 10,000-pod cluster, prints every
+// Command bench measures the mesh against a direct connection, a stunnel4
+// pair and a floor (two plain TCP relays in Go where the ztunnels are:
+// what two user-space hops cost), then istiod-lite under a 10,000-pod cluster, prints every
 // figure with its ratios and targets, and writes docs/performance.md.
 // `make bench` builds the binaries and runs it.
 //
-// The variants of each figure run interleaved (direct, mesh, peer, direct,
-// mesh, peer, ...) in one run, and the table shows the median of the runs.
+// The variants of each figure run interleaved (direct, mesh, peer, floor,
+// direct, mesh, ...) in one run, and the table shows the median of the runs.
 // Topology (-topology): loopback, pods on 127.X.0.0/16 (X random), the
 // client reaching the mesh through its pod's SOCKS5 listener; or netns
 // (root), the cluster of package tests/netns/cluster with pods in network
@@ -35,6 +36,7 @@ import (
 
 type options struct {
 	bin, out, doc, stunnel, haproxy, topology string
+	floor                                     string // floorrelay binary
 	runs                                      int
 	quick, skipCP                             bool
 	only                                      string
@@ -46,6 +48,7 @@ func main() {
 	flag.StringVar(&o.out, "out", "_out/bench", "working directory (configs, logs, profiles)")
 	flag.StringVar(&o.doc, "doc", "docs/performance.md", "report to write (empty: none)")
 	flag.StringVar(&o.stunnel, "stunnel", "stunnel4", "stunnel binary of the peer variant")
+	flag.StringVar(&o.floor, "floor", "", "floorrelay binary of the floor variant (empty: go build it into -bin)")
 	flag.StringVar(&o.haproxy, "haproxy", "haproxy", "HAProxy binary of the L7 peer (netns topology)")
 	flag.StringVar(&o.topology, "topology", "loopback", "loopback, or netns (root: pods in network namespaces on two nodes, transparent capture)")
 	flag.IntVar(&o.runs, "runs", 5, "runs per variant of each figure (medians are reported)")
@@ -90,6 +93,10 @@ type setup struct {
 	idle     []*bench.Process // proxies whose RSS is read idle
 	// profile profiles both ztunnels under mesh load; nil: not profiled.
 	profile func(ctx context.Context, d durations) ([]profileOut, error)
+	// admin fetches a path from the pprof server of each Go proxy of a
+	// variant (by variant name, in the order of its procs): ztunnel's
+	// admin server, the floor relays'.
+	admin map[string][]adminGet
 	// l7 are the variants of the HTTP figures (direct, mesh,
 	// mesh+waypoint, peer, peer+haproxy); empty: not run (loopback).
 	l7       []variant
@@ -112,6 +119,13 @@ func run(ctx context.Context, o options) error {
 	}
 	if err := os.RemoveAll(o.out); err != nil {
 		return err
+	}
+	if o.floor == "" {
+		o.floor = filepath.Join(o.bin, "floorrelay")
+		say("building the floor relay (tests/cmd/bench/floorrelay) into %s", o.floor)
+		if out, err := exec.CommandContext(ctx, "go", "build", "-o", o.floor, floorPackage).CombinedOutput(); err != nil {
+			return fmt.Errorf("go build %s: %w: %s", floorPackage, err, out)
+		}
 	}
 	machine := bench.ReadMachine()
 	started := time.Now()
@@ -250,6 +264,11 @@ func run(ctx context.Context, o options) error {
 	}
 	time.Sleep(time.Second) // let closed connections drain
 
+	if err := measurePerCall(ctx, o, s, d, r); err != nil {
+		say("per-request counts failed: %v", err)
+		r.perCallErr = err.Error()
+	}
+
 	if len(s.l7) > 0 {
 		if err := runL7(ctx, o, s, d, r); err != nil {
 			return fmt.Errorf("L7 figures: %w", err)
@@ -259,6 +278,7 @@ func run(ctx context.Context, o options) error {
 	}
 
 	say("profiling both ztunnels during a throughput run and a saturation run (%s each)", d.profile)
+	r.profileDur = d.profile
 	r.profiles, err = s.profile(ctx, d)
 	if err != nil {
 		say("profiling failed: %v", err)
@@ -279,7 +299,7 @@ func run(ctx context.Context, o options) error {
 	}
 
 	rows := r.rows()
-	table := bench.Markdown(rows, []string{"direct", "mesh", "peer"})
+	table := bench.Markdown(rows, []string{"direct", "mesh", "peer", "floor"})
 	fmt.Println()
 	fmt.Print(table)
 	fmt.Println()
@@ -290,13 +310,19 @@ func run(ctx context.Context, o options) error {
 		fmt.Print(l7Table)
 		fmt.Println()
 	}
+	var pcTable string
+	if pcRows := r.perCallRows(); len(pcRows) > 0 {
+		pcTable = bench.Markdown(pcRows, perCallColumns)
+		fmt.Print(pcTable)
+		fmt.Println()
+	}
 	for _, row := range append(rows, l7Rows...) {
 		if row.Verdict != "" {
 			fmt.Printf("%-4s %-55s %s\n", row.Verdict, row.Figure, strings.Join(row.Ratios, ", "))
 		}
 	}
 	if o.doc != "" {
-		doc := r.document(machine, started, time.Since(started), o, table, l7Table)
+		doc := r.document(ctx, machine, started, time.Since(started), o, table, pcTable, l7Table)
 		if err := os.WriteFile(o.doc, []byte(doc), 0o644); err != nil {
 			return err
 		}
@@ -329,17 +355,35 @@ func setupLoopback(ctx context.Context, o options, base byte) (s *setup, err err
 		apps.Close()
 		return nil, err
 	}
+	say("starting the floor relays (plain TCP relays in Go)")
+	floor, err := bench.StartFloor(ctx, bench.FloorConfig{Bin: o.floor, Dir: filepath.Join(o.out, "floor"),
+		Client: meshCfg.Addr(4, 1), Server: meshCfg.Addr(4, 2), Backend: server})
+	if err != nil {
+		peer.Stop()
+		mesh.Stop()
+		apps.Close()
+		return nil, err
+	}
+	adminOf := func(addr string) adminGet {
+		return func(ctx context.Context, path string) ([]byte, error) { return fetch(ctx, "http://"+addr+path) }
+	}
 	return &setup{
 		variants: []variant{
 			{"direct", mesh.DirectDial, nil},
 			{"mesh", mesh.Dial, []*bench.Process{mesh.ZtA, mesh.ZtB}},
 			{"peer", peer.Dial, []*bench.Process{peer.Client, peer.Server}},
+			{"floor", floor.Dial, []*bench.Process{floor.Client, floor.Server}},
 		},
-		idle: []*bench.Process{mesh.ZtA, mesh.ZtB, mesh.Istiod, peer.Client, peer.Server},
+		idle: []*bench.Process{mesh.ZtA, mesh.ZtB, mesh.Istiod, peer.Client, peer.Server, floor.Client, floor.Server},
 		profile: func(ctx context.Context, d durations) ([]profileOut, error) {
 			return profile(ctx, o, mesh, d)
 		},
+		admin: map[string][]adminGet{
+			"mesh":  {adminOf(mesh.AdminA), adminOf(mesh.AdminB)},
+			"floor": {floor.AdminClient, floor.AdminServer},
+		},
 		stop: func() {
+			floor.Stop()
 			mesh.Stop()
 			peer.Stop()
 			apps.Close()
@@ -347,6 +391,12 @@ func setupLoopback(ctx context.Context, o options, base byte) (s *setup, err err
 		describe: fmt.Sprintf("loopback, pods in 127.%d.0.0/16", base),
 	}, nil
 }
+
+// floorPackage is the floor variant's relay.
+const floorPackage = "github.com/ambient-go/mesh/tests/cmd/bench/floorrelay"
+
+// adminGet fetches a path from a proxy's pprof server.
+type adminGet func(ctx context.Context, path string) ([]byte, error)
 
 func orDef(v, d int) string {
 	if v == 0 {
@@ -463,7 +513,11 @@ func profileWith(ctx context.Context, o options, dial bench.Dialer, d durations,
 			if err != nil {
 				return outs, fmt.Errorf("go tool pprof %s: %w", g.file, err)
 			}
-			outs = append(outs, profileOut{load: load.name, node: g.node, file: g.file, top: string(top)})
+			shares, err := profileShares(ctx, filepath.Join(o.bin, "ztunnel"), g.file)
+			if err != nil {
+				return outs, err
+			}
+			outs = append(outs, profileOut{load: load.name, node: g.node, file: g.file, top: string(top), shares: shares})
 		}
 	}
 	return outs, nil

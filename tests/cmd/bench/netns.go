@@ -214,12 +214,30 @@ func setupNetns(ctx context.Context, o options, localPods int) (s *setup, err er
 	}
 	stops = append(stops, peer.Stop)
 
+	// The floor's relays sit where the ztunnels' sockets are: the client
+	// side in the client pod's namespace, the server side in the server
+	// pod's, dialling the application there.
+	say("starting the floor relays in the plain pods (plain TCP relays in Go)")
+	floor, err := bench.StartFloor(ctx, bench.FloorConfig{Bin: o.floor, Dir: filepath.Join(o.out, "floor"),
+		Client: directClient.IP, Server: directServer.IP, Backend: directServer.IP,
+		StartClient: directClient.Start, StartServer: directServer.Start,
+		DialClient: directClient.Dial, DialServer: directServer.Dial})
+	if err != nil {
+		return s, err
+	}
+	stops = append(stops, floor.Stop)
+
 	s.variants = []variant{
 		{"direct", podDialer(directClient, directServer.IP), nil},
 		{"mesh", podDialer(meshClient, meshServer.IP), []*bench.Process{zt1, zt2}},
 		{"peer", peer.Dial, []*bench.Process{peer.Client, peer.Server}},
+		{"floor", floor.Dial, []*bench.Process{floor.Client, floor.Server}},
 	}
-	s.idle = []*bench.Process{zt1, zt2, peer.Client, peer.Server}
+	s.idle = []*bench.Process{zt1, zt2, peer.Client, peer.Server, floor.Client, floor.Server}
+	s.admin = map[string][]adminGet{
+		"mesh":  {n1.Ztunnel().Admin, n2.Ztunnel().Admin},
+		"floor": {floor.AdminClient, floor.AdminServer},
+	}
 	s.profile = func(ctx context.Context, d durations) ([]profileOut, error) {
 		get := map[string]func(ctx context.Context, path string) ([]byte, error){
 			"node-1": n1.Ztunnel().Admin, "node-2": n2.Ztunnel().Admin}
