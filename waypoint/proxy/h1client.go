@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptrace"
+	"net/netip"
 	"net/textproto"
 	"os"
 	"sync"
@@ -58,19 +59,19 @@ func fastEligible(out *http.Request, rq *request) bool {
 type h1Conn struct {
 	c      net.Conn
 	br     *bufio.Reader
-	addr   string
+	addr   netip.AddrPort
 	idleAt time.Time
 }
 
 // h1Client keeps HTTP/1.1 connections per endpoint (podIP:targetPort) and
 // sends requests on the caller's goroutine.
 type h1Client struct {
-	dial        func(ctx context.Context, network, addr string) (net.Conn, error)
+	dial        func(ctx context.Context, addr netip.AddrPort) (net.Conn, error)
 	idleTimeout time.Duration
 	headerWait  time.Duration // bound until the response headers; 0: none
 
 	mu      sync.Mutex
-	idle    map[string][]*h1Conn
+	idle    map[netip.AddrPort][]*h1Conn
 	pruning bool // a prune timer is pending
 	closed  bool
 }
@@ -82,7 +83,7 @@ var bodyPool = sync.Pool{New: func() any { return new([maxFastBody]byte) }}
 
 // roundTrip sends out to addr and returns the answer. The response body
 // returns the connection to the pool once read to its end.
-func (c *h1Client) roundTrip(out *http.Request, addr string) (*http.Response, error) {
+func (c *h1Client) roundTrip(out *http.Request, addr netip.AddrPort) (*http.Response, error) {
 	ctx := out.Context()
 	var body []byte
 	if out.ContentLength > 0 {
@@ -207,7 +208,7 @@ func (c *h1Client) finish(cc *h1Conn, stop func() bool, reuse bool) {
 }
 
 // get returns a kept connection to addr that is still open, or a new one.
-func (c *h1Client) get(ctx context.Context, addr string) (cc *h1Conn, reused bool, err error) {
+func (c *h1Client) get(ctx context.Context, addr netip.AddrPort) (cc *h1Conn, reused bool, err error) {
 	for {
 		c.mu.Lock()
 		list := c.idle[addr]
@@ -224,7 +225,7 @@ func (c *h1Client) get(ctx context.Context, addr string) (cc *h1Conn, reused boo
 		}
 		cc.c.Close()
 	}
-	conn, err := c.dial(ctx, "tcp", addr)
+	conn, err := c.dial(ctx, addr)
 	if err != nil {
 		return nil, false, err
 	}
@@ -255,7 +256,7 @@ func (c *h1Client) put(cc *h1Conn) {
 		return
 	}
 	if c.idle == nil {
-		c.idle = map[string][]*h1Conn{}
+		c.idle = map[netip.AddrPort][]*h1Conn{}
 	}
 	c.idle[cc.addr] = append(c.idle[cc.addr], cc)
 	if !c.pruning {

@@ -138,7 +138,7 @@ func (p *Proxy) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		Header:   r.Header,
 		DestIP:   b.authority.Addr(),
 		Port:     b.authority.Port(),
-		Gateway:  p.cfg.Namespace + "/" + p.cfg.Gateway,
+		Gateway:  p.gateway,
 	}
 	if first, ok := firstForwardedFor(r.Header); ok {
 		areq.Remote = first

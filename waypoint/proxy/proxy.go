@@ -93,6 +93,7 @@ type Proxy struct {
 	cfg      Config
 	log      *slog.Logger
 	hostname string // the waypoint's Service hostname
+	gateway  string // namespace/name of its Gateway, for policies
 
 	httpSrv  *http.Server
 	httpLn   *streamListener
@@ -140,6 +141,7 @@ func New(cfg Config) (*Proxy, error) {
 		cfg:      cfg,
 		log:      log.With("component", "waypoint-proxy"),
 		hostname: cfg.Gateway + "." + cfg.Namespace + ".svc." + cfg.ClusterDomain,
+		gateway:  cfg.Namespace + "/" + cfg.Gateway,
 		conns:    map[net.Conn]struct{}{},
 		httpDone: make(chan struct{}),
 	}

@@ -31,7 +31,7 @@ func (p *Proxy) serveTCP(ctx context.Context, st *stream, c net.Conn) {
 		Identity: st.peerID,
 		DestIP:   b.authority.Addr(),
 		Port:     b.authority.Port(),
-		Gateway:  p.cfg.Namespace + "/" + p.cfg.Gateway,
+		Gateway:  p.gateway,
 	}
 	if b.service != nil {
 		areq.Service = b.service.Key

@@ -50,7 +50,7 @@ func newUpstream(p *Proxy) *upstream {
 		}
 	}
 	u.h1, u.h2 = transport(false), transport(true)
-	u.fast = &h1Client{dial: u.dial, idleTimeout: 5 * time.Minute, headerWait: p.cfg.RequestTimeout}
+	u.fast = &h1Client{dial: u.dialAddr, idleTimeout: 5 * time.Minute, headerWait: p.cfg.RequestTimeout}
 	u.proxy = p.newReverseProxy(u)
 	return u
 }
@@ -63,7 +63,7 @@ func (u *upstream) RoundTrip(r *http.Request) (*http.Response, error) {
 	case rq.h2:
 		return u.h2.RoundTrip(r)
 	case fastEligible(r, rq):
-		return u.fast.roundTrip(r, rq.upstream.String())
+		return u.fast.roundTrip(r, rq.upstream)
 	}
 	return u.h1.RoundTrip(r)
 }
@@ -89,6 +89,12 @@ func (u *upstream) dial(ctx context.Context, _, addr string) (net.Conn, error) {
 	if err != nil {
 		return nil, &dialError{fmt.Errorf("endpoint %q: %w", addr, err)}
 	}
+	return u.dialAddr(ctx, ap)
+}
+
+// dialAddr is dial with the endpoint's address parsed.
+func (u *upstream) dialAddr(ctx context.Context, ap netip.AddrPort) (net.Conn, error) {
+	addr := ap.String()
 	ctx, cancel := context.WithTimeout(ctx, u.p.cfg.ConnectTimeout)
 	defer cancel()
 	w := u.p.cfg.Store.WorkloadByAddr(ap.Addr())
