@@ -57,8 +57,10 @@ type Options struct {
 	CertTTL time.Duration
 	// Kube runs istiod-lite in cluster mode against this API server
 	// instead of local mode: Pod objects then come from the API server, and
-	// pods are added with NewSandbox and Attach (the kubelet's part).
-	// Optional.
+	// pods are added with NewSandbox and Attach (the kubelet's part), and
+	// the pods of the waypoint Deployments istiod-lite writes with
+	// Node.RunWaypointPod. istiod-lite's deployer then writes its underlay
+	// address (IstiodAddr) as the waypoints' xDS address. Optional.
 	Kube *rest.Config
 	// Tokens are the ztunnels' CA tokens by node name (with Kube: service
 	// account tokens of istio-system/ztunnel bound to a pod on the node,
@@ -279,6 +281,9 @@ func (c *Cluster) StartIstiod() {
 	if c.opts.Kube != nil {
 		cfg.ConfigDir = ""
 		cfg.Kube = hostDialing(c.opts.Kube)
+		// The waypoint Deployments it writes dial it where it listens:
+		// there is no cluster DNS for istiod-lite.istio-system.svc.
+		cfg.Cluster.WaypointXDSAddress = c.IstiodAddr().String()
 		syncTimeout = 30 * time.Second
 	}
 	err := c.Topo.Underlay.Do(func() (err error) {
@@ -351,6 +356,9 @@ func (c *Cluster) teardown() {
 		}
 		if err := w.Stop(); err != nil {
 			t.Errorf("%v", err)
+		}
+		if err := w.removeVolumes(); err != nil {
+			t.Errorf("waypoint %s/%s: %v", w.Spec.Namespace, w.Spec.Name, err)
 		}
 	}
 	for _, n := range c.Nodes {

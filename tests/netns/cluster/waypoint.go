@@ -51,7 +51,10 @@ type WaypointSpec struct {
 // node's token and asks the CA for its ServiceAccount's identity by
 // impersonation (the CA grants it because the pod runs on that node), and
 // reaches istiod-lite over TLS, verified with the mesh root, like the
-// node's ztunnel.
+// node's ztunnel. In cluster mode (Node.RunWaypointPod) the pod is the one
+// the Deployment istiod-lite wrote, run with its own arguments,
+// environment and volumes: the waypoint authenticates with its
+// ServiceAccount's projected token.
 type Waypoint struct {
 	*process
 	// Spec is the waypoint's spec, defaults filled in.
@@ -59,8 +62,9 @@ type Waypoint struct {
 	// Pod is the waypoint's pod.
 	Pod *Pod
 
-	c    *Cluster
-	file string // Gateway, ServiceAccount and Service in the config directory
+	c       *Cluster
+	file    string // Gateway, ServiceAccount and Service in the config directory (local mode)
+	volumes string // the pod's volumes (cluster mode, RunWaypointPod)
 
 	stopOnce sync.Once
 	stopErr  error
@@ -104,7 +108,7 @@ func (w *Waypoint) Admin(ctx context.Context, path string) ([]byte, error) {
 func (n *Node) AddWaypoint(spec WaypointSpec) (*Waypoint, error) {
 	c := n.c
 	if c.opts.Kube != nil {
-		return nil, errors.New("AddWaypoint: local mode only (with Options.Kube, istiod-lite's deployer makes the objects and the kubelet runs the pod)")
+		return nil, errors.New("AddWaypoint: local mode only (with Options.Kube, istiod-lite's deployer makes the objects and the kubelet runs the pod with RunWaypointPod)")
 	}
 	if spec.Namespace == "" || spec.Name == "" {
 		return nil, errors.New("AddWaypoint: Namespace and Name are required")
@@ -306,15 +310,19 @@ func (w *Waypoint) Stop() error {
 }
 
 // Delete removes the waypoint as deleting its Gateway does: the process
-// stops, the pod goes (CNI DEL, its namespace), then the Gateway,
-// ServiceAccount and Service leave the config directory. Deleting twice is
-// not an error.
+// stops, the pod goes (CNI DEL, its namespace), then, in local mode, the
+// Gateway, ServiceAccount and Service leave the config directory (in
+// cluster mode the garbage collector deletes them). Deleting twice is not
+// an error.
 func (w *Waypoint) Delete() error {
 	errs := []error{w.Stop()}
 	if w.Pod != nil {
 		errs = append(errs, w.Pod.Delete())
 	}
-	errs = append(errs, w.c.removeFile(w.file))
+	if w.file != "" {
+		errs = append(errs, w.c.removeFile(w.file))
+	}
+	errs = append(errs, w.removeVolumes())
 	c := w.c
 	c.wpMu.Lock()
 	for i, x := range c.waypoints {
