@@ -120,14 +120,20 @@ func (cc *clientConn) headersLocked(id uint32, st *stream, f *http2.MetaHeadersF
 	if status < 200 {
 		return nil // informational
 	}
-	st.status = status
-	st.peerHeaders = true
-	for _, hf := range f.RegularFields() {
-		if strings.EqualFold(hf.Name, ReasonHeader) {
-			st.reason = hf.Value
-			break
+	if status != http.StatusOK {
+		// A refusal: open returns it; the server's side ends too.
+		reason := ""
+		for _, hf := range f.RegularFields() {
+			if strings.EqualFold(hf.Name, ReasonHeader) {
+				reason = hf.Value
+				break
+			}
 		}
+		st.failLocked(&StatusError{Code: status, Reason: reason})
+		cc.queueLocked(ctrlFrame{kind: ctrlRST, stream: id, n: uint32(http2.ErrCodeCancel)})
+		return nil
 	}
+	st.peerHeaders = true
 	if f.StreamEnded() {
 		st.remoteClosed = true
 		if st.localClosed {
@@ -289,24 +295,15 @@ func (cc *clientConn) open(ctx context.Context, authority string, h http.Header)
 	for !st.peerHeaders && st.err == nil && ctx.Err() == nil {
 		st.cond.Wait()
 	}
-	status, serr := st.status, st.err
-	if status == 0 && serr == nil {
-		serr = ctx.Err()
-		st.failLocked(serr)
+	ok, err := st.peerHeaders, st.err
+	if !ok && err == nil {
+		err = ctx.Err()
+		st.failLocked(err)
 		cc.queueLocked(ctrlFrame{kind: ctrlRST, stream: st.id, n: uint32(http2.ErrCodeCancel)})
 	}
-	if status != 0 && status != http.StatusOK && st.err == nil {
-		if !st.remoteClosed || !st.localClosed {
-			cc.queueLocked(ctrlFrame{kind: ctrlRST, stream: st.id, n: uint32(http2.ErrCodeCancel)})
-		}
-		st.failLocked(errStreamClosed)
-	}
 	cc.mu.Unlock()
-	if status == 0 {
-		return nil, serr
-	}
-	if status != http.StatusOK {
-		return nil, &StatusError{Code: status, Reason: st.reason}
+	if !ok {
+		return nil, err // a *StatusError if the server refused
 	}
 	return st, nil
 }

@@ -306,7 +306,6 @@ func (s *Server) stopListening() map[net.Conn]*serverConn {
 
 // Tunnel is the server's side of one CONNECT before it is answered.
 type Tunnel struct {
-	sc *serverConn
 	st *stream
 
 	mu        sync.Mutex
@@ -322,10 +321,11 @@ func (t *Tunnel) Accept() (*Conn, error) {
 		return nil, errors.New("hbone: tunnel already answered")
 	}
 	t.responded = true
-	if err := t.sc.respond(t.st, http.StatusOK, "", false); err != nil {
+	sc := t.serverConn()
+	if err := sc.respond(t.st, http.StatusOK, "", false); err != nil {
 		return nil, err
 	}
-	t.conn = &Conn{s: t.st, local: t.sc.conn.LocalAddr(), remote: t.sc.conn.RemoteAddr()}
+	t.conn = &Conn{s: t.st, local: sc.conn.LocalAddr(), remote: sc.conn.RemoteAddr()}
 	return t.conn, nil
 }
 
@@ -339,8 +339,10 @@ func (t *Tunnel) Reject(status int, reason string) {
 		return
 	}
 	t.responded = true
-	t.sc.reject(t.st, status, reason)
+	t.serverConn().reject(t.st, status, reason)
 }
+
+func (t *Tunnel) serverConn() *serverConn { return t.st.c.side.(*serverConn) }
 
 // finish is called when the handler returned.
 func (t *Tunnel) finish() {
@@ -364,7 +366,7 @@ func (sc *serverConn) runHandler(st *stream, req *Request) {
 		sc.handlerDoneLocked()
 		sc.mu.Unlock()
 	}()
-	t := &Tunnel{sc: sc, st: st}
+	t := &Tunnel{st: st}
 	defer func() {
 		if r := recover(); r != nil {
 			sc.log.Error("handler panic", "panic", r, "stack", string(debug.Stack()))

@@ -29,13 +29,11 @@ type stream struct {
 	buf          bytes.Buffer
 	in           inflow
 	out          outflow
-	sentHeaders  bool   // our HEADERS written: the request (client), the response (server)
-	peerHeaders  bool   // the peer's HEADERS received: the request, the final response
-	remoteClosed bool   // END_STREAM received
-	localClosed  bool   // END_STREAM written, or the write side ended by endWriteLocked
-	appClosed    bool   // Close called
-	status       int    // client: the response's status
-	reason       string // client: the response's ReasonHeader
+	sentHeaders  bool // our HEADERS written: the request (client), the response (server)
+	peerHeaders  bool // the peer's HEADERS received: the request, the final response 200
+	remoteClosed bool // END_STREAM received
+	localClosed  bool // END_STREAM written, or the write side ended by endWriteLocked
+	appClosed    bool // Close called
 	err          error
 	wErr         error // the peer ended our write side after the exchange was complete
 	rdl, wdl     time.Time
