@@ -135,10 +135,7 @@ func (cc *clientConn) headersLocked(id uint32, st *stream, f *http2.MetaHeadersF
 	}
 	st.peerHeaders = true
 	if f.StreamEnded() {
-		st.remoteClosed = true
-		if st.localClosed {
-			cc.removeLocked(st)
-		}
+		st.endRemoteLocked()
 	}
 	st.cond.Broadcast()
 	return nil

@@ -255,11 +255,8 @@ func (c *h2Conn) processHeaders(f *http2.MetaHeadersFrame) error {
 		// Trailers must end the stream.
 		return http2.ConnectionError(http2.ErrCodeProtocol)
 	}
-	st.remoteClosed = true
+	st.endRemoteLocked()
 	st.cond.Broadcast()
-	if st.localClosed {
-		c.removeLocked(st)
-	}
 	return nil
 }
 
@@ -304,10 +301,7 @@ func (c *h2Conn) processData(f *http2.DataFrame) error {
 		st.refundLocked(pad)
 	}
 	if f.StreamEnded() {
-		st.remoteClosed = true
-		if st.localClosed {
-			c.removeLocked(st)
-		}
+		st.endRemoteLocked()
 	}
 	st.cond.Broadcast()
 	return nil

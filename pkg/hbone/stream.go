@@ -60,6 +60,15 @@ func (st *stream) failLocked(err error) {
 	st.c.removeLocked(st)
 }
 
+// endRemoteLocked records the peer's END_STREAM; the stream is forgotten
+// once both sides ended.
+func (st *stream) endRemoteLocked() {
+	st.remoteClosed = true
+	if st.localClosed {
+		st.c.removeLocked(st)
+	}
+}
+
 // endWriteLocked ends only the write side, with err for later writes: the
 // peer wants nothing more, and what it sent stays readable.
 func (st *stream) endWriteLocked(err error) {
