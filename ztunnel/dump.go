@@ -65,14 +65,7 @@ func (z *Ztunnel) configDump() any {
 			Issuer:    c.Leaf.Issuer.String(),
 		})
 	}
-	z.mu.Lock()
-	for a, pl := range z.listeners {
-		out.Listeners = append(out.Listeners, listenerDump{
-			Address: a.String(), UID: pl.uid,
-			HBONE: pl.hbone.Addr().String(), SOCKS5: pl.socks.Addr().String(),
-		})
-	}
-	z.mu.Unlock()
+	out.Listeners = append(out.Listeners, z.dp.listeners()...)
 	return out
 }
 

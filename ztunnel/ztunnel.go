@@ -2,11 +2,15 @@
 // configuration (delta xDS) and certificates (CA), keeps the mesh state,
 // and serves the data path for the workloads of its node.
 //
-// In local mode (the only mode so far) every pod IP is a loopback address,
+// How it reaches the node's pods is its dataplane (dataplane.go), one per
+// Config.Mode. In local mode (local.go) every pod IP is a loopback address,
 // and ztunnel binds, on each ambient pod's own address, an HBONE listener
-// (inbound, 15008) and a SOCKS5 listener (outbound, 15080). It dials
+// (inbound, 15008) and a SOCKS5 listener (outbound, 15080); it dials
 // applications from the client's pod address, so applications see the real
-// source address without any capture rules or privileges.
+// source address without any capture rules or privileges. In in-pod mode
+// (inpod.go) the CNI plugin hands ztunnel each pod's network namespace, and
+// ztunnel captures the pod's traffic and listens inside it, as Istio's
+// ztunnel does.
 package ztunnel
 
 import (
@@ -144,10 +148,7 @@ type Ztunnel struct {
 	readyOnce sync.Once
 	bound     atomic.Bool
 
-	mu        sync.Mutex
-	listeners map[netip.Addr]*podListeners
-
-	inpod inpod // in-pod mode
+	dp dataplane // local or in-pod (Config.Mode)
 
 	// runners are what Start runs until its context is done or one fails.
 	runners []runner
@@ -157,13 +158,6 @@ type Ztunnel struct {
 type runner struct {
 	name string
 	run  func(context.Context) error
-}
-
-// podListeners are the listeners bound on one local pod's address.
-type podListeners struct {
-	uid   string
-	hbone net.Listener
-	socks net.Listener
 }
 
 // New validates cfg and builds a ztunnel; Start runs it.
@@ -211,14 +205,13 @@ func New(cfg Config) (*Ztunnel, error) {
 	}
 	workerThreads(cfg.WorkerThreads, log)
 	z := &Ztunnel{
-		cfg:       cfg,
-		log:       log.With("component", "ztunnel", "node", cfg.Node),
-		store:     state.NewStore(),
-		kick:      make(chan struct{}, 1),
-		ready:     make(chan struct{}),
-		listeners: map[netip.Addr]*podListeners{},
-		inpod:     inpod{pods: map[string]*inpodPod{}},
+		cfg:   cfg,
+		log:   log.With("component", "ztunnel", "node", cfg.Node),
+		store: state.NewStore(),
+		kick:  make(chan struct{}, 1),
+		ready: make(chan struct{}),
 	}
+	z.dp = newDataplane(z)
 	z.store.SetLogger(z.log)
 
 	creds := insecure.NewCredentials()
@@ -251,9 +244,9 @@ func New(cfg Config) (*Ztunnel, error) {
 	z.access = accesslog.New(log)
 	poolCfg := hbone.PoolConfig{TLSConfig: z.certs.ClientTLSConfig, Logger: log}
 	var dialPod func(context.Context, netip.Addr, netip.Addr, netip.AddrPort) (net.Conn, error)
-	if cfg.Mode == ModeInpod {
-		// Every socket is opened inside the pod's netns, with SO_MARK.
-		poolCfg.Dialer, dialPod = z.dialHBONE, z.dialPod
+	if d, ok := z.dp.(podDialer); ok {
+		// In-pod: every socket is opened inside the pod's netns.
+		poolCfg.Dialer, dialPod = d.dialHBONE, d.dialPod
 	}
 	z.pool = hbone.NewPool(poolCfg)
 	z.proxy, err = proxy.New(proxy.Config{
@@ -322,9 +315,7 @@ func New(cfg Config) (*Ztunnel, error) {
 		{"listeners", z.reconcileLoop},
 		{"memory", z.proxy.ReleaseMemoryLoop}, // memory back to the OS after load
 	}
-	if cfg.Mode == ModeInpod {
-		z.runners = append(z.runners, runner{"zds", z.startInpod})
-	}
+	z.runners = append(z.runners, z.dp.runners()...)
 	return z, nil
 }
 
@@ -393,8 +384,7 @@ func (z *Ztunnel) Start(ctx context.Context) error {
 	}
 	g.Wait()
 
-	z.closeListeners()
-	z.closePods()
+	z.dp.close()
 	// Drain: no new connections; open tunnels get DrainTimeout to finish.
 	drain, cancelDrain := context.WithTimeout(context.Background(), z.cfg.DrainTimeout)
 	z.server.Shutdown(drain)
@@ -465,47 +455,11 @@ func (z *Ztunnel) reconcileLoop(ctx context.Context) error {
 	}
 }
 
+// reconcile brings the dataplane in line with the store, then fetches
+// the certificates of the workloads it serves ahead of their first
+// connection and forgets those of identities that left the node.
 func (z *Ztunnel) reconcile(ctx context.Context) error {
-	if z.cfg.Mode == ModeInpod {
-		return z.reconcileInpod(ctx)
-	}
-	want := map[netip.Addr]*state.Workload{}
-	for _, w := range z.store.NodeWorkloads(z.cfg.Node) {
-		if w.TunnelProtocol != workloadapi.TunnelProtocol_HBONE {
-			continue
-		}
-		for _, a := range w.Addrs {
-			want[a] = w
-		}
-	}
-	z.mu.Lock()
-	defer z.mu.Unlock()
-	ids := map[spiffeid.ID]bool{}
-	for a, pl := range z.listeners {
-		if w := want[a]; w == nil || w.Uid != pl.uid {
-			pl.hbone.Close()
-			pl.socks.Close()
-			delete(z.listeners, a)
-			z.release(a)
-			z.log.Info("pod listeners closed", "addr", a.String(), "uid", pl.uid)
-		}
-	}
-	var errs []error
-	for a, w := range want {
-		ids[w.ID] = true
-		if z.listeners[a] != nil {
-			continue
-		}
-		pl, err := z.listen(a, w)
-		if err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		z.listeners[a] = pl
-		z.log.Info("pod listeners bound", "addr", a.String(), "workload", w.Namespace+"/"+w.Name, "identity", w.ID.String())
-	}
-	// Fetch certificates ahead of the first connection, and forget those
-	// of identities that left the node.
+	ids, err := z.dp.reconcile(ctx)
 	for id := range ids {
 		go func() {
 			if _, err := z.certs.Get(ctx, id); err != nil && ctx.Err() == nil {
@@ -518,40 +472,7 @@ func (z *Ztunnel) reconcile(ctx context.Context) error {
 			z.certs.Forget(c.ID)
 		}
 	}
-	return errors.Join(errs...)
-}
-
-func (z *Ztunnel) listen(a netip.Addr, w *state.Workload) (*podListeners, error) {
-	hl, err := net.Listen("tcp", netip.AddrPortFrom(a, z.cfg.HBONEPort).String())
-	if err != nil {
-		return nil, fmt.Errorf("hbone listener for %s/%s: %w", w.Namespace, w.Name, err)
-	}
-	sl, err := net.Listen("tcp", netip.AddrPortFrom(a, z.cfg.SOCKSPort).String())
-	if err != nil {
-		hl.Close()
-		return nil, fmt.Errorf("socks5 listener for %s/%s: %w", w.Namespace, w.Name, err)
-	}
-	go func() {
-		if err := z.server.Serve(hl); err != nil && !errors.Is(err, net.ErrClosed) {
-			z.log.Warn("hbone listener stopped", "addr", hl.Addr().String(), "error", err)
-		}
-	}()
-	go func() {
-		if err := z.proxy.ServeSOCKS(sl, a); err != nil {
-			z.log.Warn("socks5 listener stopped", "addr", sl.Addr().String(), "error", err)
-		}
-	}()
-	return &podListeners{uid: w.Uid, hbone: hl, socks: sl}, nil
-}
-
-func (z *Ztunnel) closeListeners() {
-	z.mu.Lock()
-	defer z.mu.Unlock()
-	for a, pl := range z.listeners {
-		pl.hbone.Close()
-		pl.socks.Close()
-		delete(z.listeners, a)
-	}
+	return err
 }
 
 // release ends every connection of the workload at address a, which left
