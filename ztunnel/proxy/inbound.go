@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -14,6 +15,12 @@ import (
 )
 
 var _ hbone.Handler = (*Proxy)(nil)
+
+// Errors of inbound connections.
+var (
+	errNoWorkload   = errors.New("no workload with this address on this node")
+	errAuthorityMis = errors.New("authority does not match the connection's destination")
+)
 
 // ServeHBONE is the inbound side: one CONNECT from another ztunnel (or a
 // waypoint) to a workload on this node.

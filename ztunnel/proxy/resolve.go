@@ -10,11 +10,9 @@ import (
 
 // Errors of outbound resolution.
 var (
-	ErrUnknownHost  = errors.New("unknown host")
-	ErrIllegalPort  = errors.New("port is reserved for ztunnel")
-	errNoWorkload   = errors.New("no workload with this address on this node")
-	errAuthorityMis = errors.New("authority does not match the connection's destination")
-	errNoVIP        = errors.New("service has no VIP to address its waypoint")
+	// ErrUnknownHost is a host name that names no service.
+	ErrUnknownHost = errors.New("unknown host")
+	errNoVIP       = errors.New("service has no VIP to address its waypoint")
 )
 
 // destination is where an outbound connection goes.
