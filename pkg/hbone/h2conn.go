@@ -65,7 +65,8 @@ type side interface {
 	goAway(f *http2.GoAwayFrame)
 	// closeStreamLocked ends st because the connection closed with err.
 	closeStreamLocked(st *stream, err error)
-	// closed is called once, after the connection was closed.
+	// closed is called once when the connection closes, after its
+	// streams were ended.
 	closed()
 }
 
@@ -551,6 +552,7 @@ func (c *h2Conn) close(err error) {
 	}
 	c.mu.Unlock()
 	close(c.done)
+	c.side.closed()
 	if errors.Is(err, errCtrlFlood) || errors.Is(err, errRapidReset) {
 		// The peer does not read: tls.Conn.Close would first wait up to
 		// 5 s to send close_notify behind a writer stuck on the full
@@ -558,7 +560,6 @@ func (c *h2Conn) close(err error) {
 		c.conn.NetConn().Close()
 	}
 	c.conn.Close()
-	c.side.closed()
 }
 
 // lockWrite takes wmu and counts the caller as a pending writer.
