@@ -503,7 +503,7 @@ func TestConformanceServer(t *testing.T) {
 		// PROTOCOL_ERROR": a new stream below the last one opened.
 		{
 			name: "HEADERS on a stream below the last one",
-			bug:  "serverconn.go processHeaders answers a new stream ID below the highest one with GOAWAY STREAM_CLOSED, RFC 9113 §5.1.1 wants PROTOCOL_ERROR",
+			bug:  "serverconn.go headersLocked answers a new stream ID below the highest one with GOAWAY STREAM_CLOSED, RFC 9113 §5.1.1 wants PROTOCOL_ERROR",
 			send: func(t *testing.T, p *rawH2) {
 				p.connect(5, false)
 				p.status(5)
@@ -529,7 +529,7 @@ func TestConformanceServer(t *testing.T) {
 		{
 			name:    "DATA after END_STREAM, stream closed",
 			handler: echoHandler(),
-			bug:     "serverconn.go processData ignores DATA on a stream closed in both directions (it is no longer in sc.streams); RFC 9113 §5.1 wants STREAM_CLOSED (h2spec http2/5.1/5, 5.1/11, 6.1/2)",
+			bug:     "h2conn.go processData ignores DATA on a stream closed in both directions (it is no longer in c.streams); RFC 9113 §5.1 wants STREAM_CLOSED (h2spec http2/5.1/5, 5.1/11, 6.1/2)",
 			send: func(t *testing.T, p *rawH2) {
 				p.connect(1, true)
 				p.status(1)
@@ -551,7 +551,7 @@ func TestConformanceServer(t *testing.T) {
 		// §5.1 closed: DATA after the client's own RST_STREAM.
 		{
 			name: "DATA after RST_STREAM",
-			bug:  "serverconn.go processData ignores DATA on a stream the client reset; RFC 9113 §5.1 wants a stream error STREAM_CLOSED (h2spec http2/5.1/8)",
+			bug:  "h2conn.go processData ignores DATA on a stream the client reset (st.err set); RFC 9113 §5.1 wants a stream error STREAM_CLOSED (h2spec http2/5.1/8)",
 			send: func(t *testing.T, p *rawH2) {
 				p.connect(1, false)
 				p.status(1)
@@ -570,7 +570,7 @@ func TestConformanceServer(t *testing.T) {
 		// cross that reset.
 		{
 			name: "trailers after the server's RST_STREAM",
-			bug:  "serverconn.go processHeaders answers HEADERS on a stream it reset itself (a 400 + RST_STREAM NO_ERROR) with GOAWAY STREAM_CLOSED, closing every tunnel of the connection; RFC 9113 §5.1 says to ignore it (h2spec generic/4/4)",
+			bug:  "serverconn.go headersLocked answers HEADERS on a stream it reset itself (a 400 + RST_STREAM NO_ERROR) with GOAWAY STREAM_CLOSED, closing every tunnel of the connection; RFC 9113 §5.1 says to ignore it (h2spec generic/4/4)",
 			send: func(t *testing.T, p *rawH2) {
 				p.headers(1, false, ":method", "POST", ":scheme", "https", ":path", "/", ":authority", "10.0.0.1:80")
 				if got := p.status(1); got != "400" {
@@ -749,7 +749,7 @@ func TestConformanceServer(t *testing.T) {
 		// depend on itself.
 		{
 			name: "PRIORITY on itself",
-			bug:  "serverconn.go processFrame ignores every PRIORITY; a stream that depends on itself must be a stream error PROTOCOL_ERROR (h2spec http2/5.3.1/1, 5.3.1/2)",
+			bug:  "h2conn.go processFrame ignores every PRIORITY; a stream that depends on itself must be a stream error PROTOCOL_ERROR (h2spec http2/5.3.1/1, 5.3.1/2)",
 			send: func(t *testing.T, p *rawH2) {
 				p.connect(1, false)
 				p.status(1)
@@ -775,13 +775,13 @@ func TestConformanceServer(t *testing.T) {
 		// malformed request is never tunnelled: a 400 or a stream error.
 		{
 			name: "malformed CONNECT: :path",
-			bug:  "serverconn.go processHeaders tunnels a CONNECT that carries :scheme and :path, RFC 9113 §8.5 says they MUST be omitted (x/net answers RST_STREAM PROTOCOL_ERROR)",
+			bug:  "serverconn.go headersLocked tunnels a CONNECT that carries :scheme and :path, RFC 9113 §8.5 says they MUST be omitted (x/net answers RST_STREAM PROTOCOL_ERROR)",
 			send: func(t *testing.T, p *rawH2) { p.connect(1, false, ":scheme", "https", ":path", "/") },
 			want: expect{stop: answeredOrReset(1), check: notTunnelled},
 		},
 		{
 			name: "malformed CONNECT: connection header",
-			bug:  "serverconn.go processHeaders tunnels a CONNECT with connection-specific header fields (connection, keep-alive, proxy-connection, transfer-encoding, upgrade, te other than trailers), RFC 9113 §8.2.2 makes it malformed (h2spec http2/8.1.2.2)",
+			bug:  "serverconn.go headersLocked tunnels a CONNECT with connection-specific header fields (connection, keep-alive, proxy-connection, transfer-encoding, upgrade, te other than trailers), RFC 9113 §8.2.2 makes it malformed (h2spec http2/8.1.2.2)",
 			send: func(t *testing.T, p *rawH2) { p.connect(1, false, "connection", "keep-alive") },
 			want: expect{stop: answeredOrReset(1), check: notTunnelled},
 		},
@@ -877,7 +877,7 @@ func TestConformanceServerGoAwayNotLost(t *testing.T) {
 // error must be sent also when a stream is writing at that moment (a
 // busy tunnel), not only on an idle connection.
 func TestConformanceServerGoAwayWhileWriting(t *testing.T) {
-	knownBug(t, "serverconn.go goAwayNow (and clientconn.go goAwayNow) gives up with wmu.TryLock when any writer holds the write lock, even for a moment, and closes without GOAWAY; it could bound the wait with a write deadline instead")
+	knownBug(t, "h2conn.go goAwayNow (client and server) gives up with wmu.TryLock when any writer holds the write lock, even for a moment, and closes without GOAWAY; it could bound the wait with a write deadline instead")
 	e := confServer(t, HandlerFunc(func(_ context.Context, _ *Request, tun *Tunnel) {
 		c, err := tun.Accept()
 		if err != nil {
