@@ -7,14 +7,16 @@ package bench
 
 import (
 	"bufio"
-	"bytes"
 	"context"
+	"debug/elf"
+	"debug/gosym"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -32,81 +34,196 @@ const (
 	EventSwitches = "context-switches"
 )
 
-// MemmoveProbe is a perf uprobe on runtime.memmove of one Go binary,
+// MemmoveProbe is a uprobe on runtime.memmove of one Go process's binary,
 // recording the length argument (register CX in Go's register ABI).
 type MemmoveProbe struct {
 	Event string // group:name, for perf -e
-	exe   string
 }
 
-// AddMemmoveProbe adds the probe for the binary exe (as root). group
-// names the probe (letters, digits, underscores).
-func AddMemmoveProbe(ctx context.Context, exe, group string) (*MemmoveProbe, error) {
-	perf, err := exec.LookPath("perf")
+const uprobeEvents = "/sys/kernel/tracing/uprobe_events"
+
+// AddMemmoveProbe adds the probe on the binary of process pid (as root),
+// through tracefs with the path /proc/<pid>/exe, which reaches the binary
+// even when its file has been replaced since the process started.
+func AddMemmoveProbe(pid int) (*MemmoveProbe, error) {
+	exe := fmt.Sprintf("/proc/%d/exe", pid)
+	off, err := symbolOffset(exe, "runtime.memmove")
 	if err != nil {
 		return nil, err
 	}
-	p := &MemmoveProbe{Event: group + ":memmove", exe: exe}
-	_ = exec.CommandContext(ctx, perf, "probe", "-q", "-d", p.Event).Run() // left over from an interrupted run
-	out, err := exec.CommandContext(ctx, perf, "probe", "-q", "-x", exe, "--add", p.Event+"=runtime.memmove n=%cx:u64").CombinedOutput()
-	if err != nil {
-		return nil, fmt.Errorf("perf probe %s: %w: %s", exe, err, out)
+	p := &MemmoveProbe{Event: fmt.Sprintf("bench_%d:memmove", pid)}
+	p.Remove() // left over from an interrupted run
+	def := fmt.Sprintf("p:%s/memmove %s:0x%x n=%%cx:u64\n", strings.TrimSuffix(p.Event, ":memmove"), exe, off)
+	if err := appendFile(uprobeEvents, def); err != nil {
+		return nil, fmt.Errorf("uprobe %q: %w", def, err)
 	}
 	return p, nil
 }
 
 // Remove deletes the probe.
 func (p *MemmoveProbe) Remove() {
-	_ = exec.Command("perf", "probe", "-q", "-d", p.Event).Run()
+	_ = appendFile(uprobeEvents, "-:"+strings.Replace(p.Event, ":", "/", 1)+"\n")
+}
+
+func appendFile(name, s string) error {
+	f, err := os.OpenFile(name, os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		return err
+	}
+	_, err = f.WriteString(s)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+// symbolOffset is the file offset of symbol name in the ELF file.
+func symbolOffset(file, name string) (uint64, error) {
+	f, err := elf.Open(file)
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	addr, err := symbolAddr(f, name)
+	if err != nil {
+		return 0, fmt.Errorf("%s: %w", file, err)
+	}
+	for _, prog := range f.Progs {
+		if prog.Type == elf.PT_LOAD && prog.Flags&elf.PF_X != 0 && addr >= prog.Vaddr && addr < prog.Vaddr+prog.Filesz {
+			return addr - prog.Vaddr + prog.Off, nil
+		}
+	}
+	return 0, fmt.Errorf("%s: %s is in no executable segment", file, name)
+}
+
+// symbolAddr finds name in the symbol table or, in a stripped Go binary
+// (go test links with -s), in the Go function table (.gopclntab).
+func symbolAddr(f *elf.File, name string) (uint64, error) {
+	if syms, err := f.Symbols(); err == nil {
+		for _, s := range syms {
+			if s.Name == name {
+				return s.Value, nil
+			}
+		}
+	}
+	pcln, text := f.Section(".gopclntab"), f.Section(".text")
+	if pcln == nil || text == nil {
+		return 0, fmt.Errorf("no symbol %s and no Go function table", name)
+	}
+	data, err := pcln.Data()
+	if err != nil {
+		return 0, err
+	}
+	tab, err := gosym.NewTable(nil, gosym.NewLineTable(data, text.Addr))
+	if err != nil {
+		return 0, err
+	}
+	fn := tab.LookupFunc(name)
+	if fn == nil {
+		return 0, fmt.Errorf("no function %s", name)
+	}
+	return fn.Entry, nil
 }
 
 // Counting is a running perf stat of one process.
 type Counting struct {
 	cmd     *exec.Cmd
-	out     bytes.Buffer
 	events  []string
 	started time.Time
+	done    chan struct{} // the output is read
+	mu      sync.Mutex
+	sums    map[string]float64
+	lines   []string
 }
+
+// countInterval is perf stat's print interval: the counts are the sum of
+// the intervals, and the first interval shows that perf counts.
+const countInterval = 100 * time.Millisecond
 
 // StartCounting starts perf stat on every thread of pid for the system
 // calls, the context switches and, when probe is not nil, the memmoves of
-// at least CopyThreshold bytes. It counts until Stop.
+// at least CopyThreshold bytes. It returns once perf counts, and counts
+// until Stop.
 func StartCounting(pid int, probe *MemmoveProbe) (*Counting, error) {
 	perf, err := exec.LookPath("perf")
 	if err != nil {
 		return nil, err
 	}
-	c := &Counting{events: []string{EventSyscalls, EventSwitches}}
-	args := []string{"stat", "-x", ",", "-p", strconv.Itoa(pid), "-e", EventSyscalls, "-e", EventSwitches}
+	c := &Counting{events: []string{EventSyscalls, EventSwitches}, done: make(chan struct{}), sums: map[string]float64{}}
+	args := []string{"stat", "-x", ",", "-I", strconv.Itoa(int(countInterval / time.Millisecond)), "-p", strconv.Itoa(pid), "-e", EventSyscalls, "-e", EventSwitches}
 	if probe != nil {
 		args = append(args, "-e", probe.Event, "--filter", fmt.Sprintf("n >= %d", CopyThreshold))
 		c.events = append(c.events, probe.Event)
 	}
 	c.cmd = exec.Command(perf, args...)
-	c.cmd.Stdout, c.cmd.Stderr = &c.out, &c.out
+	out, err := c.cmd.StderrPipe()
+	if err != nil {
+		return nil, err
+	}
+	c.cmd.Stdout = c.cmd.Stderr
 	if err := c.cmd.Start(); err != nil {
 		return nil, err
 	}
-	c.started = time.Now()
-	return c, nil
+	ready := make(chan time.Time, 1)
+	go func() {
+		defer close(c.done)
+		sc := bufio.NewScanner(out)
+		first := true
+		for sc.Scan() {
+			// time,value,unit,event,...
+			f := strings.Split(sc.Text(), ",")
+			c.mu.Lock()
+			c.lines = append(c.lines, sc.Text())
+			if len(f) >= 4 {
+				if v, err := strconv.ParseFloat(f[1], 64); err == nil {
+					c.sums[f[3]] += v
+				}
+				if first {
+					first = false
+					ready <- time.Now()
+				}
+			}
+			c.mu.Unlock()
+		}
+	}()
+	select {
+	case t := <-ready:
+		c.started = t.Add(-countInterval)
+		return c, nil
+	case <-c.done:
+	case <-time.After(10 * time.Second):
+	}
+	_ = c.cmd.Process.Kill()
+	_ = c.cmd.Wait()
+	return nil, fmt.Errorf("perf stat did not start counting: %s", c.output())
+}
+
+func (c *Counting) output() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return strings.Join(c.lines, "\n")
 }
 
 // Stop ends the count (SIGINT, as perf expects) and returns each event's
-// count and how long perf counted.
+// count and about how long perf counted.
 func (c *Counting) Stop() (map[string]float64, time.Duration, error) {
 	span := time.Since(c.started)
 	_ = c.cmd.Process.Signal(syscall.SIGINT)
-	done := make(chan error, 1)
-	go func() { done <- c.cmd.Wait() }()
 	select {
-	case <-done:
+	case <-c.done:
 	case <-time.After(10 * time.Second):
 		_ = c.cmd.Process.Kill()
-		<-done
-		return nil, span, fmt.Errorf("perf stat did not stop: %s", c.out.String())
+		<-c.done
 	}
-	got, err := parsePerfStat(c.out.Bytes(), c.events)
-	return got, span, err
+	_ = c.cmd.Wait()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, e := range c.events {
+		if _, ok := c.sums[e]; !ok {
+			return nil, span, fmt.Errorf("perf stat counted no %s: %s", e, strings.Join(c.lines, "\n"))
+		}
+	}
+	return c.sums, span, nil
 }
 
 // IOChars is /proc/<pid>/io's rchar and wchar: bytes the process passed

@@ -90,3 +90,36 @@ func TestParseIOChars(t *testing.T) {
 		t.Errorf("IOChars after writing and reading %d bytes: rchar +%d, wchar +%d, want ≥ %d each", len(data), rc2-rc, wc2-wc, len(data))
 	}
 }
+
+var copySink []byte
+
+// TestCountingCopies counts this process's payload-sized memmoves with the
+// uprobe while it makes a known number of them (root and perf only).
+func TestCountingCopies(t *testing.T) {
+	probe, err := AddMemmoveProbe(os.Getpid())
+	if err != nil {
+		t.Skipf("no uprobe (needs root and tracefs): %v", err)
+	}
+	defer probe.Remove()
+	c, err := StartCounting(os.Getpid(), probe)
+	if err != nil {
+		t.Skipf("no perf: %v", err)
+	}
+	time.Sleep(500 * time.Millisecond) // perf attached
+	const copies = 1000
+	src, dst := make([]byte, 4096), make([]byte, 4096)
+	for range copies {
+		copy(dst, src)
+		copySink = dst
+	}
+	got, _, err := c.Stop()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := got[probe.Event]; n < copies || n > 10*copies {
+		t.Errorf("memmoves of ≥ %d B counted while making %d: %v, want about %d", CopyThreshold, copies, n, copies)
+	}
+	if got[EventSyscalls] == 0 {
+		t.Errorf("no system call counted: %v", got)
+	}
+}

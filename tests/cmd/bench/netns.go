@@ -443,6 +443,6 @@ const (
   opens a new HBONE stream on the pooled HTTP/2 connection; the TLS handshake
   happens once per pool connection. Every dial of every variant enters the
   client pod's namespace from an OS thread of the bench process (setns), an
-  equal overhead for all three.
+  equal overhead for every variant.
 `
 )

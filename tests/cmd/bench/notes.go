@@ -66,5 +66,5 @@ func versions(ctx context.Context, o options) string {
 		gov = v
 	}
 	return fmt.Sprintf("ztunnel and floorrelay built with %s; %s (%s)",
-		gov, version(ctx, "stunnel", o.stunnel, "-version"), version(ctx, "Running", o.stunnel, "-version"))
+		gov, version(ctx, "stunnel", o.stunnel, "-version"), strings.TrimPrefix(version(ctx, "Running", o.stunnel, "-version"), "Running with "))
 }

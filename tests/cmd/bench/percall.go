@@ -11,7 +11,6 @@ import (
 	"math"
 	"os"
 	"path/filepath"
-	"regexp"
 	"time"
 
 	"github.com/ambient-go/mesh/tests/bench"
@@ -37,7 +36,7 @@ const (
 func measurePerCall(ctx context.Context, o options, s *setup, d durations, r *results) error {
 	r.perCallN = int(perCallRate * d.latency.Seconds())
 	say("per-request counts: %d requests at %d rps (%d connections) under perf stat, then under a Go execution trace, per variant", r.perCallN, perCallRate, perCallConns)
-	probes := map[string]*bench.MemmoveProbe{}
+	var probes []*bench.MemmoveProbe
 	defer func() {
 		for _, p := range probes {
 			p.Remove()
@@ -49,25 +48,18 @@ func measurePerCall(ctx context.Context, o options, s *setup, d durations, r *re
 		}
 		admin := s.admin[v.name]
 		// Go proxies (those with a pprof server) get the memmove probe.
-		var pr []*bench.MemmoveProbe
+		pr := make([]*bench.MemmoveProbe, len(v.procs))
 		for i, p := range v.procs {
 			if i >= len(admin) {
-				pr = append(pr, nil)
 				continue
 			}
-			exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", p.Pid()))
+			probe, err := bench.AddMemmoveProbe(p.Pid())
 			if err != nil {
-				return err
+				say("no memmove probe on %s (copies not counted): %v", p.Name, err)
+				continue
 			}
-			if probes[exe] == nil {
-				group := "bench_" + regexp.MustCompile(`[^A-Za-z0-9]`).ReplaceAllString(filepath.Base(exe), "_")
-				probe, err := bench.AddMemmoveProbe(ctx, exe, group)
-				if err != nil {
-					say("no memmove probe on %s (copies not counted): %v", exe, err)
-				}
-				probes[exe] = probe
-			}
-			pr = append(pr, probes[exe])
+			probes = append(probes, probe)
+			pr[i] = probe
 		}
 
 		// Idle rates.
