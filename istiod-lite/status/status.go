@@ -38,6 +38,7 @@ import (
 	"sync"
 	"time"
 
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/manager"
 
@@ -145,6 +146,10 @@ func (w *Writer) Writes() int {
 	return w.writes
 }
 
+// conflictRetry is how soon a write refused for a stale resourceVersion is
+// retried.
+const conflictRetry = 100 * time.Millisecond
+
 // Start writes statuses until ctx is done.
 func (w *Writer) Start(ctx context.Context) error {
 	w.log.Info("writing status (leader)")
@@ -162,9 +167,18 @@ func (w *Writer) Start(ctx context.Context) error {
 			if ctx.Err() != nil {
 				return nil
 			}
-			w.log.Warn("status not written, retrying", "error", err.Error(), "retry", w.cfg.Retry.String())
+			// A conflict is the cache lagging behind our own last write
+			// (the object was listed before its update arrived): expected,
+			// retried soon and quietly. Anything else is worth a warning.
+			wait := w.cfg.Retry
+			if apierrors.IsConflict(err) {
+				wait = min(wait, conflictRetry)
+				w.log.Debug("status not written, object changed since it was read; retrying", "error", err.Error(), "retry", wait.String())
+			} else {
+				w.log.Warn("status not written, retrying", "error", err.Error(), "retry", wait.String())
+			}
 			retry.Stop()
-			retry.Reset(w.cfg.Retry)
+			retry.Reset(wait)
 		}
 	}
 }
