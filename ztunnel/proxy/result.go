@@ -114,12 +114,19 @@ func (r *connResult) open() {
 }
 
 // relayed adds the bytes carried: toServer from the client to the server,
-// toClient back. bytes_sent in the record and the received bytes metric
-// are what the client sent, at either end, as Istio counts them.
+// toClient back. As Istio counts them, the metrics are the request's
+// (received) and the response's (sent) bytes at either end, and the
+// record's bytes_sent / bytes_recv are the local workload's: what the
+// client sent and received on outbound, what the server sent and received
+// on inbound.
 func (r *connResult) relayed(toServer, toClient int64) {
 	r.m.AddReceived(toServer)
 	r.m.AddSent(toClient)
-	r.rec.BytesSent, r.rec.BytesRecv = toServer, toClient
+	if r.rec.Direction == accesslog.Inbound {
+		r.rec.BytesSent, r.rec.BytesRecv = toClient, toServer
+	} else {
+		r.rec.BytesSent, r.rec.BytesRecv = toServer, toClient
+	}
 }
 
 // finish ends the connection with err (nil: it ended normally): it counts

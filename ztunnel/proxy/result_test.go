@@ -160,3 +160,47 @@ func TestConnResult(t *testing.T) {
 		})
 	}
 }
+
+// TestConnResultBytes: the record's bytes are the local workload's, as
+// Istio's ztunnel logs them (outbound: the client's; inbound: the
+// server's), while the metrics count the request as received and the
+// response as sent at both ends.
+func TestConnResultBytes(t *testing.T) {
+	client := netip.MustParseAddrPort("127.0.0.1:40000")
+	src := &state.Workload{Workload: &workloadapi.Workload{Name: "client", Namespace: "demo"}}
+	for _, tc := range []struct {
+		direction          string
+		wantSent, wantRecv int64
+	}{
+		{accesslog.Outbound, 5, 7}, // the client sent the 5-byte request
+		{accesslog.Inbound, 7, 5},  // the server sent the 7-byte response
+	} {
+		t.Run(tc.direction, func(t *testing.T) {
+			reg := prometheus.NewRegistry()
+			access := accesslog.New(nil)
+			recs, unsub := access.Subscribe(1)
+			defer unsub()
+			p := &Proxy{cfg: Config{Metrics: telemetry.NewMetrics(reg), AccessLog: access}}
+			r := p.outboundResult(src, client)
+			if tc.direction == accesslog.Inbound {
+				r = p.inboundResult(client, "", telemetry.PolicyUnknown)
+			}
+			r.open()
+			r.relayed(5, 7) // 5 bytes to the server, 7 back
+			r.finish(context.Background(), nil)
+			rec := <-recs
+			if rec.BytesSent != tc.wantSent || rec.BytesRecv != tc.wantRecv {
+				t.Errorf("%s record: bytes_sent %d, bytes_recv %d; want %d, %d", tc.direction, rec.BytesSent, rec.BytesRecv, tc.wantSent, tc.wantRecv)
+			}
+			want := []series{
+				{telemetry.ConnectionsClosedName, telemetry.FlagNone, 1},
+				{telemetry.ConnectionsOpenedName, telemetry.FlagNone, 1},
+				{telemetry.ReceivedBytesName, telemetry.FlagNone, 5},
+				{telemetry.SentBytesName, telemetry.FlagNone, 7},
+			}
+			if diff := cmp.Diff(want, tcpSeries(t, reg), cmpopts.SortSlices(func(a, b series) bool { return a.Name < b.Name })); diff != "" {
+				t.Errorf("TCP metrics (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
