@@ -11,6 +11,7 @@ package state
 import (
 	"fmt"
 	"log/slog"
+	"maps"
 	"net/netip"
 	"slices"
 	"sort"
@@ -75,6 +76,12 @@ type Store struct {
 	rr        sync.Map // service key → *atomic.Uint64, round robin cursor
 	version   atomic.Uint64
 	listeners []func()
+
+	// picks caches PickEndpoint's sorted candidates per service and port:
+	// an immutable map replaced on a miss (copy on write, under mu's read
+	// lock) and dropped by every address update (under mu's write lock),
+	// so a hit costs one atomic load and no allocation.
+	picks atomic.Pointer[map[pickKey]*pickSet]
 }
 
 // NewStore returns an empty store. It logs nothing until SetLogger.
@@ -200,6 +207,7 @@ func (s *Store) updateAddresses(updated []*discoveryv3.Resource, removed []strin
 		}
 		s.byHost.add(svc.Hostname, svc)
 	}
+	s.picks.Store(nil)
 	s.byAddr.report(s.log, "workload address", addrString)
 	s.byVIP.report(s.log, "service VIP", addrString)
 	s.byHost.report(s.log, "service hostname", hostString)
@@ -363,17 +371,78 @@ var (
 )
 
 // PickEndpoint chooses, round robin, a healthy endpoint of svc that serves
-// servicePort, and returns it with the port to dial on it.
+// servicePort, and returns it with the port to dial on it. The candidates
+// are the HEALTHY endpoints with an address, sorted by uid; the cursor is
+// kept per service.
 func (s *Store) PickEndpoint(svc *Service, servicePort uint16) (*Workload, uint16, error) {
-	declared, ok := svc.TargetPort(servicePort)
-	if !ok {
+	k := pickKey{svc, servicePort}
+	ps := s.pickSet(k)
+	if ps == nil {
 		return nil, 0, ErrNoPort
 	}
-	type candidate struct {
-		w    *Workload
-		port uint16
+	if len(ps.cands) == 0 {
+		return nil, 0, ErrNoEndpoints
 	}
+	n := ps.rr.Add(1) - 1
+	c := ps.cands[n%uint64(len(ps.cands))]
+	return c.w, c.port, nil
+}
+
+// pickKey names a cached candidate list: the service as the caller holds
+// it (its ports declare the target port) and the service port.
+type pickKey struct {
+	svc  *Service
+	port uint16
+}
+
+// pickSet is the cached outcome of one pickKey; nil when the service has
+// no such port.
+type pickSet struct {
+	cands []candidate
+	rr    *atomic.Uint64 // the service's cursor (s.rr)
+}
+
+type candidate struct {
+	w    *Workload
+	port uint16
+}
+
+// pickSet returns k's candidates, from the cache or built and cached.
+func (s *Store) pickSet(k pickKey) *pickSet {
+	if m := s.picks.Load(); m != nil {
+		if ps, ok := (*m)[k]; ok {
+			return ps
+		}
+	}
+	// Built under the read lock so that an update (write lock, which
+	// drops the cache) cannot slip between reading the endpoints and
+	// caching what was read.
 	s.mu.RLock()
+	defer s.mu.RUnlock()
+	ps := s.buildPickSet(k)
+	for {
+		old := s.picks.Load()
+		m := make(map[pickKey]*pickSet, 1)
+		if old != nil {
+			if cur, ok := (*old)[k]; ok {
+				return cur
+			}
+			maps.Copy(m, *old)
+		}
+		m[k] = ps
+		if s.picks.CompareAndSwap(old, &m) {
+			return ps
+		}
+	}
+}
+
+// buildPickSet lists k's candidates; called with mu held for reading.
+func (s *Store) buildPickSet(k pickKey) *pickSet {
+	svc, servicePort := k.svc, k.port
+	declared, ok := svc.TargetPort(servicePort)
+	if !ok {
+		return nil
+	}
 	cands := make([]candidate, 0, len(s.endpoints[svc.Key]))
 	for _, w := range s.endpoints[svc.Key] {
 		if w.Status != workloadapi.WorkloadStatus_HEALTHY || len(w.Addrs) == 0 {
@@ -392,15 +461,9 @@ func (s *Store) PickEndpoint(svc *Service, servicePort uint16) (*Workload, uint1
 		}
 		cands = append(cands, candidate{w, port})
 	}
-	s.mu.RUnlock()
-	if len(cands) == 0 {
-		return nil, 0, ErrNoEndpoints
-	}
 	sort.Slice(cands, func(i, j int) bool { return cands[i].w.Uid < cands[j].w.Uid })
 	v, _ := s.rr.LoadOrStore(svc.Key, new(atomic.Uint64))
-	n := v.(*atomic.Uint64).Add(1) - 1
-	c := cands[n%uint64(len(cands))]
-	return c.w, c.port, nil
+	return &pickSet{cands: cands, rr: v.(*atomic.Uint64)}
 }
 
 // NodeWorkloads returns the workloads scheduled on node, sorted by uid.

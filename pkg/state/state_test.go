@@ -2,9 +2,11 @@ package state
 
 import (
 	"net/netip"
+	"strconv"
 	"testing"
 
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"github.com/google/go-cmp/cmp"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 
@@ -109,5 +111,86 @@ func TestStoreLookupsAndRoundRobin(t *testing.T) {
 		if w, _, err := s.PickEndpoint(svc, 80); err != nil || w.Uid != "w2" {
 			t.Errorf("PickEndpoint after removing w1 = %v, %v; want w2", w, err)
 		}
+	}
+}
+
+// PickEndpoint(svc, 80) over updates = the HEALTHY endpoints in uid order,
+// round robin: the cached candidates follow every address update.
+func TestPickEndpointFollowsUpdates(t *testing.T) {
+	s := NewStore()
+	update := func(rs ...*discoveryv3.Resource) {
+		t.Helper()
+		if err := s.OnUpdate(workloadapi.AddressTypeURL, rs, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	picks := func(svc *Service, n int) []string {
+		t.Helper()
+		var got []string
+		for range n {
+			w, port, err := s.PickEndpoint(svc, 80)
+			if err != nil {
+				got = append(got, err.Error())
+				continue
+			}
+			got = append(got, w.Uid+":"+strconv.Itoa(int(port)))
+		}
+		return got
+	}
+	update(
+		res(t, "ns/svc.ns.svc.cluster.local", service("127.1.100.1", 80, 0)),
+		res(t, "w2", workload("w2", "127.1.0.2", workloadapi.WorkloadStatus_HEALTHY, 80, 9090)),
+		res(t, "w1", workload("w1", "127.1.0.1", workloadapi.WorkloadStatus_HEALTHY, 80, 8080)),
+	)
+	svc := s.ServiceByVIP(netip.MustParseAddr("127.1.100.1"))
+	steps := []struct {
+		name   string
+		update []*discoveryv3.Resource
+		want   []string
+	}{
+		{"two healthy, uid order", nil, []string{"w1:8080", "w2:9090", "w1:8080", "w2:9090"}},
+		{"w1 unhealthy", []*discoveryv3.Resource{res(t, "w1", workload("w1", "127.1.0.1", workloadapi.WorkloadStatus_UNHEALTHY, 80, 8080))},
+			[]string{"w2:9090", "w2:9090"}},
+		{"w0 added, new port for w2", []*discoveryv3.Resource{
+			res(t, "w0", workload("w0", "127.1.0.3", workloadapi.WorkloadStatus_HEALTHY, 80, 7070)),
+			res(t, "w2", workload("w2", "127.1.0.2", workloadapi.WorkloadStatus_HEALTHY, 80, 9191)),
+		}, nil},
+	}
+	for _, st := range steps {
+		update(st.update...)
+		want := st.want
+		if want == nil { // the cursor carries on: either endpoint may come first
+			want = []string{"w0:7070", "w2:9191", "w0:7070", "w2:9191"}
+			if got := picks(svc, 1); got[0] == want[1] {
+				want = []string{"w0:7070", "w2:9191", "w0:7070"}
+			} else {
+				want = []string{"w2:9191", "w0:7070", "w2:9191"}
+			}
+		}
+		if diff := cmp.Diff(want, picks(svc, len(want))); diff != "" {
+			t.Errorf("%s: PickEndpoint mismatch (-want +got):\n%s", st.name, diff)
+		}
+	}
+	if err := s.OnUpdate(workloadapi.AddressTypeURL, nil, []string{"w0", "w2"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := s.PickEndpoint(svc, 80); err != ErrNoEndpoints {
+		t.Errorf("PickEndpoint with no healthy endpoint = %v, want ErrNoEndpoints", err)
+	}
+}
+
+func TestPickEndpointAllocations(t *testing.T) {
+	s := NewStore()
+	if err := s.OnUpdate(workloadapi.AddressTypeURL, []*discoveryv3.Resource{
+		res(t, "ns/svc.ns.svc.cluster.local", service("127.1.100.1", 80, 0)),
+		res(t, "w1", workload("w1", "127.1.0.1", workloadapi.WorkloadStatus_HEALTHY, 80, 8080)),
+		res(t, "w2", workload("w2", "127.1.0.2", workloadapi.WorkloadStatus_HEALTHY, 80, 9090)),
+	}, nil); err != nil {
+		t.Fatal(err)
+	}
+	svc := s.ServiceByVIP(netip.MustParseAddr("127.1.100.1"))
+	s.PickEndpoint(svc, 80) // fills the cache
+	if n := testing.AllocsPerRun(100, func() { s.PickEndpoint(svc, 80) }); n != 0 {
+		t.Errorf("PickEndpoint allocations = %v, want 0 (cached candidates)", n)
 	}
 }
