@@ -175,8 +175,12 @@ func StartCounting(pid int, probe *MemmoveProbe) (*Counting, error) {
 			c.mu.Lock()
 			c.lines = append(c.lines, sc.Text())
 			if len(f) >= 4 {
+				// "<not counted>": no thread of the process ran in the
+				// interval (an idle process), so nothing happened.
 				if v, err := strconv.ParseFloat(f[1], 64); err == nil {
 					c.sums[f[3]] += v
+				} else if f[1] == "<not counted>" {
+					c.sums[f[3]] += 0
 				}
 				if first {
 					first = false

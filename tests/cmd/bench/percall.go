@@ -213,7 +213,7 @@ func ratios(v map[string]float64, triples ...string) []string {
 	for i := 0; i+2 < len(triples); i += 3 {
 		a, okA := v[triples[i+1]]
 		b, okB := v[triples[i+2]]
-		if okA && okB {
+		if okA && okB && b >= 0.05 { // a ratio to about nothing says nothing
 			out = append(out, ratio(triples[i], a, b))
 		}
 	}
