@@ -408,6 +408,29 @@ func TestSettingsTooLarge(t *testing.T) {
 	}
 }
 
+// TestGoAwayBehindBusyWriter: a connection error is answered with its
+// GOAWAY also when another goroutine is writing at that moment (it was
+// dropped unless the write lock was free: TestSettingsTooLarge failed about
+// once in a hundred runs).
+func TestGoAwayBehindBusyWriter(t *testing.T) {
+	e := newTestEnv(t, relayHandler())
+	p := e.dialH2(t)
+	sc := serverConnOf(t, e.srv)
+	sc.wmu.Lock() // a writer in the middle of a frame
+	s := make([]http2.Setting, 1000)
+	for i := range s {
+		s[i] = http2.Setting{ID: http2.SettingHeaderTableSize, Val: uint32(i)}
+	}
+	p.fr.WriteSettings(s...)
+	p.bw.Flush()
+	time.Sleep(50 * time.Millisecond) // the server reads the frame meanwhile (goAwayWait is 500 ms)
+	sc.wmu.Unlock()
+	goAway, _ := p.readUntil(func(http2.Frame) bool { return false })
+	if goAway == nil || goAway.ErrCode != http2.ErrCodeProtocol {
+		t.Errorf("GOAWAY after a SETTINGS frame of 1000 entries, while a write was under way = %v, want PROTOCOL_ERROR", goAway)
+	}
+}
+
 // TestPendingHandshakesCapped: connections past MaxPendingHandshakes that
 // have not finished their TLS handshake are closed at once; the server
 // keeps serving.

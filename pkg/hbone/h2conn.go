@@ -182,7 +182,8 @@ func (c *h2Conn) readLoop() error {
 }
 
 // goAwayNow writes GOAWAY with code before the connection is closed for an
-// error.
+// error. It waits for a write under way, but not for long: a writer stuck
+// on a peer that does not read is left to the close, which frees it.
 func (c *h2Conn) goAwayNow(code http2.ErrCode) {
 	var last uint32 // the last stream the peer opened: none on the client
 	if c.server {
@@ -190,13 +191,42 @@ func (c *h2Conn) goAwayNow(code http2.ErrCode) {
 		last = c.lastID
 		c.mu.Unlock()
 	}
-	if !c.wmu.TryLock() {
+	if !c.lockWriteWithin(goAwayWait) {
 		return // a writer is stuck on the network; just close
 	}
 	defer c.wmu.Unlock()
 	c.conn.SetWriteDeadline(time.Now().Add(time.Second))
 	c.wfr.WriteGoAway(last, code, nil)
 	c.bw.Flush()
+}
+
+// goAwayWait is how long goAwayNow waits for the writer before it gives up
+// the GOAWAY.
+const goAwayWait = 500 * time.Millisecond
+
+// lockWriteWithin takes wmu, waiting at most d for its holder.
+func (c *h2Conn) lockWriteWithin(d time.Duration) bool {
+	if c.wmu.TryLock() {
+		return true
+	}
+	locked, giveUp := make(chan struct{}), make(chan struct{})
+	go func() {
+		c.wmu.Lock()
+		select {
+		case locked <- struct{}{}: // handed over
+		case <-giveUp:
+			c.wmu.Unlock()
+		}
+	}()
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-locked:
+		return true
+	case <-t.C:
+		close(giveUp)
+		return false
+	}
 }
 
 // processFrame handles one frame. Errors are connection errors.
