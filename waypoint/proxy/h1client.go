@@ -82,8 +82,10 @@ var writerPool = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, fas
 var bodyPool = sync.Pool{New: func() any { return new([maxFastBody]byte) }}
 
 // roundTrip sends out to addr and returns the answer. The response body
-// returns the connection to the pool once read to its end.
-func (c *h1Client) roundTrip(out *http.Request, addr netip.AddrPort) (*http.Response, error) {
+// returns the connection to the pool once read to its end. Interim (1xx)
+// answers are written to interim, or given to out's httptrace.ClientTrace
+// when interim is nil.
+func (c *h1Client) roundTrip(out *http.Request, addr netip.AddrPort, interim http.ResponseWriter) (*http.Response, error) {
 	ctx := out.Context()
 	var body []byte
 	if out.ContentLength > 0 {
@@ -102,7 +104,7 @@ func (c *h1Client) roundTrip(out *http.Request, addr netip.AddrPort) (*http.Resp
 		if err != nil {
 			return nil, err
 		}
-		resp, retry, err := c.send(ctx, cc, out, body)
+		resp, retry, err := c.send(ctx, cc, out, body, interim)
 		if err == nil {
 			return resp, nil
 		}
@@ -118,7 +120,7 @@ func (c *h1Client) roundTrip(out *http.Request, addr netip.AddrPort) (*http.Resp
 
 // send writes the request on cc and reads the answer's headers. retry
 // reports that the endpoint cannot have processed the request.
-func (c *h1Client) send(ctx context.Context, cc *h1Conn, out *http.Request, body []byte) (_ *http.Response, retry bool, _ error) {
+func (c *h1Client) send(ctx context.Context, cc *h1Conn, out *http.Request, body []byte, interim http.ResponseWriter) (_ *http.Response, retry bool, _ error) {
 	req := *out // the copy gets the in-memory body; out stays the reverse proxy's
 	req.Body = nil
 	if body != nil {
@@ -157,7 +159,9 @@ func (c *h1Client) send(ctx context.Context, cc *h1Conn, out *http.Request, body
 			stop()
 			return nil, false, errors.New("read response: too many 1xx responses")
 		}
-		if t := httptrace.ContextClientTrace(ctx); t != nil && t.Got1xxResponse != nil {
+		if interim != nil {
+			relayInterim(interim, resp.StatusCode, textproto.MIMEHeader(resp.Header))
+		} else if t := httptrace.ContextClientTrace(ctx); t != nil && t.Got1xxResponse != nil {
 			if err := t.Got1xxResponse(resp.StatusCode, textproto.MIMEHeader(resp.Header)); err != nil {
 				stop()
 				return nil, false, err

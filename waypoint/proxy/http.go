@@ -34,6 +34,10 @@ const (
 	upstreamTimeoutBody   = "upstream request timeout"
 )
 
+// useForward lets requests take forward (forward.go); tests turn it off to
+// compare with the reverse proxy.
+var useForward = true
+
 type streamKey struct{}
 type requestKey struct{}
 
@@ -172,8 +176,12 @@ func (p *Proxy) serveHTTP(w http.ResponseWriter, r *http.Request) {
 			rq.hbone = true
 		}
 		setEndpoint(rec, &labels.Labels, w, rq.upstream, hboneAddr)
-		r = r.WithContext(context.WithValue(r.Context(), requestKey{}, rq))
-		p.up.proxy.ServeHTTP(rw, r)
+		if useForward && canForward(r, rq) {
+			p.forward(rw, r, rq) // forward.go: the common request, without the reverse proxy
+		} else {
+			r = r.WithContext(context.WithValue(r.Context(), requestKey{}, rq))
+			p.up.proxy.ServeHTTP(rw, r)
+		}
 		if rq.flags != "" {
 			labels.ResponseFlags = rq.flags
 		}

@@ -61,6 +61,7 @@ const echoHost = "echo.default.svc.cluster.local"
 const (
 	echoBodyPath = "/echo-body" // answers with the request's body
 	hangupPath   = "/hangup"    // answers, then closes the connection without Connection: close
+	trailerPath  = "/trailers"  // records the request; hop-by-hop headers, chunked body, trailers
 )
 
 type mesh struct {
@@ -145,6 +146,21 @@ func newMeshLogged(t testing.TB, l *slog.Logger) *mesh {
 			brw.WriteString("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
 			brw.Flush()
 			c.Close()
+			return
+		}
+		if r.URL.Path == trailerPath { // hop-by-hop headers, a streamed body and trailers
+			m.appRequests <- appRequest{Method: r.Method, Path: r.URL.RequestURI(), Host: r.Host, Proto: r.Proto, Header: r.Header.Clone(), RemoteAddr: r.RemoteAddr}
+			io.Copy(io.Discard, r.Body)
+			w.Header().Set("Connection", "X-Hop")
+			w.Header().Set("X-Hop", "dropped")
+			w.Header().Set("Keep-Alive", "timeout=5")
+			w.Header().Set("X-Kept", "1")
+			w.Header().Set("Trailer", "X-Sum")
+			w.Write([]byte("part one,"))
+			http.NewResponseController(w).Flush()
+			w.Write([]byte("part two"))
+			w.Header().Set("X-Sum", "42")
+			w.Header().Set(http.TrailerPrefix+"X-Late", "late")
 			return
 		}
 		if r.URL.Path == benchPath {

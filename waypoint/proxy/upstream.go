@@ -63,7 +63,7 @@ func (u *upstream) RoundTrip(r *http.Request) (*http.Response, error) {
 	case rq.h2:
 		return u.h2.RoundTrip(r)
 	case fastEligible(r, rq):
-		return u.fast.roundTrip(r, rq.upstream)
+		return u.fast.roundTrip(r, rq.upstream, nil)
 	}
 	return u.h1.RoundTrip(r)
 }
