@@ -24,7 +24,8 @@ type exchange struct {
 }
 
 // TestForwardAsReverseProxy sends the same raw HTTP/1.1 requests through
-// the waypoint with forward (forward.go) and with httputil.ReverseProxy;
+// the waypoint with forward (forward.go) on serveH1 (h1server.go), and
+// with httputil.ReverseProxy on net/http's server, as before both;
 // forward(req) = what the reverse proxy gives, for what the application
 // receives (hop-by-hop headers removed, Forwarded dropped, X-Forwarded-*
 // kept or appended, no User-Agent added, the body) and what the client
@@ -41,9 +42,9 @@ func TestForwardAsReverseProxy(t *testing.T) {
 		{"User-Agent and repeated headers", "PUT /trailers HTTP/1.1\r\nHost: " + echoHost + "\r\nUser-Agent: curl/8\r\nX-Multi: a\r\nX-Multi: b\r\n" +
 			"Content-Length: 0\r\nTraceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\n\r\n"},
 	}
-	run := func(forward bool) []exchange {
-		useForward = forward
-		defer func() { useForward = true }()
+	run := func(fast bool) []exchange {
+		useForward, useH1Server = fast, fast
+		defer func() { useForward, useH1Server = true, true }()
 		m := newMesh(t)
 		var out []exchange
 		for _, rq := range reqs {

@@ -38,6 +38,10 @@ const (
 // compare with the reverse proxy.
 var useForward = true
 
+// useH1Server lets HTTP streams start on serveH1 (h1server.go); tests turn
+// it off to compare with net/http's server.
+var useH1Server = true
+
 type streamKey struct{}
 type requestKey struct{}
 
@@ -70,6 +74,13 @@ func (p *Proxy) newHTTPServer() *http.Server {
 // until the server is done with it (the HBONE handler must not return
 // before: returning closes the stream).
 func (p *Proxy) serveHTTPStream(ctx context.Context, st *stream, c net.Conn) {
+	if useH1Server {
+		rest, done := p.serveH1(ctx, st, c) // h1server.go: the common HTTP/1.1 request
+		if done {
+			return
+		}
+		c = rest
+	}
 	hc := newHTTPConn(c, st)
 	if !p.httpLn.push(hc) {
 		c.Close()

@@ -8,12 +8,14 @@
 // unknown ones, as the inbound side of Istio's ztunnel does. An accepted
 // stream is HTTP when its Service port declares an HTTP application
 // protocol, or when its first bytes are an HTTP/1.x request line or the
-// HTTP/2 preface (sniff.go); it is then served by one net/http server for
-// all streams (HTTP/1.1 and h2c prior knowledge, gRPC included; http.go),
-// and each request is authorized with the waypoint's L7 policies and
-// forwarded, with net/http's Transport, over pooled HBONE to an endpoint
-// pod's ztunnel under the waypoint's own identity (upstream.go). Other
-// streams are authorized as TCP and relayed (tcp.go).
+// HTTP/2 preface (sniff.go); the common HTTP/1.1 request is then served on
+// the stream's own goroutine (h1server.go), and anything else by one
+// net/http server for all streams (HTTP/1.1 and h2c prior knowledge, gRPC
+// included; http.go). Each request is authorized with the waypoint's L7
+// policies and forwarded over pooled HBONE to an endpoint pod's ztunnel
+// under the waypoint's own identity (upstream.go; the common HTTP/1.1
+// request without the reverse proxy, forward.go). Other streams are
+// authorized as TCP and relayed (tcp.go).
 //
 // Every request gets one access log record and Istio's request metrics
 // (reporter="waypoint"); TCP streams get Istio's TCP metrics. Every stream
@@ -28,6 +30,7 @@ import (
 	"net/http"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -100,10 +103,12 @@ type Proxy struct {
 	httpDone chan struct{} // closed when httpSrv.Serve returned
 	up       *upstream
 
-	mu       sync.Mutex
-	conns    map[net.Conn]struct{}
-	draining bool
-	wg       sync.WaitGroup
+	mu        sync.Mutex
+	conns     map[net.Conn]struct{}
+	h1Conns   map[*h1ServerConn]struct{} // served by serveH1
+	draining  bool
+	drainFlag atomic.Bool // draining, read without mu
+	wg        sync.WaitGroup
 }
 
 var _ hbone.Handler = (*Proxy)(nil)
@@ -186,7 +191,9 @@ func (p *Proxy) untrack(c net.Conn) {
 func (p *Proxy) Drain(ctx context.Context) {
 	p.mu.Lock()
 	p.draining = true
+	p.drainFlag.Store(true)
 	p.mu.Unlock()
+	p.closeIdleH1()
 	shut := make(chan struct{})
 	go func() {
 		defer close(shut)
@@ -207,6 +214,7 @@ func (p *Proxy) Drain(ctx context.Context) {
 func (p *Proxy) Close() error {
 	p.mu.Lock()
 	p.draining = true
+	p.drainFlag.Store(true)
 	for c := range p.conns {
 		c.Close()
 	}
