@@ -89,14 +89,15 @@ func (p *Proxy) isSelf(gw *workloadapi.GatewayAddress) bool {
 // stream is what the waypoint knows of one accepted CONNECT: who sent it
 // and where it goes.
 type stream struct {
-	p       *Proxy
-	start   time.Time
-	req     *hbone.Request
-	client  netip.AddrPort  // the original client (forwarded for=), else the HBONE peer
-	peerID  string          // the HBONE client's SPIFFE ID (the source workload's)
-	src     *state.Workload // the client's workload, if known
-	binding *binding
-	labels  telemetry.Labels // source and destination service labels
+	p        *Proxy
+	start    time.Time
+	req      *hbone.Request
+	client   netip.AddrPort  // the original client (forwarded for=), else the HBONE peer
+	clientIP string          // client's address as text (x-forwarded-for)
+	peerID   string          // the HBONE client's SPIFFE ID (the source workload's)
+	src      *state.Workload // the client's workload, if known
+	binding  *binding
+	labels   telemetry.Labels // source and destination service labels
 }
 
 func (p *Proxy) newStream(req *hbone.Request) *stream {
@@ -104,6 +105,7 @@ func (p *Proxy) newStream(req *hbone.Request) *stream {
 	if fwd, ok := req.ForwardedFor(); ok {
 		st.client = fwd
 	}
+	st.clientIP = st.client.Addr().String()
 	st.labels = telemetry.Labels{
 		Reporter:                 telemetry.ReporterWaypoint,
 		SourcePrincipal:          st.peerID,

@@ -74,14 +74,16 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, rq *request) {
 	if xff != "" {
 		xff += ", "
 	}
-	h["X-Forwarded-For"] = []string{xff + rq.client.String()}
+	h["X-Forwarded-For"] = []string{xff + rq.clientIP}
 	if _, ok := h["User-Agent"]; !ok {
 		h["User-Agent"] = []string{""} // none sent, as the reverse proxy
 	}
+	// The URL stays the client's: the request line is its origin form
+	// either way, the endpoint is h1Client's address and the Host header
+	// is r.Host (the reverse proxy sets URL.Host only to route the
+	// Transport).
 	out := r.WithContext(r.Context())
-	u := *r.URL
-	u.Scheme, u.Host = "http", rq.upstream.String()
-	out.URL, out.Header, out.Close = &u, h, false
+	out.Header, out.Close = h, false
 	if r.ContentLength == 0 {
 		out.Body = nil
 	}
@@ -136,8 +138,8 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, rq *request) {
 // flushInterval -1).
 func copyAnswer(w http.ResponseWriter, res *http.Response) error {
 	flush := res.ContentLength == -1
-	if !flush {
-		if ct, _, _ := mime.ParseMediaType(res.Header.Get("Content-Type")); ct == "text/event-stream" {
+	if ct := res.Header.Get("Content-Type"); !flush && len(ct) >= len("text/event-stream") && strings.EqualFold(ct[:len("text/event-stream")], "text/event-stream") {
+		if ct, _, _ := mime.ParseMediaType(ct); ct == "text/event-stream" {
 			flush = true
 		}
 	}

@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/textproto"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -108,40 +109,65 @@ func (p *Proxy) serveH1(ctx context.Context, st *stream, c net.Conn) (rest net.C
 	ctx = context.WithValue(ctx, http.ServerContextKey, p.httpSrv)
 	remote := st.client.String()
 	w := &h1Writer{header: http.Header{}, drain: &p.drainFlag}
+	// The read deadline is set only when it must change: dl is the one
+	// set, limit the time the wait really ends (the idle timeout after the
+	// last answer, or the header timeout). A deadline that fires before
+	// limit is set again, so one deadline serves many requests (each
+	// costs a timer and the HBONE connection's lock).
+	var dl time.Time
+	setDeadline := func(t time.Time) {
+		if !t.Equal(dl) {
+			c.SetReadDeadline(t)
+			dl = t
+		}
+	}
+	limit := time.Now().Add(h1ReadHeaderTimeout)
+	setDeadline(limit)
 	for first := true; ; first = false {
 		if !first {
 			if !sc.state.CompareAndSwap(h1Busy, h1Idle) || p.isDraining() {
 				return nil, true
 			}
-			c.SetReadDeadline(time.Now().Add(p.cfg.IdleTimeout))
-		} else {
-			c.SetReadDeadline(time.Now().Add(h1ReadHeaderTimeout))
+			limit = time.Now().Add(p.cfg.IdleTimeout)
+			if dl.IsZero() || dl.After(limit) {
+				setDeadline(limit)
+			}
 		}
-		if _, err := br.Peek(1); err != nil {
+		for {
+			_, err := br.Peek(1)
+			if err == nil {
+				break
+			}
+			if now := time.Now(); errors.Is(err, os.ErrDeadlineExceeded) && now.Before(limit) {
+				setDeadline(limit) // an older, earlier deadline
+				continue
+			}
 			return nil, true // closed, or idle for too long: as net/http, no answer
 		}
-		if !first {
-			if !sc.state.CompareAndSwap(h1Idle, h1Busy) {
-				return nil, true // closed by Drain
-			}
-			c.SetReadDeadline(time.Now().Add(h1ReadHeaderTimeout))
+		if !first && !sc.state.CompareAndSwap(h1Idle, h1Busy) {
+			return nil, true // closed by Drain
+		}
+		if !headBuffered(br) {
+			setDeadline(time.Now().Add(h1ReadHeaderTimeout))
 		}
 		n, err := headEnd(br)
 		if err != nil {
 			return nil, true
 		}
 		if n < 0 {
-			c.SetReadDeadline(time.Time{})
+			setDeadline(time.Time{})
 			return c, false
 		}
 		head, _ := br.Peek(n)
 		req := parseHead(head)
 		if req == nil {
-			c.SetReadDeadline(time.Time{})
+			setDeadline(time.Time{})
 			return c, false
 		}
 		br.Discard(n)
-		c.SetReadDeadline(time.Time{})
+		if req.ContentLength > int64(br.Buffered()) {
+			setDeadline(time.Time{}) // the body is read with no deadline, as net/http's
+		}
 		req = req.WithContext(ctx)
 		req.RemoteAddr = remote
 		var body *h1ReqBody
@@ -204,6 +230,12 @@ func headEnd(br *bufio.Reader) (int, error) {
 			return 0, err
 		}
 	}
+}
+
+// headBuffered reports whether br holds a whole request head.
+func headBuffered(br *bufio.Reader) bool {
+	b, _ := br.Peek(br.Buffered())
+	return bytes.Contains(b, []byte("\n\n")) || bytes.Contains(b, []byte("\n\r\n"))
 }
 
 // parseHead parses a request head with http.ReadRequest and returns the
@@ -494,13 +526,18 @@ func (w *h1Writer) writeBody(p []byte) {
 		return
 	}
 	bw := w.writer()
+	var err error
 	if w.chunking {
-		bw.WriteString(strconv.FormatInt(int64(len(p)), 16))
+		var b [16]byte
+		bw.Write(strconv.AppendInt(b[:0], int64(len(p)), 16))
 		bw.WriteString("\r\n")
 		bw.Write(p)
-		bw.WriteString("\r\n")
+		_, err = bw.WriteString("\r\n")
 	} else {
-		bw.Write(p)
+		_, err = bw.Write(p)
+	}
+	if err != nil {
+		w.failed = true // bufio keeps the error: nothing more reaches the client
 	}
 }
 

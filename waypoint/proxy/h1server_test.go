@@ -209,6 +209,39 @@ func TestDrainClosesIdleH1Connection(t *testing.T) {
 	}
 }
 
+// TestH1IdleTimeout: a connection served by serveH1 is closed once it has
+// carried no request for IdleTimeout, also when that is shorter than the
+// header timeout armed for its first request, and kept while requests
+// come.
+func TestH1IdleTimeout(t *testing.T) {
+	m := newMesh(t)
+	m.proxy.cfg.IdleTimeout = 300 * time.Millisecond
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := m.dial(ctx, netip.AddrPortFrom(echoVIP, portHTTP))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	br := bufio.NewReader(c)
+	for i := range 3 {
+		io.WriteString(c, req("GET", echoBodyPath, "", ""))
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatalf("request %d: %v", i+1, err)
+		}
+		io.Copy(io.Discard, resp.Body)
+	}
+	start := time.Now()
+	if _, err := br.ReadByte(); !errors.Is(err, io.EOF) {
+		t.Fatalf("idle connection: read %v, want EOF", err)
+	}
+	if idle := time.Since(start); idle < 250*time.Millisecond {
+		t.Errorf("connection closed after %v idle, want the idle timeout (300ms)", idle)
+	}
+}
+
 // FuzzH1Head feeds bytes to the fast path's head reader and parser. A head
 // it accepts must parse to the same request with http.ReadRequest over the
 // whole input, end with its first empty line, and have a Host and no

@@ -100,6 +100,7 @@ type request struct {
 	h2       bool           // HTTP/2 upstream
 	hbone    bool           // the endpoint is reached over HBONE
 	client   netip.Addr     // appended to x-forwarded-for
+	clientIP string         // client as text
 	flags    string         // response flags set by the error handler
 }
 
@@ -180,6 +181,7 @@ func (p *Proxy) serveHTTP(w http.ResponseWriter, r *http.Request) {
 			upstream: netip.AddrPortFrom(w.Addrs[0], port),
 			h2:       r.ProtoMajor == 2 || b.appProtocol == protoHTTP2,
 			client:   st.client.Addr(),
+			clientIP: st.clientIP,
 		}
 		var hboneAddr netip.AddrPort
 		if p.up.tunnelled(w) {
@@ -251,7 +253,7 @@ func (p *Proxy) newReverseProxy(rt http.RoundTripper) *httputil.ReverseProxy {
 			if xff != "" {
 				xff += ", "
 			}
-			pr.Out.Header.Set("X-Forwarded-For", xff+rq.client.String())
+			pr.Out.Header.Set("X-Forwarded-For", xff+rq.clientIP)
 		},
 		Transport:  rt,
 		BufferPool: copyBuffers{},
