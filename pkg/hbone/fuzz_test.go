@@ -617,7 +617,8 @@ func fakeServer(c net.Conn, cfg *tls.Config, frames []byte) error {
 // connection error; the handler runs if and only if the method is CONNECT,
 // there is no :protocol and the authority parses as ip:port, and then
 // Request.Authority is that ip:port unmapped and the headers are passed on
-// unchanged; otherwise a 400 is queued. ForwardedFor and parseForNode
+// unchanged; a malformed request is a stream error PROTOCOL_ERROR;
+// otherwise a 400 is queued. ForwardedFor and parseForNode
 // return ok only with a valid unmapped ip:port, which parses back to
 // itself from `for="<ip:port>"`.
 func FuzzConnectHeaders(f *testing.F) {
@@ -673,8 +674,19 @@ func FuzzConnectHeaders(f *testing.F) {
 			tun.Reject(http.StatusUnauthorized, "denied")
 		})}
 		sc := newServerConn(srv, tls.Server(s, &tls.Config{}), io.Discard, spiffeid.ID{}, 10, srv.logger())
-		if err := sc.processFrame(frame); err != nil {
-			t.Fatalf("processFrame(CONNECT %q) = %v, want no connection error", authority, err)
+		// The block has neither :scheme nor :path: any method but
+		// CONNECT, and a CONNECT without :authority, is malformed (RFC
+		// 9113 §8.3.1, §8.5), which a header list too large to read
+		// hides.
+		truncated := frame.(*http2.MetaHeadersFrame).Truncated
+		malformed := !truncated && (method != http.MethodConnect || protocol == "" && authority == "")
+		err = sc.processFrame(frame)
+		var se http2.StreamError
+		switch {
+		case malformed && (!errors.As(err, &se) || se != http2.StreamError{StreamID: 1, Code: http2.ErrCodeProtocol}):
+			t.Fatalf("processFrame(malformed: method %q, authority %q, protocol %q) = %v, want a stream error PROTOCOL_ERROR on stream 1", method, authority, protocol, err)
+		case !malformed && err != nil:
+			t.Fatalf("processFrame(CONNECT %q) = %v, want no error", authority, err)
 		}
 		sc.handlers.Wait()
 		sc.mu.Lock()
@@ -704,6 +716,9 @@ func FuzzConnectHeaders(f *testing.F) {
 		default:
 			if valid {
 				t.Fatalf("valid CONNECT %q did not reach the handler", authority)
+			}
+			if malformed {
+				return // readLoop resets the stream
 			}
 			if len(queued) == 0 || queued[0].kind != ctrlHeaders || queued[0].n != http.StatusBadRequest || queued[0].stream != 1 {
 				t.Fatalf("bad request (method %q, authority %q, protocol %q) queued %+v, want a 400 on stream 1", method, authority, protocol, queued)

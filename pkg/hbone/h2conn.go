@@ -43,6 +43,12 @@ const (
 	maxHeaderList   = 64 << 10
 )
 
+// resetMemory is how many of the streams it reset last a connection
+// remembers, to ignore the frames the peer sent before it saw the
+// RST_STREAM (RFC 9113 §5.1) instead of answering them as errors. Rust's
+// h2, ztunnel's HTTP/2, keeps a bounded set of the same kind.
+const resetMemory = 32
+
 var (
 	errStreamClosed  = errors.New("hbone: stream closed")
 	errWriteShutdown = errors.New("hbone: write after CloseWrite")
@@ -98,8 +104,10 @@ type h2Conn struct {
 	peerMaxStreams uint32 // SETTINGS_MAX_CONCURRENT_STREAMS; the client obeys it
 	ctrl           ctrlQueue
 	goingAway      bool
-	pingOut        bool      // a PING of ours waits for its ack
-	idleSince      time.Time // when the last stream ended
+	pingOut        bool                // a PING of ours waits for its ack
+	resetIDs       [resetMemory]uint32 // the streams we reset last, a ring
+	resetNext      int                 // the next slot of resetIDs to write
+	idleSince      time.Time           // when the last stream ended
 	closeErr       error
 }
 
@@ -254,8 +262,19 @@ func (c *h2Conn) processFrame(f http2.Frame) error {
 		c.side.goAway(f)
 	case *http2.PushPromiseFrame:
 		return http2.ConnectionError(http2.ErrCodeProtocol)
+	case *http2.PriorityFrame:
+		return checkPriority(f.StreamID, f.PriorityParam)
 	}
-	// PRIORITY and unknown frame types are ignored.
+	// Unknown frame types are ignored.
+	return nil
+}
+
+// checkPriority refuses a stream that depends on itself (RFC 9113 §5.3.1,
+// as x/net's server does); priority signals are otherwise ignored (§5.3.2).
+func checkPriority(id uint32, p http2.PriorityParam) error {
+	if p.StreamDep == id {
+		return http2.StreamError{StreamID: id, Code: http2.ErrCodeProtocol}
+	}
 	return nil
 }
 
@@ -273,8 +292,25 @@ func (c *h2Conn) processHeaders(f *http2.MetaHeadersFrame) error {
 	if id%2 == 0 {
 		return http2.ConnectionError(http2.ErrCodeProtocol)
 	}
+	if f.HasPriority() {
+		if err := checkPriority(id, f.Priority); err != nil {
+			return err
+		}
+	}
 	st := c.streams[id]
 	switch {
+	case st == nil && c.server && !c.idleLocked(id):
+		// RFC 9113 §5.1: a closed stream. Frames the peer sent before it
+		// saw our RST_STREAM (the trailers of a request answered early)
+		// are ignored; otherwise it is a new stream below the last one
+		// (§5.1.1) or HEADERS after the stream ended: x/net's server
+		// makes both a connection error PROTOCOL_ERROR, the more common
+		// one, since they cannot be told apart without remembering every
+		// stream.
+		if c.resetRecentlyLocked(id) {
+			return nil
+		}
+		return http2.ConnectionError(http2.ErrCodeProtocol)
 	case st == nil || !st.peerHeaders:
 		return c.side.headersLocked(id, st, f)
 	case st.remoteClosed:
@@ -285,6 +321,9 @@ func (c *h2Conn) processHeaders(f *http2.MetaHeadersFrame) error {
 	case !f.StreamEnded():
 		// Trailers must end the stream.
 		return http2.ConnectionError(http2.ErrCodeProtocol)
+	case len(f.PseudoFields()) > 0:
+		// §8.1: trailers carry no pseudo-header fields; malformed.
+		return http2.StreamError{StreamID: id, Code: http2.ErrCodeProtocol}
 	}
 	st.endRemoteLocked()
 	st.cond.Broadcast()
@@ -301,11 +340,12 @@ func (c *h2Conn) processData(f *http2.DataFrame) error {
 	}
 	st := c.streams[id]
 	if st == nil || st.remoteClosed || st.err != nil || !st.peerHeaders {
+		// Counted against the connection window above, and given back.
 		c.refundLocked(n)
-		if c.idleLocked(id) {
+		switch {
+		case c.idleLocked(id):
 			return http2.ConnectionError(http2.ErrCodeProtocol)
-		}
-		if st != nil && st.err == nil {
+		case st != nil && st.err == nil:
 			// DATA after END_STREAM (RFC 9113 §5.1), or before the
 			// response (§8.1).
 			code := http2.ErrCodeStreamClosed
@@ -314,6 +354,15 @@ func (c *h2Conn) processData(f *http2.DataFrame) error {
 			}
 			st.failLocked(errStreamClosed)
 			c.queueLocked(ctrlFrame{kind: ctrlRST, stream: id, n: uint32(code)})
+		case c.resetRecentlyLocked(id):
+			// Sent before the peer saw our RST_STREAM (§5.1): ignored.
+		case c.server:
+			// A closed stream: after both END_STREAMs, or after the
+			// client's RST_STREAM. §5.1 wants STREAM_CLOSED; as x/net's
+			// server, a stream error. The client ignores DATA on streams
+			// it forgot, as x/net's Transport does: it resets streams it
+			// is done with more often than it can remember.
+			c.queueLocked(ctrlFrame{kind: ctrlRST, stream: id, n: uint32(http2.ErrCodeStreamClosed)})
 		}
 		return nil
 	}
@@ -445,7 +494,22 @@ func (c *h2Conn) queueLocked(f ctrlFrame) {
 	if c.closeErr != nil {
 		return
 	}
+	if f.kind == ctrlRST {
+		c.resetIDs[c.resetNext] = f.stream
+		c.resetNext = (c.resetNext + 1) % resetMemory
+	}
 	c.ctrl.push(f)
+}
+
+// resetRecentlyLocked reports whether stream id is one of the last
+// resetMemory streams we reset.
+func (c *h2Conn) resetRecentlyLocked(id uint32) bool {
+	for _, r := range c.resetIDs {
+		if r == id {
+			return true
+		}
+	}
+	return false
 }
 
 // refundLocked returns n consumed bytes to the connection window.

@@ -121,7 +121,9 @@ func (sc *serverConn) start() error {
 // gets a handler, anything else a 400.
 func (sc *serverConn) headersLocked(id uint32, _ *stream, f *http2.MetaHeadersFrame) error {
 	if id <= sc.lastID {
-		return http2.ConnectionError(http2.ErrCodeStreamClosed)
+		// RFC 9113 §5.1.1 (h2conn.go's processHeaders handles closed
+		// streams before they get here).
+		return http2.ConnectionError(http2.ErrCodeProtocol)
 	}
 	sc.lastID = id
 	if sc.goingAway || uint32(len(sc.streams)) >= sc.maxStreams {
@@ -138,6 +140,11 @@ func (sc *serverConn) headersLocked(id uint32, _ *stream, f *http2.MetaHeadersFr
 	}
 	if f.Truncated {
 		return reject("header list too large")
+	}
+	if malformed(f) {
+		// RFC 9113 §8.1.1: a stream error PROTOCOL_ERROR, as x/net's
+		// server and Rust's h2 (ztunnel) answer; never tunnelled.
+		return http2.StreamError{StreamID: id, Code: http2.ErrCodeProtocol}
 	}
 	if m := f.PseudoValue("method"); m != http.MethodConnect {
 		return reject("method " + m + " is not CONNECT")
@@ -160,6 +167,40 @@ func (sc *serverConn) headersLocked(id uint32, _ *stream, f *http2.MetaHeadersFr
 	sc.streams[id] = st
 	req := sc.request(netip.AddrPortFrom(authority.Addr().Unmap(), authority.Port()), h)
 	return sc.scheduleHandlerLocked(st, req)
+}
+
+// malformed reports whether the request in f is malformed in what x/net's
+// Framer does not check (it refuses upper-case names, pseudo-header fields
+// after regular ones, unknown, duplicate and response pseudo-header fields,
+// and invalid values): pseudo-header fields missing or out of place
+// (RFC 9113 §8.3.1, §8.5: a CONNECT has :authority and, unless it is an
+// extended CONNECT, neither :scheme nor :path) and connection-specific
+// fields (§8.2.2).
+func malformed(f *http2.MetaHeadersFrame) bool {
+	method := f.PseudoValue("method")
+	scheme, path := f.PseudoValue("scheme"), f.PseudoValue("path")
+	switch {
+	case method != http.MethodConnect:
+		if method == "" || scheme == "" || path == "" {
+			return true
+		}
+	case f.PseudoValue("protocol") == "":
+		if scheme != "" || path != "" || f.PseudoValue("authority") == "" {
+			return true
+		}
+	}
+	// An extended CONNECT (RFC 8441) is answered 400, unsupported.
+	for _, hf := range f.RegularFields() {
+		switch hf.Name {
+		case "connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade":
+			return true
+		case "te":
+			if hf.Value != "trailers" {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // scheduleHandlerLocked starts st's handler, or queues it until a running
