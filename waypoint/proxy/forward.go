@@ -15,8 +15,8 @@ import (
 // interim responses) and allocates closures per request: about a quarter
 // of the waypoint's CPU per request in its profile. forward does what the
 // reverse proxy does with our Rewrite, for the requests it can do without
-// those: HTTP/1.1 from the client, no hop-by-hop header naming others
-// (Connection), no TE, no Upgrade, and a query the reverse proxy would
+// those: HTTP/1.1 from the client, a Connection header naming nothing but
+// keep-alive, no TE, no Upgrade, and a query the reverse proxy would
 // pass untouched (cleanQueryParams re-encodes a query with ';' or a
 // malformed escape). Everything else still goes through the reverse proxy.
 //
@@ -39,12 +39,12 @@ func canForward(r *http.Request, rq *request) bool {
 	if r.ProtoMajor != 1 || r.ProtoMinor != 1 || r.URL.Opaque != "" || r.URL.RawQuery != "" && !plainQuery(r.URL.RawQuery) {
 		return false
 	}
-	for _, h := range []string{"Connection", "Te", "Upgrade", "Proxy-Connection", "Keep-Alive", "Trailer"} {
+	for _, h := range []string{"Te", "Upgrade", "Proxy-Connection", "Trailer"} {
 		if _, ok := r.Header[h]; ok {
 			return false
 		}
 	}
-	return true
+	return onlyKeepAlive(r.Header["Connection"])
 }
 
 // plainQuery reports whether the reverse proxy's cleanQueryParams leaves q
@@ -57,6 +57,7 @@ func plainQuery(q string) bool {
 // ones that canForward does not exclude, and the X-Forwarded family and
 // Forwarded, which Rewrite replaces.
 var forwardHeaderDrop = map[string]bool{
+	"Connection": true, "Keep-Alive": true, // Connection names only keep-alive (canForward)
 	"Proxy-Authenticate": true, "Proxy-Authorization": true, "Transfer-Encoding": true,
 	"Forwarded": true, "X-Forwarded-For": true,
 }

@@ -39,6 +39,8 @@ func TestForwardAsReverseProxy(t *testing.T) {
 			"Forwarded: for=1.2.3.4\r\nProxy-Authorization: secret\r\nTraceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\n\r\n"},
 		{"POST with a body, no User-Agent", "POST /trailers HTTP/1.1\r\nHost: " + echoHost + "\r\nContent-Length: 5\r\n" +
 			"Traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\n\r\nhello"},
+		{"Connection: keep-alive", "GET /trailers HTTP/1.1\r\nHost: " + echoHost + "\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\n" +
+			"Traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\n\r\n"},
 		{"User-Agent and repeated headers", "PUT /trailers HTTP/1.1\r\nHost: " + echoHost + "\r\nUser-Agent: curl/8\r\nX-Multi: a\r\nX-Multi: b\r\n" +
 			"Content-Length: 0\r\nTraceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\n\r\n"},
 	}

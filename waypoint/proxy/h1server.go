@@ -33,7 +33,8 @@ import (
 //
 // It takes only what it can serve exactly as net/http would: HTTP/1.1, a
 // request line and headers within h1ReadBuffer, origin form, exactly one
-// Host, no Connection, Expect, Upgrade or Transfer-Encoding header, and a
+// Host, no Expect, Upgrade or Transfer-Encoding header, Connection naming
+// nothing but keep-alive, and a
 // body of known length up to maxFastBody (or none). On anything else — the
 // h2c preface, HTTP/1.0, Connection: close, Expect: 100-continue, chunked
 // or large bodies, oversized headers, malformed requests (which net/http
@@ -232,6 +233,19 @@ func headEnd(br *bufio.Reader) (int, error) {
 	}
 }
 
+// onlyKeepAlive reports whether the Connection header values v name
+// nothing but keep-alive (HTTP/1.1's default, which many clients send).
+func onlyKeepAlive(v []string) bool {
+	for _, f := range v {
+		for t := range strings.SplitSeq(f, ",") {
+			if !strings.EqualFold(textproto.TrimString(t), "keep-alive") {
+				return false
+			}
+		}
+	}
+	return true
+}
+
 // headBuffered reports whether br holds a whole request head.
 func headBuffered(br *bufio.Reader) bool {
 	b, _ := br.Peek(br.Buffered())
@@ -252,10 +266,13 @@ func parseHead(head []byte) *http.Request {
 		len(req.TransferEncoding) > 0 || req.Close {
 		return nil
 	}
-	for _, h := range []string{"Connection", "Expect", "Upgrade", "Transfer-Encoding"} {
+	for _, h := range []string{"Expect", "Upgrade", "Transfer-Encoding"} {
 		if _, ok := req.Header[h]; ok {
 			return nil
 		}
+	}
+	if !onlyKeepAlive(req.Header["Connection"]) {
+		return nil // Connection: close (req.Close) or naming other headers
 	}
 	// http.ReadRequest took Host out of the header into req.Host (and
 	// refused two); net/http's server answers a missing one 400.
