@@ -21,7 +21,6 @@ import (
 	"net/netip"
 	"os"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -426,33 +425,15 @@ func (m *wpNetnsMesh) waitAnswerFrom(t *testing.T, d time.Duration, what string,
 	return time.Since(start)
 }
 
-// waypointRequests sums the waypoint's istio_requests_total samples
-// (reporter waypoint) that carry every one of the labels.
+// waypointRequests sums the waypoint's istio_requests_total samples (reporter
+// waypoint) that carry every one of the labels.
 func waypointRequests(t *testing.T, wp *cluster.Waypoint, labels ...string) float64 {
 	t.Helper()
-	b, err := wp.Metrics(t.Context())
+	n, err := wp.Requests(t.Context(), labels...)
 	if err != nil {
-		t.Fatalf("waypoint metrics: %v", err)
+		t.Fatal(err)
 	}
-	var sum float64
-next:
-	for _, line := range strings.Split(string(b), "\n") {
-		if !strings.HasPrefix(line, "istio_requests_total{") || !strings.Contains(line, `reporter="waypoint"`) {
-			continue
-		}
-		for _, l := range labels {
-			if !strings.Contains(line, l) {
-				continue next
-			}
-		}
-		f := strings.Fields(line)
-		v, err := strconv.ParseFloat(f[len(f)-1], 64)
-		if err != nil {
-			t.Fatalf("metrics line %q: %v", line, err)
-		}
-		sum += v
-	}
-	return sum
+	return n
 }
 
 // tokenClaims decodes the claims of a JWT without verifying it (the API

@@ -9,6 +9,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -88,6 +90,35 @@ func (w *Waypoint) Hostname() string {
 // from inside its pod.
 func (w *Waypoint) Metrics(ctx context.Context) ([]byte, error) {
 	return HTTPClient{NS: w.Pod.NS}.Get(ctx, fmt.Sprintf("http://%s/stats/prometheus", netip.AddrPortFrom(w.Pod.IP, WaypointMetricsPort)))
+}
+
+// Requests sums the waypoint's istio_requests_total samples (reporter
+// waypoint) whose label set contains every one of labels, each written as
+// in the exposition format: `response_code="200"`.
+func (w *Waypoint) Requests(ctx context.Context, labels ...string) (float64, error) {
+	b, err := w.Metrics(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("waypoint metrics: %w", err)
+	}
+	var sum float64
+next:
+	for _, line := range strings.Split(string(b), "\n") {
+		if !strings.HasPrefix(line, "istio_requests_total{") || !strings.Contains(line, `reporter="waypoint"`) {
+			continue
+		}
+		for _, l := range labels {
+			if !strings.Contains(line, l) {
+				continue next
+			}
+		}
+		f := strings.Fields(line)
+		v, err := strconv.ParseFloat(f[len(f)-1], 64)
+		if err != nil {
+			return 0, fmt.Errorf("metrics line %q: %w", line, err)
+		}
+		sum += v
+	}
+	return sum, nil
 }
 
 // Admin fetches path from the waypoint's admin server (e.g. /config_dump).
