@@ -391,29 +391,43 @@ func (e *eval) add(pol *policy, a *attrs) {
 		e.dryRun = true
 	}
 	// Skip matching when it cannot change either tally.
-	need := false
-	if pol.deny {
-		need = !e.shadow.denied || (!pol.dryRun && !e.real.denied)
-	} else {
-		need = !e.shadow.allowed || (!pol.dryRun && !e.real.allowed)
+	e.record(pol.deny, pol.dryRun, e.needs(pol.deny, pol.dryRun) && pol.matches(a), pol.key)
+}
+
+// needs reports whether a policy — DENY or ALLOW, dry-run or not — can
+// still change the real or the shadow verdict, so whether it must be
+// matched at all.
+func (e *eval) needs(deny, dryRun bool) bool {
+	return e.shadow.needs(deny) || (!dryRun && e.real.needs(deny))
+}
+
+func (t *tally) needs(deny bool) bool {
+	if deny {
+		return !t.denied
 	}
-	m := need && pol.matches(a)
-	apply := func(t *tally) {
-		if pol.deny {
-			if m && !t.denied {
-				t.denied, t.deny = true, pol.key
-			}
-			return
+	return !t.allowed
+}
+
+// record counts one policy — DENY or ALLOW, dry-run or not, matched or
+// not — into the real verdict (unless dry-run) and the shadow one.
+func (e *eval) record(deny, dryRun, matched bool, key string) {
+	if !dryRun {
+		e.real.record(deny, matched, key)
+	}
+	e.shadow.record(deny, matched, key)
+}
+
+func (t *tally) record(deny, matched bool, key string) {
+	if deny {
+		if matched && !t.denied {
+			t.denied, t.deny = true, key
 		}
-		t.hasAllow = true
-		if m && !t.allowed {
-			t.allowed, t.allow = true, pol.key
-		}
+		return
 	}
-	if !pol.dryRun {
-		apply(&e.real)
+	t.hasAllow = true
+	if matched && !t.allowed {
+		t.allowed, t.allow = true, key
 	}
-	apply(&e.shadow)
 }
 
 func (pol *policy) matches(a *attrs) bool {

@@ -563,9 +563,8 @@ func (p *L7Policies) evaluate(a *l7Attrs) L7Decision {
 // l7Eval tallies the enforced policies (real), all ALLOW and DENY policies
 // including dry-run ones (shadow), and the AUDIT matches.
 type l7Eval struct {
-	real, shadow tally
-	dryRun       bool
-	audit        []string
+	eval
+	audit []string
 }
 
 func (e *l7Eval) add(pol *l7Policy, a *l7Attrs) {
@@ -579,29 +578,7 @@ func (e *l7Eval) add(pol *l7Policy, a *l7Attrs) {
 	if pol.dryRun {
 		e.dryRun = true
 	}
-	var need bool
-	if deny {
-		need = !e.shadow.denied || (!pol.dryRun && !e.real.denied)
-	} else {
-		need = !e.shadow.allowed || (!pol.dryRun && !e.real.allowed)
-	}
-	m := need && pol.matches(a)
-	apply := func(t *tally) {
-		if deny {
-			if m && !t.denied {
-				t.denied, t.deny = true, pol.key
-			}
-			return
-		}
-		t.hasAllow = true
-		if m && !t.allowed {
-			t.allowed, t.allow = true, pol.key
-		}
-	}
-	if !pol.dryRun {
-		apply(&e.real)
-	}
-	apply(&e.shadow)
+	e.record(deny, pol.dryRun, e.needs(deny, pol.dryRun) && pol.matches(a), pol.key)
 }
 
 func (pol *l7Policy) matches(a *l7Attrs) bool {
