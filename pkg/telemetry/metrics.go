@@ -10,7 +10,6 @@
 package telemetry
 
 import (
-	"sync"
 	"sync/atomic"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -157,8 +156,7 @@ type Metrics struct {
 	// series caches the counters of each label set seen, keyed by the
 	// normalized labels, so that Open hashes the labels once instead of four
 	// times. Series are never removed, as in a CounterVec.
-	mu     sync.RWMutex
-	series map[Labels]*series
+	series seriesCache[Labels, *series]
 }
 
 // series are the four counters of one label set.
@@ -178,7 +176,6 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		closed:   newVec(ConnectionsClosedName, "The total number of TCP connections closed"),
 		sent:     newVec(SentBytesName, "The size of total bytes sent during response in case of a TCP connection"),
 		received: newVec(ReceivedBytesName, "The size of total bytes received during request in case of a TCP connection"),
-		series:   make(map[Labels]*series),
 	}
 	if reg != nil {
 		reg.MustRegister(m.opened, m.closed, m.sent, m.received)
@@ -188,27 +185,16 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 
 // lookup returns the counters of the normalized label set n.
 func (m *Metrics) lookup(n *Labels) *series {
-	m.mu.RLock()
-	s := m.series[*n]
-	m.mu.RUnlock()
-	if s != nil {
-		return s
-	}
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if s = m.series[*n]; s != nil {
-		return s
-	}
-	v := n.values()
-	s = &series{
-		labels:   *n,
-		opened:   m.opened.WithLabelValues(v...),
-		closed:   m.closed.WithLabelValues(v...),
-		sent:     m.sent.WithLabelValues(v...),
-		received: m.received.WithLabelValues(v...),
-	}
-	m.series[*n] = s
-	return s
+	return m.series.get(*n, func() *series {
+		v := n.values()
+		return &series{
+			labels:   *n,
+			opened:   m.opened.WithLabelValues(v...),
+			closed:   m.closed.WithLabelValues(v...),
+			sent:     m.sent.WithLabelValues(v...),
+			received: m.received.WithLabelValues(v...),
+		}
+	})
 }
 
 // Open counts an opened connection and returns a handle bound to its label

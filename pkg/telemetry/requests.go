@@ -2,7 +2,6 @@ package telemetry
 
 import (
 	"strconv"
-	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -92,8 +91,7 @@ type Requests struct {
 	// series caches the metrics of each label set seen, keyed by the
 	// normalized labels, so that Observe neither builds the label values
 	// nor hashes them four times. Series are never removed, as in a Vec.
-	mu     sync.RWMutex
-	series map[RequestLabels]*requestSeries
+	series seriesCache[RequestLabels, *requestSeries]
 }
 
 // requestSeries are the four metrics of one label set.
@@ -113,7 +111,6 @@ func NewRequests(reg prometheus.Registerer) *Requests {
 		duration:  hist(RequestDurationName, "The duration of requests in milliseconds", DurationBuckets),
 		reqBytes:  hist(RequestBytesName, "The size of request bodies and headers in bytes", SizeBuckets),
 		respBytes: hist(ResponseBytesName, "The size of response bodies and headers in bytes", SizeBuckets),
-		series:    make(map[RequestLabels]*requestSeries),
 	}
 	if reg != nil {
 		reg.MustRegister(m.total, m.duration, m.reqBytes, m.respBytes)
@@ -141,24 +138,13 @@ func (m *Requests) Observe(l *RequestLabels, d time.Duration, requestBytes, resp
 
 // lookup returns the metrics of the normalized label set n.
 func (m *Requests) lookup(n *RequestLabels) *requestSeries {
-	m.mu.RLock()
-	s := m.series[*n]
-	m.mu.RUnlock()
-	if s != nil {
-		return s
-	}
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if s = m.series[*n]; s != nil {
-		return s
-	}
-	v := n.values()
-	s = &requestSeries{
-		total:     m.total.WithLabelValues(v...),
-		duration:  m.duration.WithLabelValues(v...),
-		reqBytes:  m.reqBytes.WithLabelValues(v...),
-		respBytes: m.respBytes.WithLabelValues(v...),
-	}
-	m.series[*n] = s
-	return s
+	return m.series.get(*n, func() *requestSeries {
+		v := n.values()
+		return &requestSeries{
+			total:     m.total.WithLabelValues(v...),
+			duration:  m.duration.WithLabelValues(v...),
+			reqBytes:  m.reqBytes.WithLabelValues(v...),
+			respBytes: m.respBytes.WithLabelValues(v...),
+		}
+	})
 }
