@@ -5,8 +5,10 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"slices"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/ambient-go/mesh/pkg/identity/identitytest"
 )
@@ -261,6 +263,32 @@ func BenchmarkRelayRequestResponse(b *testing.B) {
 		}
 		return nil
 	}
+	// paced: one round trip per millisecond on one connection, as at
+	// 1000 rps the proxies sleep between requests; reports the median
+	// round trip.
+	b.Run("paced", func(b *testing.B) {
+		c, err := net.Dial("tcp", addr.String())
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer c.Close()
+		if err := roundTrips(c, 1); err != nil {
+			b.Fatal(err)
+		}
+		rtts := make([]time.Duration, 0, b.N)
+		b.ResetTimer()
+		start := time.Now()
+		for i := range b.N {
+			time.Sleep(time.Until(start.Add(time.Duration(i) * time.Millisecond)))
+			t0 := time.Now()
+			if err := roundTrips(c, 1); err != nil {
+				b.Fatal(err)
+			}
+			rtts = append(rtts, time.Since(t0))
+		}
+		slices.Sort(rtts)
+		b.ReportMetric(float64(rtts[len(rtts)/2].Microseconds()), "p50-µs")
+	})
 	for _, conns := range []int{1, 4} {
 		b.Run(fmt.Sprintf("%dconns", conns), func(b *testing.B) {
 			cs := make([]net.Conn, conns)
@@ -286,5 +314,54 @@ func BenchmarkRelayRequestResponse(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+// BenchmarkRelayThroughput measures an upload through ztunnel's chain (as
+// BenchmarkRelayRequestResponse) to a server that discards it.
+func BenchmarkRelayThroughput(b *testing.B) {
+	const chunkSize = 128 << 10
+	var (
+		wg      sync.WaitGroup
+		cleanup []func()
+	)
+	defer func() {
+		for _, f := range cleanup {
+			f()
+		}
+		wg.Wait()
+	}()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	cleanup = append(cleanup, func() { l.Close() })
+	wg.Go(func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			wg.Go(func() {
+				io.Copy(io.Discard, c)
+				c.Write([]byte{1})
+				c.Close()
+			})
+		}
+	})
+	addr := heldProxies(b, l.Addr().(*net.TCPAddr).AddrPort(), &wg, &cleanup)
+	c, err := net.Dial("tcp", addr.String())
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	chunk := make([]byte, chunkSize)
+	b.SetBytes(chunkSize)
+	b.ResetTimer()
+	if err := source(c, chunk, b.N); err != nil {
+		b.Fatal(err)
+	}
+	if _, err := io.ReadFull(c, chunk[:1]); err != nil {
+		b.Fatal(err)
 	}
 }

@@ -57,11 +57,16 @@ func (c *Conn) Read(p []byte) (int, error) { return c.s.Read(p) }
 
 // WriteTo writes what the peer sends to w until EOF (which is not an
 // error). Unlike a copy through a buffer, it holds no buffer while it waits
-// for data, so that idle tunnels stay cheap: [Relay] uses it.
+// for data, so that idle tunnels stay cheap: [Relay] uses it. If w is a
+// *net.TCPConn, the connection's reader goroutine writes data that arrives
+// while WriteTo waits to w itself when w takes it without blocking
+// (deliver.go).
 func (c *Conn) WriteTo(w io.Writer) (int64, error) {
 	var written int64
+	sk := newSink(w)
 	for {
-		n, err := c.s.buffered()
+		n, direct, err := c.s.buffered(sk)
+		written += direct
 		if err == io.EOF {
 			return written, nil
 		}

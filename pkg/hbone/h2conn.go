@@ -109,6 +109,7 @@ type h2Conn struct {
 	resetNext      int                 // the next slot of resetIDs to write
 	idleSince      time.Time           // when the last stream ended
 	closeErr       error
+	deliverHook    func() // tests: runs in deliverLocked while mu is released
 }
 
 // init sets c up on tc, writing through w; the caller sets in and starts
@@ -373,12 +374,23 @@ func (c *h2Conn) processData(f *http2.DataFrame) error {
 		return nil
 	}
 	data := f.Data()
-	if len(data) > 0 {
-		bufferData(&st.buf, data)
-	}
 	if pad := n - int64(len(data)); pad > 0 {
 		c.refundLocked(pad)
 		st.refundLocked(pad)
+	}
+	if len(data) > 0 && st.sink != nil && !st.sink.busy && st.buf.Len() == 0 {
+		// WriteTo waits: write to its socket if it takes the data now.
+		if data = c.deliverLocked(st, data); st.err != nil {
+			// Closed during the write: what is left is discarded.
+			c.refundLocked(int64(len(data)))
+			return nil
+		}
+		if len(data) == 0 && !f.StreamEnded() {
+			return nil // all delivered; WriteTo sleeps on
+		}
+	}
+	if len(data) > 0 {
+		bufferData(&st.buf, data)
 	}
 	if f.StreamEnded() {
 		st.endRemoteLocked()

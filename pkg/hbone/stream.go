@@ -38,6 +38,7 @@ type stream struct {
 	wErr         error // the peer ended our write side after the exchange was complete
 	rdl, wdl     time.Time
 	rdt, wdt     *time.Timer
+	sink         *directSink // WriteTo's destination while it waits (deliver.go)
 }
 
 // newStream returns a stream of c with the given ID, not registered yet;
@@ -108,14 +109,17 @@ func (st *stream) Read(p []byte) (int, error) {
 }
 
 // buffered waits until Read would not block and returns the bytes it
-// could return, or Read's error.
-func (st *stream) buffered() (int, error) {
+// could return, or Read's error. While it waits with nothing buffered, the
+// reader goroutine may deliver data to sk (if not nil) directly; written
+// is how much.
+func (st *stream) buffered(sk *directSink) (n int, written int64, err error) {
 	st.c.mu.Lock()
 	defer st.c.mu.Unlock()
-	if err := st.waitLocked(); err != nil {
-		return 0, err
+	written, err = st.waitSinkLocked(sk)
+	if err != nil {
+		return 0, written, err
 	}
-	return st.buf.Len(), nil
+	return st.buf.Len(), written, nil
 }
 
 // waitLocked waits until data can be read, or returns why none will be.
