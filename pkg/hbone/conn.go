@@ -100,6 +100,14 @@ func (c *Conn) WriteTo(w io.Writer) (int64, error) {
 	}
 }
 
+// Buffered reports, without blocking or touching the deadlines, what Read
+// would return now: how many received bytes it would return at once, or,
+// if none, its error (io.EOF once the peer half-closed, the reset or close
+// that ended the stream). 0 and nil mean that the stream is open and
+// nothing arrived: a kept connection that is still usable. It is the cheap
+// form of a read with a past deadline.
+func (c *Conn) Buffered() (int, error) { return c.s.pending() }
+
 // Write sends p as HTTP/2 DATA frames, subject to flow control.
 func (c *Conn) Write(p []byte) (int, error) { return c.s.Write(p) }
 

@@ -51,6 +51,11 @@ func writeToEnv(t *testing.T, setup func(c *Conn, dst *net.TCPConn)) (client net
 func TestDirectDelivery(t *testing.T) {
 	c, far, srvc, res := writeToEnv(t, nil)
 	srv := <-srvc
+	waitFor(t, "WriteTo to wait", func() bool {
+		srv.s.c.mu.Lock()
+		defer srv.s.c.mu.Unlock()
+		return srv.s.sink != nil
+	})
 	msg := bytes.Repeat([]byte("x"), 1<<10)
 	got := make([]byte, len(msg))
 	const n = 50
@@ -162,4 +167,50 @@ func TestDirectDeliveryWriteDeadline(t *testing.T) {
 	if r := <-res; !errors.Is(r.err, os.ErrDeadlineExceeded) {
 		t.Errorf("WriteTo() = %d, %v; want os.ErrDeadlineExceeded", r.n, r.err)
 	}
+}
+
+// TestBuffered: Buffered tells, without blocking, what Read would return.
+func TestBuffered(t *testing.T) {
+	type result struct {
+		n   int
+		err error
+	}
+	c, _, srvc, _ := writeToEnv(t, func(c *Conn, _ *net.TCPConn) {
+		// Read the stream here instead of through WriteTo.
+		got := func() result { n, err := c.Buffered(); return result{n, err} }
+		steps := []struct {
+			name string
+			want result
+		}{
+			{"open, nothing sent", result{0, nil}},
+			{"4 bytes sent", result{4, nil}},
+			{"read, then half-closed by the peer", result{0, io.EOF}},
+		}
+		for i, s := range steps {
+			if i == 1 {
+				waitFor(t, "the data", func() bool { n, _ := c.Buffered(); return n > 0 })
+			}
+			if i == 2 {
+				io.ReadFull(c, make([]byte, 4))
+				waitFor(t, "the half-close", func() bool { _, err := c.Buffered(); return err != nil })
+			}
+			if r := got(); r != s.want {
+				t.Errorf("%s: Buffered() = %d, %v; want %d, %v", s.name, r.n, r.err, s.want.n, s.want.err)
+			}
+			if i == 0 {
+				c.Write([]byte("go")) // the client sends
+			}
+		}
+		c.Close()
+		if n, err := c.Buffered(); n != 0 || !errors.Is(err, net.ErrClosed) {
+			t.Errorf("after Close: Buffered() = %d, %v; want 0, net.ErrClosed", n, err)
+		}
+	})
+	go func() {
+		buf := make([]byte, 2)
+		io.ReadFull(c, buf)
+		c.Write([]byte("data"))
+		c.(*Conn).CloseWrite()
+	}()
+	<-srvc
 }

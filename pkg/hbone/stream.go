@@ -122,6 +122,24 @@ func (st *stream) buffered(sk *directSink) (n int, written int64, err error) {
 	return st.buf.Len(), written, nil
 }
 
+// pending returns without blocking what Read would: the bytes it would
+// return at once, or its error; 0 and nil if it would wait.
+func (st *stream) pending() (int, error) {
+	st.c.mu.Lock()
+	defer st.c.mu.Unlock()
+	switch {
+	case st.appClosed:
+		return 0, net.ErrClosed
+	case st.err != nil:
+		return 0, st.err
+	case st.buf.Len() > 0:
+		return st.buf.Len(), nil
+	case st.remoteClosed:
+		return 0, io.EOF
+	}
+	return 0, nil
+}
+
 // waitLocked waits until data can be read, or returns why none will be.
 func (st *stream) waitLocked() error {
 	for st.buf.Len() == 0 || st.err != nil || st.appClosed {

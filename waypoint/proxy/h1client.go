@@ -239,10 +239,15 @@ func (c *h1Client) get(ctx context.Context, addr netip.AddrPort) (cc *h1Conn, re
 // alive reports whether a kept connection has neither been closed by the
 // endpoint nor received anything while idle: a read with a past deadline
 // returns at once, with EOF (or the stream's error) if it is closed, a
-// timeout if it is open and quiet.
+// timeout if it is open and quiet. An HBONE stream answers without the
+// deadlines (each takes the stream's lock and a timer).
 func alive(cc *h1Conn) bool {
 	if cc.br.Buffered() > 0 {
 		return false
+	}
+	if hc, ok := cc.c.(interface{ Buffered() (int, error) }); ok {
+		n, err := hc.Buffered()
+		return n == 0 && err == nil
 	}
 	cc.c.SetReadDeadline(aLongTimeAgo)
 	_, err := cc.br.Peek(1)
