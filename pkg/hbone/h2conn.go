@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"crypto/tls"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -93,6 +94,7 @@ type h2Conn struct {
 	wfr      *http2.Framer
 	henc     *hpack.Encoder
 	hbuf     bytes.Buffer
+	dataHdr  [frameHeaderLen]byte // writeDataLocked's frame header
 
 	mu             sync.Mutex
 	streams        map[uint32]*stream
@@ -690,10 +692,34 @@ func (c *h2Conn) unlockWrite(err error) error {
 // writeData writes one DATA frame; it is the only write of data frames.
 func (c *h2Conn) writeData(id uint32, end bool, p []byte) error {
 	c.lockWrite()
-	err := c.unlockWrite(c.wfr.WriteData(id, end, p))
+	err := c.unlockWrite(c.writeDataLocked(id, end, p))
 	if err != nil {
 		c.close(fmt.Errorf("hbone: write: %w", err))
 		return err
 	}
 	return nil
 }
+
+// writeDataLocked writes a DATA frame; wmu must be held. A frame that fits
+// in bw goes there directly, header and payload: the Framer would first
+// copy the payload into a buffer of its own. A larger one goes through the
+// Framer, in one piece, so that bw does not split it into two TLS writes.
+func (c *h2Conn) writeDataLocked(id uint32, end bool, p []byte) error {
+	if len(p)+frameHeaderLen > c.bw.Available() {
+		return c.wfr.WriteData(id, end, p)
+	}
+	h := &c.dataHdr
+	h[0], h[1], h[2] = byte(len(p)>>16), byte(len(p)>>8), byte(len(p))
+	h[3] = byte(http2.FrameData)
+	h[4] = 0
+	if end {
+		h[4] = byte(http2.FlagDataEndStream)
+	}
+	binary.BigEndian.PutUint32(h[5:], id&(1<<31-1))
+	c.bw.Write(h[:])
+	_, err := c.bw.Write(p)
+	return err
+}
+
+// frameHeaderLen is the length of an HTTP/2 frame header (RFC 9113 §4.1).
+const frameHeaderLen = 9

@@ -15,7 +15,8 @@ import (
 // tlsWriter.Write) it collects the records and writes them with one syscall.
 type rawConn struct {
 	net.Conn
-	br *bufio.Reader // nil until startBuffering
+	br     *bufio.Reader // nil until startBuffering
+	direct bool          // read into the caller's buffer: the peer sends little
 
 	mu       sync.Mutex // orders all writes to Conn
 	batching int
@@ -32,12 +33,29 @@ func (c *rawConn) startBuffering() {
 	}
 }
 
+// Read reads through the buffer while the peer streams, and straight into
+// p while it sends little at a time (requests and responses of a few KiB),
+// which saves a copy per message: a read of less than directReadMax that
+// emptied the buffer makes the next reads direct, and a direct read of
+// directReadMax or more makes them buffered again (a bulk transfer reads
+// 64 KiB per system call, direct reads only what p holds).
 func (c *rawConn) Read(p []byte) (int, error) {
 	if c.br == nil {
 		return c.Conn.Read(p)
 	}
-	return c.br.Read(p)
+	if c.direct && c.br.Buffered() == 0 {
+		n, err := c.Conn.Read(p)
+		c.direct = n < directReadMax
+		return n, err
+	}
+	n, err := c.br.Read(p)
+	c.direct = n < directReadMax && c.br.Buffered() == 0
+	return n, err
 }
+
+// directReadMax is the size of a read from which rawConn reads through its
+// buffer again.
+const directReadMax = 4 << 10
 
 func (c *rawConn) Write(p []byte) (int, error) {
 	c.mu.Lock()
