@@ -292,6 +292,7 @@ func (p *Pool) dialConn(ctx context.Context, key poolKey, t *Target) (*poolConn,
 		cfg = cfg.Clone()
 		cfg.NextProtos = []string{http2.NextProtoTLS}
 	}
+	cfg = oneRecordPerWrite(cfg)
 	rc := newRawConn(raw)
 	tc := tls.Client(rc, cfg)
 	hctx, cancel := context.WithTimeout(ctx, handshakeTimeout)

@@ -64,6 +64,7 @@ type Server struct {
 	listeners   map[net.Listener]struct{}
 	conns       map[net.Conn]*serverConn // nil while handshaking
 	closing     bool
+	tlsConfig   *tls.Config    // TLSConfig as oneRecordPerWrite makes it
 	wg          sync.WaitGroup // connection goroutines (and, through them, handlers)
 }
 
@@ -141,6 +142,10 @@ func (s *Server) Serve(l net.Listener) error {
 		s.listeners = make(map[net.Listener]struct{})
 	}
 	s.listeners[l] = struct{}{}
+	if s.tlsConfig == nil {
+		s.tlsConfig = oneRecordPerWrite(s.TLSConfig)
+	}
+	tlsConfig := s.tlsConfig
 	s.mu.Unlock()
 	defer func() {
 		s.mu.Lock()
@@ -191,12 +196,12 @@ func (s *Server) Serve(l net.Listener) error {
 		s.handshaking++
 		s.wg.Add(1)
 		s.mu.Unlock()
-		go s.serveConn(c, log)
+		go s.serveConn(c, tlsConfig, log)
 	}
 }
 
 // serveConn runs the TLS handshake and the HTTP/2 connection on c.
-func (s *Server) serveConn(c net.Conn, log *slog.Logger) {
+func (s *Server) serveConn(c net.Conn, tlsConfig *tls.Config, log *slog.Logger) {
 	defer func() {
 		s.mu.Lock()
 		delete(s.conns, c)
@@ -205,7 +210,7 @@ func (s *Server) serveConn(c net.Conn, log *slog.Logger) {
 	}()
 	log = log.With("remote", c.RemoteAddr().String())
 	raw := newRawConn(c)
-	tc := tls.Server(raw, s.TLSConfig)
+	tc := tls.Server(raw, tlsConfig)
 	ctx, cancel := context.WithTimeout(context.Background(), s.handshakeTimeout())
 	err := tc.HandshakeContext(ctx)
 	cancel()

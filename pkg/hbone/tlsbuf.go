@@ -91,12 +91,17 @@ func (c *rawConn) end() error {
 }
 
 // tlsWriter writes through a tls.Conn on a rawConn, one syscall per Write.
+// The tls.Conn's config must come from oneRecordPerWrite.
 type tlsWriter struct {
 	tc  *tls.Conn
 	raw *rawConn
 }
 
 func (w tlsWriter) Write(p []byte) (int, error) {
+	if len(p) <= maxRecordPayload {
+		// One record, so one write to raw: no batch to copy it into.
+		return w.tc.Write(p)
+	}
 	w.raw.begin()
 	n, err := w.tc.Write(p)
 	if ferr := w.raw.end(); err == nil && ferr != nil {
@@ -104,4 +109,34 @@ func (w tlsWriter) Write(p []byte) (int, error) {
 		n = 0
 	}
 	return n, err
+}
+
+// maxRecordPayload is the most plaintext crypto/tls puts in one record
+// (RFC 8446 §5.1).
+const maxRecordPayload = 16 << 10
+
+// oneRecordPerWrite returns cfg, or a copy, with dynamic record sizing
+// disabled, also in the configs its GetConfigForClient returns: a write of
+// up to maxRecordPayload is then one TLS record, which tlsWriter relies
+// on. (Dynamic sizing sends the first 128 KB of a connection in records
+// of about one TCP segment, for browsers on lossy links; a tunnel's
+// frames are better off in as few records as possible.)
+func oneRecordPerWrite(cfg *tls.Config) *tls.Config {
+	if cfg.DynamicRecordSizingDisabled && cfg.GetConfigForClient == nil {
+		return cfg
+	}
+	cfg = cfg.Clone()
+	cfg.DynamicRecordSizingDisabled = true
+	if get := cfg.GetConfigForClient; get != nil {
+		cfg.GetConfigForClient = func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
+			c, err := get(hello)
+			if err != nil || c == nil || c.DynamicRecordSizingDisabled {
+				return c, err
+			}
+			c = c.Clone()
+			c.DynamicRecordSizingDisabled = true
+			return c, nil
+		}
+	}
+	return cfg
 }

@@ -2,8 +2,14 @@ package hbone
 
 import (
 	"bytes"
+	"context"
+	"crypto/tls"
+	"io"
 	"net"
 	"testing"
+	"time"
+
+	"github.com/ambient-go/mesh/pkg/identity/identitytest"
 )
 
 // TestRawConnReadMode: rawConn reads small messages straight into the
@@ -44,5 +50,58 @@ func TestRawConnReadMode(t *testing.T) {
 		if rc.direct != s.wantDirect {
 			t.Errorf("%s: direct after the read = %v, want %v", s.name, rc.direct, s.wantDirect)
 		}
+	}
+}
+
+// TestOneRecordPerWrite: with the configs oneRecordPerWrite makes (also
+// one a server's GetConfigForClient returns), a write of up to 16 KiB
+// through tlsWriter leaves as one TLS record in one write, without the
+// batch buffer.
+func TestOneRecordPerWrite(t *testing.T) {
+	ca := identitytest.New(t, "cluster.local")
+	srvID, cliID := ca.ID("/ns/b/sa/server"), ca.ID("/ns/a/sa/client")
+	base := ca.ServerTLS(t, srvID)
+	srvCfg := oneRecordPerWrite(&tls.Config{GetConfigForClient: func(*tls.ClientHelloInfo) (*tls.Config, error) { return base, nil }})
+	cliCfg, err := ca.PoolTLS(t, nil)(context.Background(), cliID, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cliCfg = oneRecordPerWrite(cliCfg)
+	a, b := tcpPair(t)
+	raw := newRawConn(a)
+	srv := tls.Server(raw, srvCfg)
+	cli := tls.Client(b, cliCfg)
+	errc := make(chan error, 1)
+	go func() { errc <- cli.Handshake() }()
+	if err := srv.Handshake(); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-errc; err != nil {
+		t.Fatal(err)
+	}
+	const size = 10 << 10
+	msg := bytes.Repeat([]byte("r"), size)
+	if _, err := (tlsWriter{srv, raw}).Write(msg); err != nil {
+		t.Fatal(err)
+	}
+	// TLS 1.3: a 5-byte header, the payload, its content type and a
+	// 16-byte tag, read as sent, past the TLS layer.
+	const want = 5 + size + 1 + 16
+	b.SetReadDeadline(time.Now().Add(5 * time.Second))
+	got := make([]byte, want+64)
+	n, err := io.ReadAtLeast(b, got, 5)
+	for err == nil && n < want {
+		var m int
+		m, err = b.Read(got[n:])
+		n += m
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	if recLen := int(got[3])<<8 | int(got[4]); n != want || recLen != want-5 {
+		t.Errorf("read %d bytes, first record of %d; want one record of %d", n, recLen, want-5)
+	}
+	if cap(raw.wbuf) != 0 {
+		t.Errorf("batch buffer capacity = %d, want 0 (one write, no batch)", cap(raw.wbuf))
 	}
 }
