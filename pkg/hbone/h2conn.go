@@ -33,7 +33,8 @@ import (
 // (docs/optimisations.md).
 //
 // One goroutine reads frames (readLoop) and handles them under mu. It never
-// blocks on the network to write: the frames it causes (SETTINGS and PING
+// blocks on the network to write (its one write, DATA to the socket of a
+// waiting WriteTo, is non-blocking: deliver.go): the frames it causes (SETTINGS and PING
 // acks, WINDOW_UPDATE, RST_STREAM, early responses, GOAWAY) go through
 // ctrl, a queue that one writer goroutine (writeLoop) drains. Streams write
 // HEADERS and DATA directly under wmu.
