@@ -21,7 +21,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -33,66 +32,13 @@ import (
 	"github.com/ambient-go/mesh/ztunnel/capture"
 )
 
-// nsSeenRequest is one request an nsEchoApp served.
-type nsSeenRequest struct {
-	remote netip.Addr
-	xff    string // X-Forwarded-For
-}
-
-// nsEchoApp is an HTTP server inside a pod that answers "<pod> <client
-// address> <path>", closes every connection after its answer (so that each
-// request is one connection, and one access log record, at every hop), and
-// remembers who asked for each path.
-type nsEchoApp struct {
-	name string
-	mu   sync.Mutex
-	seen map[string][]nsSeenRequest
-}
-
-func startNSEchoApp(t *testing.T, p *cluster.Pod, port int) *nsEchoApp {
-	t.Helper()
-	l, err := p.Listen("tcp", netip.AddrPortFrom(p.IP, uint16(port)).String())
-	if err != nil {
-		t.Fatalf("app in %s: %v", p.Key(), err)
-	}
-	a := &nsEchoApp{name: p.Spec.Name, seen: map[string][]nsSeenRequest{}}
-	srv := &http.Server{
-		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			remote, _ := netip.ParseAddrPort(r.RemoteAddr)
-			a.mu.Lock()
-			a.seen[r.URL.Path] = append(a.seen[r.URL.Path], nsSeenRequest{remote.Addr(), r.Header.Get("X-Forwarded-For")})
-			a.mu.Unlock()
-			w.Header().Set("Connection", "close")
-			fmt.Fprintf(w, "%s %s %s", a.name, r.RemoteAddr, r.URL.Path)
-		}),
-		ReadHeaderTimeout: 5 * time.Second,
-	}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		srv.Serve(l)
-	}()
-	t.Cleanup(func() {
-		srv.Close()
-		<-done
-	})
-	return a
-}
-
-// requests returns the requests the app served for path.
-func (a *nsEchoApp) requests(path string) []nsSeenRequest {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	return append([]nsSeenRequest(nil), a.seen[path]...)
-}
-
 // nsWaypointMesh: namespace shop in ambient mode on three nodes; pod client
 // on node-1, pod echo-0 on node-2 serving HTTP on 8080 behind service echo
 // (198.18.100.10:80 → 8080), and the waypoint shop/waypoint on node-3.
 type nsWaypointMesh struct {
 	*cluster.Cluster
 	client, echo *cluster.Pod
-	app          *nsEchoApp
+	app          *cluster.HTTPEcho
 	wp           *cluster.Waypoint
 	vip          netip.AddrPort
 }
@@ -110,7 +56,7 @@ func newNSWaypointMesh(t *testing.T) *nsWaypointMesh {
 	if m.echo, err = c.Node(2).AddPod(cluster.PodSpec{Namespace: "shop", Name: "echo-0", Labels: map[string]string{"app": "echo"}}); err != nil {
 		t.Fatal(err)
 	}
-	m.app = startNSEchoApp(t, m.echo, 8080)
+	m.app = cluster.StartHTTPEcho(t, m.echo, 8080)
 	if m.wp, err = c.Node(3).AddWaypoint(cluster.WaypointSpec{Namespace: "shop", Name: "waypoint"}); err != nil {
 		t.Fatal(err)
 	}
@@ -287,15 +233,15 @@ func (m *nsWaypointMesh) checkThroughWaypoint(t *testing.T, h nsHops, wp *cluste
 		if got := in.String(accesslog.KeyDstAddr); got != m.echoAddr().String() {
 			t.Errorf("node-2's inbound record: dst.addr %q, want %s", got, m.echoAddr())
 		}
-		reqs := m.app.requests(path)
+		reqs := m.app.Requests(path)
 		if len(reqs) != 1 {
 			t.Errorf("the app served %d requests for %s, want 1", len(reqs), path)
 		} else {
-			if reqs[0].remote != wp.IP() {
-				t.Errorf("the app saw the request from %s, want the waypoint %s", reqs[0].remote, wp.IP())
+			if reqs[0].Remote != wp.IP() {
+				t.Errorf("the app saw the request from %s, want the waypoint %s", reqs[0].Remote, wp.IP())
 			}
-			if !strings.Contains(reqs[0].xff, m.client.IP.String()) {
-				t.Errorf("the app saw X-Forwarded-For %q, want it to name the client %s", reqs[0].xff, m.client.IP)
+			if !strings.Contains(reqs[0].XFF, m.client.IP.String()) {
+				t.Errorf("the app saw X-Forwarded-For %q, want it to name the client %s", reqs[0].XFF, m.client.IP)
 			}
 		}
 	}
@@ -339,7 +285,7 @@ func (m *nsWaypointMesh) checkDirect(t *testing.T, h nsHops, path string) {
 	if got := in.String(accesslog.KeySrcIdentity); got != clientID {
 		t.Errorf("node-2's inbound record: src.identity %q, want the client's %q", got, clientID)
 	}
-	if reqs := m.app.requests(path); len(reqs) != 1 || reqs[0].remote != m.client.IP {
+	if reqs := m.app.Requests(path); len(reqs) != 1 || reqs[0].Remote != m.client.IP {
 		t.Errorf("the app served %v for %s, want one request from the client %s", reqs, path, m.client.IP)
 	}
 	time.Sleep(nsSettle)
@@ -566,7 +512,7 @@ func TestWaypointNetns(t *testing.T) {
 				m.checkThroughWaypoint(t, h, m.wp, echoHost, path, http.StatusOK)
 			})
 		}
-		if n := len(m.app.requests("/admin")); n != 0 {
+		if n := len(m.app.Requests("/admin")); n != 0 {
 			t.Errorf("the app served /admin %d times through a DENY", n)
 		}
 	})

@@ -158,56 +158,6 @@ func (r *wpRuntime) waypoint(t *testing.T, key string) *cluster.Waypoint {
 	return nil
 }
 
-// wpEcho is an HTTP server in a pod that answers "<pod> <client address>
-// <path>", closes each connection after its answer (one request, one
-// access log record at every hop), and remembers who asked for each path.
-type wpEcho struct {
-	name string
-	mu   sync.Mutex
-	seen map[string][]wpSeen
-}
-
-type wpSeen struct {
-	remote netip.Addr
-	xff    string
-}
-
-func startWPEcho(t *testing.T, p *cluster.Pod, port int) *wpEcho {
-	t.Helper()
-	l, err := p.Listen("tcp", netip.AddrPortFrom(p.IP, uint16(port)).String())
-	if err != nil {
-		t.Fatalf("echo in %s: %v", p.Key(), err)
-	}
-	a := &wpEcho{name: p.Spec.Name, seen: map[string][]wpSeen{}}
-	srv := &http.Server{
-		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			remote, _ := netip.ParseAddrPort(r.RemoteAddr)
-			a.mu.Lock()
-			a.seen[r.URL.Path] = append(a.seen[r.URL.Path], wpSeen{remote.Addr(), r.Header.Get("X-Forwarded-For")})
-			a.mu.Unlock()
-			w.Header().Set("Connection", "close")
-			fmt.Fprintf(w, "%s %s %s", a.name, r.RemoteAddr, r.URL.Path)
-		}),
-		ReadHeaderTimeout: 5 * time.Second,
-	}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		_ = srv.Serve(l)
-	}()
-	t.Cleanup(func() {
-		srv.Close()
-		<-done
-	})
-	return a
-}
-
-func (a *wpEcho) requests(path string) []wpSeen {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	return slices.Clone(a.seen[path])
-}
-
 // wpGet sends one GET from inside the pod with Go's net/http client (a
 // plain socket: capture is transparent), without keep-alive.
 func wpGet(ctx context.Context, p *cluster.Pod, target netip.AddrPort, path string) (int, string, error) {
@@ -287,7 +237,7 @@ const settle = 200 * time.Millisecond
 // wpNetnsMesh holds what the steps of the test share.
 type wpNetnsMesh struct {
 	client, echo *cluster.Pod
-	app          *wpEcho
+	app          *cluster.HTTPEcho
 	vip          netip.AddrPort
 	z1, z2, z3   *cluster.Ztunnel
 	wp           *cluster.Waypoint // while it runs
@@ -360,7 +310,7 @@ func (m *wpNetnsMesh) checkThroughWaypoint(t *testing.T, h hops, path string, co
 		if got := in.String(accesslog.KeyDstAddr); got != m.echoHop {
 			t.Errorf("node-2's inbound record: dst.addr %q, want %s", got, m.echoHop)
 		}
-		if reqs := m.app.requests(path); len(reqs) != 1 || reqs[0].remote != wp.IP() || !strings.Contains(reqs[0].xff, m.client.IP.String()) {
+		if reqs := m.app.Requests(path); len(reqs) != 1 || reqs[0].Remote != wp.IP() || !strings.Contains(reqs[0].XFF, m.client.IP.String()) {
 			t.Errorf("the app served %+v for %s, want one request from the waypoint %s forwarded for the client %s", reqs, path, wp.IP(), m.client.IP)
 		}
 	}
@@ -393,7 +343,7 @@ func (m *wpNetnsMesh) checkDirect(t *testing.T, h hops, path string) {
 	if got := in.String(accesslog.KeySrcIdentity); got != wpNetnsClientID {
 		t.Errorf("node-2's inbound record: src.identity %q, want the client's %q", got, wpNetnsClientID)
 	}
-	if reqs := m.app.requests(path); len(reqs) != 1 || reqs[0].remote != m.client.IP {
+	if reqs := m.app.Requests(path); len(reqs) != 1 || reqs[0].Remote != m.client.IP {
 		t.Errorf("the app served %+v for %s, want one request from the client %s", reqs, path, m.client.IP)
 	}
 	time.Sleep(settle)
@@ -504,7 +454,7 @@ func TestKubectlWaypointNetns(t *testing.T) {
 	kc.MustKubectl(t, "wait", "-n", "demo", "--for=condition=Ready", "pod/client", "pod/echo", "--timeout=30s")
 	m := &wpNetnsMesh{client: rt.pod(t, "demo/client"), echo: rt.pod(t, "demo/echo")}
 	m.z1, m.z2, m.z3 = mesh.Node(1).Ztunnel(), mesh.Node(2).Ztunnel(), mesh.Node(3).Ztunnel()
-	m.app = startWPEcho(t, m.echo, 8080)
+	m.app = cluster.StartHTTPEcho(t, m.echo, 8080)
 	m.echoHop = netip.AddrPortFrom(m.echo.IP, 8080).String()
 	vip, err := netip.ParseAddr(strings.TrimSpace(kc.MustKubectl(t, "-n", "demo", "get", "service", "echo", "-o", "jsonpath={.spec.clusterIP}")))
 	if err != nil || !netns.VIPPrefix.Contains(vip) {
@@ -683,7 +633,7 @@ func TestKubectlWaypointNetns(t *testing.T) {
 		})
 		timings["policy applied → 403 on /admin"] = time.Since(start)
 
-		served := len(m.app.requests("/admin"))
+		served := len(m.app.Requests("/admin"))
 		h := m.mark()
 		code, body, err := wpGet(ctx, m.client, m.vip, "/admin")
 		if err != nil || code != http.StatusForbidden || body != "RBAC: access denied" {
@@ -693,7 +643,7 @@ func TestKubectlWaypointNetns(t *testing.T) {
 		if got := rec.String(accesslog.KeyPolicy); got != "demo/deny-admin" {
 			t.Errorf("the waypoint's record of the denied request: policy %q, want demo/deny-admin", got)
 		}
-		if n := len(m.app.requests("/admin")) - served; n != 0 {
+		if n := len(m.app.Requests("/admin")) - served; n != 0 {
 			t.Errorf("the app served /admin %d times through the DENY", n)
 		}
 
