@@ -72,6 +72,10 @@ func sniff(c net.Conn, timeout time.Duration) (net.Conn, protocol) {
 	}
 }
 
+// maxMethod is the longest method a stream may start with to be taken as
+// HTTP/1 (the registered ones are at most 17 bytes).
+const maxMethod = 20
+
 // classify decides from the first bytes b of a stream; done is false while
 // more bytes could change the answer. full says no more bytes will come.
 func classify(b []byte, full bool) (p protocol, done bool) {
@@ -98,8 +102,11 @@ func classify(b []byte, full bool) (p protocol, done bool) {
 			return protoTCP, true
 		}
 	}
+	if len(method) > maxMethod {
+		return protoTCP, true // whether or not its space has arrived yet
+	}
 	if sp < 0 {
-		if len(method) > 20 || full {
+		if full {
 			return protoTCP, true
 		}
 		return protoUnknown, false
