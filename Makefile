@@ -4,7 +4,7 @@
 SHELL   := /bin/bash
 GO      ?= go
 MODULE  := github.com/ambient-go/mesh
-MODULES := pkg ztunnel waypoint istiod-lite tests
+MODULES := pkg ztunnel waypoint istiod-lite tests meshctl
 PKGS    := $(foreach m,$(MODULES),$(MODULE)/$(m)/...)
 BIN     := bin
 TOOLS   := $(CURDIR)/.cache/tools
@@ -17,8 +17,8 @@ export KUBE_ASSETS
 .PHONY: build test demo bench fuzz generate lint check-imports check-modules tools kube-binaries crds
 
 build:
-	@echo ">> building istiod-lite, ztunnel, ztunnel-cni, waypoint and demo into $(BIN)/"
-	@$(GO) build -o $(BIN)/ $(MODULE)/istiod-lite/cmd/istiod-lite $(MODULE)/ztunnel/cmd/ztunnel $(MODULE)/ztunnel/cmd/ztunnel-cni $(MODULE)/waypoint/cmd/waypoint $(MODULE)/tests/cmd/demo
+	@echo ">> building istiod-lite, ztunnel, ztunnel-cni, waypoint, meshctl and demo into $(BIN)/"
+	@$(GO) build -o $(BIN)/ $(MODULE)/istiod-lite/cmd/istiod-lite $(MODULE)/ztunnel/cmd/ztunnel $(MODULE)/ztunnel/cmd/ztunnel-cni $(MODULE)/waypoint/cmd/waypoint $(MODULE)/meshctl/cmd/meshctl $(MODULE)/tests/cmd/demo
 
 test: check-imports check-modules kube-binaries
 	@echo ">> go vet (all modules)"

@@ -1,0 +1,84 @@
+// Package cli holds meshctl's commands: one file per command, all built on
+// the Options of the root command.
+package cli
+
+import (
+	"errors"
+	"fmt"
+	"io"
+
+	"github.com/spf13/cobra"
+	"k8s.io/cli-runtime/pkg/genericclioptions"
+)
+
+// Options are the flags and streams every command shares.
+type Options struct {
+	// Kube holds --kubeconfig, --context, -n/--namespace and the other
+	// kubectl connection flags.
+	Kube *genericclioptions.ConfigFlags
+	// AllNamespaces is -A/--all-namespaces.
+	AllNamespaces bool
+	// Istiod is --istiod ADDR: local mode, talking to istiod-lite's debug
+	// and relay endpoints at ADDR instead of going through a cluster.
+	Istiod string
+	// Out and ErrOut are where commands write; os.Stdout/os.Stderr in main.
+	Out, ErrOut io.Writer
+}
+
+// NewOptions returns Options with kubectl's defaults writing to out and errOut.
+func NewOptions(out, errOut io.Writer) *Options {
+	return &Options{
+		Kube:   genericclioptions.NewConfigFlags(true),
+		Out:    out,
+		ErrOut: errOut,
+	}
+}
+
+// Local reports whether meshctl runs in local mode (--istiod given).
+func (o *Options) Local() bool { return o.Istiod != "" }
+
+// NewRoot returns the meshctl command with every subcommand registered.
+func NewRoot(o *Options) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "meshctl",
+		Short: "Operate and inspect the ambient mesh",
+		Long: `meshctl inspects and operates the ambient mesh: the configuration of each
+ztunnel, the xDS state of every proxy, the path a connection takes, the health
+of an installation and the access logs of every ztunnel and waypoint.
+
+It works against a Kubernetes cluster (kubectl's --kubeconfig, --context and
+-n/-A flags) or, with --istiod ADDR, against a local mesh started from a
+config directory.`,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	cmd.SetOut(o.Out)
+	cmd.SetErr(o.ErrOut)
+	o.Kube.AddFlags(cmd.PersistentFlags())
+	cmd.PersistentFlags().BoolVarP(&o.AllNamespaces, "all-namespaces", "A", false, "all namespaces instead of -n")
+	cmd.PersistentFlags().StringVar(&o.Istiod, "istiod", "", "local mode: address (host:port) of istiod-lite's debug server")
+
+	return cmd
+}
+
+// exitError carries a process exit code without a message of its own (the
+// command already printed what went wrong, as check does).
+type exitError struct{ code int }
+
+func (e exitError) Error() string { return fmt.Sprintf("exit status %d", e.code) }
+
+// Main runs meshctl with args and returns the process exit code.
+func Main(args []string, out, errOut io.Writer) int {
+	o := NewOptions(out, errOut)
+	cmd := NewRoot(o)
+	cmd.SetArgs(args)
+	if err := cmd.Execute(); err != nil {
+		var ee exitError
+		if errors.As(err, &ee) {
+			return ee.code
+		}
+		fmt.Fprintln(errOut, "Error:", err)
+		return 1
+	}
+	return 0
+}
