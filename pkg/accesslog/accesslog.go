@@ -117,6 +117,21 @@ type Logger struct {
 	subs    atomic.Pointer[[]*subscriber] // copy on write, under mu
 	mu      sync.Mutex
 	dropped atomic.Uint64
+	sink    atomic.Pointer[Sink]
+}
+
+// Sink receives every record logged, whatever the log level, with its
+// duration; it must copy what it keeps and never block (package logstream's
+// ring is one).
+type Sink func(r *Record, dur time.Duration)
+
+// SetSink makes every record logged from now on go to s too; nil removes it.
+func (l *Logger) SetSink(s Sink) {
+	if s == nil {
+		l.sink.Store(nil)
+		return
+	}
+	l.sink.Store(&s)
 }
 
 // subscriber is one Subscribe call's channel. Senders hold mu for reading,
@@ -149,12 +164,16 @@ func (l *Logger) Log(ctx context.Context, r *Record) {
 		level = slog.LevelError
 	}
 	enabled := l.log.Enabled(ctx, level)
-	if !enabled && (subs == nil || len(*subs) == 0) {
+	sink := l.sink.Load()
+	if !enabled && sink == nil && (subs == nil || len(*subs) == 0) {
 		return
 	}
 	dur := r.Duration
 	if dur == 0 && !r.Start.IsZero() {
 		dur = time.Since(r.Start)
+	}
+	if sink != nil {
+		(*sink)(r, dur)
 	}
 	if enabled {
 		l.write(ctx, level, r, dur)

@@ -1,0 +1,174 @@
+package logstream
+
+import (
+	"context"
+	"log/slog"
+	"net/netip"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/ambient-go/mesh/pkg/logstream/logsv1"
+)
+
+// batchSize is how many records a reader copies out of the ring at once.
+const batchSize = 256
+
+// Config configures a Service. Ring is required.
+type Config struct {
+	// Ring holds the records served.
+	Ring *Ring
+	// Kind and Name say which proxy this is (Name: the node of a ztunnel,
+	// namespace/name of a waypoint); they are set on every record.
+	Kind logsv1.ProxyKind
+	Name string
+	// Apps, if set, names the workload (Deployment) of a pod address, so
+	// that records can be filtered by workload; nil: by pod name only.
+	Apps func(netip.Addr) string
+	// Metrics; nil: NewMetrics(nil).
+	Metrics *Metrics
+	Logger  *slog.Logger
+}
+
+// Service answers WatchRequests from a ring.
+type Service struct {
+	cfg Config
+	log *slog.Logger
+}
+
+// NewService returns the service of cfg.Ring.
+func NewService(cfg Config) *Service {
+	if cfg.Metrics == nil {
+		cfg.Metrics = NewMetrics(nil)
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Service{cfg: cfg, log: log.With("component", "logstream")}
+}
+
+// Watch sends what req asks for to send, one response at a time, and
+// returns when done (no follow), when ctx ends (nil), or when send fails.
+// Send may block: the ring goes on without this reader, which is told
+// how many records it lost when it catches up.
+func (s *Service) Watch(ctx context.Context, req *logsv1.WatchRequest, send func(*logsv1.WatchResponse) error) error {
+	m, err := Compile(req)
+	if err != nil {
+		return status.Error(codes.InvalidArgument, err.Error())
+	}
+	s.cfg.Metrics.watchers.Inc()
+	defer s.cfg.Metrics.watchers.Dec()
+	ring := s.cfg.Ring
+
+	// Register before reading the backlog, so that nothing added in
+	// between goes unnoticed.
+	var (
+		wake <-chan struct{}
+		stop = func() {}
+	)
+	if req.GetFollow() {
+		wake, stop = ring.wait()
+	}
+	defer stop()
+
+	buf := make([]entry, batchSize)
+	end := ring.Next()
+	if err := s.backlog(req, m, buf, end, send); err != nil {
+		return err
+	}
+	if !req.GetFollow() {
+		return nil
+	}
+	pos := end
+	for {
+		n, next, lost := ring.read(pos, buf)
+		pos = next
+		if lost > 0 {
+			s.cfg.Metrics.lost.Add(float64(lost))
+			if err := send(&logsv1.WatchResponse{Event: &logsv1.WatchResponse_Lost{Lost: &logsv1.Lost{
+				Source: logsv1.Lost_PROXY, Proxy: s.cfg.Name, Count: lost,
+			}}}); err != nil {
+				return err
+			}
+		}
+		for i := range n {
+			if err := s.sendMatch(&buf[i], m, send); err != nil {
+				return err
+			}
+		}
+		if n == len(buf) {
+			continue // more to read
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-wake:
+		}
+	}
+}
+
+// backlog sends the matching records kept before end: the last
+// req.Last of them, or all when req.Last is 0 and req.Follow is false.
+func (s *Service) backlog(req *logsv1.WatchRequest, m *Matcher, buf []entry, end uint64, send func(*logsv1.WatchResponse) error) error {
+	want := req.GetLast()
+	if want == 0 {
+		if req.GetFollow() {
+			return nil
+		}
+		want = ^uint64(0)
+	}
+	// Walk the kept records once, keeping the newest want matches.
+	var matches []*logsv1.Record
+	pos := s.cfg.Ring.oldest()
+	for pos < end {
+		n, next, _ := s.cfg.Ring.read(pos, buf[:min(uint64(len(buf)), end-pos)])
+		if n == 0 {
+			break
+		}
+		pos = next
+		for i := range n {
+			r := toProto(&buf[i], s.cfg.Kind, s.cfg.Name, s.cfg.Apps)
+			if m.Match(r) {
+				matches = append(matches, r)
+				if uint64(len(matches)) > want {
+					matches = matches[1:]
+				}
+			}
+		}
+	}
+	for _, r := range matches {
+		if err := send(&logsv1.WatchResponse{Event: &logsv1.WatchResponse_Record{Record: r}}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (s *Service) sendMatch(e *entry, m *Matcher, send func(*logsv1.WatchResponse) error) error {
+	r := toProto(e, s.cfg.Kind, s.cfg.Name, s.cfg.Apps)
+	if !m.Match(r) {
+		return nil
+	}
+	return send(&logsv1.WatchResponse{Event: &logsv1.WatchResponse_Record{Record: r}})
+}
+
+// Server serves a Service as the gRPC LogStream service. Who may call it
+// is the listener's business: serve it only behind authentication (the
+// proxies carry it over their connection to istiod-lite instead; see
+// Agent).
+type Server struct {
+	logsv1.UnimplementedLogStreamServer
+	Service *Service
+}
+
+var _ logsv1.LogStreamServer = (*Server)(nil)
+
+// Register registers s on g.
+func (s *Server) Register(g *grpc.Server) { logsv1.RegisterLogStreamServer(g, s) }
+
+// Watch implements LogStream.
+func (s *Server) Watch(req *logsv1.WatchRequest, stream grpc.ServerStreamingServer[logsv1.WatchResponse]) error {
+	return s.Service.Watch(stream.Context(), req, stream.Send)
+}
