@@ -408,6 +408,7 @@ func (s *Server) newCluster(log *slog.Logger) error {
 
 func (s *Server) register(g *grpc.Server) {
 	s.xds.Register(g)
+	s.xds.RegisterDebug(g, s.debugConfig())
 	s.ca.Register(g)
 }
 

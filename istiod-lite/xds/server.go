@@ -277,6 +277,7 @@ type stream struct {
 	caller      Caller
 	wake        chan struct{} // capacity 1: pending has names
 	logs        logLimiter    // of the records about this stream's requests
+	sync        syncState     // what was sent and ACKed, for the debug service (debug.go)
 
 	mu      sync.Mutex
 	nodeID  string
@@ -466,11 +467,13 @@ func (s *Server) handleRequest(ss discoveryv3.AggregatedDiscoveryService_DeltaAg
 			}
 			if st.nacked[typeURL] != nonce {
 				st.nacked[typeURL] = nonce
+				st.sync.nacked(typeURL, nonce, req.GetErrorDetail().GetMessage())
 				s.nacks.Add(1)
 				s.streamLog(st, slog.LevelWarn, "xds nack", "node", clip(node), "type_url", clip(typeURL), "nonce", clip(nonce),
 					"error", clip(req.GetErrorDetail().GetMessage()))
 			}
 		case nonce == st.nonces[typeURL]:
+			st.sync.acked(typeURL, nonce)
 			s.streamLog(st, slog.LevelDebug, "xds ack", "node", clip(node), "type_url", clip(typeURL), "nonce", clip(nonce))
 		default:
 			s.streamLog(st, slog.LevelDebug, "xds stale ack ignored", "node", clip(node), "type_url", clip(typeURL), "nonce", clip(nonce))
@@ -595,6 +598,7 @@ func (s *Server) sendInitial(ss discoveryv3.AggregatedDiscoveryService_DeltaAggr
 	s.prepMu.Unlock()
 
 	st.nonces[typeURL] = p.nonce
+	st.sync.sent(typeURL, p.nonce, p.gen)
 	if len(st.outstanding) >= maxOutstanding {
 		clear(st.outstanding)
 	}
@@ -692,6 +696,7 @@ func (s *Server) flush(ss discoveryv3.AggregatedDiscoveryService_DeltaAggregated
 func (s *Server) send(ss discoveryv3.AggregatedDiscoveryService_DeltaAggregatedResourcesServer, st *stream, resp *discoveryv3.DeltaDiscoveryResponse) error {
 	resp.Nonce = strconv.FormatUint(s.nonce.Add(1), 10)
 	st.nonces[resp.TypeUrl] = resp.Nonce
+	st.sync.sent(resp.TypeUrl, resp.Nonce, s.genOf(resp.TypeUrl))
 	if len(st.outstanding) >= maxOutstanding {
 		clear(st.outstanding)
 	}
