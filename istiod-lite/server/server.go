@@ -63,6 +63,7 @@ import (
 	"github.com/ambient-go/mesh/istiod-lite/ca"
 	"github.com/ambient-go/mesh/istiod-lite/deployer"
 	"github.com/ambient-go/mesh/istiod-lite/model"
+	"github.com/ambient-go/mesh/istiod-lite/relay"
 	"github.com/ambient-go/mesh/istiod-lite/source/kube"
 	"github.com/ambient-go/mesh/istiod-lite/source/localdir"
 	"github.com/ambient-go/mesh/istiod-lite/status"
@@ -124,6 +125,7 @@ type Server struct {
 	log     *slog.Logger
 	ca      *ca.CA
 	xds     *xds.Server
+	relay   *relay.Relay
 	watcher *localdir.Watcher     // local mode
 	mgr     manager.Manager       // cluster mode
 	status  *status.Writer        // cluster mode
@@ -136,6 +138,11 @@ type Server struct {
 	// snapshot is what the CA authorizes against: the latest tokens and
 	// per-node identities.
 	snapshot atomic.Pointer[authSnapshot]
+	// logUsers are local mode's meshctl tokens (user → token), and
+	// namespaces every namespace, for the log relay's authorizer.
+	logUsers   atomic.Pointer[map[string]string]
+	namespaces atomic.Pointer[[]string]
+
 	synced   chan struct{}
 	once     sync.Once
 
@@ -221,6 +228,9 @@ func New(cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("istiod-lite: %w", err)
 	}
 	s.xds = xds.NewServer(xds.ServerConfig{Logger: log, Authenticate: xdsAuthenticator(authn, td)})
+	if s.relay, err = newRelay(s, cs, xdsAuthenticator(authn, td), log); err != nil {
+		return nil, fmt.Errorf("istiod-lite: %w", err)
+	}
 	if cfg.Kube != nil {
 		if err := s.newCluster(log); err != nil {
 			return nil, fmt.Errorf("istiod-lite: %w", err)
@@ -410,6 +420,7 @@ func (s *Server) register(g *grpc.Server) {
 	s.xds.Register(g)
 	s.xds.RegisterDebug(g, s.debugConfig())
 	s.ca.Register(g)
+	s.relay.Register(g)
 }
 
 // Addr is the TLS gRPC listener's address.
@@ -513,7 +524,10 @@ func (s *Server) Start(ctx context.Context) error {
 }
 
 // apply applies one snapshot of the config directory (local mode).
-func (s *Server) apply(snap *localdir.Snapshot) { s.applyInputs(snap.Inputs, snap.NodeTokens) }
+func (s *Server) apply(snap *localdir.Snapshot) {
+	s.setLogUsers(snap.Secrets)
+	s.applyInputs(snap.Inputs, snap.NodeTokens)
+}
 
 // applyKube applies one snapshot of the informer caches (cluster mode) and
 // hands the policy, Service and Gateway statuses to the status writer.
@@ -536,6 +550,7 @@ func (s *Server) applyInputs(in *model.Inputs, tokens map[string]string) map[str
 		s.builder = model.NewBuilder(s.cfg.Model)
 	}
 	out := s.builder.Build(in)
+	s.setNamespaces(in)
 	s.snapshot.Store(&authSnapshot{
 		tokens:     tokens,
 		identities: model.NodeIdentities(in, s.cfg.Model),
