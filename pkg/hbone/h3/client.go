@@ -30,7 +30,7 @@ type PoolConfig struct {
 	TLSConfig func(ctx context.Context, src spiffeid.ID, dst []spiffeid.ID) (*tls.Config, error)
 	// ListenPacket opens the UDP socket the connections from the local
 	// address src go out of (one per source address, kept until Close or
-	// ReleaseSource). Default: net.ListenUDP on src (any address if src is
+	// CloseFrom). Default: net.ListenUDP on src (any address if src is
 	// zero), port 0, with SizeBuffers.
 	ListenPacket func(ctx context.Context, src netip.Addr) (net.PacketConn, error)
 	// MaxStreamsPerConn is the number of concurrent streams past which a
@@ -403,11 +403,11 @@ func (p *Pool) transport(ctx context.Context, src netip.Addr) (*quic.Transport, 
 func (p *Pool) dialConn(ctx context.Context, key poolKey, t *hbone.Target) (*poolConn, error) {
 	tr, err := p.transport(ctx, t.SourceAddr)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("%w: %w", ErrHandshake, err)
 	}
 	cfg, err := p.cfg.TLSConfig(ctx, t.SourceID, t.DestIDs)
 	if err != nil {
-		return nil, fmt.Errorf("h3: tls config: %w", err)
+		return nil, fmt.Errorf("%w: tls config: %w", ErrHandshake, err)
 	}
 	hctx, cancel := context.WithTimeout(ctx, p.cfg.HandshakeTimeout)
 	defer cancel()
@@ -416,20 +416,32 @@ func (p *Pool) dialConn(ctx context.Context, key poolKey, t *hbone.Target) (*poo
 		if ctx.Err() == nil && hctx.Err() != nil {
 			err = fmt.Errorf("handshake timeout: %w", err)
 		}
-		return nil, fmt.Errorf("h3: quic handshake with %v: %w", t.Addr, err)
+		return nil, fmt.Errorf("%w: handshake with %v: %w", ErrHandshake, t.Addr, err)
 	}
 	state := qc.ConnectionState().TLS
 	if err := checkPeer(&state, t.DestIDs); err != nil {
 		qc.CloseWithError(errCodeNoError, "")
-		return nil, fmt.Errorf("h3: %v: %w", t.Addr, err)
+		return nil, fmt.Errorf("%w: %v: %w", ErrHandshake, t.Addr, err)
+	}
+	// In TLS 1.3 the client is done before the server checked its
+	// certificate: the server's SETTINGS, sent once it accepted the
+	// connection, tell that it did.
+	cc := p.h3.NewClientConn(qc)
+	select {
+	case <-cc.ReceivedSettings():
+	case <-qc.Context().Done():
+		return nil, fmt.Errorf("%w: handshake with %v: %w", ErrHandshake, t.Addr, context.Cause(qc.Context()))
+	case <-hctx.Done():
+		qc.CloseWithError(errCodeNoError, "")
+		return nil, fmt.Errorf("%w: no settings from %v: %w", ErrHandshake, t.Addr, hctx.Err())
 	}
 	p.log.Debug("connection opened", "addr", t.Addr.String(), "src", t.SourceID.String())
-	return &poolConn{key: key, qc: qc, cc: p.h3.NewClientConn(qc)}, nil
+	return &poolConn{key: key, qc: qc, cc: cc}, nil
 }
 
-// ReleaseSource closes the connections and the UDP socket of the source
+// CloseFrom closes the connections and the UDP socket of the source
 // address src (a local pod that went away).
-func (p *Pool) ReleaseSource(src netip.Addr) {
+func (p *Pool) CloseFrom(src netip.Addr) {
 	p.mu.Lock()
 	tr := p.transports[src]
 	delete(p.transports, src)

@@ -67,6 +67,12 @@ const (
 // ErrPoolClosed is returned by [Pool.Dial] after [Pool.Close].
 var ErrPoolClosed = errors.New("h3: pool closed")
 
+// ErrHandshake is wrapped by the errors of [Pool.Dial] that come before a
+// QUIC connection to the peer was established (no UDP socket, no answer to
+// the handshake, a refused certificate): the CONNECT was never sent, so the
+// caller may fall back to HBONE over TCP.
+var ErrHandshake = errors.New("h3: no quic connection")
+
 // ErrServerClosed is returned by [Server.Serve] after [Server.Close].
 var ErrServerClosed = fmt.Errorf("h3: server closed: %w", net.ErrClosed)
 

@@ -224,9 +224,8 @@ func TestRefused(t *testing.T) {
 				c.Close()
 				t.Fatal("Dial() succeeded, want refused")
 			}
-			var se *hbone.StatusError
-			if errors.As(err, &se) {
-				t.Errorf("Dial() = %v, want a handshake error, not an answer", err)
+			if !errors.Is(err, ErrHandshake) {
+				t.Errorf("Dial() = %v, want ErrHandshake (refused before any CONNECT)", err)
 			}
 			if called.Load() {
 				t.Error("the handler ran")
@@ -328,8 +327,8 @@ func TestHandshakeTimeout(t *testing.T) {
 	defer p.Close()
 	start := time.Now()
 	_, err = p.Dial(ctxT(t), target(silent.LocalAddr().(*net.UDPAddr).AddrPort(), serverID))
-	if err == nil {
-		t.Fatal("Dial() to a silent port succeeded")
+	if !errors.Is(err, ErrHandshake) {
+		t.Fatalf("Dial() to a silent port = %v, want ErrHandshake", err)
 	}
 	if d := time.Since(start); d > 5*time.Second {
 		t.Errorf("Dial() failed after %v, want about the 300 ms handshake timeout", d)
