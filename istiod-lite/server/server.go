@@ -138,11 +138,6 @@ type Server struct {
 	// snapshot is what the CA authorizes against: the latest tokens and
 	// per-node identities.
 	snapshot atomic.Pointer[authSnapshot]
-	// logUsers are local mode's meshctl tokens (user → token), and
-	// namespaces every namespace, for the log relay's authorizer.
-	logUsers   atomic.Pointer[map[string]string]
-	namespaces atomic.Pointer[[]string]
-
 	synced   chan struct{}
 	once     sync.Once
 
@@ -160,6 +155,11 @@ type Server struct {
 	// apply's goroutine).
 	gatewayStatuses atomic.Pointer[map[string]*model.GatewayStatus]
 	gatewayLogged   map[string]string
+
+	// logUsers are local mode's meshctl tokens (user → token), and
+	// namespaces every namespace, for the log relay's authorizer.
+	logUsers   atomic.Pointer[map[string]string]
+	namespaces atomic.Pointer[[]string]
 }
 
 type authSnapshot struct {
