@@ -10,6 +10,7 @@
 package waypoint
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -34,6 +35,8 @@ import (
 	"github.com/ambient-go/mesh/pkg/admin"
 	"github.com/ambient-go/mesh/pkg/hbone"
 	"github.com/ambient-go/mesh/pkg/identity"
+	"github.com/ambient-go/mesh/pkg/logstream"
+	"github.com/ambient-go/mesh/pkg/logstream/logsv1"
 	"github.com/ambient-go/mesh/pkg/state"
 	"github.com/ambient-go/mesh/pkg/telemetry"
 	"github.com/ambient-go/mesh/pkg/workloadapi"
@@ -92,6 +95,10 @@ type Config struct {
 	// SniffTimeout and RequestTimeout: see proxy.Config.
 	SniffTimeout, RequestTimeout time.Duration
 
+	// AccessLogRing is how many access-log records are kept for `meshctl
+	// logs` (streamed to istiod-lite's relay); default
+	// logstream.DefaultRingSize.
+	AccessLogRing int
 	// Logger receives the waypoint's logs and access logs; LogLevel, if
 	// set, is the level /logging on the admin port shows and changes.
 	Logger   *slog.Logger
@@ -113,6 +120,7 @@ type Waypoint struct {
 	admin  *admin.Server
 	conn   *grpc.ClientConn
 	access *accesslog.Logger
+	logs   *logstream.Agent
 
 	mu       sync.Mutex
 	hboneLn  net.Listener
@@ -201,6 +209,25 @@ func New(cfg Config) (*Waypoint, error) {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	w.access = accesslog.New(log)
+	ring := logstream.NewRing(cfg.AccessLogRing)
+	w.access.SetSink(ring.Sink())
+	w.logs, err = logstream.NewAgent(logstream.AgentConfig{
+		Conn: w.conn, Token: token, Logger: log,
+		Service: logstream.NewService(logstream.Config{
+			Ring: ring, Kind: logsv1.ProxyKind_WAYPOINT, Name: cfg.Namespace + "/" + cmp.Or(cfg.PodName, cfg.Gateway), // one per replica
+			Apps: func(a netip.Addr) string {
+				if wl := w.store.WorkloadByAddr(a); wl != nil {
+					return wl.WorkloadName
+				}
+				return ""
+			},
+			Metrics: logstream.NewMetrics(reg), Logger: log,
+		}),
+	})
+	if err != nil {
+		w.conn.Close()
+		return nil, err
+	}
 	w.pool = hbone.NewPool(hbone.PoolConfig{TLSConfig: w.certs.ClientTLSConfig, Logger: log})
 	w.proxy, err = proxy.New(proxy.Config{
 		Store:          w.store,
@@ -367,6 +394,7 @@ func (w *Waypoint) Start(ctx context.Context) error {
 	run("certificates", w.certs.Start)
 	run("xds", w.xds.Start)
 	run("readiness", w.becomeReady)
+	run("logstream", w.logs.Start)
 	hboneDone := make(chan struct{})
 	go func() {
 		defer close(hboneDone)

@@ -43,6 +43,8 @@ import (
 	"github.com/ambient-go/mesh/pkg/admin"
 	"github.com/ambient-go/mesh/pkg/hbone"
 	"github.com/ambient-go/mesh/pkg/identity"
+	"github.com/ambient-go/mesh/pkg/logstream"
+	"github.com/ambient-go/mesh/pkg/logstream/logsv1"
 	"github.com/ambient-go/mesh/pkg/state"
 	"github.com/ambient-go/mesh/pkg/telemetry"
 	"github.com/ambient-go/mesh/pkg/workloadapi"
@@ -101,6 +103,11 @@ type Config struct {
 	// the level /logging changes.
 	Logger   *slog.Logger
 	LogLevel *slog.LevelVar
+
+	// AccessLogRing is how many access-log records are kept for `meshctl
+	// logs` (streamed to istiod-lite's relay); default
+	// logstream.DefaultRingSize.
+	AccessLogRing int
 
 	// WorkerThreads, if positive, sets GOMAXPROCS for the whole process
 	// (like Istio ztunnel's ZTUNNEL_WORKER_THREADS, default 2 there).
@@ -242,6 +249,10 @@ func New(cfg Config) (*Ztunnel, error) {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	z.access = accesslog.New(log)
+	logAgent, err := z.logStream(conn, reg, log)
+	if err != nil {
+		return nil, err
+	}
 	poolCfg := hbone.PoolConfig{TLSConfig: z.certs.ClientTLSConfig, Logger: log}
 	var dialPod func(context.Context, netip.Addr, netip.Addr, netip.AddrPort) (net.Conn, error)
 	if d, ok := z.dp.(podDialer); ok {
@@ -314,9 +325,31 @@ func New(cfg Config) (*Ztunnel, error) {
 		{"xds", z.xds.Start},
 		{"listeners", z.reconcileLoop},
 		{"memory", z.proxy.ReleaseMemoryLoop}, // memory back to the OS after load
+		{"logstream", logAgent.Start},
 	}
 	z.runners = append(z.runners, z.dp.runners()...)
 	return z, nil
+}
+
+// logStream keeps the last access-log records in a ring and carries them
+// to istiod-lite's relay over conn (package logstream).
+func (z *Ztunnel) logStream(conn *grpc.ClientConn, reg prometheus.Registerer, log *slog.Logger) (*logstream.Agent, error) {
+	ring := logstream.NewRing(z.cfg.AccessLogRing)
+	z.access.SetSink(ring.Sink())
+	svc := logstream.NewService(logstream.Config{
+		Ring: ring, Kind: logsv1.ProxyKind_ZTUNNEL, Name: z.cfg.Node,
+		Apps: func(a netip.Addr) string {
+			if w := z.store.WorkloadByAddr(a); w != nil {
+				return w.WorkloadName
+			}
+			return ""
+		},
+		Metrics: logstream.NewMetrics(reg),
+		Logger:  log,
+	})
+	return logstream.NewAgent(logstream.AgentConfig{
+		Conn: conn, Token: identity.TokenSource(z.cfg.Token, z.cfg.TokenFile), Service: svc, Logger: log,
+	})
 }
 
 // reservedPorts are the ports no connection may target: Istio's ztunnel

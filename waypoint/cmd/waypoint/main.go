@@ -101,6 +101,7 @@ func main() {
 	f.DurationVar(&cfg.SniffTimeout, "sniff-timeout", 0, "wait for a stream's first bytes on ports of undeclared protocol before carrying it as TCP (default 1s)")
 	f.DurationVar(&cfg.RequestTimeout, "request-timeout", 0, "bound on each request until its response headers (default none)")
 	f.StringVar(&level, "log-level", "info", "debug, info, warn or error")
+	f.IntVar(&cfg.AccessLogRing, "access-log-ring", 4096, "access-log records kept for `meshctl logs` (streamed to istiod-lite's relay)")
 	if err := cmd.ExecuteContext(context.Background()); err != nil {
 		fmt.Fprintln(os.Stderr, "waypoint:", err)
 		os.Exit(1)

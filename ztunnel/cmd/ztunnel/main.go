@@ -65,6 +65,7 @@ func main() {
 	f.StringVar(&cfg.MetricsAddr, "metrics-addr", ":15020", "Prometheus metrics address")
 	f.StringVar(&cfg.ReadinessAddr, "readiness-addr", ":15021", "readiness address (/healthz/ready)")
 	f.StringVar(&level, "log-level", "info", "debug, info, warn or error")
+	f.IntVar(&cfg.AccessLogRing, "access-log-ring", 4096, "access-log records kept for `meshctl logs` (streamed to istiod-lite's relay)")
 	f.StringVar(&cfg.Mode, "mode", ztunnel.ModeLocal, "local (loopback pods, SOCKS5) or inpod (capture inside each pod's netns; needs root)")
 	f.StringVar(&cfg.ZDSSocket, "zds-socket", zds.DefaultSocket, "inpod: unix socket the CNI plugin hands pods to")
 	f.StringVar(&cfg.PodStateDir, "pod-state-dir", zds.DefaultStateDir, "inpod: directory of the CNI plugin's pod records, read at start")
