@@ -156,6 +156,26 @@ func runL7(ctx context.Context, o options, s *setup, d durations, r *results) er
 			continue
 		}
 		r.l7.profiles = append(r.l7.profiles, l7Profile{proc: mid.Name, load: "HTTP saturation", file: file, top: g.top})
+
+		// The same counts at 1000 rps, where the CPU target is: an idle
+		// process woken for each request pays differently.
+		say("L7: counting system calls and context switches of %s at 1000 rps (%s)", mid.Name, d.profile)
+		stat = make(chan counted, 1)
+		go func() {
+			n, err := bench.PerfStat(ctx, mid.Pid(), d.profile, "raw_syscalls:sys_enter", "context-switches")
+			stat <- counted{n, err}
+		}()
+		time.Sleep(200 * time.Millisecond)
+		res, err = bench.HTTPOpenLoop(ctx, v.dial, l7Conns, 1000, d.profile)
+		if err != nil {
+			return fmt.Errorf("%s: profile load: %w", v.name, err)
+		}
+		if c := <-stat; c.err != nil {
+			say("perf stat of %s failed: %v", mid.Name, c.err)
+		} else if res.Requests > 0 {
+			r.add("perf1000-syscalls", v.name, c.n["raw_syscalls:sys_enter"]/float64(res.Requests))
+			r.add("perf1000-cs", v.name, c.n["context-switches"]/float64(res.Requests))
+		}
 	}
 	return nil
 }
@@ -214,13 +234,17 @@ func (r *results) l7Rows() []bench.Row {
 		}
 		rows = append(rows, row)
 	}
-	if st := r.medians("perf-syscalls"); len(st) > 0 {
-		cs := r.medians("perf-cs")
+	for _, l := range []struct{ key, name string }{{"perf1000", "at 1000 rps"}, {"perf", "at saturation"}} {
+		st := r.medians(l.key + "-syscalls")
+		if len(st) == 0 {
+			continue
+		}
+		cs := r.medians(l.key + "-cs")
 		rows = append(rows, bench.Row{
-			Figure: "system calls per request at saturation, middle proxy (perf stat, profiling run)", Unit: "calls", Values: st,
+			Figure: "system calls per request " + l.name + ", middle proxy (perf stat, profiling run)", Unit: "calls", Values: st,
 			Ratios: []string{ratio("waypoint/HAProxy", st[wp], st[hp])},
 		}, bench.Row{
-			Figure: "context switches per request at saturation, middle proxy (perf stat, profiling run)", Unit: "switches", Values: cs,
+			Figure: "context switches per request " + l.name + ", middle proxy (perf stat, profiling run)", Unit: "switches", Values: cs,
 			Ratios: []string{ratio("waypoint/HAProxy", cs[wp], cs[hp])},
 		})
 	}

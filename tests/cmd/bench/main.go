@@ -54,14 +54,16 @@ func main() {
 	flag.IntVar(&o.runs, "runs", 5, "runs per variant of each figure (medians are reported)")
 	flag.BoolVar(&o.quick, "quick", false, "short runs, for trying the harness")
 	flag.BoolVar(&o.skipCP, "skip-control-plane", false, "skip the control-plane figures")
-	flag.StringVar(&o.only, "only", "", "run one figure alone and print it, writing no report: controlplane")
+	flag.StringVar(&o.only, "only", "", "run one group of figures alone and print it, writing no report: controlplane, l4 (the data-path figures without profiles), l7 (the HTTP figures; netns topology)")
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	runner := run
-	if o.only == "controlplane" {
+	switch o.only {
+	case "", "l4", "l7":
+	case "controlplane":
 		runner = runControlPlaneOnly
-	} else if o.only != "" {
+	default:
 		fmt.Fprintln(os.Stderr, "bench: -only: unknown figure", o.only)
 		os.Exit(2)
 	}
@@ -117,6 +119,9 @@ func run(ctx context.Context, o options) error {
 			conns: 500 * time.Millisecond, profile: time.Second, maxBytes: 1 << 30, idleConns: 200}
 		o.runs = min(o.runs, 2)
 	}
+	if o.only != "" {
+		o.doc, o.skipCP = "", true
+	}
 	if err := os.RemoveAll(o.out); err != nil {
 		return err
 	}
@@ -147,17 +152,97 @@ func run(ctx context.Context, o options) error {
 		}
 	}
 	defer s.stop()
-	variants := s.variants
 	r := &results{series: map[string]map[string][]float64{}}
 
+	if o.only != "l7" {
+		if err := runL4(ctx, o, s, d, r); err != nil {
+			return err
+		}
+	}
+
+	switch {
+	case o.only == "l4":
+	case len(s.l7) > 0:
+		if err := runL7(ctx, o, s, d, r); err != nil {
+			return fmt.Errorf("L7 figures: %w", err)
+		}
+	default:
+		say("L7 figures (waypoint, HAProxy) skipped: they run in the netns topology (as root)")
+	}
+
+	if o.only == "" {
+		say("profiling both ztunnels during a throughput run and a saturation run (%s each)", d.profile)
+		r.profileDur = d.profile
+		r.profiles, err = s.profile(ctx, d)
+		if err != nil {
+			say("profiling failed: %v", err)
+		}
+	}
+	s.stop()
+
+	if !o.skipCP {
+		cpCfg := bench.ControlPlaneConfig{BinDir: o.bin, Dir: filepath.Join(o.out, "control-plane"),
+			Addr: netip.AddrFrom4([4]byte{127, base, 200, 1})}
+		if o.quick {
+			cpCfg.Pods, cpCfg.Services, cpCfg.Clients, cpCfg.Changes, cpCfg.Syncs = 2000, 400, 20, 10, 2
+		}
+		say("control plane: istiod-lite with %s pods, %s services, %s xDS clients", orDef(cpCfg.Pods, 10000), orDef(cpCfg.Services, 2000), orDef(cpCfg.Clients, 100))
+		r.cp, err = bench.RunControlPlane(ctx, cpCfg)
+		if err != nil {
+			return fmt.Errorf("control plane: %w", err)
+		}
+	}
+
+	var rows []bench.Row
+	var table string
+	if o.only != "l7" {
+		rows = r.rows()
+		table = bench.Markdown(rows, []string{"direct", "mesh", "peer", "floor"})
+		fmt.Println()
+		fmt.Print(table)
+		fmt.Println()
+	}
+	var l7Table string
+	l7Rows := r.l7Rows()
+	if len(l7Rows) > 0 {
+		l7Table = bench.Markdown(l7Rows, l7Columns)
+		fmt.Print(l7Table)
+		fmt.Println()
+	}
+	var pcTable string
+	if pcRows := r.perCallRows(); len(pcRows) > 0 {
+		pcTable = bench.Markdown(pcRows, perCallColumns)
+		fmt.Print(pcTable)
+		fmt.Println()
+	}
+	for _, row := range append(rows, l7Rows...) {
+		if row.Verdict != "" {
+			fmt.Printf("%-4s %-55s %s\n", row.Verdict, row.Figure, strings.Join(row.Ratios, ", "))
+		}
+	}
+	if o.doc != "" {
+		doc := r.document(ctx, machine, started, time.Since(started), o, table, pcTable, l7Table)
+		if err := os.WriteFile(o.doc, []byte(doc), 0o644); err != nil {
+			return err
+		}
+		say("wrote %s (run took %s)", o.doc, time.Since(started).Round(time.Second))
+	}
+	return nil
+}
+
+// runL4 measures the data-path figures of every variant (idle and
+// per-connection RSS, throughput, latency, saturation, new connections)
+// and the per-request counts.
+func runL4(ctx context.Context, o options, s *setup, d durations, r *results) error {
+	variants := s.variants
 	// Idle RSS before any traffic, after a moment to settle.
 	time.Sleep(time.Second)
 	for _, p := range s.idle {
-		s, err := p.Sample()
+		smp, err := p.Sample()
 		if err != nil {
 			return err
 		}
-		r.idleRSS = append(r.idleRSS, procRSS{p.Name, s.RSS})
+		r.idleRSS = append(r.idleRSS, procRSS{p.Name, smp.RSS})
 	}
 
 	// Per-connection memory first, on idle processes: RSS with the
@@ -191,7 +276,7 @@ func run(ctx context.Context, o options) error {
 	}
 
 	say("single-stream throughput: %d runs × %d variants, %s or %d MiB each", o.runs, len(variants), d.throughput, d.maxBytes>>20)
-	err = interleave(ctx, o.runs, variants, func(v variant) error {
+	err := interleave(ctx, o.runs, variants, func(v variant) error {
 		cpu := cpuBefore(v.procs)
 		res, err := bench.Throughput(ctx, v.dial, d.maxBytes, d.throughput)
 		if err != nil {
@@ -267,66 +352,6 @@ func run(ctx context.Context, o options) error {
 	if err := measurePerCall(ctx, o, s, d, r); err != nil {
 		say("per-request counts failed: %v", err)
 		r.perCallErr = err.Error()
-	}
-
-	if len(s.l7) > 0 {
-		if err := runL7(ctx, o, s, d, r); err != nil {
-			return fmt.Errorf("L7 figures: %w", err)
-		}
-	} else {
-		say("L7 figures (waypoint, HAProxy) skipped: they run in the netns topology (as root)")
-	}
-
-	say("profiling both ztunnels during a throughput run and a saturation run (%s each)", d.profile)
-	r.profileDur = d.profile
-	r.profiles, err = s.profile(ctx, d)
-	if err != nil {
-		say("profiling failed: %v", err)
-	}
-	s.stop()
-
-	if !o.skipCP {
-		cpCfg := bench.ControlPlaneConfig{BinDir: o.bin, Dir: filepath.Join(o.out, "control-plane"),
-			Addr: netip.AddrFrom4([4]byte{127, base, 200, 1})}
-		if o.quick {
-			cpCfg.Pods, cpCfg.Services, cpCfg.Clients, cpCfg.Changes, cpCfg.Syncs = 2000, 400, 20, 10, 2
-		}
-		say("control plane: istiod-lite with %s pods, %s services, %s xDS clients", orDef(cpCfg.Pods, 10000), orDef(cpCfg.Services, 2000), orDef(cpCfg.Clients, 100))
-		r.cp, err = bench.RunControlPlane(ctx, cpCfg)
-		if err != nil {
-			return fmt.Errorf("control plane: %w", err)
-		}
-	}
-
-	rows := r.rows()
-	table := bench.Markdown(rows, []string{"direct", "mesh", "peer", "floor"})
-	fmt.Println()
-	fmt.Print(table)
-	fmt.Println()
-	var l7Table string
-	l7Rows := r.l7Rows()
-	if len(l7Rows) > 0 {
-		l7Table = bench.Markdown(l7Rows, l7Columns)
-		fmt.Print(l7Table)
-		fmt.Println()
-	}
-	var pcTable string
-	if pcRows := r.perCallRows(); len(pcRows) > 0 {
-		pcTable = bench.Markdown(pcRows, perCallColumns)
-		fmt.Print(pcTable)
-		fmt.Println()
-	}
-	for _, row := range append(rows, l7Rows...) {
-		if row.Verdict != "" {
-			fmt.Printf("%-4s %-55s %s\n", row.Verdict, row.Figure, strings.Join(row.Ratios, ", "))
-		}
-	}
-	if o.doc != "" {
-		doc := r.document(ctx, machine, started, time.Since(started), o, table, pcTable, l7Table)
-		if err := os.WriteFile(o.doc, []byte(doc), 0o644); err != nil {
-			return err
-		}
-		say("wrote %s (run took %s)", o.doc, time.Since(started).Round(time.Second))
 	}
 	return nil
 }
