@@ -48,6 +48,7 @@ const (
 	KeyDuration      = "duration"
 	KeyResponseFlags = "response_flags"
 	KeyPolicy        = "policy"
+	KeyTransport     = "transport" // HBONE over "tcp" or "quic"; our own, not Istio's
 	KeyError         = "error"
 
 	// Per-request fields (waypoint), with the names of Istio's JSON access
@@ -97,6 +98,7 @@ type Record struct {
 	Err           error  // non-nil: logged at error level with error=Err.Error()
 	ResponseFlags string // Istio response flags such as "DENY", "CONNECT"; optional
 	Policy        string // the policy that decided (namespace/name); optional
+	Transport     string // the HBONE transport, "tcp" or "quic"; empty for a direct connection
 
 	// Per-request fields, set by a waypoint for each HTTP request; a record
 	// with Method set is logged with RequestMessage. Empty fields (and a
@@ -196,7 +198,7 @@ func (l *Logger) Log(ctx context.Context, r *Record) {
 }
 
 func (l *Logger) write(ctx context.Context, level slog.Level, r *Record, dur time.Duration) {
-	var buf [24]slog.Attr
+	var buf [25]slog.Attr
 	a := buf[:0]
 	addr := func(key string, ap netip.AddrPort) {
 		if ap.IsValid() {
@@ -226,6 +228,7 @@ func (l *Logger) write(ctx context.Context, level slog.Level, r *Record, dur tim
 	)
 	str(KeyResponseFlags, r.ResponseFlags)
 	str(KeyPolicy, r.Policy)
+	str(KeyTransport, r.Transport)
 	msg := Message
 	if r.Method != "" {
 		msg = RequestMessage

@@ -27,7 +27,7 @@ func (p *Proxy) dialHBONE(ctx context.Context, src *state.Workload, clientAddr n
 		"Forwarded": {forwarded},
 		"Baggage":   {baggage(src)},
 	}
-	c, err := p.cfg.Pool.Dial(ctx, hbone.Target{
+	return p.dialTunnel(ctx, hbone.Target{ // over TCP or QUIC (quic.go)
 		Addr:       hboneAddr,
 		Authority:  authority.String(),
 		SourceID:   src.ID,
@@ -35,10 +35,6 @@ func (p *Proxy) dialHBONE(ctx context.Context, src *state.Workload, clientAddr n
 		SourceAddr: src.Addrs[0],
 		Header:     h,
 	})
-	if err != nil {
-		return nil, err // not a nil *hbone.Conn in a non-nil net.Conn
-	}
-	return c, nil
 }
 
 // sans returns the service's subject_alt_names that are SPIFFE IDs.

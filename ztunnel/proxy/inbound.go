@@ -25,11 +25,18 @@ var (
 // ServeHBONE is the inbound side: one CONNECT from another ztunnel (or a
 // waypoint) to a workload on this node.
 func (p *Proxy) ServeHBONE(ctx context.Context, req *hbone.Request, t *hbone.Tunnel) {
+	p.serveTunnel(ctx, req, tcpTunnel{t}, TransportTCP)
+}
+
+// serveTunnel answers one inbound CONNECT, over either transport (the
+// QUIC side is quic_inbound.go).
+func (p *Proxy) serveTunnel(ctx context.Context, req *hbone.Request, t tunnel, transport string) {
 	client := req.RemoteAddr
 	if fwd, ok := req.ForwardedFor(); ok {
 		client = fwd
 	}
 	r := p.inboundResult(client, req.PeerID.String(), telemetry.PolicyMutualTLS)
+	r.setTransport(transport)
 	r.setDestinationAddr(req.Authority, req.Authority)
 	if host := forwardedHost(req.Header.Get("Forwarded")); host != "" {
 		if svc := p.cfg.Store.ServiceByHostname(host); svc != nil {
@@ -87,6 +94,7 @@ func (p *Proxy) ServeHBONE(ctx context.Context, req *hbone.Request, t *hbone.Tun
 		fail(http.StatusServiceUnavailable, telemetry.FlagConnect, err)
 		return
 	}
+	p.quic.metrics.tunnel("inbound", transport)
 	p.relayInbound(ctx, r, down, upstream, down, ac)
 }
 

@@ -71,6 +71,7 @@ func (p *Proxy) Outbound(ctx context.Context, c net.Conn, src *state.Workload, t
 	var upstream net.Conn
 	if err == nil {
 		upstream, err = p.connect(ctx, r, src, clientAddr, dst)
+		r.setTransport(transportOf(upstream))
 	}
 	if err != nil {
 		r.setFlags(telemetry.FlagConnect)

@@ -74,7 +74,9 @@ type Config struct {
 	// namespace), from the local address from: the pod's own, or, inbound,
 	// the client's. Nil dials with a net.Dialer (and Control) from here.
 	DialPod func(ctx context.Context, pod, from netip.Addr, to netip.AddrPort) (net.Conn, error)
-	Logger  *slog.Logger
+	// QUIC is HBONE over QUIC (quic.go); the zero value is off.
+	QUIC   QUICConfig
+	Logger *slog.Logger
 }
 
 // Proxy carries connections. It tracks every tunnel so Close can end them.
@@ -89,6 +91,7 @@ type Proxy struct {
 	wg       sync.WaitGroup
 
 	authz    authorizer      // L4 policy enforcement (authz.go)
+	quic     *quicState      // HBONE over QUIC (quic.go)
 	reserved map[uint16]bool // Config.ReservedPorts
 
 	peak         int       // most connections tracked since the last release (memory.go)
@@ -127,6 +130,10 @@ func New(cfg Config) (*Proxy, error) {
 		p.reserved[port] = true
 	}
 	p.authz.init(cfg.Store, p.log)
+	var err error
+	if p.quic, err = newQUICState(cfg.QUIC, p.log); err != nil {
+		return nil, err
+	}
 	return p, nil
 }
 

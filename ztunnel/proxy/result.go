@@ -96,6 +96,10 @@ func (r *connResult) setDestinationAddr(addr, hbone netip.AddrPort) {
 	r.rec.DstAddr, r.rec.DstHBONEAddr = addr, hbone
 }
 
+// setTransport names the HBONE transport (TransportTCP, TransportQUIC) in
+// the record; "" (a direct connection) leaves it out.
+func (r *connResult) setTransport(transport string) { r.rec.Transport = transport }
+
 // setSecurity is the connection_security_policy: telemetry.PolicyMutualTLS
 // or PolicyUnknown.
 func (r *connResult) setSecurity(policy string) { r.labels.ConnectionSecurityPolicy = policy }
