@@ -18,9 +18,23 @@ type Options struct {
 	Kube *genericclioptions.ConfigFlags
 	// AllNamespaces is -A/--all-namespaces.
 	AllNamespaces bool
-	// Istiod is --istiod ADDR: local mode, talking to istiod-lite's debug
-	// and relay endpoints at ADDR instead of going through a cluster.
+	// Istiod is --istiod ADDR: istiod-lite's gRPC address (xDS, debug and
+	// relay services). It selects local mode; in a cluster it may also name
+	// an istiod-lite reachable from here, otherwise meshctl port-forwards to
+	// an istiod-lite pod.
 	Istiod string
+	// IstiodCA is --istiod-ca FILE: the mesh root (PEM) that istiod-lite's
+	// TLS certificate chains to. Empty: plaintext, which istiod-lite serves
+	// only on loopback (--plaintext-addr).
+	IstiodCA string
+	// Token and TokenFile (--istiod-token, --istiod-token-file) are the bearer token sent
+	// to istiod-lite: in local mode a token of the config directory; in a
+	// cluster, default the kubeconfig's credentials.
+	Token, TokenFile string
+	// ProxyAdmin (--proxy-admin NAME=ADDR, repeatable) maps a node (for its
+	// ztunnel) or a waypoint's namespace/name to the address of its admin
+	// server (:15000), for local mode, where no API server knows the pods.
+	ProxyAdmin map[string]string
 	// Out and ErrOut are where commands write; os.Stdout/os.Stderr in main.
 	Out, ErrOut io.Writer
 }
@@ -56,7 +70,17 @@ config directory.`,
 	cmd.SetErr(o.ErrOut)
 	o.Kube.AddFlags(cmd.PersistentFlags())
 	cmd.PersistentFlags().BoolVarP(&o.AllNamespaces, "all-namespaces", "A", false, "all namespaces instead of -n")
-	cmd.PersistentFlags().StringVar(&o.Istiod, "istiod", "", "local mode: address (host:port) of istiod-lite's debug server")
+	pf := cmd.PersistentFlags()
+	pf.StringVar(&o.Istiod, "istiod", "", "istiod-lite's gRPC address (host:port); selects local mode")
+	pf.StringVar(&o.IstiodCA, "istiod-ca", "", "root certificate (PEM) of istiod-lite's TLS listener; empty: plaintext")
+	pf.StringVar(&o.Token, "istiod-token", "", "bearer token for istiod-lite (local mode: a token of the config directory)")
+	pf.StringVar(&o.TokenFile, "istiod-token-file", "", "file holding the bearer token for istiod-lite")
+	pf.StringToStringVar(&o.ProxyAdmin, "proxy-admin", nil, "local mode: admin address of a proxy, NODE=ADDR for a ztunnel or NS/NAME=ADDR for a waypoint (repeatable)")
+
+	cmd.AddCommand(newZtunnelConfigCmd(o))
+	cmd.AddCommand(newProxyStatusCmd(o))
+	cmd.AddCommand(newExplainCmd(o))
+	cmd.AddCommand(newCheckCmd(o))
 
 	return cmd
 }
