@@ -202,6 +202,7 @@ func (d *inpod) capture(ip *inpodPod, w *state.Workload) error {
 	serve("outbound", func() error { return d.z.proxy.ServeOutboundCapture(ls[0], addr) })
 	serve("inbound plaintext", func() error { return d.z.proxy.ServePlaintextInbound(ls[1], addr) })
 	serve("hbone", func() error { return d.z.server.Serve(ls[2]) })
+	d.z.quic.listen(ip.netns, addr) // UDP 15008 when QUIC is on
 	d.z.log.Info("pod captured", "pod", name, "addr", addr.String(), "identity", w.ID.String())
 	return nil
 }

@@ -107,6 +107,7 @@ func (l *local) listen(a netip.Addr, w *state.Workload) (*podListeners, error) {
 			z.log.Warn("socks5 listener stopped", "addr", sl.Addr().String(), "error", err)
 		}
 	}()
+	z.quic.listen(nil, a) // UDP 15008 when QUIC is on
 	return &podListeners{uid: w.Uid, hbone: hl, socks: sl}, nil
 }
 

@@ -79,6 +79,13 @@ type Config struct {
 	// defaults 15008 and 15080.
 	HBONEPort, SOCKSPort uint16
 
+	// QUIC is HBONE over QUIC: proxy.QUICOff (default), QUICOn (also
+	// serve UDP 15008 on every pod address) or QUICPrefer (also dial over
+	// QUIC first, falling back to TCP after QUICTimeout, default 1 s, and
+	// remembering the failure for QUICHold, default 5 min). docs/quic.md.
+	QUIC                  string
+	QUICTimeout, QUICHold time.Duration
+
 	// AdminAddr, MetricsAddr and ReadinessAddr default to
 	// 127.0.0.1:15000, :15020 and :15021.
 	AdminAddr, MetricsAddr, ReadinessAddr string
@@ -144,6 +151,7 @@ type Ztunnel struct {
 	certs  *identity.Manager
 	pool   *hbone.Pool
 	server *hbone.Server
+	quic   *quicNode // nil: QUIC off (quic.go)
 	proxy  *proxy.Proxy
 	xds    *xds.Client
 	admin  *admin.Server
@@ -260,6 +268,10 @@ func New(cfg Config) (*Ztunnel, error) {
 		poolCfg.Dialer, dialPod = d.dialHBONE, d.dialPod
 	}
 	z.pool = hbone.NewPool(poolCfg)
+	var quicCfg proxy.QUICConfig
+	if z.quic, quicCfg, err = z.newQUIC(reg, log); err != nil {
+		return nil, err
+	}
 	z.proxy, err = proxy.New(proxy.Config{
 		Store:         z.store,
 		Pool:          z.pool,
@@ -269,6 +281,7 @@ func New(cfg Config) (*Ztunnel, error) {
 		HBONEPort:     cfg.HBONEPort,
 		ReservedPorts: reservedPorts(cfg),
 		DialPod:       dialPod,
+		QUIC:          quicCfg,
 		Logger:        log,
 	})
 	if err != nil {
@@ -421,9 +434,11 @@ func (z *Ztunnel) Start(ctx context.Context) error {
 	// Drain: no new connections; open tunnels get DrainTimeout to finish.
 	drain, cancelDrain := context.WithTimeout(context.Background(), z.cfg.DrainTimeout)
 	z.server.Shutdown(drain)
+	z.quic.shutdown(drain)
 	z.proxy.Drain(drain)
 	cancelDrain()
 	z.pool.Close()
+	z.quic.close()
 	z.conn.Close()
 	return errors.Join(errs...)
 }
@@ -514,6 +529,7 @@ func (z *Ztunnel) reconcile(ctx context.Context) error {
 func (z *Ztunnel) release(a netip.Addr) {
 	z.pool.CloseFrom(a)
 	z.server.CloseTo(a)
+	z.quic.release(a)
 	z.proxy.CloseFor(a)
 }
 

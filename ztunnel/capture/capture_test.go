@@ -113,7 +113,7 @@ func TestInstallRemove(t *testing.T) {
 		}
 		got[ch.Name] = len(rules)
 	}
-	want := map[string]int{ChainPrerouting: 7, ChainOutput: 1, ChainNATOutput: 4}
+	want := map[string]int{ChainPrerouting: 8, ChainOutput: 1, ChainNATOutput: 4}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("chains of table %s: rule counts (-want +got):\n%s", TableName, diff)
 	}

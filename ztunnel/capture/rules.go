@@ -88,6 +88,9 @@ func installTable(ns *os.File) error {
 		// connection, so that replies are routed back to ztunnel.
 		cat(markIs(Mark), setCtMark(TProxyMark), e(accept)),
 		cat(ifnameIs(expr.MetaKeyIIFNAME, "lo"), e(accept)),
+		// HBONE over QUIC: ztunnel's UDP socket on the pod's address
+		// (not TPROXY'd; counted, for operators and tests).
+		cat(ipv4UDP(), dportIs(HBONEPort), e(&expr.Counter{}), e(accept)),
 		cat(ipv4TCP(), dportIs(HBONEPort), setMark(TProxyMark), tproxy(HBONEPort), e(accept)),
 		cat(ipv4TCP(), dportIs(HBONEPort), e(drop)),
 		cat(ctEstablished(), e(accept)),
@@ -186,6 +189,44 @@ func ipv4TCP() []expr.Any {
 		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
 		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.IPPROTO_TCP}},
 	)
+}
+
+func ipv4UDP() []expr.Any {
+	return e(
+		&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.NFPROTO_IPV4}},
+		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.IPPROTO_UDP}},
+	)
+}
+
+// QUICPackets returns the packets the rule letting UDP 15008 into ns
+// counted (HBONE over QUIC), and whether the rule is there.
+func QUICPackets(ns *os.File) (uint64, bool, error) {
+	c, err := nftables.New(nftables.WithNetNSFd(int(ns.Fd())))
+	if err != nil {
+		return 0, false, fmt.Errorf("capture: nftables: %w", err)
+	}
+	t := &nftables.Table{Family: nftables.TableFamilyINet, Name: TableName}
+	rules, err := c.GetRules(t, &nftables.Chain{Name: ChainPrerouting, Table: t})
+	if err != nil {
+		return 0, false, fmt.Errorf("capture: listing rules: %w", err)
+	}
+	for _, r := range rules {
+		var udp, port bool
+		for _, x := range r.Exprs {
+			switch x := x.(type) {
+			case *expr.Cmp:
+				udp = udp || (len(x.Data) == 1 && x.Data[0] == unix.IPPROTO_UDP)
+				port = port || string(x.Data) == string(binaryutil.BigEndian.PutUint16(HBONEPort))
+			case *expr.Counter:
+				if udp && port {
+					return x.Packets, true, nil
+				}
+			}
+		}
+	}
+	return 0, false, nil
 }
 
 func dportIs(port uint16) []expr.Any {
