@@ -87,6 +87,7 @@ config directory.`,
 
 // exitError carries a process exit code without a message of its own (the
 // command already printed what went wrong, as check does).
+	cmd.AddCommand(newLogsCmd(o))
 type exitError struct{ code int }
 
 func (e exitError) Error() string { return fmt.Sprintf("exit status %d", e.code) }
