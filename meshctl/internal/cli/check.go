@@ -38,7 +38,6 @@ const rootExpiryWarning = 30 * 24 * time.Hour
 type checkOptions struct {
 	*Options
 	output string
-	now    func() time.Time
 }
 
 // CheckResult is one line of check.
@@ -49,7 +48,7 @@ type CheckResult struct {
 }
 
 func newCheckCmd(o *Options) *cobra.Command {
-	co := &checkOptions{Options: o, now: time.Now}
+	co := &checkOptions{Options: o}
 	cmd := &cobra.Command{
 		Use:   "check",
 		Short: "Check an installation: CRDs, ztunnel on every node, CA root expiry, NetworkPolicies that block HBONE",
@@ -93,7 +92,7 @@ func (co *checkOptions) run(ctx context.Context) error {
 		}
 		results = append(results, checkCRDs(ctx, dyn)...)
 		results = append(results, checkZtunnels(ctx, kc)...)
-		results = append(results, checkRoot(ctx, kc, co.now())...)
+		results = append(results, checkRoot(ctx, kc, clock())...)
 		results = append(results, checkNetworkPolicies(ctx, kc)...)
 	}
 	if co.output != outTable {

@@ -271,7 +271,11 @@ func pathTo(ctx context.Context, store *state.Store, policies *authz.Policies, l
 		out.Does = append(out.Does, fmt.Sprintf("opens HBONE to waypoint %s at %s, authority %s, as %s", workloadName(wp.Workload), wp.Addr, dialed, sw.ID))
 		out.Why = why
 		p.Hops = append(p.Hops, out)
-		wh := Hop{Role: "waypoint", Proxy: "waypoint " + workloadName(wp.Workload) + " (node " + wp.Workload.Node + ")",
+		name := workloadName(wp.Workload)
+		if wp.Service != nil {
+			name = wp.Service.Namespace + "/" + wp.Service.Name + " (pod " + workloadName(wp.Workload) + ")"
+		}
+		wh := Hop{Role: "waypoint", Proxy: "waypoint " + name + " on node " + wp.Workload.Node,
 			Does: []string{
 				"terminates HBONE, applies HTTP routes and L7 policies (targetRefs to the waypoint or the service; they are in the waypoint's own /config_dump)",
 				fmt.Sprintf("opens HBONE to %s at %s:15008, authority %s:%d, as %s", workloadName(w), firstAddr(w), firstAddr(w), port, wp.Workload.ID),
@@ -298,7 +302,11 @@ func pathTo(ctx context.Context, store *state.Store, policies *authz.Policies, l
 		p.Verdict = "ALLOW"
 		return p, nil
 	}
-	in.Does = append(in.Does, fmt.Sprintf("terminates HBONE from %s and checks L4 policy for %s:%d", orNone(peer), firstAddr(w), port))
+	if peer == "" {
+		in.Does = append(in.Does, fmt.Sprintf("accepts plaintext from %s (no identity) and checks L4 policy for %s:%d", srcIP, firstAddr(w), port))
+	} else {
+		in.Does = append(in.Does, fmt.Sprintf("terminates HBONE from %s and checks L4 policy for %s:%d", peer, firstAddr(w), port))
+	}
 	target := authz.Target{Namespace: w.Namespace, Policies: w.AuthorizationPolicies}
 	in.Policies = applicable(store.Policies(), target)
 	dec := policies.Evaluate(target, &authz.Conn{Src: srcIP, Dst: netip.AddrPortFrom(firstAddr(w), port), Identity: peer})
@@ -310,7 +318,11 @@ func pathTo(ctx context.Context, store *state.Store, policies *authz.Policies, l
 	in.Decision = p.Verdict + " (" + dec.Reason.String() + ")"
 	in.DecidedBy = dec.Policy
 	if dec.DryRun {
-		in.Does = append(in.Does, fmt.Sprintf("dry-run policies would %s (%s)", verdictWord(dec.Shadow.Allow), orNone(dec.Shadow.Policy)))
+		shadow := dec.Shadow.Reason.String()
+		if dec.Shadow.Policy != "" {
+			shadow += ": " + dec.Shadow.Policy
+		}
+		in.Does = append(in.Does, fmt.Sprintf("with its dry-run policies enforced it would %s (%s)", verdictWord(dec.Shadow.Allow), shadow))
 	}
 	p.Hops = append(p.Hops, in)
 	return p, nil
@@ -441,7 +453,11 @@ func renderExplanation(w io.Writer, e *Explanation) error {
 	for _, p := range e.Paths {
 		fmt.Fprintf(w, "\nto %s (%s:%d, node %s): %s\n", p.Endpoint.Workload, p.Endpoint.Address, p.Port, orNone(p.Endpoint.Node), p.Verdict)
 		for i, h := range p.Hops {
-			fmt.Fprintf(w, "  %d. %s (%s)\n", i+1, h.Proxy, h.Role)
+			role := h.Role
+			if role == "waypoint" {
+				role = "L7"
+			}
+			fmt.Fprintf(w, "  %d. %s, %s\n", i+1, h.Proxy, role)
 			for _, d := range h.Does {
 				fmt.Fprintf(w, "     - %s\n", d)
 			}

@@ -21,11 +21,10 @@ type proxyStatusOptions struct {
 	*Options
 	output string
 	certs  bool
-	now    func() time.Time
 }
 
 func newProxyStatusCmd(o *Options) *cobra.Command {
-	po := &proxyStatusOptions{Options: o, now: time.Now}
+	po := &proxyStatusOptions{Options: o}
 	cmd := &cobra.Command{
 		Use:     "proxy-status",
 		Aliases: []string{"ps"},
@@ -101,7 +100,7 @@ func (po *proxyStatusOptions) run(ctx context.Context) error {
 	if po.output != outTable {
 		return printData(po.Out, po.output, rows)
 	}
-	return renderProxyStatus(po.Out, rows, po.now())
+	return renderProxyStatus(po.Out, rows, clock())
 }
 
 // certExpiry reads the earliest certificate expiry of a ztunnel; nil when

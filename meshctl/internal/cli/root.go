@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"time"
 
 	"github.com/spf13/cobra"
 	"k8s.io/cli-runtime/pkg/genericclioptions"
@@ -63,6 +64,11 @@ of an installation and the access logs of every ztunnel and waypoint.
 It works against a Kubernetes cluster (kubectl's --kubeconfig, --context and
 -n/-A flags) or, with --istiod ADDR, against a local mesh started from a
 config directory.`,
+		Example: `  meshctl check
+  meshctl proxy-status
+  meshctl ztunnel-config workload --node node-a
+  meshctl explain demo/client echo.demo:80
+  meshctl --istiod 127.10.0.1:15010 --istiod-token demo-token-node-a proxy-status`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
@@ -81,13 +87,13 @@ config directory.`,
 	cmd.AddCommand(newProxyStatusCmd(o))
 	cmd.AddCommand(newExplainCmd(o))
 	cmd.AddCommand(newCheckCmd(o))
+	cmd.AddCommand(newLogsCmd(o))
 
 	return cmd
 }
 
 // exitError carries a process exit code without a message of its own (the
 // command already printed what went wrong, as check does).
-	cmd.AddCommand(newLogsCmd(o))
 type exitError struct{ code int }
 
 func (e exitError) Error() string { return fmt.Sprintf("exit status %d", e.code) }
@@ -107,3 +113,6 @@ func Main(args []string, out, errOut io.Writer) int {
 	}
 	return 0
 }
+
+// clock is time.Now; tests set a fixed time for golden output.
+var clock = time.Now

@@ -21,11 +21,10 @@ type ztunnelConfigOptions struct {
 	node   string
 	output string
 	level  string
-	now    func() time.Time
 }
 
 func newZtunnelConfigCmd(o *Options) *cobra.Command {
-	zo := &ztunnelConfigOptions{Options: o, now: time.Now}
+	zo := &ztunnelConfigOptions{Options: o}
 	cmd := &cobra.Command{
 		Use:     "ztunnel-config",
 		Aliases: []string{"zc"},
@@ -159,7 +158,7 @@ func printWorkloads(w io.Writer, zo *ztunnelConfigOptions, d *configDump) error 
 		if !zo.selected(wl.GetNamespace()) {
 			continue
 		}
-		t.row(wl.GetNamespace(), wl.GetName(), addrList(wl.GetAddresses()), wl.GetNode(), orNone(waypointName(wl.GetWaypoint())), wl.GetTunnelProtocol().String())
+		t.row(wl.GetNamespace(), wl.GetName(), addrList(wl.GetAddresses()), wl.GetNode(), orNone(waypointName(wl.GetWaypoint())), protocolName(wl.GetTunnelProtocol()))
 	}
 	return t.flush()
 }
@@ -230,7 +229,7 @@ func printPolicies(w io.Writer, zo *ztunnelConfigOptions, d *configDump) error {
 func printCertificates(w io.Writer, zo *ztunnelConfigOptions, d *configDump) error {
 	certs := slices.Clone(d.Certificates)
 	slices.SortFunc(certs, func(a, b certificate) int { return strings.Compare(a.Identity, b.Identity) })
-	now := zo.now()
+	now := clock()
 	t := newTable(w, "CERTIFICATE NAME", "TYPE", "STATUS", "VALID CERT", "SERIAL NUMBER", "NOT AFTER", "NOT BEFORE")
 	for _, c := range certs {
 		valid := !now.Before(c.NotBefore) && now.Before(c.NotAfter)
@@ -294,4 +293,13 @@ func titleCase(s string) string {
 		return s
 	}
 	return strings.ToUpper(s[:1]) + strings.ToLower(s[1:])
+}
+
+// protocolName is istioctl's PROTOCOL: HBONE, or TCP for a workload
+// outside the mesh.
+func protocolName(p workloadapi.TunnelProtocol) string {
+	if p == workloadapi.TunnelProtocol_HBONE {
+		return "HBONE"
+	}
+	return "TCP"
 }
