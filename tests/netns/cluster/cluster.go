@@ -69,6 +69,8 @@ type Options struct {
 	Tokens map[string]string
 	// LogLevel is the ztunnels' --log-level; default debug.
 	LogLevel string
+	// ZtunnelArgs are more flags for every ztunnel (e.g. --quic prefer).
+	ZtunnelArgs []string
 }
 
 // Cluster is a running mesh on a topology.

@@ -55,6 +55,7 @@ func (n *Node) startZtunnel() (*Ztunnel, error) {
 	if c.opts.CertTTL > 0 {
 		args = append(args, "--cert-ttl", c.opts.CertTTL.String())
 	}
+	args = append(args, c.opts.ZtunnelArgs...)
 	if err := os.MkdirAll(filepath.Dir(n.ZDSSocket), 0o755); err != nil {
 		return nil, err
 	}
