@@ -42,7 +42,7 @@ func (z *Ztunnel) newQUIC(reg prometheus.Registerer, log *slog.Logger) (*quicNod
 	if err != nil {
 		return nil, proxy.QUICConfig{}, err
 	}
-	pcfg := proxy.QUICConfig{Mode: mode, Hold: z.cfg.QUICHold, Registerer: reg}
+	pcfg := proxy.QUICConfig{Mode: mode, Hold: z.cfg.QUICHold, Namespaces: z.cfg.QUICNamespaces, Registerer: reg}
 	if mode == proxy.QUICOff {
 		return nil, pcfg, nil
 	}

@@ -82,9 +82,11 @@ type Config struct {
 	// QUIC is HBONE over QUIC: proxy.QUICOff (default), QUICOn (also
 	// serve UDP 15008 on every pod address) or QUICPrefer (also dial over
 	// QUIC first, falling back to TCP after QUICTimeout, default 1 s, and
-	// remembering the failure for QUICHold, default 5 min). docs/quic.md.
+	// remembering the failure for QUICHold, default 5 min), for the
+	// source workloads of QUICNamespaces (empty: all). docs/quic.md.
 	QUIC                  string
 	QUICTimeout, QUICHold time.Duration
+	QUICNamespaces        []string
 
 	// AdminAddr, MetricsAddr and ReadinessAddr default to
 	// 127.0.0.1:15000, :15020 and :15021.

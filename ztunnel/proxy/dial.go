@@ -27,7 +27,7 @@ func (p *Proxy) dialHBONE(ctx context.Context, src *state.Workload, clientAddr n
 		"Forwarded": {forwarded},
 		"Baggage":   {baggage(src)},
 	}
-	return p.dialTunnel(ctx, hbone.Target{ // over TCP or QUIC (quic.go)
+	return p.dialTunnel(ctx, src, hbone.Target{ // over TCP or QUIC (quic.go)
 		Addr:       hboneAddr,
 		Authority:  authority.String(),
 		SourceID:   src.ID,

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"slices"
 	"sync"
 	"time"
 
@@ -14,6 +15,7 @@ import (
 
 	"github.com/ambient-go/mesh/pkg/hbone"
 	"github.com/ambient-go/mesh/pkg/hbone/h3"
+	"github.com/ambient-go/mesh/pkg/state"
 )
 
 // QUIC modes (Config.QUIC.Mode, ztunnel's --quic flag).
@@ -50,6 +52,10 @@ type QUICConfig struct {
 	// back to TCP: keep it well under the connect timeout (ztunnel uses
 	// DefaultQUICTimeout) so that the TCP dial after it gets the rest.
 	Pool *h3.Pool
+	// Namespaces, if not empty, limits prefer to the source workloads of
+	// these namespaces (a gradual rollout; the bench's mesh-quic variant);
+	// the others dial over TCP.
+	Namespaces []string
 	// Hold is how long after a failed QUIC handshake the tunnels to the
 	// same address go over TCP at once; default 5 min.
 	Hold time.Duration
@@ -124,16 +130,17 @@ func (q *quicState) fail(addr netip.AddrPort) {
 	q.failed[addr] = now.Add(q.cfg.Hold)
 }
 
-// dialTunnel opens an outbound tunnel to t: over QUIC first in mode
-// prefer (unless QUIC to t.Addr failed recently), and over TCP when QUIC
+// dialTunnel opens an outbound tunnel of the local workload src to t:
+// over QUIC first in mode prefer (unless QUIC to t.Addr failed recently,
+// or src is not in QUICConfig.Namespaces), and over TCP when QUIC
 // is off, remembered failed, or its handshake failed (within the pool's
 // HandshakeTimeout). An
 // answer to the CONNECT (an *hbone.StatusError) and errors after the
 // QUIC connection was up are returned as they are: the CONNECT may have
 // reached the destination.
-func (p *Proxy) dialTunnel(ctx context.Context, t hbone.Target) (net.Conn, error) {
+func (p *Proxy) dialTunnel(ctx context.Context, src *state.Workload, t hbone.Target) (net.Conn, error) {
 	q := p.quic
-	if q.cfg.Mode == QUICPrefer {
+	if q.cfg.Mode == QUICPrefer && (len(q.cfg.Namespaces) == 0 || slices.Contains(q.cfg.Namespaces, src.Namespace)) {
 		if !q.recentlyFailed(t.Addr) {
 			// The pool's HandshakeTimeout bounds the handshake; once the
 			// connection is up, the answer waits for the destination's

@@ -308,3 +308,19 @@ func TestQUICInboundAnswers(t *testing.T) {
 		}
 	}
 }
+
+// TestQUICNamespaces: with prefer limited to other namespaces, the source
+// dials over TCP without trying QUIC (no fallback is counted).
+func TestQUICNamespaces(t *testing.T) {
+	m := newQUICMesh(t, false)
+	m.Src.quic.cfg.Namespaces = []string{"other"}
+	if got, err := m.roundTrip(t, m.App, "hello"); err != nil || got != "hello" {
+		t.Fatalf("roundTrip() = %q, %v; want hello", got, err)
+	}
+	if rec := <-m.DstRecs; rec.Transport != TransportTCP {
+		t.Errorf("destination record transport = %q, want tcp", rec.Transport)
+	}
+	if n := count(t, m.Src.quic.metrics.fallbacks.WithLabelValues("failed")); n != 0 {
+		t.Errorf("%s{failed} = %d, want 0: QUIC was tried", FallbacksName, n)
+	}
+}

@@ -72,6 +72,7 @@ func main() {
 	f.StringVar(&cfg.QUIC, "quic", "off", "HBONE over QUIC (UDP 15008): off; on (also serve it); prefer (also dial it first, TCP fallback). docs/quic.md")
 	f.DurationVar(&cfg.QUICTimeout, "quic-timeout", 0, "prefer: QUIC handshake time before falling back to TCP (default 1s)")
 	f.DurationVar(&cfg.QUICHold, "quic-hold", 0, "prefer: how long a failed QUIC destination goes over TCP (default 5m)")
+	f.StringSliceVar(&cfg.QUICNamespaces, "quic-namespaces", nil, "prefer: only for source pods of these namespaces (default: all)")
 	if err := cmd.ExecuteContext(context.Background()); err != nil {
 		fmt.Fprintln(os.Stderr, "ztunnel:", err)
 		os.Exit(1)
