@@ -153,6 +153,9 @@ func setupNetns(ctx context.Context, o options, localPods int) (s *setup, err er
 	if err != nil {
 		return s, fmt.Errorf("netns cluster: %w", err)
 	}
+	if err := lossyUnderlay(ctx, c); err != nil { // -lossy (quic.go)
+		return s, err
+	}
 	n1, n2 := c.Node(1), c.Node(2)
 	var pods1, pods2 []*cluster.Pod
 	err = withTB(func() error {
