@@ -140,7 +140,7 @@ func (q *quicState) fail(addr netip.AddrPort) {
 // reached the destination.
 func (p *Proxy) dialTunnel(ctx context.Context, src *state.Workload, t hbone.Target) (net.Conn, error) {
 	q := p.quic
-	if q.cfg.Mode == QUICPrefer && (len(q.cfg.Namespaces) == 0 || slices.Contains(q.cfg.Namespaces, src.Namespace)) {
+	if q.eligible(src, &t) {
 		if !q.recentlyFailed(t.Addr) {
 			// The pool's HandshakeTimeout bounds the handshake; once the
 			// connection is up, the answer waits for the destination's
@@ -166,6 +166,18 @@ func (p *Proxy) dialTunnel(ctx context.Context, src *state.Workload, t hbone.Tar
 	}
 	q.metrics.tunnel("outbound", TransportTCP)
 	return c, nil
+}
+
+// eligible reports whether a tunnel of src to t tries QUIC: in mode
+// prefer, for a source in Namespaces (if set), and only to the target's
+// own ztunnel (the :authority's address is the HBONE server's), not to a
+// waypoint, which serves HBONE over TCP only.
+func (q *quicState) eligible(src *state.Workload, t *hbone.Target) bool {
+	if q.cfg.Mode != QUICPrefer || (len(q.cfg.Namespaces) > 0 && !slices.Contains(q.cfg.Namespaces, src.Namespace)) {
+		return false
+	}
+	authority, err := netip.ParseAddrPort(t.Authority)
+	return err == nil && authority.Addr() == t.Addr.Addr()
 }
 
 // transportOf names the transport of an upstream connection: TransportQUIC

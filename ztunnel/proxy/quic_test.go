@@ -324,3 +324,30 @@ func TestQUICNamespaces(t *testing.T) {
 		t.Errorf("%s{failed} = %d, want 0: QUIC was tried", FallbacksName, n)
 	}
 }
+
+// TestQUICEligible: only tunnels to the target's own ztunnel, of sources
+// in the namespaces (if any), try QUIC in mode prefer.
+func TestQUICEligible(t *testing.T) {
+	pod, wp := netip.MustParseAddr("10.0.0.2"), netip.MustParseAddr("10.0.0.9")
+	direct := hbone.Target{Addr: netip.AddrPortFrom(pod, 15008), Authority: "10.0.0.2:8080"}
+	viaWaypoint := hbone.Target{Addr: netip.AddrPortFrom(wp, 15008), Authority: "10.96.0.1:80"}
+	src := &state.Workload{Workload: &workloadapi.Workload{Namespace: "shop"}}
+	for _, tc := range []struct {
+		name string
+		cfg  QUICConfig
+		t    hbone.Target
+		want bool
+	}{
+		{"prefer, to the pod's ztunnel", QUICConfig{Mode: QUICPrefer}, direct, true},
+		{"prefer, to a waypoint", QUICConfig{Mode: QUICPrefer}, viaWaypoint, false},
+		{"on", QUICConfig{Mode: QUICOn}, direct, false},
+		{"off", QUICConfig{}, direct, false},
+		{"prefer, source namespace listed", QUICConfig{Mode: QUICPrefer, Namespaces: []string{"shop"}}, direct, true},
+		{"prefer, source namespace not listed", QUICConfig{Mode: QUICPrefer, Namespaces: []string{"other"}}, direct, false},
+	} {
+		q := &quicState{cfg: tc.cfg}
+		if got := q.eligible(src, &tc.t); got != tc.want {
+			t.Errorf("%s: eligible() = %v, want %v", tc.name, got, tc.want)
+		}
+	}
+}
