@@ -2,6 +2,8 @@ package logs
 
 import (
 	"bufio"
+	"bytes"
+	"encoding/json"
 	"fmt"
 	"io"
 	"strings"
@@ -93,8 +95,12 @@ func (p *Printer) Write(r *logsv1.WatchResponse) error {
 	case JSON:
 		var b []byte
 		if b, err = (protojson.MarshalOptions{UseProtoNames: true}).Marshal(r); err == nil {
-			p.w.Write(b)
-			err = p.w.WriteByte('\n')
+			// protojson varies its spacing on purpose; one line, stable.
+			var c bytes.Buffer
+			if err = json.Compact(&c, b); err == nil {
+				c.WriteByte('\n')
+				_, err = p.w.Write(c.Bytes())
+			}
 		}
 	case Compact:
 		err = p.compact(r)
