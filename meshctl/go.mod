@@ -3,6 +3,7 @@ module github.com/ambient-go/mesh/meshctl
 go 1.26.8
 
 require (
+	github.com/ambient-go/mesh/istiod-lite v0.0.0
 	github.com/ambient-go/mesh/pkg v0.0.0
 	github.com/ambient-go/mesh/tests v0.0.0-00010101000000-000000000000
 	github.com/envoyproxy/go-control-plane/envoy v1.40.0
@@ -23,7 +24,6 @@ require (
 require (
 	cel.dev/expr v0.25.3 // indirect
 	github.com/Azure/go-ansiterm v0.0.0-20250102033503-faa5f7b0171c // indirect
-	github.com/ambient-go/mesh/istiod-lite v0.0.0 // indirect
 	github.com/ambient-go/mesh/waypoint v0.0.0 // indirect
 	github.com/ambient-go/mesh/ztunnel v0.0.0 // indirect
 	github.com/beorn7/perks v1.0.1 // indirect

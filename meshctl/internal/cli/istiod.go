@@ -86,7 +86,7 @@ func (o *Options) istiodContext(ctx context.Context) (context.Context, error) {
 	}
 	// Cluster credentials go to istiod-lite only in cluster mode, or when
 	// a kubeconfig or context was named explicitly.
-	explicitKube := (o.Kube.KubeConfig != nil && *o.Kube.KubeConfig != "") || (o.Kube.Context != nil && *o.Kube.Context != "")
+	explicitKube := set(o.Kube.KubeConfig) || set(o.Kube.Context) || set(o.Kube.BearerToken)
 	if token == "" && (!o.Local() || explicitKube) {
 		rc, err := o.Kube.ToRESTConfig()
 		if err == nil {
@@ -103,3 +103,5 @@ func (o *Options) istiodContext(ctx context.Context) (context.Context, error) {
 	}
 	return metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+token), nil
 }
+
+func set(p *string) bool { return p != nil && *p != "" }
