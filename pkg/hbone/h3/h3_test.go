@@ -334,3 +334,43 @@ func TestHandshakeTimeout(t *testing.T) {
 		t.Errorf("Dial() failed after %v, want about the 300 ms handshake timeout", d)
 	}
 }
+
+// TestShutdownDrains: Shutdown lets an open tunnel finish (it still
+// carries data), and returns once it has.
+func TestShutdownDrains(t *testing.T) {
+	ms := newMesh(t, "cluster.local")
+	s := &Server{TLSConfig: ms.serverTLS(serverID), Handler: &echo{}}
+	addr := serve(t, s)
+	p := newPool(t, ms)
+	c, err := p.Dial(ctxT(t), target(addr, serverID))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	shut := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		shut <- s.Shutdown(ctx)
+	}()
+	time.Sleep(100 * time.Millisecond) // Shutdown has begun
+	select {
+	case err := <-shut:
+		t.Fatalf("Shutdown() = %v with a tunnel open, want it to wait", err)
+	default:
+	}
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.WriteString(c, "still there"); err != nil {
+		t.Fatal(err)
+	}
+	c.CloseWrite()
+	b, err := io.ReadAll(c)
+	if err != nil || string(b) != "still there" {
+		t.Fatalf("tunnel during Shutdown: %q, %v; want the echo", b, err)
+	}
+	c.Close()
+	p.Close() // the client goes away, as ztunnels do after GOAWAY
+	if err := <-shut; err != nil {
+		t.Errorf("Shutdown() = %v, want nil", err)
+	}
+}

@@ -60,6 +60,8 @@ type Server struct {
 	transports map[*quic.Transport]struct{}
 	closing    bool
 	handlers   sync.WaitGroup
+	closed     chan struct{} // closed by Close, once every connection ended
+	closeOnce  sync.Once
 }
 
 func (s *Server) init() {
@@ -75,6 +77,7 @@ func (s *Server) init() {
 			Logger:  s.log,
 		}
 		s.transports = map[*quic.Transport]struct{}{}
+		s.closed = make(chan struct{})
 	})
 }
 
@@ -104,6 +107,13 @@ func (s *Server) Serve(pc net.PacketConn) error {
 	s.transports[tr] = struct{}{}
 	s.mu.Unlock()
 	defer func() {
+		s.mu.Lock()
+		closing := s.closing
+		s.mu.Unlock()
+		if closing {
+			// Shutdown: the connections on tr drain until Close.
+			<-s.closed
+		}
 		s.mu.Lock()
 		delete(s.transports, tr)
 		s.mu.Unlock()
@@ -142,6 +152,7 @@ func (s *Server) Close() error {
 	}
 	s.mu.Unlock()
 	err := s.h3.Close()
+	s.closeOnce.Do(func() { close(s.closed) })
 	for _, tr := range trs {
 		tr.Close()
 	}
