@@ -13,114 +13,15 @@ import (
 
 	"go.uber.org/goleak"
 
+	"github.com/ambient-go/mesh/meshctl/internal/meshtest"
 	"github.com/ambient-go/mesh/tests/harness"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
-// liveMesh starts a local-mode mesh (tests/harness: istiod-lite on a config
-// directory, ztunnels on node-a and node-b, in-process on loopback) with
-// namespace demo: client and stranger on node-a, echo-0 on node-b behind
-// Service echo and, through waypoint demo/waypoint, Service echo-l7; the
-// policy demo/allow-client lets only client and the waypoint reach echo.
-// It returns meshctl's local-mode flags for it.
-func liveMesh(t *testing.T) (*harness.Mesh, []string) {
-	t.Helper()
-	m := harness.New(t, harness.Options{})
-	client, stranger, echo := m.PodIP(0, 0), m.PodIP(0, 1), m.PodIP(1, 0)
-	harness.StartHTTPEcho(t, "echo-0", netip.AddrPortFrom(echo, 8080))
-	m.Write("demo.yaml", strings.Join([]string{
-		"apiVersion: v1\nkind: Namespace\nmetadata:\n  name: demo\n  labels:\n    istio.io/dataplane-mode: ambient\n",
-		livePod("client", "client", "node-a", client, "app: client"),
-		livePod("stranger", "stranger", "node-a", stranger, "app: stranger"),
-		livePod("echo-0", "echo", "node-b", echo, "app: echo"),
-		liveService("echo", m.VIP(0), ""),
-		liveService("echo-l7", m.VIP(1), "waypoint"),
-		`apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata:
-  name: allow-client
-  namespace: demo
-spec:
-  selector:
-    matchLabels:
-      app: echo
-  action: ALLOW
-  rules:
-  - from:
-    - source:
-        principals: ["cluster.local/ns/demo/sa/client", "cluster.local/ns/demo/sa/waypoint"]
-`,
-	}, "---\n"))
-	m.StartWaypoint("node-a", "demo", "waypoint")
-	flags := []string{
-		"--istiod", m.IstiodAddr(), "--istiod-token", m.Token("node-a"),
-		"--proxy-admin", "node-a=" + m.Ztunnel("node-a").Admin().AdminAddr().String(),
-		"--proxy-admin", "node-b=" + m.Ztunnel("node-b").Admin().AdminAddr().String(),
-	}
-	// Wait until node-a's ztunnel holds the waypoint binding of echo-l7.
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		out, _, _ := run(t, append(flags, "ztunnel-config", "service", "--node", "node-a")...)
-		if regexp.MustCompile(`echo-l7\s+\S+\s+waypoint\s+1/1`).MatchString(out) {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("node-a's ztunnel never bound echo-l7 to the waypoint:\n%s", out)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	return m, flags
-}
-
-func livePod(name, sa, node string, ip netip.Addr, labels string) string {
-	return fmt.Sprintf(`apiVersion: v1
-kind: Pod
-metadata:
-  name: %s
-  namespace: demo
-  labels: {%s}
-spec:
-  nodeName: %s
-  serviceAccountName: %s
-  containers:
-  - name: app
-    image: app
-    ports:
-    - name: http
-      containerPort: 8080
-status:
-  phase: Running
-  podIP: %s
-  conditions:
-  - type: Ready
-    status: "True"
-`, name, labels, node, sa, ip)
-}
-
-func liveService(name string, vip netip.Addr, waypoint string) string {
-	labels := ""
-	if waypoint != "" {
-		labels = "\n  labels:\n    istio.io/use-waypoint: " + waypoint
-	}
-	return fmt.Sprintf(`apiVersion: v1
-kind: Service
-metadata:
-  name: %s
-  namespace: demo%s
-spec:
-  clusterIP: %s
-  selector:
-    app: echo
-  ports:
-  - port: 80
-    targetPort: 8080
-`, name, labels, vip)
-}
-
 // TestLiveLocalMesh runs the commands against a real local-mode mesh.
 func TestLiveLocalMesh(t *testing.T) {
-	m, flags := liveMesh(t)
+	m, flags := meshtest.Start(t)
 	cmd := func(t *testing.T, args ...string) string {
 		t.Helper()
 		out, errOut, code := run(t, append(flags, args...)...)
