@@ -22,6 +22,11 @@ import (
 	"strings"
 	"time"
 
+	"github.com/google/nftables"
+	"github.com/google/nftables/binaryutil"
+	"github.com/google/nftables/expr"
+	"golang.org/x/sys/unix"
+
 	"github.com/ambient-go/mesh/tests/bench"
 	"github.com/ambient-go/mesh/tests/netns/cluster"
 )
@@ -44,10 +49,22 @@ func quicZtunnelArgs() []string {
 	return []string{"--quic", "prefer", "--quic-namespaces", quicNamespace}
 }
 
+// underlayMode says how the last setNetem made the underlay lossy: netem
+// (loss and delay) or, on a kernel without sch_netem, nftables (loss
+// only); "" when it is clean.
+var underlayMode string
+
 // setNetem adds (on) or removes the netem qdisc on every node's underlay
 // link, in the underlay namespace: traffic between two nodes crosses two
-// such links, one per direction.
+// such links, one per direction. A kernel without sch_netem (CONFIG_
+// NET_SCH_NETEM unset) gets the loss alone, from nftables (lossByNftables).
 func setNetem(ctx context.Context, c *cluster.Cluster, on bool) error {
+	if underlayMode == "nftables" {
+		underlayMode = ""
+		if err := lossByNftables(c, false); err != nil {
+			return err
+		}
+	}
 	tc, err := exec.LookPath("tc")
 	if err != nil {
 		return fmt.Errorf("tc (Debian iproute2) is needed for a lossy underlay: %w", err)
@@ -64,8 +81,57 @@ func setNetem(ctx context.Context, c *cluster.Cluster, on bool) error {
 			return err
 		}
 		if err := cmd.Wait(); err != nil {
+			if !on && (strings.Contains(out.String(), "No such file") || strings.Contains(out.String(), "Cannot delete qdisc with handle of zero")) {
+				continue // nothing to remove
+			}
+			if on && strings.Contains(out.String(), "qdisc kind is unknown") {
+				say("this kernel has no netem qdisc: 1%% loss from nftables, no added delay")
+				underlayMode = "nftables"
+				return lossByNftables(c, true)
+			}
 			return fmt.Errorf("tc %s: %w: %s", strings.Join(args, " "), err, out.String())
 		}
+	}
+	underlayMode = ""
+	if on {
+		underlayMode = "netem"
+	}
+	return nil
+}
+
+// lossTable is lossByNftables' table in the underlay namespace.
+const lossTable = "bench-loss"
+
+// lossByNftables drops 1 % of the frames entering the underlay from each
+// node (a netdev ingress chain per node link, numgen random), or removes
+// the table.
+func lossByNftables(c *cluster.Cluster, on bool) error {
+	h, err := c.Topo.Underlay.Open()
+	if err != nil {
+		return err
+	}
+	defer h.Close()
+	nft, err := nftables.New(nftables.WithNetNSFd(int(h)))
+	if err != nil {
+		return err
+	}
+	t := nft.AddTable(&nftables.Table{Family: nftables.TableFamilyNetdev, Name: lossTable})
+	nft.DelTable(t)
+	if on {
+		t = nft.AddTable(&nftables.Table{Family: nftables.TableFamilyNetdev, Name: lossTable})
+		for _, n := range c.Nodes {
+			ch := nft.AddChain(&nftables.Chain{Name: "in-" + n.UnderlayLink, Table: t, Type: nftables.ChainTypeFilter,
+				Hooknum: nftables.ChainHookIngress, Priority: nftables.ChainPriorityFilter, Device: n.UnderlayLink})
+			nft.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: []expr.Any{
+				&expr.Numgen{Register: 1, Modulus: 100, Type: unix.NFT_NG_RANDOM},
+				&expr.Cmp{Op: expr.CmpOpLt, Register: 1, Data: binaryutil.NativeEndian.PutUint32(1)},
+				&expr.Counter{},
+				&expr.Verdict{Kind: expr.VerdictDrop},
+			}})
+		}
+	}
+	if err := nft.Flush(); err != nil {
+		return fmt.Errorf("nftables loss in the underlay: %w", err)
 	}
 	return nil
 }
@@ -177,6 +243,7 @@ func runQUIC(ctx context.Context, o options) error {
 	}
 	defer s.stop()
 	r := &results{series: map[string]map[string][]float64{}}
+	var lossyMode string
 	names := []string{"direct", "mesh", "mesh-quic"}
 	for _, phase := range []string{"clean", "lossy"} {
 		if phase == "lossy" {
@@ -185,6 +252,10 @@ func runQUIC(ctx context.Context, o options) error {
 				return err
 			}
 		}
+		if phase == "lossy" {
+			lossyMode = map[string]string{"netem": "tc " + strings.Join(netemArgs, " ") + " per direction",
+				"nftables": "1% loss per direction by nftables (no netem in this kernel), no added delay"}[underlayMode]
+		}
 		if err := quicFigures(ctx, o, d, s.variants, r, phase); err != nil {
 			return fmt.Errorf("%s underlay: %w", phase, err)
 		}
@@ -192,7 +263,7 @@ func runQUIC(ctx context.Context, o options) error {
 	if err := setNetem(ctx, s.c, false); err != nil {
 		say("removing netem: %v", err)
 	}
-	table := bench.Markdown(quicRows(r), names)
+	table := bench.Markdown(quicRows(r), names) + "\nlossy underlay: " + lossyMode + "\n"
 	fmt.Println()
 	fmt.Print(table)
 	out := filepath.Join(o.out, "quic.md")
