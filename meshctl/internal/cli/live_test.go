@@ -6,6 +6,8 @@ import (
 	"io"
 	"net/http"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
@@ -51,6 +53,17 @@ func TestLiveLocalMesh(t *testing.T) {
 			if time.Now().After(deadline) {
 				t.Fatalf("proxy-status =\n%s\nwant lines matching %v", out, want)
 			}
+		}
+	})
+
+	t.Run("proxy-status over istiod-lite's TLS port", func(t *testing.T) {
+		root := filepath.Join(t.TempDir(), "root-cert.pem")
+		if err := os.WriteFile(root, m.Istiod.RootPEM(), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		out, errOut, code := run(t, "--istiod", m.Istiod.Addr().String(), "--istiod-ca", root, "--istiod-token", m.Token("node-b"), "proxy-status", "--certs=false")
+		if code != 0 || !strings.Contains(out, "ztunnel-node-b.istio-system") {
+			t.Errorf("proxy-status over TLS = exit %d\n%s%s", code, out, errOut)
 		}
 	})
 
