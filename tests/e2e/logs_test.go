@@ -23,6 +23,7 @@ import (
 	"github.com/ambient-go/mesh/pkg/accesslog"
 	"github.com/ambient-go/mesh/pkg/logstream"
 	"github.com/ambient-go/mesh/pkg/logstream/logsv1"
+	"github.com/ambient-go/mesh/tests/harness"
 )
 
 const logsToken = "logs-reader-token"
@@ -69,11 +70,11 @@ func buildMeshctl(t *testing.T) string {
 // startLogs runs meshctl logs against the mesh's istiod-lite (local mode,
 // plaintext loopback port) with args; paused starts it without reading
 // its output.
-func startLogs(t *testing.T, a *authzMesh, paused bool, args ...string) *meshctlLogs {
+func startLogs(t *testing.T, istiod string, paused bool, args ...string) *meshctlLogs {
 	t.Helper()
 	bin := buildMeshctl(t)
 	ctx, cancel := context.WithCancel(context.Background())
-	cmd := exec.CommandContext(ctx, bin, append([]string{"--istiod", a.IstiodAddr(), "--istiod-token", logsToken, "logs", "-o", "json"}, args...)...)
+	cmd := exec.CommandContext(ctx, bin, append([]string{"--istiod", istiod, "--istiod-token", logsToken, "logs", "-o", "json"}, args...)...)
 	cmd.Stderr = os.Stderr
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
@@ -184,14 +185,19 @@ func scrapeMetric(url string, re *regexp.Regexp) (int, error) {
 
 func newLogsMesh(t *testing.T) *authzMesh {
 	a := newAuthzMesh(t)
-	a.Write("meshctl-tokens.yaml", `apiVersion: v1
+	writeLogsToken(a.Mesh)
+	return a
+}
+
+// writeLogsToken gives meshctl a token of the config directory.
+func writeLogsToken(m *harness.Mesh) {
+	m.Write("meshctl-tokens.yaml", `apiVersion: v1
 kind: Secret
 metadata:
   name: meshctl-tokens
   namespace: istio-system
 stringData:
   admin: `+logsToken+"\n")
-	return a
 }
 
 // TestMeshctlLogs: `meshctl logs -f -n demo`, started before traffic,
@@ -203,7 +209,7 @@ func TestMeshctlLogs(t *testing.T) {
 		t.Skip("builds meshctl")
 	}
 	a := newLogsMesh(t)
-	all := startLogs(t, a, false, "-f", "-n", "demo")
+	all := startLogs(t, a.IstiodAddr(), false, "-f", "-n", "demo")
 	waitWatchers(t, a, "node-a", 1)
 	waitWatchers(t, a, "node-b", 1)
 
@@ -254,7 +260,7 @@ func TestMeshctlLogs(t *testing.T) {
 	// Drain what the wait produced from the first stream.
 	time.Sleep(1500 * time.Millisecond)
 	drainLogs(all.out)
-	deny := startLogs(t, a, false, "-f", "-n", "demo", "--verdict", "DENY")
+	deny := startLogs(t, a.IstiodAddr(), false, "-f", "-n", "demo", "--verdict", "DENY")
 	waitWatchers(t, a, "node-a", 2)
 	waitWatchers(t, a, "node-b", 2)
 	for range 3 {
@@ -299,7 +305,7 @@ func TestMeshctlLogs(t *testing.T) {
 
 	// A reader that stops reading loses records, and is told how many;
 	// the data path (the access logger's Log) never waits for it.
-	slow := startLogs(t, a, true, "-f", "-n", "demo", "--to-workload", "synthetic")
+	slow := startLogs(t, a.IstiodAddr(), true, "-f", "-n", "demo", "--to-workload", "synthetic")
 	waitWatchers(t, a, "node-a", 3)
 	const injected = 50000
 	z := a.Ztunnel("node-a")
