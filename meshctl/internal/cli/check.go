@@ -66,7 +66,7 @@ In local mode (--istiod) it checks instead that istiod-lite answers and that
 every connected proxy is SYNCED.`,
 		Example: `  meshctl check
   meshctl check --context prod -o json
-  meshctl check --istiod 127.10.0.1:15010 --istiod-token token-node-a`,
+  meshctl check --istiod 127.10.0.1:15012 --istiod-ca _out/demo/state/root-cert.pem --istiod-token TOKEN`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error { return co.run(cmd.Context()) },
 	}

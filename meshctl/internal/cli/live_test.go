@@ -61,16 +61,18 @@ func TestLiveLocalMesh(t *testing.T) {
 		if err := os.WriteFile(root, m.Istiod.RootPEM(), 0o644); err != nil {
 			t.Fatal(err)
 		}
-		out, errOut, code := run(t, "--istiod", m.Istiod.Addr().String(), "--istiod-ca", root, "--istiod-token", m.Token("node-b"), "proxy-status", "--certs=false")
+		out, errOut, code := run(t, "--istiod", m.Istiod.Addr().String(), "--istiod-ca", root, "--istiod-token", meshtest.OperatorToken, "proxy-status", "--certs=false")
 		if code != 0 || !strings.Contains(out, "ztunnel-node-b.istio-system") {
 			t.Errorf("proxy-status over TLS = exit %d\n%s%s", code, out, errOut)
 		}
 	})
 
-	t.Run("proxy-status refuses an unknown token", func(t *testing.T) {
-		_, errOut, code := run(t, "--istiod", m.IstiodAddr(), "--istiod-token", "not-a-token", "proxy-status")
-		if code == 0 || !strings.Contains(errOut, "unknown bearer token") {
-			t.Errorf("proxy-status with a wrong token = exit %d, %q; want an authentication error", code, errOut)
+	t.Run("proxy-status refuses unknown tokens and node tokens", func(t *testing.T) {
+		for _, token := range []string{"not-a-token", m.Token("node-a")} {
+			_, errOut, code := run(t, "--istiod", m.IstiodAddr(), "--istiod-token", token, "proxy-status")
+			if code == 0 || !strings.Contains(errOut, "unknown bearer token") {
+				t.Errorf("proxy-status with token %q = exit %d, %q; want an authentication error", token, code, errOut)
+			}
 		}
 	})
 

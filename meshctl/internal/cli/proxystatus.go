@@ -47,7 +47,7 @@ directory (--istiod-token), in a cluster with the kubeconfig's credentials,
 for users who may list pods in all namespaces.`,
 		Example: `  meshctl proxy-status
   meshctl proxy-status --istiod 127.10.0.1:15012 --istiod-ca _out/demo/state/root-cert.pem \
-      --istiod-token demo-token-node-a --proxy-admin node-a=127.10.1.1:15000
+      --istiod-token TOKEN --proxy-admin node-a=127.10.1.1:15000
   meshctl proxy-status -o json`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error { return po.run(cmd.Context()) },

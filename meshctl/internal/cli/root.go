@@ -68,7 +68,7 @@ config directory.`,
   meshctl proxy-status
   meshctl ztunnel-config workload --node node-a
   meshctl explain demo/client echo.demo:80
-  meshctl --istiod 127.10.0.1:15010 --istiod-token demo-token-node-a proxy-status`,
+  meshctl --istiod 127.10.0.1:15012 --istiod-ca _out/demo/state/root-cert.pem --istiod-token TOKEN proxy-status`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
@@ -79,7 +79,7 @@ config directory.`,
 	pf := cmd.PersistentFlags()
 	pf.StringVar(&o.Istiod, "istiod", "", "istiod-lite's gRPC address (host:port); selects local mode")
 	pf.StringVar(&o.IstiodCA, "istiod-ca", "", "root certificate (PEM) of istiod-lite's TLS listener; empty: plaintext")
-	pf.StringVar(&o.Token, "istiod-token", "", "bearer token for istiod-lite (local mode: a token of the config directory)")
+	pf.StringVar(&o.Token, "istiod-token", "", "bearer token for istiod-lite (local mode: a value of Secret istio-system/meshctl-tokens)")
 	pf.StringVar(&o.TokenFile, "istiod-token-file", "", "file holding the bearer token for istiod-lite")
 	pf.StringToStringVar(&o.ProxyAdmin, "proxy-admin", nil, "local mode: admin address of a proxy, NODE=ADDR for a ztunnel or NS/NAME=ADDR for a waypoint (repeatable)")
 

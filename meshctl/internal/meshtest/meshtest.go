@@ -12,12 +12,16 @@ import (
 	"github.com/ambient-go/mesh/tests/harness"
 )
 
+// OperatorToken is the meshctl token of the mesh's config directory
+// (Secret istio-system/meshctl-tokens, user "operator").
+const OperatorToken = "operator-token"
+
 // Start starts a local-mode mesh (tests/harness: istiod-lite on a config
 // directory, ztunnels on node-a and node-b, in-process on loopback) with
 // namespace demo: client and stranger on node-a, echo-0 on node-b behind
 // Service echo and, through waypoint demo/waypoint, Service echo-l7; the
 // policy demo/allow-client lets only client and the waypoint reach echo.
-// It returns meshctl's local-mode flags for it.
+// It returns meshctl's local-mode flags for it (with OperatorToken).
 func Start(t *testing.T) (*harness.Mesh, []string) {
 	t.Helper()
 	m := harness.New(t, harness.Options{})
@@ -46,9 +50,10 @@ spec:
         principals: ["cluster.local/ns/demo/sa/client", "cluster.local/ns/demo/sa/waypoint"]
 `,
 	}, "---\n"))
+	m.Write("meshctl-tokens.yaml", "apiVersion: v1\nkind: Secret\nmetadata:\n  name: meshctl-tokens\n  namespace: istio-system\nstringData:\n  operator: "+OperatorToken+"\n")
 	m.StartWaypoint("node-a", "demo", "waypoint")
 	flags := []string{
-		"--istiod", m.IstiodAddr(), "--istiod-token", m.Token("node-a"),
+		"--istiod", m.IstiodAddr(), "--istiod-token", OperatorToken,
 		"--proxy-admin", "node-a=" + m.Ztunnel("node-a").Admin().AdminAddr().String(),
 		"--proxy-admin", "node-b=" + m.Ztunnel("node-b").Admin().AdminAddr().String(),
 	}
