@@ -181,8 +181,8 @@ func (a *Agent) deliver(ctx context.Context, id uint64, req *logsv1.WatchRequest
 	if err := ds.Send(&logsv1.Delivery{QueryId: id, Instance: a.instance}); err != nil {
 		return err
 	}
-	err = a.cfg.Service.Watch(ctx, req, func(r *logsv1.WatchResponse) error {
-		return ds.Send(&logsv1.Delivery{Responses: []*logsv1.WatchResponse{r}})
+	err = a.cfg.Service.Watch(ctx, req, func(rs ...*logsv1.WatchResponse) error {
+		return ds.Send(&logsv1.Delivery{Responses: rs})
 	})
 	if err != nil {
 		return err

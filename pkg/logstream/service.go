@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"net/netip"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -26,6 +27,10 @@ type Config struct {
 	// Apps, if set, names the workload (Deployment) of a pod address, so
 	// that records can be filtered by workload; nil: by pod name only.
 	Apps func(netip.Addr) string
+	// Coalesce is how long a follower waits after being woken before it
+	// reads, so that it reads (and sends) records in batches instead of
+	// one wake-up per record; default 5ms, negative: none.
+	Coalesce time.Duration
 	// Metrics; nil: NewMetrics(nil).
 	Metrics *Metrics
 	Logger  *slog.Logger
@@ -42,6 +47,9 @@ func NewService(cfg Config) *Service {
 	if cfg.Metrics == nil {
 		cfg.Metrics = NewMetrics(nil)
 	}
+	if cfg.Coalesce == 0 {
+		cfg.Coalesce = 5 * time.Millisecond
+	}
 	log := cfg.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -49,11 +57,11 @@ func NewService(cfg Config) *Service {
 	return &Service{cfg: cfg, log: log.With("component", "logstream")}
 }
 
-// Watch sends what req asks for to send, one response at a time, and
-// returns when done (no follow), when ctx ends (nil), or when send fails.
-// Send may block: the ring goes on without this reader, which is told
-// how many records it lost when it catches up.
-func (s *Service) Watch(ctx context.Context, req *logsv1.WatchRequest, send func(*logsv1.WatchResponse) error) error {
+// Watch sends what req asks for to send, in batches, and returns when
+// done (no follow), when ctx ends (nil), or when send fails. Send may
+// block: the ring goes on without this reader, which is told how many
+// records it lost when it catches up.
+func (s *Service) Watch(ctx context.Context, req *logsv1.WatchRequest, send func(...*logsv1.WatchResponse) error) error {
 	m, err := Compile(req)
 	if err != nil {
 		return status.Error(codes.InvalidArgument, err.Error())
@@ -82,19 +90,33 @@ func (s *Service) Watch(ctx context.Context, req *logsv1.WatchRequest, send func
 		return nil
 	}
 	pos := end
+	var (
+		batch []*logsv1.WatchResponse
+		pause *time.Timer
+	)
+	if s.cfg.Coalesce > 0 {
+		pause = time.NewTimer(time.Hour)
+		pause.Stop()
+		defer pause.Stop()
+	}
 	for {
 		n, next, lost := ring.read(pos, buf)
 		pos = next
+		batch = batch[:0]
 		if lost > 0 {
 			s.cfg.Metrics.lost.Add(float64(lost))
-			if err := send(&logsv1.WatchResponse{Event: &logsv1.WatchResponse_Lost{Lost: &logsv1.Lost{
+			batch = append(batch, &logsv1.WatchResponse{Event: &logsv1.WatchResponse_Lost{Lost: &logsv1.Lost{
 				Source: logsv1.Lost_PROXY, Proxy: s.cfg.Name, Count: lost,
-			}}}); err != nil {
-				return err
-			}
+			}}})
 		}
 		for i := range n {
-			if err := s.sendMatch(&buf[i], m, send); err != nil {
+			r := toProto(&buf[i], s.cfg.Kind, s.cfg.Name, s.cfg.Apps)
+			if m.Match(r) {
+				batch = append(batch, &logsv1.WatchResponse{Event: &logsv1.WatchResponse_Record{Record: r}})
+			}
+		}
+		if len(batch) > 0 {
+			if err := send(batch...); err != nil {
 				return err
 			}
 		}
@@ -106,12 +128,20 @@ func (s *Service) Watch(ctx context.Context, req *logsv1.WatchRequest, send func
 			return nil
 		case <-wake:
 		}
+		if pause != nil {
+			pause.Reset(s.cfg.Coalesce)
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-pause.C:
+			}
+		}
 	}
 }
 
 // backlog sends the matching records kept before end: the last
 // req.Last of them, or all when req.Last is 0 and req.Follow is false.
-func (s *Service) backlog(req *logsv1.WatchRequest, m *Matcher, buf []entry, end uint64, send func(*logsv1.WatchResponse) error) error {
+func (s *Service) backlog(req *logsv1.WatchRequest, m *Matcher, buf []entry, end uint64, send func(...*logsv1.WatchResponse) error) error {
 	want := req.GetLast()
 	if want == 0 {
 		if req.GetFollow() {
@@ -138,20 +168,18 @@ func (s *Service) backlog(req *logsv1.WatchRequest, m *Matcher, buf []entry, end
 			}
 		}
 	}
-	for _, r := range matches {
-		if err := send(&logsv1.WatchResponse{Event: &logsv1.WatchResponse_Record{Record: r}}); err != nil {
+	for len(matches) > 0 {
+		k := min(len(matches), batchSize)
+		batch := make([]*logsv1.WatchResponse, k)
+		for i, r := range matches[:k] {
+			batch[i] = &logsv1.WatchResponse{Event: &logsv1.WatchResponse_Record{Record: r}}
+		}
+		if err := send(batch...); err != nil {
 			return err
 		}
+		matches = matches[k:]
 	}
 	return nil
-}
-
-func (s *Service) sendMatch(e *entry, m *Matcher, send func(*logsv1.WatchResponse) error) error {
-	r := toProto(e, s.cfg.Kind, s.cfg.Name, s.cfg.Apps)
-	if !m.Match(r) {
-		return nil
-	}
-	return send(&logsv1.WatchResponse{Event: &logsv1.WatchResponse_Record{Record: r}})
 }
 
 // Server serves a Service as the gRPC LogStream service. Who may call it
@@ -170,5 +198,12 @@ func (s *Server) Register(g *grpc.Server) { logsv1.RegisterLogStreamServer(g, s)
 
 // Watch implements LogStream.
 func (s *Server) Watch(req *logsv1.WatchRequest, stream grpc.ServerStreamingServer[logsv1.WatchResponse]) error {
-	return s.Service.Watch(stream.Context(), req, stream.Send)
+	return s.Service.Watch(stream.Context(), req, func(rs ...*logsv1.WatchResponse) error {
+		for _, r := range rs {
+			if err := stream.Send(r); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
 }

@@ -28,10 +28,12 @@ func collect(t *testing.T, s *Service, req *logsv1.WatchRequest, n int) []*logsv
 	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
 	defer cancel()
 	var got []*logsv1.WatchResponse
-	err := s.Watch(ctx, req, func(r *logsv1.WatchResponse) error {
-		got = append(got, r)
-		if len(got) == n {
-			cancel()
+	err := s.Watch(ctx, req, func(rs ...*logsv1.WatchResponse) error {
+		for _, r := range rs {
+			got = append(got, r)
+			if len(got) == n {
+				cancel()
+			}
 		}
 		return nil
 	})
@@ -132,12 +134,12 @@ func TestWatchSlowReaderLoses(t *testing.T) {
 	var got []*logsv1.WatchResponse
 	done := make(chan error)
 	go func() {
-		done <- s.Watch(ctx, &logsv1.WatchRequest{Follow: true}, func(r *logsv1.WatchResponse) error {
-			got = append(got, r)
+		done <- s.Watch(ctx, &logsv1.WatchRequest{Follow: true}, func(rs ...*logsv1.WatchResponse) error {
+			got = append(got, rs...)
 			if len(got) == 1 {
 				<-release // the reader stops reading
 			}
-			if len(got) == 10 {
+			if len(got) >= 10 {
 				cancel()
 			}
 			return nil
@@ -225,5 +227,40 @@ func TestServerMutualTLS(t *testing.T) {
 	}
 	if status.Code(err) != codes.Unavailable {
 		t.Errorf("Watch as another identity: %v, want Unavailable (handshake refused)", err)
+	}
+}
+
+// A follower woken by a stream of records reads and sends them in
+// batches, not one wake-up and one send per record.
+func TestWatchBatchesBursts(t *testing.T) {
+	ring := NewRing(1024)
+	s := NewService(Config{Ring: ring, Name: "node-a", Coalesce: 100 * time.Millisecond})
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	const n = 20
+	var sends, got int
+	done := make(chan error)
+	go func() {
+		done <- s.Watch(ctx, &logsv1.WatchRequest{Follow: true}, func(rs ...*logsv1.WatchResponse) error {
+			sends++
+			got += len(rs)
+			if got >= n {
+				cancel()
+			}
+			return nil
+		})
+	}()
+	waitWatchers(t, ring, 1)
+	// A record every millisecond: without coalescing, each wakes the
+	// follower on its own.
+	for i := range n {
+		ring.Add(rec(uint16(i)), 0)
+		time.Sleep(time.Millisecond)
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if got != n || sends > 5 {
+		t.Errorf("%d records in %d sends, want %d in at most 5", got, sends, n)
 	}
 }
