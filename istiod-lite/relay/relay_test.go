@@ -167,7 +167,9 @@ func describe(r *logsv1.WatchResponse) string {
 	return "?"
 }
 
-func itoa(n int) string { return string(rune('0'+n/100%10)) + string(rune('0'+n/10%10)) + string(rune('0'+n%10)) }
+func itoa(n int) string {
+	return string(rune('0'+n/100%10)) + string(rune('0'+n/10%10)) + string(rune('0'+n%10))
+}
 
 func recv(t *testing.T, s grpc.ServerStreamingClient[logsv1.WatchResponse], n int) []string {
 	t.Helper()
