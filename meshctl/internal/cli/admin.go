@@ -140,3 +140,47 @@ func (a *proxyAdmin) configDump(ctx context.Context) (*configDump, error) {
 	}
 	return &d, nil
 }
+
+// waypointAdmin finds the admin server of waypoint namespace/name: in local
+// mode from --proxy-admin NAMESPACE/NAME=ADDR, in a cluster by
+// port-forwarding to a pod of the waypoint's Deployment. ok is false when
+// local mode names no address for it.
+func (o *Options) waypointAdmin(ctx context.Context, namespace, name string) (a *proxyAdmin, ok bool, err error) {
+	key := namespace + "/" + name
+	if o.Local() || len(o.ProxyAdmin) > 0 {
+		addr, ok := o.ProxyAdmin[key]
+		if !ok {
+			return nil, false, nil
+		}
+		return &proxyAdmin{name: key, addr: addr}, true, nil
+	}
+	kc, err := o.kube()
+	if err != nil {
+		return nil, false, err
+	}
+	pod, err := kc.findPod(ctx, namespace, "gateway.networking.k8s.io/gateway-name="+name, "")
+	if err != nil {
+		return nil, false, err
+	}
+	addr, stop, err := kc.portForward(ctx, pod, 15000)
+	if err != nil {
+		return nil, false, err
+	}
+	return &proxyAdmin{name: key, addr: addr, stop: stop}, true, nil
+}
+
+// waypointPolicies returns the names of the L7 policies a waypoint holds
+// (its /config_dump's waypointPolicies).
+func (a *proxyAdmin) waypointPolicies(ctx context.Context) ([]string, error) {
+	b, err := a.get(ctx, "/config_dump")
+	if err != nil {
+		return nil, err
+	}
+	var d struct {
+		Policies []string `json:"waypointPolicies"`
+	}
+	if err := json.Unmarshal(b, &d); err != nil {
+		return nil, fmt.Errorf("admin of %s: config dump: %w", a.name, err)
+	}
+	return d.Policies, nil
+}

@@ -139,7 +139,7 @@ func (eo *explainOptions) run(ctx context.Context, src, dst string) error {
 		}
 		labels = &kubeLabels{kc: kc}
 	}
-	e, err := explain(ctx, cfg, labels, eo.namespace(), src, dst)
+	e, err := explain(ctx, cfg, labels, eo.waypointPolicies, eo.namespace(), src, dst)
 	if err != nil {
 		return err
 	}
@@ -149,9 +149,26 @@ func (eo *explainOptions) run(ctx context.Context, src, dst string) error {
 	return renderExplanation(eo.Out, e)
 }
 
+// l7Source returns the names of the L7 policies waypoint namespace/name
+// holds; nil, nil when they cannot be looked up here.
+type l7Source func(ctx context.Context, namespace, name string) ([]string, error)
+
+func (eo *explainOptions) waypointPolicies(ctx context.Context, namespace, name string) ([]string, error) {
+	a, ok, err := eo.waypointAdmin(ctx, namespace, name)
+	if err != nil || !ok {
+		return nil, err
+	}
+	defer a.close()
+	pols, err := a.waypointPolicies(ctx)
+	if pols == nil && err == nil {
+		pols = []string{}
+	}
+	return pols, err
+}
+
 // explain computes the paths of a connection from src to dst with the
 // data path's own lookups.
-func explain(ctx context.Context, cfg *meshConfig, labels labelSource, defaultNS, src, dst string) (*Explanation, error) {
+func explain(ctx context.Context, cfg *meshConfig, labels labelSource, l7 l7Source, defaultNS, src, dst string) (*Explanation, error) {
 	store, err := cfg.store()
 	if err != nil {
 		return nil, err
@@ -198,7 +215,7 @@ func explain(ctx context.Context, cfg *meshConfig, labels labelSource, defaultNS
 			if vip, err := netip.ParseAddr(host); err == nil {
 				dstIP = vip
 			}
-			path, err := pathTo(ctx, store, policies, labels, sw, srcIP, w, tp, svc, netip.AddrPortFrom(dstIP, port))
+			path, err := pathTo(ctx, store, policies, labels, l7, sw, srcIP, w, tp, svc, netip.AddrPortFrom(dstIP, port))
 			if err != nil {
 				return nil, err
 			}
@@ -214,7 +231,7 @@ func explain(ctx context.Context, cfg *meshConfig, labels labelSource, defaultNS
 	if err != nil {
 		return nil, fmt.Errorf("destination %s: no such service or workload", host)
 	}
-	path, err := pathTo(ctx, store, policies, labels, sw, srcIP, dw, port, nil, netip.AddrPortFrom(firstAddr(dw), port))
+	path, err := pathTo(ctx, store, policies, labels, l7, sw, srcIP, dw, port, nil, netip.AddrPortFrom(firstAddr(dw), port))
 	if err != nil {
 		return nil, err
 	}
@@ -225,7 +242,7 @@ func explain(ctx context.Context, cfg *meshConfig, labels labelSource, defaultNS
 // pathTo explains the way from sw to endpoint w at port (the target
 // port); svc is the service dialed (nil for a pod address) and dialed the
 // address the client dialed.
-func pathTo(ctx context.Context, store *state.Store, policies *authz.Policies, labels labelSource, sw *state.Workload, srcIP netip.Addr, w *state.Workload, port uint16, svc *state.Service, dialed netip.AddrPort) (Path, error) {
+func pathTo(ctx context.Context, store *state.Store, policies *authz.Policies, labels labelSource, l7 l7Source, sw *state.Workload, srcIP netip.Addr, w *state.Workload, port uint16, svc *state.Service, dialed netip.AddrPort) (Path, error) {
 	p := Path{Endpoint: endpointOf(w), Port: port}
 	out := Hop{Role: "outbound", Proxy: "ztunnel " + sw.Node}
 	if !endpointOf(sw).InMesh {
@@ -277,9 +294,20 @@ func pathTo(ctx context.Context, store *state.Store, policies *authz.Policies, l
 		}
 		wh := Hop{Role: "waypoint", Proxy: "waypoint " + name + " on node " + wp.Workload.Node,
 			Does: []string{
-				"terminates HBONE, applies HTTP routes and L7 policies (targetRefs to the waypoint or the service; they are in the waypoint's own /config_dump)",
+				"terminates HBONE, applies HTTP routes and the L7 policies bound to it or to the service (targetRefs), per request",
 				fmt.Sprintf("opens HBONE to %s at %s:15008, authority %s:%d, as %s", workloadName(w), firstAddr(w), firstAddr(w), port, wp.Workload.ID),
 			}}
+		if wp.Service != nil {
+			pols, err := l7(ctx, wp.Service.Namespace, wp.Service.Name)
+			switch {
+			case err != nil:
+				wh.Does = append(wh.Does, fmt.Sprintf("its L7 policies could not be read: %v", err))
+			case pols == nil:
+				wh.Does = append(wh.Does, "its L7 policies are in its own /config_dump (give --proxy-admin "+wp.Service.Namespace+"/"+wp.Service.Name+"=ADDR in local mode)")
+			default:
+				wh.Policies = pols
+			}
+		}
 		p.Hops = append(p.Hops, wh)
 		peer = wp.Workload.ID.String()
 		srcIP = firstAddr(wp.Workload)
@@ -463,6 +491,13 @@ func renderExplanation(w io.Writer, e *Explanation) error {
 			}
 			if h.Why != "" {
 				fmt.Fprintf(w, "     why: %s\n", h.Why)
+			}
+			if h.Role == "waypoint" && h.Policies != nil {
+				if len(h.Policies) == 0 {
+					fmt.Fprintf(w, "     L7 policies it holds: none\n")
+				} else {
+					fmt.Fprintf(w, "     L7 policies it holds: %s (each request is decided by the waypoint)\n", strings.Join(h.Policies, "; "))
+				}
 			}
 			if h.Role == "inbound" && h.Decision != "" {
 				if len(h.Policies) == 0 {

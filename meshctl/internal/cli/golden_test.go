@@ -75,7 +75,12 @@ func TestGolden(t *testing.T) {
 	defer func(c func() time.Time) { clock = c }(clock)
 	clock = func() time.Time { return fixedNow }
 	addr, _ := serveDump(t)
+	wp := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Write([]byte(`{"identity": "spiffe://cluster.local/ns/demo/sa/waypoint", "waypointPolicies": ["demo/deny-admin", "demo/allow-get"]}`))
+	}))
+	defer wp.Close()
 	local := []string{"--istiod", "127.0.0.1:1", "--proxy-admin", "node-a=" + addr}
+	withWaypoint := []string{"--proxy-admin", "demo/waypoint=" + strings.TrimPrefix(wp.URL, "http://")}
 	for _, tc := range []struct {
 		name string
 		args []string
@@ -93,6 +98,7 @@ func TestGolden(t *testing.T) {
 		{"explain-denied", []string{"explain", "demo/stranger", "echo.demo:80"}},
 		{"explain-not-in-mesh", []string{"explain", "legacy/old", "127.10.2.10:8080"}},
 		{"explain-json", []string{"explain", "demo/client", "echo-l7.demo:80", "--config-dir", "testdata/config", "-o", "json"}},
+		{"explain-waypoint-l7", append([]string{"explain", "demo/client", "echo-l7.demo:80", "--config-dir", "testdata/config"}, withWaypoint...)},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			out, errOut, code := run(t, append(local, tc.args...)...)

@@ -118,6 +118,7 @@ func TestLiveLocalMesh(t *testing.T) {
 			"waypoint demo/waypoint (pod demo/waypoint-0) on node node-a, L7",
 			"terminates HBONE from spiffe://cluster.local/ns/demo/sa/waypoint",
 			"decision: ALLOW (allowed by policy), decided by demo/allow-client",
+			"L7 policies it holds: demo/deny-admin (each request is decided by the waypoint)",
 		} {
 			if !strings.Contains(out, want) {
 				t.Errorf("explain =\n%s\nwant it to contain %q", out, want)

@@ -20,7 +20,8 @@ const OperatorToken = "operator-token"
 // directory, ztunnels on node-a and node-b, in-process on loopback) with
 // namespace demo: client and stranger on node-a, echo-0 on node-b behind
 // Service echo and, through waypoint demo/waypoint, Service echo-l7; the
-// policy demo/allow-client lets only client and the waypoint reach echo.
+// policy demo/allow-client lets only client and the waypoint reach echo, and
+// the waypoint's L7 policy demo/deny-admin denies /admin on echo-l7.
 // It returns meshctl's local-mode flags for it (with OperatorToken).
 func Start(t *testing.T) (*harness.Mesh, []string) {
 	t.Helper()
@@ -49,13 +50,30 @@ spec:
     - source:
         principals: ["cluster.local/ns/demo/sa/client", "cluster.local/ns/demo/sa/waypoint"]
 `,
+		`apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata:
+  name: deny-admin
+  namespace: demo
+spec:
+  targetRefs:
+  - kind: Service
+    group: ""
+    name: echo-l7
+  action: DENY
+  rules:
+  - to:
+    - operation:
+        paths: ["/admin"]
+`,
 	}, "---\n"))
 	m.Write("meshctl-tokens.yaml", "apiVersion: v1\nkind: Secret\nmetadata:\n  name: meshctl-tokens\n  namespace: istio-system\nstringData:\n  operator: "+OperatorToken+"\n")
-	m.StartWaypoint("node-a", "demo", "waypoint")
+	wp := m.StartWaypoint("node-a", "demo", "waypoint")
 	flags := []string{
 		"--istiod", m.IstiodAddr(), "--istiod-token", OperatorToken,
 		"--proxy-admin", "node-a=" + m.Ztunnel("node-a").Admin().AdminAddr().String(),
 		"--proxy-admin", "node-b=" + m.Ztunnel("node-b").Admin().AdminAddr().String(),
+		"--proxy-admin", "demo/waypoint=" + wp.Admin().AdminAddr().String(),
 	}
 	// Wait until node-a's ztunnel holds the waypoint binding of echo-l7.
 	deadline := time.Now().Add(20 * time.Second)
