@@ -140,6 +140,7 @@ type proxyConn struct {
 	caller         ProxyCaller
 	cmds           chan *logsv1.RelayCommand // to its Connect stream
 	done           chan struct{}             // closed when the stream ends
+	joined         sync.WaitGroup            // join's notifications
 }
 
 // send queues a command for the proxy without blocking for long: a proxy
@@ -229,7 +230,9 @@ func (r *Relay) Connect(stream grpc.BidiStreamingServer[logsv1.ProxyMessage, log
 }
 
 // join registers p, replacing an earlier stream of the same proxy, and
-// asks p what every following watch wants.
+// asks p, in the background (p's commands are sent by its Connect
+// handler, which must not wait for this), what every following watch
+// wants.
 func (r *Relay) join(p *proxyConn) {
 	r.mu.Lock()
 	old := r.proxies[p.name]
@@ -239,17 +242,22 @@ func (r *Relay) join(p *proxyConn) {
 		ws = append(ws, w)
 	}
 	r.mu.Unlock()
-	if old != nil {
-		r.finishLegsOf(old)
-	}
-	for _, w := range ws {
-		w.proxyJoined(p)
-	}
+	p.joined.Add(1)
+	go func() {
+		defer p.joined.Done()
+		if old != nil {
+			r.finishLegsOf(old)
+		}
+		for _, w := range ws {
+			w.proxyJoined(p)
+		}
+	}()
 }
 
 // leave forgets p (unless a newer stream replaced it) and ends its legs.
 func (r *Relay) leave(p *proxyConn) {
 	close(p.done)
+	p.joined.Wait()
 	r.mu.Lock()
 	gone := r.proxies[p.name] == p
 	if gone {

@@ -415,3 +415,37 @@ func TestRelaySlowCallerIsToldWhatItLost(t *testing.T) {
 		t.Errorf("records %d + lost %d, want %d with some lost", records, lost, n)
 	}
 }
+
+// A proxy joining while more watches follow than its command queue holds
+// is asked by every one of them.
+func TestRelayProxyJoinsManyFollowers(t *testing.T) {
+	f := newFixture(t, allUsers, Config{Window: 20 * time.Millisecond})
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	const watchers = 100 // more than proxyConn.cmds holds
+	var streams []grpc.ServerStreamingClient[logsv1.WatchResponse]
+	for range watchers {
+		streams = append(streams, f.watch(ctx, "reader-token", &logsv1.WatchRequest{Follow: true}))
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		f.relay.mu.Lock()
+		n := len(f.relay.watches)
+		f.relay.mu.Unlock()
+		if n == watchers {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d watches registered, want %d", n, watchers)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	a := f.startProxy("node-a", "token-a", 64)
+	f.waitProxies(a)
+	a.ring.Add(record("demo", 1), 0)
+	for i, s := range streams {
+		if diff := cmp.Diff([]string{"CONNECTED node-a", "node-a:001"}, recv(t, s, 2)); diff != "" {
+			t.Fatalf("watch %d (-want +got):\n%s", i, diff)
+		}
+	}
+}
