@@ -63,6 +63,7 @@ func (c *Conn) Read(p []byte) (int, error) { return c.s.Read(p) }
 // (deliver.go).
 func (c *Conn) WriteTo(w io.Writer) (int64, error) {
 	var written int64
+	w = asSockWriter(w)
 	sk := newSink(w)
 	for {
 		n, direct, err := c.s.buffered(sk)

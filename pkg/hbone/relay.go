@@ -73,6 +73,7 @@ func copyHalf(dst, src net.Conn) (int64, error) {
 	if c, ok := src.(*Conn); ok {
 		return c.WriteTo(dst)
 	}
+	dst = asSockConn(dst)
 	// Only a plain TCP socket: a wrapper that embeds one may hold bytes of
 	// its own (a peeked prefix) that reading the fd would skip.
 	if tc, ok := src.(*net.TCPConn); ok {

@@ -30,13 +30,18 @@ func copySocket(dst, src net.Conn, rc syscall.RawConn) (written int64, ok bool, 
 			pool = &largeBufs
 		}
 		bp = pool.Get().(*[]byte)
+		var errno syscall.Errno
 		for {
-			nr, rerr = syscall.Read(int(fd), *bp)
-			if rerr != syscall.EINTR {
+			nr, errno = rawRead(fd, *bp)
+			if errno != syscall.EINTR {
 				break
 			}
 		}
-		if rerr == syscall.EAGAIN {
+		rerr = nil
+		if errno != 0 {
+			rerr = errno
+		}
+		if errno == syscall.EAGAIN {
 			pool.Put(bp)
 			bp = nil
 			return false // wait for data without the buffer

@@ -23,7 +23,9 @@ type rawConn struct {
 	wbuf     []byte
 }
 
-func newRawConn(c net.Conn) *rawConn { return &rawConn{Conn: c} }
+// newRawConn returns a rawConn on c, which reads and writes with raw
+// system calls if c is a plain TCP connection (sock_unix.go).
+func newRawConn(c net.Conn) *rawConn { return &rawConn{Conn: asSockConn(c)} }
 
 // startBuffering makes reads go through the 64 KiB buffer. It must not run
 // concurrently with Read.
