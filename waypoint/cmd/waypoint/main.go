@@ -29,6 +29,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/ambient-go/mesh/pkg/admin"
 	"github.com/ambient-go/mesh/pkg/identity"
 	"github.com/ambient-go/mesh/waypoint"
 )
@@ -38,6 +39,7 @@ func main() {
 		cfg           waypoint.Config
 		caRoot, level string
 		podIP         string
+		proc          admin.Process
 	)
 	cmd := &cobra.Command{
 		Use:           "waypoint",
@@ -49,7 +51,9 @@ func main() {
 			if err := cfg.LogLevel.UnmarshalText([]byte(level)); err != nil {
 				return fmt.Errorf("--log-level: %w", err)
 			}
-			cfg.Logger = slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: cfg.LogLevel}))
+			logOut := proc.Apply(os.Stderr, cmd.Flags().Changed("worker-threads"))
+			defer proc.Close()
+			cfg.Logger = slog.New(slog.NewJSONHandler(logOut, &slog.HandlerOptions{Level: cfg.LogLevel}))
 			if podIP != "" {
 				a, err := netip.ParseAddr(podIP)
 				if err != nil {
@@ -101,6 +105,8 @@ func main() {
 	f.DurationVar(&cfg.SniffTimeout, "sniff-timeout", 0, "wait for a stream's first bytes on ports of undeclared protocol before carrying it as TCP (default 1s)")
 	f.DurationVar(&cfg.RequestTimeout, "request-timeout", 0, "bound on each request until its response headers (default none)")
 	f.StringVar(&level, "log-level", "info", "debug, info, warn or error")
+	f.DurationVar(&proc.LogFlush, "log-flush", admin.LogFlushDefault, "log lines (access log included) are written in batches, at most this late; 0: each line at once")
+	f.IntVar(&proc.WorkerThreads, "worker-threads", 1, "OS threads running Go code at once (GOMAXPROCS; the GOMAXPROCS variable wins unless this is given); 0: one per CPU of the container's limit. Default 1: a waypoint scales by replicas, and one thread spends the least CPU per request (the runtime wakes a second thread for every hand-off between goroutines; docs/optimisations.md).")
 	f.IntVar(&cfg.AccessLogRing, "access-log-ring", 4096, "access-log records kept for `meshctl logs` (streamed to istiod-lite's relay)")
 	if err := cmd.ExecuteContext(context.Background()); err != nil {
 		fmt.Fprintln(os.Stderr, "waypoint:", err)

@@ -11,6 +11,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/ambient-go/mesh/pkg/admin"
 	"github.com/ambient-go/mesh/pkg/identity"
 	"github.com/ambient-go/mesh/ztunnel"
 	"github.com/ambient-go/mesh/ztunnel/zds"
@@ -21,6 +22,7 @@ func main() {
 		cfg    ztunnel.Config
 		caRoot string
 		level  string
+		proc   admin.Process
 	)
 	cmd := &cobra.Command{
 		Use:           "ztunnel",
@@ -32,7 +34,9 @@ func main() {
 			if err := cfg.LogLevel.UnmarshalText([]byte(level)); err != nil {
 				return fmt.Errorf("--log-level: %w", err)
 			}
-			cfg.Logger = slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: cfg.LogLevel}))
+			logOut := proc.Apply(os.Stderr, cmd.Flags().Changed("worker-threads"))
+			defer proc.Close()
+			cfg.Logger = slog.New(slog.NewJSONHandler(logOut, &slog.HandlerOptions{Level: cfg.LogLevel}))
 			if cfg.TokenFile != "" {
 				if _, err := identity.ReadToken(cfg.TokenFile); err != nil {
 					return fmt.Errorf("--token-file: %w", err)
@@ -65,6 +69,8 @@ func main() {
 	f.StringVar(&cfg.MetricsAddr, "metrics-addr", ":15020", "Prometheus metrics address")
 	f.StringVar(&cfg.ReadinessAddr, "readiness-addr", ":15021", "readiness address (/healthz/ready)")
 	f.StringVar(&level, "log-level", "info", "debug, info, warn or error")
+	f.DurationVar(&proc.LogFlush, "log-flush", admin.LogFlushDefault, "log lines (access log included) are written in batches, at most this late; 0: each line at once")
+	f.IntVar(&proc.WorkerThreads, "worker-threads", 0, "OS threads running Go code at once (GOMAXPROCS; the GOMAXPROCS variable wins unless this is given); 0: one per CPU of the container's limit")
 	f.IntVar(&cfg.AccessLogRing, "access-log-ring", 4096, "access-log records kept for `meshctl logs` (streamed to istiod-lite's relay)")
 	f.StringVar(&cfg.Mode, "mode", ztunnel.ModeLocal, "local (loopback pods, SOCKS5) or inpod (capture inside each pod's netns; needs root)")
 	f.StringVar(&cfg.ZDSSocket, "zds-socket", zds.DefaultSocket, "inpod: unix socket the CNI plugin hands pods to")
