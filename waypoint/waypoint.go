@@ -16,6 +16,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -103,6 +104,10 @@ type Config struct {
 	// set, is the level /logging on the admin port shows and changes.
 	Logger   *slog.Logger
 	LogLevel *slog.LevelVar
+	// AccessLog, if set, receives the access log instead of Logger, as
+	// JSON lines of the same shape written without slog (at a fraction of
+	// the cost: accesslog.NewJSON), at LogLevel.
+	AccessLog io.Writer
 }
 
 // Waypoint is a running L7 proxy.
@@ -209,6 +214,13 @@ func New(cfg Config) (*Waypoint, error) {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	w.access = accesslog.New(log)
+	if cfg.AccessLog != nil {
+		var level slog.Leveler // info
+		if cfg.LogLevel != nil {
+			level = cfg.LogLevel
+		}
+		w.access = accesslog.NewJSON(cfg.AccessLog, level)
+	}
 	ring := logstream.NewRing(cfg.AccessLogRing)
 	w.access.SetSink(ring.Sink())
 	w.logs, err = logstream.NewAgent(logstream.AgentConfig{

@@ -12,6 +12,7 @@ package accesslog
 
 import (
 	"context"
+	"io"
 	"log/slog"
 	"net/netip"
 	"strconv"
@@ -116,6 +117,8 @@ type Record struct {
 // nothing.
 type Logger struct {
 	log     *slog.Logger
+	jw      io.Writer                     // NewJSON: records go here as JSON lines, not to log
+	jlevel  slog.Leveler                  // NewJSON: the level records need
 	subs    atomic.Pointer[[]*subscriber] // copy on write, under mu
 	mu      sync.Mutex
 	dropped atomic.Uint64
@@ -165,7 +168,12 @@ func (l *Logger) Log(ctx context.Context, r *Record) {
 	if r.Err != nil {
 		level = slog.LevelError
 	}
-	enabled := l.log.Enabled(ctx, level)
+	var enabled bool
+	if l.jw != nil {
+		enabled = level >= l.jlevel.Level()
+	} else {
+		enabled = l.log.Enabled(ctx, level)
+	}
 	sink := l.sink.Load()
 	if !enabled && sink == nil && (subs == nil || len(*subs) == 0) {
 		return
@@ -177,7 +185,10 @@ func (l *Logger) Log(ctx context.Context, r *Record) {
 	if sink != nil {
 		(*sink)(r, dur)
 	}
-	if enabled {
+	switch {
+	case enabled && l.jw != nil:
+		l.writeJSON(level, r, dur)
+	case enabled:
 		l.write(ctx, level, r, dur)
 	}
 	if subs != nil && len(*subs) > 0 {

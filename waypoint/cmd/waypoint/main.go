@@ -54,6 +54,7 @@ func main() {
 			logOut := proc.Apply(os.Stderr, cmd.Flags().Changed("worker-threads"))
 			defer proc.Close()
 			cfg.Logger = slog.New(slog.NewJSONHandler(logOut, &slog.HandlerOptions{Level: cfg.LogLevel}))
+			cfg.AccessLog = logOut
 			if podIP != "" {
 				a, err := netip.ParseAddr(podIP)
 				if err != nil {

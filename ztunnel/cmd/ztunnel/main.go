@@ -37,6 +37,7 @@ func main() {
 			logOut := proc.Apply(os.Stderr, cmd.Flags().Changed("worker-threads"))
 			defer proc.Close()
 			cfg.Logger = slog.New(slog.NewJSONHandler(logOut, &slog.HandlerOptions{Level: cfg.LogLevel}))
+			cfg.AccessLog = logOut
 			if cfg.TokenFile != "" {
 				if _, err := identity.ReadToken(cfg.TokenFile); err != nil {
 					return fmt.Errorf("--token-file: %w", err)
