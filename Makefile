@@ -14,7 +14,7 @@ PROTOC_GEN_GO_VERSION := v1.36.12
 KUBE_ASSETS ?= $(shell tools/kube/build.sh -print)
 export KUBE_ASSETS
 
-.PHONY: build test demo bench fuzz generate lint check-imports check-modules tools kube-binaries crds
+.PHONY: build test demo bench fuzz generate lint check-imports check-modules tools kube-binaries crds images
 
 build:
 	@echo ">> building istiod-lite, ztunnel, ztunnel-cni, waypoint, meshctl and demo into $(BIN)/"
@@ -80,6 +80,14 @@ lint: check-imports check-modules
 # proxy (tools/kube); a no-op when cached. Cold: several minutes.
 kube-binaries:
 	@tools/kube/build.sh
+
+# Container images (tests/cmd/images, no daemon): static binaries for
+# linux/amd64 and linux/arm64 into _out/images (OCI layouts and docker
+# tarballs; see docs/kubernetes.md). REGISTRY=host/path pushes them.
+TAG ?= dev
+images:
+	@echo ">> building images $(or $(REGISTRY),ambient-go)/{istiod-lite,ztunnel,waypoint,meshctl}:$(TAG) into _out/images"
+	@$(GO) run $(MODULE)/tests/cmd/images -out _out/images -tag $(TAG) $(if $(REGISTRY),-repository $(REGISTRY) -push)
 
 # CRDs from the pinned istio.io/api and sigs.k8s.io/gateway-api modules.
 crds:

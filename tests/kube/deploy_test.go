@@ -53,7 +53,9 @@ func TestApplyCRDsAndDeploy(t *testing.T) {
 		"clusterrolebinding/istiod-lite",
 		"-n istio-system daemonset/ztunnel",
 		"-n istio-system serviceaccount/ztunnel",
-		"-n istio-system configmap/ztunnel-cni",
+		"-n istio-system service/istiod",
+		"-n istio-system role/ztunnel",
+		"-n istio-system rolebinding/ztunnel",
 		"clusterrole/ztunnel",
 		"clusterrolebinding/ztunnel",
 	} {
@@ -76,6 +78,8 @@ func TestApplyCRDsAndDeploy(t *testing.T) {
 	}
 	if len(pod.InitContainers) != 1 || pod.InitContainers[0].Name != "install-cni" {
 		t.Errorf("ztunnel DaemonSet init containers = %v, want install-cni", pod.InitContainers)
+	} else if rp := pod.InitContainers[0].RestartPolicy; rp == nil || *rp != "Always" {
+		t.Errorf("install-cni restartPolicy = %v, want Always (a sidecar that keeps the plugin chained)", rp)
 	}
 	if pod.ServiceAccountName != "ztunnel" {
 		t.Errorf("ztunnel DaemonSet serviceAccountName = %q, want ztunnel", pod.ServiceAccountName)
@@ -93,6 +97,21 @@ func TestApplyCRDsAndDeploy(t *testing.T) {
 	if audience != "istio-ca" {
 		t.Errorf("ztunnel projected token audience = %q, want istio-ca", audience)
 	}
+	// Istio's ztunnel dials istiod.istio-system.svc:15012: that Service
+	// reaches istiod-lite's TLS port.
+	istiod, err := c.Clientset.CoreV1().Services("istio-system").Get(context.Background(), "istiod", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := istiod.Spec.Selector["app"]; got != "istiod-lite" || len(istiod.Spec.Ports) != 1 ||
+		istiod.Spec.Ports[0].Port != 15012 || istiod.Spec.Ports[0].TargetPort.IntValue() != 15012 {
+		t.Errorf("service istiod: selector app=%q ports %+v; want app=istiod-lite, 15012 -> 15012", got, istiod.Spec.Ports)
+	}
+	out, _ = c.Kubectl(context.Background(), "auth", "can-i", "--as=system:serviceaccount:istio-system:ztunnel", "-n", "istio-system", "get", "daemonsets/ztunnel")
+	if strings.TrimSpace(out) != "yes" {
+		t.Errorf("ztunnel cannot get its DaemonSet (install-cni's uninstall check): %q, want yes", out)
+	}
+
 	// The istiod-lite ServiceAccount may do what the controller needs.
 	for _, check := range [][]string{
 		{"create", "tokenreviews.authentication.k8s.io"},
