@@ -603,7 +603,10 @@ func (c *servingCert) get() (*tls.Certificate, error) {
 		return c.cert, nil
 	}
 	cert, err := c.ca.ServingCertificate(
-		[]string{"istiod-lite.istio-system.svc", "istiod-lite.istio-system.svc.cluster.local", "localhost"},
+		// istiod.istio-system.svc: the name Istio's ztunnel and proxies
+		// dial and check by default (deploy/ has a Service istiod).
+		[]string{"istiod-lite.istio-system.svc", "istiod-lite.istio-system.svc.cluster.local",
+			"istiod.istio-system.svc", "istiod.istio-system.svc.cluster.local", "localhost"},
 		[]net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback}, servingTTL)
 	if err != nil {
 		return nil, err
