@@ -31,9 +31,13 @@ type dataplane interface {
 	reconcile(ctx context.Context) (map[spiffeid.ID]bool, error)
 	// runners are what the mode adds to Start's goroutines.
 	runners() []runner
-	// close closes every listener at shutdown (in-pod also waits for
-	// their accept loops and closes the namespaces; capture rules stay).
+	// close closes every listener at shutdown (in-pod: once a successor
+	// ztunnel listens next to them, handover.go, and waits for their
+	// accept loops; capture rules stay).
 	close()
+	// finish releases, after the drain, what the drained connections
+	// needed (in-pod: the pods' namespaces).
+	finish()
 	// listeners describes the pod listeners, for /config_dump.
 	listeners() []listenerDump
 }

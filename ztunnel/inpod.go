@@ -8,6 +8,8 @@ import (
 	"net/netip"
 	"os"
 	"sync"
+	"sync/atomic"
+	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"golang.org/x/sys/unix"
@@ -30,17 +32,25 @@ type inpod struct {
 	mu   sync.Mutex
 	pods map[string]*inpodPod // by zds.Pod.Key()
 	wg   sync.WaitGroup       // listener goroutines
+
+	// zdsInode is the inode of the ZDS socket this ztunnel created (0
+	// before): when the path holds another, a successor started
+	// (handover.go).
+	zdsInode atomic.Uint64
 }
 
 type inpodPod struct {
 	pod   zds.Pod
 	netns *os.File
 	// Set while captured: the workload's uid and address, and the
-	// listeners inside the netns.
+	// listeners inside the netns (nil once handed over at shutdown, while
+	// uid and addr stay for the drain).
 	uid       string
 	addr      netip.Addr
 	listeners []net.Listener
 }
+
+func (ip *inpodPod) name() string { return ip.pod.Namespace + "/" + ip.pod.Name }
 
 var (
 	_ dataplane   = (*inpod)(nil)
@@ -170,6 +180,11 @@ func (d *inpod) capture(ip *inpodPod, w *state.Workload) error {
 	if err := capture.Install(ip.netns); err != nil {
 		return fmt.Errorf("capturing %s: %w", name, err)
 	}
+	if err := enableMigration(ip.netns); err != nil {
+		// Without it a handover may reset connections that were queued on
+		// the old ztunnel's listeners when it closed them.
+		d.z.log.Warn("no lossless handover for pod", "pod", name, "error", err)
+	}
 	addr := w.Addrs[0]
 	var ls []net.Listener
 	for _, a := range []struct {
@@ -180,7 +195,7 @@ func (d *inpod) capture(ip *inpodPod, w *state.Workload) error {
 		{netip.AddrPortFrom(netip.IPv4Unspecified(), capture.InboundPlaintextPort), true},
 		{netip.AddrPortFrom(netip.IPv4Unspecified(), d.z.cfg.HBONEPort), true},
 	} {
-		l, err := capture.Listen(ip.netns, a.addr, a.transparent)
+		l, err := listenShared(ip.netns, a.addr, a.transparent)
 		if err != nil {
 			for _, l := range ls {
 				l.Close()
@@ -229,17 +244,24 @@ func (d *inpod) uncapture(ip *inpodPod, removeRules bool) {
 	}
 }
 
-// close closes every listener and netns at shutdown. Capture rules
-// stay: until ztunnel is back, the pods' TCP fails closed.
+// close hands every pod's listeners over to a successor ztunnel, or
+// closes them when none started (handover.go), and waits for their accept
+// loops. Connections, namespaces and capture rules stay: the drain ends
+// the connections, finish closes the namespaces, and the rules stay so
+// that until a ztunnel is back the pods' TCP fails closed.
 func (d *inpod) close() {
+	d.handOver(time.Now().Add(d.z.cfg.DrainTimeout))
+	d.wg.Wait()
+}
+
+// finish closes the pods' namespaces after the drain.
+func (d *inpod) finish() {
 	d.mu.Lock()
+	defer d.mu.Unlock()
 	for key, ip := range d.pods {
-		d.uncapture(ip, false)
 		ip.netns.Close()
 		delete(d.pods, key)
 	}
-	d.mu.Unlock()
-	d.wg.Wait()
 }
 
 // podNetns returns the netns of the captured pod with address a.
@@ -247,7 +269,7 @@ func (d *inpod) podNetns(a netip.Addr) *os.File {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	for _, ip := range d.pods {
-		if ip.listeners != nil && ip.addr == a {
+		if ip.uid != "" && ip.addr == a {
 			return ip.netns
 		}
 	}
@@ -280,11 +302,24 @@ func (d *inpod) dialHBONE(ctx context.Context, network, laddr, raddr string) (ne
 }
 
 // start reads the pod records and serves the CNI plugin until ctx is
-// done.
+// done. The socket replaces an older ztunnel's (which then hands over,
+// handover.go), and is removed at the end only while it is still this
+// ztunnel's.
 func (d *inpod) start(ctx context.Context) error {
 	d.loadRecords()
 	s := &zds.Server{Socket: d.z.cfg.ZDSSocket, Handler: d, Logger: d.z.log}
-	return s.Start(ctx)
+	l, err := s.Listen()
+	if err != nil {
+		return err
+	}
+	l.SetUnlinkOnClose(false)
+	own := fileInode(d.z.cfg.ZDSSocket)
+	d.zdsInode.Store(own)
+	err = s.Serve(ctx, l)
+	if own != 0 && fileInode(d.z.cfg.ZDSSocket) == own {
+		os.Remove(d.z.cfg.ZDSSocket)
+	}
+	return err
 }
 
 // reconcile captures what the store says is ambient and uncaptures the

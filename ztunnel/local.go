@@ -121,6 +121,8 @@ func (l *local) close() {
 	}
 }
 
+func (l *local) finish() {}
+
 func (l *local) listeners() []listenerDump {
 	l.mu.Lock()
 	defer l.mu.Unlock()

@@ -444,13 +444,14 @@ func (z *Ztunnel) Start(ctx context.Context) error {
 	}
 	g.Wait()
 
-	z.dp.close()
+	z.dp.close() // in-pod: after a successor took the listeners (handover.go)
 	// Drain: no new connections; open tunnels get DrainTimeout to finish.
 	drain, cancelDrain := context.WithTimeout(context.Background(), z.cfg.DrainTimeout)
 	z.server.Shutdown(drain)
 	z.quic.shutdown(drain)
 	z.proxy.Drain(drain)
 	cancelDrain()
+	z.dp.finish()
 	z.pool.Close()
 	z.quic.close()
 	z.conn.Close()

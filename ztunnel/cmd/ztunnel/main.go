@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -73,6 +74,7 @@ func main() {
 	f.DurationVar(&proc.LogFlush, "log-flush", admin.LogFlushDefault, "log lines (access log included) are written in batches, at most this late; 0: each line at once")
 	f.IntVar(&proc.WorkerThreads, "worker-threads", 0, "OS threads running Go code at once (GOMAXPROCS; the GOMAXPROCS variable wins unless this is given); 0: one per CPU of the container's limit")
 	f.IntVar(&cfg.AccessLogRing, "access-log-ring", 4096, "access-log records kept for `meshctl logs` (streamed to istiod-lite's relay)")
+	f.DurationVar(&cfg.DrainTimeout, "drain-deadline", 5*time.Second, "at shutdown (SIGTERM), how long connections may run on once the listeners are closed (in-pod: handed to a successor ztunnel, waited for at most this long too); then they are closed")
 	f.StringVar(&cfg.Mode, "mode", ztunnel.ModeLocal, "local (loopback pods, SOCKS5) or inpod (capture inside each pod's netns; needs root)")
 	f.StringVar(&cfg.ZDSSocket, "zds-socket", zds.DefaultSocket, "inpod: unix socket the CNI plugin hands pods to")
 	f.StringVar(&cfg.PodStateDir, "pod-state-dir", zds.DefaultStateDir, "inpod: directory of the CNI plugin's pod records, read at start")
