@@ -7,7 +7,9 @@
 // pending pods to its nodes, lets the test "run" them (RunPod: create the
 // network namespace, call the CNI plugin, return the pod IPs), writes pod
 // IPs and readiness through the status subresource, and force-deletes
-// terminating pods after StopPod.
+// terminating pods after StopPod. Its kubelets also serve the API server's
+// pods/portforward and pods/exec (kubectl port-forward, kubectl exec) with
+// k8s.io/cri-streaming, reaching the pods through DialPod and ExecPod.
 //
 // The binaries come from `make kube-binaries` (tools/kube/build.sh); see
 // AssetsDir. Start skips the test when they are missing, and fails it
@@ -23,6 +25,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -92,6 +95,15 @@ type Config struct {
 	// StopPod is called for a terminating pod on a harness node before the
 	// harness force-deletes it. Nil: nothing is called.
 	StopPod func(ctx context.Context, pod *corev1.Pod)
+	// DialPod connects to port inside a pod, for pods/portforward (kubectl
+	// port-forward reaches the harness kubelet through the API server, and
+	// the kubelet's runtime dials here), as a container runtime does in
+	// the pod's network namespace. Nil: the pod's IP (status.podIP) on
+	// port, which serves pods the test runs on loopback addresses.
+	DialPod func(ctx context.Context, pod *corev1.Pod, port int32) (net.Conn, error)
+	// ExecPod runs cmd in container of pod, for pods/exec (kubectl exec,
+	// without a TTY). Nil: exec fails with an error saying so.
+	ExecPod func(ctx context.Context, pod *corev1.Pod, container string, cmd []string, stdin io.Reader, stdout, stderr io.Writer) error
 	// Log receives harness and controller-runtime logs; default discards.
 	// The first Start in a process installs it as controller-runtime's
 	// global logger.
@@ -118,6 +130,8 @@ type Cluster struct {
 	dir   string
 	nodes map[string]Node
 	kcm   *process
+
+	kubeletPKI *kubeletPKI
 
 	kubeletCancel context.CancelFunc
 	kubeletDone   chan struct{}
@@ -171,6 +185,15 @@ func Start(t testing.TB, cfg Config) *Cluster {
 	// endpoint reconciler refuses loopback, and deriving one from the
 	// default route fails on hosts without one. Nothing connects to it.
 	api.Configure().Set("advertise-address", AdvertiseAddress)
+	// The harness kubelets serve pods/portforward and pods/exec (see
+	// streaming.go) with certificates of their own CA.
+	if c.kubeletPKI, err = newKubeletPKI(c.dir); err != nil {
+		t.Fatalf("kubelet certificates: %v", err)
+	}
+	api.Configure().Set("kubelet-certificate-authority", c.kubeletPKI.caFile)
+	api.Configure().Set("kubelet-client-certificate", c.kubeletPKI.clientCertFile)
+	api.Configure().Set("kubelet-client-key", c.kubeletPKI.clientKeyFile)
+	api.Configure().Set("kubelet-preferred-address-types", "ExternalIP,InternalIP,Hostname")
 	c.Env = env
 	start := time.Now()
 	restCfg, err := env.Start()

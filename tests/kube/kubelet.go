@@ -20,6 +20,8 @@ import (
 // unscheduled pods to harness nodes (round-robin, honouring a
 // kubernetes.io/hostname node selector), runs bound pods through
 // Config.RunPod and force-deletes terminating pods after Config.StopPod.
+// It starts each node's kubelet server (streaming.go) and registers it in
+// the Node's status.
 func (c *Cluster) startKubelet(t testing.TB) {
 	ctx, cancel := context.WithCancel(context.Background())
 	factory := informers.NewSharedInformerFactory(c.Clientset, 0)
@@ -42,6 +44,13 @@ func (c *Cluster) startKubelet(t testing.TB) {
 		t.Fatal("kubelet: pod informer did not sync")
 	}
 
+	servers, err := c.startKubeletServers(ctx, pods.Lister())
+	if err != nil {
+		cancel()
+		factory.Shutdown()
+		t.Fatal(err)
+	}
+
 	k := &kubelet{c: c, lister: pods.Lister(), started: map[types.UID]bool{}}
 	done := make(chan struct{})
 	go func() {
@@ -61,6 +70,7 @@ func (c *Cluster) startKubelet(t testing.TB) {
 		}
 	}()
 	t.Cleanup(func() {
+		closeKubeletServers(servers)
 		cancel()
 		queue.ShutDown()
 		<-done
