@@ -33,9 +33,28 @@ type PoolConfig struct {
 	// TLSConfig returns the client mTLS config presenting src and verifying
 	// that the server is one of dst. Required.
 	TLSConfig func(ctx context.Context, src spiffeid.ID, dst []spiffeid.ID) (*tls.Config, error)
-	// Dialer opens the TCP connection. Default: net.Dialer with a 10 s
-	// timeout, bound to laddr when it is not empty.
+	// Dialer opens the TCP connection. Default: a net.Dialer bound to
+	// laddr when it is not empty. Its context carries DialTimeout.
 	Dialer func(ctx context.Context, network, laddr, raddr string) (net.Conn, error)
+	// DialTimeout bounds the TCP connect to an HBONE server. Default 10 s
+	// (Istio's ztunnel's).
+	DialTimeout time.Duration
+	// HandshakeTimeout bounds the TLS handshake. Default 10 s.
+	HandshakeTimeout time.Duration
+	// ResponseTimeout bounds the wait for the answer to a CONNECT (the
+	// server answers once it has dialed the application). Default 15 s.
+	ResponseTimeout time.Duration
+	// MaxHeaderListSize is SETTINGS_MAX_HEADER_LIST_SIZE: a response with
+	// a larger header list is discarded and its stream reset. Default
+	// 64 KiB.
+	MaxHeaderListSize uint32
+	// SocketOptions are set on every connection dialed (keepalive 180 s
+	// by default; see SocketOptions).
+	SocketOptions SocketOptions
+	// OnLimit, if not nil, is called with a Limit... constant each time a
+	// limit is hit. It may be called with locks held: it must be quick
+	// and not call back into the pool.
+	OnLimit func(limit string)
 	// MaxStreamsPerConn is the number of concurrent streams past which a new
 	// connection is opened. Default 100.
 	MaxStreamsPerConn int
@@ -105,6 +124,18 @@ func NewPool(cfg PoolConfig) *Pool {
 	if cfg.PingTimeout <= 0 {
 		cfg.PingTimeout = 20 * time.Second
 	}
+	if cfg.DialTimeout <= 0 {
+		cfg.DialTimeout = DefaultDialTimeout
+	}
+	if cfg.HandshakeTimeout <= 0 {
+		cfg.HandshakeTimeout = handshakeTimeout
+	}
+	if cfg.ResponseTimeout <= 0 {
+		cfg.ResponseTimeout = DefaultResponseTimeout
+	}
+	if cfg.MaxHeaderListSize == 0 {
+		cfg.MaxHeaderListSize = DefaultMaxHeaderListSize
+	}
 	if cfg.Dialer == nil {
 		cfg.Dialer = defaultDial
 	}
@@ -121,7 +152,7 @@ func NewPool(cfg PoolConfig) *Pool {
 }
 
 func defaultDial(ctx context.Context, network, laddr, raddr string) (net.Conn, error) {
-	d := net.Dialer{Timeout: 10 * time.Second}
+	var d net.Dialer // the context carries PoolConfig.DialTimeout
 	if laddr != "" {
 		a, err := net.ResolveTCPAddr(network, laddr)
 		if err != nil {
@@ -210,6 +241,12 @@ func (p *Pool) getConn(ctx context.Context, key poolKey, t *Target) (*poolConn, 
 		}
 		d := &dialCall{done: make(chan struct{})}
 		p.dials[key] = d
+		for _, pc := range p.conns[key] {
+			if pc.streams >= p.cfg.MaxStreamsPerConn {
+				onLimit(p.cfg.OnLimit, LimitPoolStreams)
+				break
+			}
+		}
 		p.mu.Unlock()
 
 		pc, err := p.dialConn(ctx, key, t)
@@ -279,9 +316,17 @@ func (p *Pool) dialConn(ctx context.Context, key poolKey, t *Target) (*poolConn,
 	if t.SourceAddr.IsValid() {
 		laddr = netip.AddrPortFrom(t.SourceAddr, 0).String()
 	}
-	raw, err := p.cfg.Dialer(ctx, "tcp", laddr, t.Addr.String())
+	dctx, cancel := context.WithTimeout(ctx, p.cfg.DialTimeout)
+	raw, err := p.cfg.Dialer(dctx, "tcp", laddr, t.Addr.String())
+	if timedOut(ctx, dctx, err) {
+		onLimit(p.cfg.OnLimit, LimitConnectTimeout)
+	}
+	cancel()
 	if err != nil {
 		return nil, fmt.Errorf("hbone: dial %v: %w", t.Addr, err)
+	}
+	if err := p.cfg.SocketOptions.Apply(raw); err != nil {
+		p.log.Debug("setting socket options", "addr", t.Addr.String(), "error", err)
 	}
 	cfg, err := p.cfg.TLSConfig(ctx, t.SourceID, t.DestIDs)
 	if err != nil {
@@ -295,8 +340,11 @@ func (p *Pool) dialConn(ctx context.Context, key poolKey, t *Target) (*poolConn,
 	cfg = oneRecordPerWrite(cfg)
 	rc := newRawConn(raw)
 	tc := tls.Client(rc, cfg)
-	hctx, cancel := context.WithTimeout(ctx, handshakeTimeout)
+	hctx, cancel := context.WithTimeout(ctx, p.cfg.HandshakeTimeout)
 	err = tc.HandshakeContext(hctx)
+	if timedOut(ctx, hctx, err) {
+		onLimit(p.cfg.OnLimit, LimitHandshakeTimeout)
+	}
 	cancel()
 	if err != nil {
 		tc.Close()
@@ -314,10 +362,14 @@ func (p *Pool) dialConn(ctx context.Context, key poolKey, t *Target) (*poolConn,
 	rc.startBuffering()
 	pc := &poolConn{key: key, tc: tc}
 	cc, err := newClientConn(tc, tlsWriter{tc, rc}, clientConnConfig{
-		pingInterval: p.cfg.PingInterval,
-		pingTimeout:  p.cfg.PingTimeout,
-		idleTimeout:  p.cfg.IdleTimeout,
-		onClose:      func() { p.forget(pc) },
+		pingInterval:      p.cfg.PingInterval,
+		pingTimeout:       p.cfg.PingTimeout,
+		idleTimeout:       p.cfg.IdleTimeout,
+		responseTimeout:   p.cfg.ResponseTimeout,
+		handshakeTimeout:  p.cfg.HandshakeTimeout,
+		maxHeaderListSize: p.cfg.MaxHeaderListSize,
+		onClose:           func() { p.forget(pc) },
+		onLimit:           p.cfg.OnLimit,
 	})
 	if err != nil {
 		tc.Close()

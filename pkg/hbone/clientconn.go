@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/net/http2"
@@ -33,9 +34,11 @@ type clientConn struct {
 	h2Conn
 	onClose func()
 
-	pingInterval time.Duration
-	pingTimeout  time.Duration
-	idleTimeout  time.Duration
+	pingInterval    time.Duration
+	pingTimeout     time.Duration
+	idleTimeout     time.Duration
+	responseTimeout time.Duration
+	onLimit         func(string)
 
 	// Guarded by mu.
 	nextID      uint32
@@ -48,25 +51,37 @@ var _ side = (*clientConn)(nil)
 
 type clientConnConfig struct {
 	pingInterval, pingTimeout, idleTimeout time.Duration
+	responseTimeout                        time.Duration // CONNECT to its answer
+	handshakeTimeout                       time.Duration // bounds writing the preface
+	maxHeaderListSize                      uint32
 	onClose                                func()
+	onLimit                                func(string)
 }
 
 // newClientConn writes the client preface and starts the connection's goroutines.
 func newClientConn(tc *tls.Conn, w io.Writer, cfg clientConnConfig) (*clientConn, error) {
 	cc := &clientConn{
-		onClose:      cfg.onClose,
-		pingInterval: cfg.pingInterval,
-		pingTimeout:  cfg.pingTimeout,
-		idleTimeout:  cfg.idleTimeout,
-		nextID:       1,
+		onClose:         cfg.onClose,
+		onLimit:         cfg.onLimit,
+		pingInterval:    cfg.pingInterval,
+		pingTimeout:     cfg.pingTimeout,
+		idleTimeout:     cfg.idleTimeout,
+		responseTimeout: cfg.responseTimeout,
+		nextID:          1,
 	}
-	cc.init(tc, w, cc, false)
+	if cfg.maxHeaderListSize == 0 {
+		cfg.maxHeaderListSize = DefaultMaxHeaderListSize
+	}
+	if cfg.handshakeTimeout <= 0 {
+		cfg.handshakeTimeout = handshakeTimeout
+	}
+	cc.init(tc, w, cc, false, cfg.maxHeaderListSize)
 	cc.in = inflow{avail: initialWindow + connWindow}
 	cc.peerMaxStreams = initialPeerMaxStreams
 
-	tc.SetWriteDeadline(time.Now().Add(handshakeTimeout))
+	tc.SetWriteDeadline(time.Now().Add(cfg.handshakeTimeout))
 	cc.bw.WriteString(http2.ClientPreface)
-	cc.wfr.WriteSettings(ourSettings(http2.Setting{ID: http2.SettingEnablePush, Val: 0})...)
+	cc.wfr.WriteSettings(ourSettings(http2.Setting{ID: http2.SettingEnablePush, Val: 0}, cfg.maxHeaderListSize)...)
 	cc.wfr.WriteWindowUpdate(0, connWindow)
 	if err := cc.bw.Flush(); err != nil {
 		return nil, fmt.Errorf("hbone: writing client preface: %w", err)
@@ -119,6 +134,15 @@ func (cc *clientConn) headersLocked(id uint32, st *stream, f *http2.MetaHeadersF
 	}
 	if status < 200 {
 		return nil // informational
+	}
+	if f.Truncated {
+		// RFC 9113 §10.5.1: a client may discard a response it cannot
+		// process; the Framer decoded the whole block, so the
+		// connection's HPACK state is intact and only this stream ends.
+		onLimit(cc.onLimit, LimitHeaderList)
+		st.failLocked(ErrHeaderListTooLarge)
+		cc.queueLocked(ctrlFrame{kind: ctrlRST, stream: id, n: uint32(http2.ErrCodeCancel)})
+		return nil
 	}
 	if status != http.StatusOK {
 		// A refusal: open returns it; the server's side ends too.
@@ -282,19 +306,32 @@ func (cc *clientConn) open(ctx context.Context, authority string, h http.Header)
 		cc.close(fmt.Errorf("hbone: write: %w", err))
 	}
 
-	stop := context.AfterFunc(ctx, func() {
+	wake := func() {
 		cc.mu.Lock()
 		st.cond.Broadcast()
 		cc.mu.Unlock()
-	})
+	}
+	stop := context.AfterFunc(ctx, wake)
 	defer stop()
+	var expired atomic.Bool
+	if cc.responseTimeout > 0 {
+		t := time.AfterFunc(cc.responseTimeout, func() {
+			expired.Store(true)
+			wake()
+		})
+		defer t.Stop()
+	}
 	cc.mu.Lock()
-	for !st.peerHeaders && st.err == nil && ctx.Err() == nil {
+	for !st.peerHeaders && st.err == nil && ctx.Err() == nil && !expired.Load() {
 		st.cond.Wait()
 	}
 	ok, err := st.peerHeaders, st.err
 	if !ok && err == nil {
 		err = ctx.Err()
+		if err == nil {
+			onLimit(cc.onLimit, LimitResponseTimeout)
+			err = fmt.Errorf("%w (%v)", ErrResponseTimeout, cc.responseTimeout)
+		}
 		st.failLocked(err)
 		cc.queueLocked(ctrlFrame{kind: ctrlRST, stream: st.id, n: uint32(http2.ErrCodeCancel)})
 	}

@@ -720,8 +720,12 @@ func FuzzConnectHeaders(f *testing.F) {
 			if malformed {
 				return // readLoop resets the stream
 			}
-			if len(queued) == 0 || queued[0].kind != ctrlHeaders || queued[0].n != http.StatusBadRequest || queued[0].stream != 1 {
-				t.Fatalf("bad request (method %q, authority %q, protocol %q) queued %+v, want a 400 on stream 1", method, authority, protocol, queued)
+			wantStatus := uint32(http.StatusBadRequest)
+			if truncated {
+				wantStatus = http.StatusRequestHeaderFieldsTooLarge
+			}
+			if len(queued) == 0 || queued[0].kind != ctrlHeaders || queued[0].n != wantStatus || queued[0].stream != 1 {
+				t.Fatalf("bad request (method %q, authority %q, protocol %q) queued %+v, want a %d on stream 1", method, authority, protocol, queued, wantStatus)
 			}
 		}
 	})

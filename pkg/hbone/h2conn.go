@@ -40,9 +40,9 @@ import (
 // HEADERS and DATA directly under wmu.
 
 const (
-	initialWindow   = 65535 // RFC 9113 initial window size
-	initialMaxFrame = 16384 // RFC 9113 initial SETTINGS_MAX_FRAME_SIZE
-	maxHeaderList   = 64 << 10
+	initialWindow   = 65535    // RFC 9113 initial window size
+	initialMaxFrame = 16384    // RFC 9113 initial SETTINGS_MAX_FRAME_SIZE
+	maxHeaderList   = 64 << 10 // default SETTINGS_MAX_HEADER_LIST_SIZE
 )
 
 // resetMemory is how many of the streams it reset last a connection
@@ -117,7 +117,7 @@ type h2Conn struct {
 
 // init sets c up on tc, writing through w; the caller sets in and starts
 // the goroutines.
-func (c *h2Conn) init(tc *tls.Conn, w io.Writer, s side, server bool) {
+func (c *h2Conn) init(tc *tls.Conn, w io.Writer, s side, server bool, maxHeaderListSize uint32) {
 	c.conn = tc
 	c.side = s
 	c.server = server
@@ -133,7 +133,7 @@ func (c *h2Conn) init(tc *tls.Conn, w io.Writer, s side, server bool) {
 	c.fr = http2.NewFramer(nil, tc)
 	c.fr.SetMaxReadFrameSize(maxFrameSize)
 	c.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
-	c.fr.MaxHeaderListSize = maxHeaderList
+	c.fr.MaxHeaderListSize = maxHeaderListSize
 	c.fr.SetReuseFrames()
 	c.bw = bufio.NewWriterSize(w, 32<<10)
 	c.wfr = http2.NewFramer(c.bw, nil)
@@ -142,12 +142,12 @@ func (c *h2Conn) init(tc *tls.Conn, w io.Writer, s side, server bool) {
 
 // ourSettings are the SETTINGS both sides send (the server adds
 // MAX_CONCURRENT_STREAMS, the client disables push).
-func ourSettings(first http2.Setting) []http2.Setting {
+func ourSettings(first http2.Setting, maxHeaderListSize uint32) []http2.Setting {
 	return []http2.Setting{
 		first,
 		{ID: http2.SettingInitialWindowSize, Val: streamWindow},
 		{ID: http2.SettingMaxFrameSize, Val: maxFrameSize},
-		{ID: http2.SettingMaxHeaderListSize, Val: maxHeaderList},
+		{ID: http2.SettingMaxHeaderListSize, Val: maxHeaderListSize},
 	}
 }
 
@@ -370,6 +370,7 @@ func (c *h2Conn) processData(f *http2.DataFrame) error {
 		}
 		return nil
 	}
+	st.activity++ // the idle timeout's clock (Conn.Activity)
 	if !st.in.take(n) {
 		c.refundLocked(n)
 		st.failLocked(errors.New("hbone: peer exceeded the stream window"))

@@ -40,8 +40,21 @@ type Server struct {
 	TLSConfig *tls.Config
 	// Handler serves each CONNECT. Required.
 	Handler Handler
-	// MaxConcurrentStreams per connection. Default 200.
+	// MaxConcurrentStreams per connection (SETTINGS_MAX_CONCURRENT_STREAMS);
+	// a CONNECT past it is refused with RST_STREAM(REFUSED_STREAM).
+	// Default 200, as Istio's ztunnel.
 	MaxConcurrentStreams uint32
+	// MaxHeaderListSize is SETTINGS_MAX_HEADER_LIST_SIZE: a request whose
+	// header list is larger is answered 431. Default 64 KiB.
+	MaxHeaderListSize uint32
+	// SocketOptions are set on every accepted connection (keepalive 180 s
+	// by default; see SocketOptions).
+	SocketOptions SocketOptions
+	// OnLimit, if not nil, is called with a Limit... constant each time a
+	// limit is hit, for example to count it in a metric. It may be called
+	// with the connection's lock held: it must be quick and not call
+	// back into the server.
+	OnLimit func(limit string)
 	// PeerID extracts the client's identity from the verified TLS state.
 	// Default PeerIDFromState (first URI SAN of the leaf).
 	PeerID func(*tls.ConnectionState) (spiffeid.ID, error)
@@ -80,6 +93,13 @@ func (s *Server) handshakeTimeout() time.Duration {
 		return s.HandshakeTimeout
 	}
 	return handshakeTimeout
+}
+
+func (s *Server) maxHeaderListSize() uint32 {
+	if s.MaxHeaderListSize > 0 {
+		return s.MaxHeaderListSize
+	}
+	return DefaultMaxHeaderListSize
 }
 
 func (s *Server) maxPendingHandshakes() int {
@@ -185,6 +205,7 @@ func (s *Server) Serve(l net.Listener) error {
 		}
 		if s.handshaking >= s.maxPendingHandshakes() {
 			s.mu.Unlock()
+			onLimit(s.OnLimit, LimitPendingHandshakes)
 			log.Debug("too many pending TLS handshakes, closing connection", "remote", c.RemoteAddr().String(), "max", s.maxPendingHandshakes())
 			c.Close()
 			continue
@@ -209,10 +230,16 @@ func (s *Server) serveConn(c net.Conn, tlsConfig *tls.Config, log *slog.Logger) 
 		s.wg.Done()
 	}()
 	log = log.With("remote", c.RemoteAddr().String())
+	if err := s.SocketOptions.Apply(c); err != nil {
+		log.Debug("setting socket options", "error", err)
+	}
 	raw := newRawConn(c)
 	tc := tls.Server(raw, tlsConfig)
 	ctx, cancel := context.WithTimeout(context.Background(), s.handshakeTimeout())
 	err := tc.HandshakeContext(ctx)
+	if timedOut(context.Background(), ctx, err) {
+		onLimit(s.OnLimit, LimitHandshakeTimeout)
+	}
 	cancel()
 	s.mu.Lock()
 	s.handshaking--

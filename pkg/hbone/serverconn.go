@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/netip"
 	"sync"
@@ -68,7 +69,7 @@ func newServerConn(s *Server, tc *tls.Conn, w io.Writer, peer spiffeid.ID, maxSt
 		log:        log,
 		maxStreams: maxStreams,
 	}
-	sc.init(tc, w, sc, true)
+	sc.init(tc, w, sc, true, s.maxHeaderListSize())
 	sc.in = inflow{avail: connWindow}
 	sc.ctx, sc.cancel = context.WithCancel(context.Background())
 	return sc
@@ -93,12 +94,15 @@ func (sc *serverConn) start() error {
 	sc.conn.SetDeadline(time.Now().Add(sc.srv.handshakeTimeout()))
 	preface := make([]byte, len(http2.ClientPreface))
 	if _, err := io.ReadFull(sc.conn, preface); err != nil {
+		if ne, ok := err.(net.Error); ok && ne.Timeout() {
+			onLimit(sc.srv.OnLimit, LimitHandshakeTimeout)
+		}
 		return fmt.Errorf("hbone: reading client preface: %w", err)
 	}
 	if string(preface) != http2.ClientPreface {
 		return errors.New("hbone: bad client preface")
 	}
-	sc.wfr.WriteSettings(ourSettings(http2.Setting{ID: http2.SettingMaxConcurrentStreams, Val: sc.maxStreams})...)
+	sc.wfr.WriteSettings(ourSettings(http2.Setting{ID: http2.SettingMaxConcurrentStreams, Val: sc.maxStreams}, sc.srv.maxHeaderListSize())...)
 	sc.wfr.WriteWindowUpdate(0, connWindow-initialWindow)
 	if err := sc.bw.Flush(); err != nil {
 		return fmt.Errorf("hbone: writing settings: %w", err)
@@ -127,19 +131,26 @@ func (sc *serverConn) headersLocked(id uint32, _ *stream, f *http2.MetaHeadersFr
 	}
 	sc.lastID = id
 	if sc.goingAway || uint32(len(sc.streams)) >= sc.maxStreams {
+		if !sc.goingAway {
+			onLimit(sc.srv.OnLimit, LimitServerStreams)
+		}
 		sc.queueLocked(ctrlFrame{kind: ctrlRST, stream: id, n: uint32(http2.ErrCodeRefusedStream)})
 		return nil
 	}
-	reject := func(reason string) error {
+	reject := func(status uint32, reason string) error {
 		// Sanitized (and so bounded) now: the queue may hold many.
-		sc.queueLocked(ctrlFrame{kind: ctrlHeaders, stream: id, n: http.StatusBadRequest, reason: sanitizeReason(reason)})
+		sc.queueLocked(ctrlFrame{kind: ctrlHeaders, stream: id, n: status, reason: sanitizeReason(reason)})
 		if !f.StreamEnded() {
 			sc.queueLocked(ctrlFrame{kind: ctrlRST, stream: id, n: uint32(http2.ErrCodeNo)})
 		}
 		return nil
 	}
 	if f.Truncated {
-		return reject("header list too large")
+		// RFC 9113 §10.5.1: 431 (RFC 6585), as x/net's server answers;
+		// the connection's HPACK state is intact (the Framer decoded the
+		// whole block), so only this stream ends.
+		onLimit(sc.srv.OnLimit, LimitHeaderList)
+		return reject(http.StatusRequestHeaderFieldsTooLarge, "header list too large")
 	}
 	if malformed(f) {
 		// RFC 9113 §8.1.1: a stream error PROTOCOL_ERROR, as x/net's
@@ -147,14 +158,14 @@ func (sc *serverConn) headersLocked(id uint32, _ *stream, f *http2.MetaHeadersFr
 		return http2.StreamError{StreamID: id, Code: http2.ErrCodeProtocol}
 	}
 	if m := f.PseudoValue("method"); m != http.MethodConnect {
-		return reject("method " + m + " is not CONNECT")
+		return reject(http.StatusBadRequest, "method "+m+" is not CONNECT")
 	}
 	if f.PseudoValue("protocol") != "" {
-		return reject("extended CONNECT is not supported")
+		return reject(http.StatusBadRequest, "extended CONNECT is not supported")
 	}
 	authority, err := netip.ParseAddrPort(f.PseudoValue("authority"))
 	if err != nil {
-		return reject("authority is not ip:port")
+		return reject(http.StatusBadRequest, "authority is not ip:port")
 	}
 	h := make(http.Header, len(f.Fields))
 	for _, hf := range f.RegularFields() {

@@ -39,6 +39,7 @@ type stream struct {
 	rdl, wdl     time.Time
 	rdt, wdt     *time.Timer
 	sink         *directSink // WriteTo's destination while it waits (deliver.go)
+	activity     uint64      // DATA frames received and Write chunks sent (Conn.Activity)
 }
 
 // newStream returns a stream of c with the given ID, not registered yet;
@@ -195,6 +196,7 @@ func (st *stream) Write(p []byte) (int, error) {
 		}
 		st.out.take(n)
 		c.out.take(n)
+		st.activity++
 		c.mu.Unlock()
 		if err := c.writeData(st.id, false, p[:n]); err != nil {
 			return total, err
@@ -280,6 +282,16 @@ func (st *stream) Close() error {
 		st.cancel()
 	}
 	return nil
+}
+
+// Activity returns a count that grows whenever data crosses the stream in
+// either direction (a DATA frame received, a Write sent); a stream whose
+// count does not change for a while is idle. It costs one lock: it is
+// meant for an idle check that runs every few minutes, not per read.
+func (c *Conn) Activity() uint64 {
+	c.s.c.mu.Lock()
+	defer c.s.c.mu.Unlock()
+	return c.s.activity
 }
 
 func (st *stream) stopTimersLocked() {
