@@ -5,6 +5,7 @@ import (
 	"cmp"
 	"context"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -23,6 +24,18 @@ const (
 type Ztunnel struct {
 	Node *Node
 	*process
+	host string // loopback address of its admin, metrics and readiness ports ("": 127.0.0.1)
+}
+
+// addr is the ztunnel's address of one of AdminAddr, MetricsAddr and
+// ReadinessAddr: the same port, on its own loopback address (a successor
+// started by HandOverZtunnel runs next to it on another).
+func (z *Ztunnel) addr(def string) string {
+	if z.host == "" {
+		return def
+	}
+	_, port, _ := net.SplitHostPort(def)
+	return net.JoinHostPort(z.host, port)
 }
 
 // StartZtunnel starts the node's ztunnel in in-pod mode inside the node's
@@ -37,8 +50,15 @@ func (n *Node) StartZtunnel() *Ztunnel {
 	return z
 }
 
-func (n *Node) startZtunnel() (*Ztunnel, error) {
+func (n *Node) startZtunnel() (*Ztunnel, error) { return n.startZtunnelAt("", true) }
+
+// startZtunnelAt starts a ztunnel whose admin, metrics and readiness
+// ports are on the loopback address host ("": 127.0.0.1); with register,
+// it becomes the node's ztunnel (Node.Ztunnel, stopped at teardown) at
+// once.
+func (n *Node) startZtunnelAt(host string, register bool) (*Ztunnel, error) {
 	c := n.c
+	z := &Ztunnel{Node: n, host: host}
 	args := []string{
 		"--mode", "inpod",
 		"--node", n.Name,
@@ -47,9 +67,9 @@ func (n *Node) startZtunnel() (*Ztunnel, error) {
 		"--token", c.Token(n.Name),
 		"--zds-socket", n.ZDSSocket,
 		"--pod-state-dir", n.PodStateDir,
-		"--admin-addr", AdminAddr,
-		"--metrics-addr", MetricsAddr,
-		"--readiness-addr", ReadinessAddr,
+		"--admin-addr", z.addr(AdminAddr),
+		"--metrics-addr", z.addr(MetricsAddr),
+		"--readiness-addr", z.addr(ReadinessAddr),
 		"--log-level", cmp.Or(c.opts.LogLevel, "debug"),
 	}
 	if c.opts.CertTTL > 0 {
@@ -63,11 +83,13 @@ func (n *Node) startZtunnel() (*Ztunnel, error) {
 	if err != nil {
 		return nil, err
 	}
-	z := &Ztunnel{Node: n, process: proc}
-	n.mu.Lock()
-	n.zt = z
-	n.mu.Unlock()
-	if err := proc.waitReady(n.NS, "http://"+ReadinessAddr+"/healthz/ready", 15*time.Second); err != nil {
+	z.process = proc
+	if register {
+		n.mu.Lock()
+		n.zt = z
+		n.mu.Unlock()
+	}
+	if err := proc.waitReady(n.NS, "http://"+z.addr(ReadinessAddr)+"/healthz/ready", 15*time.Second); err != nil {
 		return z, err
 	}
 	return z, nil
@@ -105,7 +127,7 @@ func (n *Node) KillZtunnel() {
 
 // Admin fetches path from the admin server.
 func (z *Ztunnel) Admin(ctx context.Context, path string) ([]byte, error) {
-	return HTTPClient{NS: z.Node.NS}.Get(ctx, "http://"+AdminAddr+path)
+	return HTTPClient{NS: z.Node.NS}.Get(ctx, "http://"+z.addr(AdminAddr)+path)
 }
 
 // Goroutines is the process's goroutine count, from
