@@ -8,6 +8,8 @@ import (
 
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
+
+	"github.com/ambient-go/mesh/ztunnel/proxy"
 )
 
 // certificateDump describes one workload certificate in /config_dump.
@@ -33,10 +35,14 @@ type configDump struct {
 	Policies     []json.RawMessage `json:"policies"`
 	Certificates []certificateDump `json:"certificates"`
 	Listeners    []listenerDump    `json:"listeners"`
+	// Connections are the connections the proxy carries now (istioctl's
+	// ztunnel-config connections).
+	Connections []proxy.Connection `json:"connections"`
 }
 
 // configDump is what /config_dump shows: the state from istiod-lite (in
-// the protos' JSON form), the certificates held and the pod listeners.
+// the protos' JSON form), the certificates held, the pod listeners and the
+// open connections.
 func (z *Ztunnel) configDump() any {
 	d := z.store.Dump()
 	out := configDump{
@@ -46,6 +52,10 @@ func (z *Ztunnel) configDump() any {
 		Policies:     []json.RawMessage{},
 		Certificates: []certificateDump{},
 		Listeners:    []listenerDump{},
+		Connections:  z.proxy.Connections(),
+	}
+	if out.Connections == nil {
+		out.Connections = []proxy.Connection{}
 	}
 	for _, w := range d.Workloads {
 		out.Workloads = append(out.Workloads, withIPs(protoJSON(w)))

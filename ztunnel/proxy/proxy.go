@@ -102,6 +102,8 @@ type Proxy struct {
 	acceptMu    sync.Mutex
 	acceptErr   error     // the last retried accept error (accept.go)
 	acceptErrAt time.Time // when
+
+	live connTable // the open connections, for the admin server (conns.go)
 }
 
 // New returns a Proxy.

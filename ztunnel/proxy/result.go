@@ -30,6 +30,10 @@ type connResult struct {
 	labels  telemetry.Labels
 	m       *telemetry.Conn // nil until open
 	done    bool
+	live    *connTable // lists the connection from open to finish (conns.go)
+	lc      liveConn   // what live lists
+	shard   uint8
+	listed  bool
 }
 
 // outboundResult starts the result of a connection of the local workload
@@ -57,6 +61,7 @@ func (p *Proxy) newResult(direction, reporter string, client netip.AddrPort) *co
 		log:     p.cfg.AccessLog,
 		rec:     accesslog.Record{Direction: direction, Start: time.Now(), SrcAddr: client},
 		labels:  telemetry.Labels{Reporter: reporter, RequestProtocol: telemetry.ProtocolTCP},
+		live:    &p.live,
 	}
 }
 
@@ -110,10 +115,13 @@ func (r *connResult) setFlags(flags string) { r.labels.ResponseFlags = flags }
 // setPolicy names the policy that decided the connection.
 func (r *connResult) setPolicy(name string) { r.rec.Policy = name }
 
-// open counts the connection opened, under the labels as they are now.
+// open counts the connection opened, under the labels as they are now,
+// and lists it among the open connections (Proxy.Connections) with its
+// addresses as they are now.
 func (r *connResult) open() {
 	if r.m == nil {
 		r.m = r.metrics.Open(&r.labels)
+		r.live.add(r)
 	}
 }
 
@@ -141,7 +149,10 @@ func (r *connResult) finish(ctx context.Context, err error) {
 		return
 	}
 	r.done = true
-	r.open()
+	if r.m == nil { // failed before open: counted, never listed
+		r.m = r.metrics.Open(&r.labels)
+	}
+	r.live.remove(r)
 	r.m.Close()
 	r.rec.Err = err
 	r.rec.ResponseFlags = r.labels.ResponseFlags
@@ -156,5 +167,6 @@ func (r *connResult) discard() {
 		return
 	}
 	r.done = true
+	r.live.remove(r)
 	r.m.Close()
 }
