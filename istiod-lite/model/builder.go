@@ -58,6 +58,9 @@ type memo struct {
 	// require holds the require-waypoint policy keys each pod's workload
 	// names (waypoint.go), for the pods that name any.
 	require map[*corev1.Pod][]string
+	// sliceSvcs holds the selector-less Services whose EndpointSlices
+	// name each pod (endpointslice.go), for the pods named by any.
+	sliceSvcs map[*corev1.Pod][]*corev1.Service
 }
 
 // service returns the previous resource of svc; m may be nil.

@@ -11,11 +11,13 @@ package model
 
 import (
 	"cmp"
+	"maps"
 	"slices"
 
 	"google.golang.org/protobuf/proto"
 	securityv1 "istio.io/client-go/pkg/apis/security/v1"
 	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 
 	"github.com/ambient-go/mesh/pkg/workloadapi"
@@ -73,7 +75,10 @@ type Inputs struct {
 	// GatewayClasses may carry istio.io/waypoint-for. Others are ignored.
 	Gateways       []*gatewayv1.Gateway
 	GatewayClasses []*gatewayv1.GatewayClass
-	// later: EndpointSlices, HTTPRoutes
+	// EndpointSlices give Services without a selector their endpoints
+	// (endpointslice.go).
+	EndpointSlices []*discoveryv1.EndpointSlice
+	// later: HTTPRoutes
 }
 
 // Output is every resource the control plane serves, keyed by xDS resource name.
@@ -134,6 +139,7 @@ func build(in *Inputs, opt Options, prev *memo) (*Output, *memo) {
 	} else {
 		services = indexServices(in.Services, opt)
 	}
+	sliceIx, sliceWorkloads := indexEndpointSlices(in, opt)
 	next := &memo{
 		// Copies: a caller may reuse its slices for the next Inputs.
 		serviceObjs: slices.Clone(in.Services),
@@ -144,6 +150,7 @@ func build(in *Inputs, opt Options, prev *memo) (*Output, *memo) {
 		policies:    slices.Clone(in.AuthorizationPolicies),
 		peers:       slices.Clone(in.PeerAuthentications),
 		require:     map[*corev1.Pod][]string{},
+		sliceSvcs:   map[*corev1.Pod][]*corev1.Service{},
 	}
 	// Whether workloads may be reused: the policies (which every workload
 	// names) are the same objects, and per namespace, whether its
@@ -155,7 +162,7 @@ func build(in *Inputs, opt Options, prev *memo) (*Output, *memo) {
 			return nil
 		}
 		a := prev.pods[pod]
-		if a == nil {
+		if a == nil || !slices.Equal(prev.sliceSvcs[pod], sliceIx.keys(pod)) {
 			return nil
 		}
 		same, ok := nsSame[pod.Namespace]
@@ -212,6 +219,13 @@ func build(in *Inputs, opt Options, prev *memo) (*Output, *memo) {
 			if w == nil {
 				continue
 			}
+			if extra := sliceIx.services(pod, opt); len(extra) > 0 {
+				if w.Services == nil {
+					w.Services = extra
+				} else {
+					maps.Copy(w.Services, extra)
+				}
+			}
 			w.Waypoint = wp
 			w.AuthorizationPolicies = authz.policiesFor(pod.Namespace, pod.Labels)
 			if require = waypoints.requireKeys(w.Services); len(require) > 0 {
@@ -223,10 +237,16 @@ func build(in *Inputs, opt Options, prev *memo) (*Output, *memo) {
 			next.require[pod] = require
 		}
 		next.pods[pod] = a
+		if k := sliceIx.keys(pod); len(k) > 0 {
+			next.sliceSvcs[pod] = k
+		}
 		out.Addresses[a.GetWorkload().GetUid()] = a
 		pods = append(pods, claimant{pod, a.GetWorkload()})
 	}
 	resolveConflicts(pods, out)
+	for _, w := range sliceWorkloads {
+		out.Addresses[w.Uid] = &workloadapi.Address{Type: &workloadapi.Address_Workload{Workload: w}}
+	}
 	return out, next
 }
 

@@ -12,7 +12,11 @@
 //
 // The source runs on every replica (it is not subject to leader election).
 // Kinds whose CRDs are not installed when the Source is built are logged and
-// skipped.
+// skipped, then watched as soon as their CRD appears: the Source watches
+// CustomResourceDefinitions (metadata only) and tries the skipped kinds
+// again on every CRD event, and every Config.RetryInterval in case that
+// watch is not allowed. Skipped returns the kinds skipped at start (what
+// the status writer and waypoint deployer, set up once, go by).
 package kube
 
 import (
@@ -20,6 +24,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 	"time"
 
 	securityv1 "istio.io/client-go/pkg/apis/security/v1"
@@ -57,9 +62,9 @@ func NewScheme() (*runtime.Scheme, error) {
 type Snapshot struct {
 	// Inputs is what the model translates.
 	Inputs *model.Inputs
-	// Nodes, EndpointSlices and HTTPRoutes are watched but not used by
-	// the model yet. Gateways are Inputs.Gateways (also here for the
-	// waypoint deployer).
+	// Nodes and HTTPRoutes are watched but not used by the model yet.
+	// Gateways and EndpointSlices are Inputs' (also here for the
+	// waypoint deployer and tests).
 	Nodes          []*corev1.Node
 	EndpointSlices []*discoveryv1.EndpointSlice
 	Gateways       []*gatewayv1.Gateway
@@ -77,7 +82,13 @@ type Config struct {
 	// once the caches have synced, then after changes; the next rebuild
 	// waits until it returns.
 	OnUpdate func(*Snapshot)
+	// RetryInterval is how often the kinds whose CRD was missing are
+	// tried again besides on CRD events; default DefaultRetryInterval.
+	RetryInterval time.Duration
 }
+
+// DefaultRetryInterval is the default of Config.RetryInterval.
+const DefaultRetryInterval = 30 * time.Second
 
 // Source is the cluster-mode configuration source; it is a
 // manager.Runnable that runs on every replica.
@@ -85,9 +96,15 @@ type Source struct {
 	cfg     Config
 	log     *slog.Logger
 	cache   cache.Cache
-	kinds   map[string]bool // watched kinds, by Kind
-	skipped []string
+	client  client.Client
+	handler toolscache.ResourceEventHandler
+	skipped []string // at start
 	changed chan struct{}
+	retry   chan struct{} // a CRD changed: try the missing kinds
+
+	mu      sync.Mutex
+	kinds   map[string]bool // watched kinds, by Kind
+	missing []client.Object // optional kinds not watched yet
 }
 
 var (
@@ -123,6 +140,9 @@ func New(ctx context.Context, mgr manager.Manager, cfg Config) (*Source, error) 
 	if cfg.Debounce <= 0 {
 		cfg.Debounce = DefaultDebounce
 	}
+	if cfg.RetryInterval <= 0 {
+		cfg.RetryInterval = DefaultRetryInterval
+	}
 	log := cfg.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -131,8 +151,10 @@ func New(ctx context.Context, mgr manager.Manager, cfg Config) (*Source, error) 
 		cfg:     cfg,
 		log:     log.With("component", "kube-source"),
 		cache:   mgr.GetCache(),
+		client:  mgr.GetClient(),
 		kinds:   map[string]bool{},
 		changed: make(chan struct{}, 1),
+		retry:   make(chan struct{}, 1),
 	}
 	handler := toolscache.ResourceEventHandlerFuncs{
 		AddFunc: func(any) { s.trigger() },
@@ -146,6 +168,7 @@ func New(ctx context.Context, mgr manager.Manager, cfg Config) (*Source, error) 
 		},
 		DeleteFunc: func(any) { s.trigger() },
 	}
+	s.handler = handler
 	for _, w := range watched {
 		gvk, err := mgr.GetClient().GroupVersionKindFor(w.obj)
 		if err != nil {
@@ -154,8 +177,9 @@ func New(ctx context.Context, mgr manager.Manager, cfg Config) (*Source, error) 
 		inf, err := s.cache.GetInformer(ctx, w.obj, cache.BlockUntilSynced(false))
 		if err != nil {
 			if w.optional && meta.IsNoMatchError(err) {
-				s.log.Warn("kind not installed, not watched", "kind", gvk.Kind, "group", gvk.Group, "version", gvk.Version)
+				s.log.Warn("kind not installed, not watched until its CRD appears", "kind", gvk.Kind, "group", gvk.Group, "version", gvk.Version)
 				s.skipped = append(s.skipped, gvk.Kind)
+				s.missing = append(s.missing, w.obj)
 				continue
 			}
 			return nil, fmt.Errorf("kube: informer for %s: %w", gvk, err)
@@ -165,15 +189,25 @@ func New(ctx context.Context, mgr manager.Manager, cfg Config) (*Source, error) 
 		}
 		s.kinds[gvk.Kind] = true
 	}
+	if len(s.missing) > 0 {
+		s.watchCRDs(ctx, mgr.GetAPIReader())
+	}
 	if err := mgr.Add(s); err != nil {
 		return nil, fmt.Errorf("kube: %w", err)
 	}
 	return s, nil
 }
 
-// Skipped returns the kinds not watched because their CRD is not
-// installed.
+// Skipped returns the kinds not watched at start because their CRD was
+// not installed (they may be watched since).
 func (s *Source) Skipped() []string { return s.skipped }
+
+// Watched reports whether kind is watched now.
+func (s *Source) Watched(kind string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.kinds[kind]
+}
 
 // NeedLeaderElection implements manager.LeaderElectionRunnable: the
 // source runs on every replica.
@@ -195,6 +229,9 @@ func (s *Source) Start(ctx context.Context) error {
 			return nil
 		}
 		return errors.New("kube: caches did not sync")
+	}
+	if s.hasMissing() {
+		go s.retryMissing(ctx)
 	}
 	timer := time.NewTimer(0)
 	<-timer.C
@@ -262,6 +299,7 @@ func (s *Source) Snapshot(ctx context.Context) (*Snapshot, error) {
 		return nil, err
 	}
 	in.Gateways = snap.Gateways
+	in.EndpointSlices = snap.EndpointSlices
 	if in.GatewayClasses, err = list[gatewayv1.GatewayClass](ctx, s, "GatewayClass", &gatewayv1.GatewayClassList{}, func(l *gatewayv1.GatewayClassList) []gatewayv1.GatewayClass { return l.Items }); err != nil {
 		return nil, err
 	}
@@ -274,7 +312,7 @@ func (s *Source) Snapshot(ctx context.Context) (*Snapshot, error) {
 // list lists one kind from the cache (nil when it is not watched) without
 // deep copies: the items are shared with the cache and read only.
 func list[T any, L client.ObjectList](ctx context.Context, s *Source, kind string, l L, items func(L) []T) ([]*T, error) {
-	if !s.kinds[kind] {
+	if !s.Watched(kind) {
 		return nil, nil
 	}
 	if err := s.cache.List(ctx, l, client.UnsafeDisableDeepCopy); err != nil {
@@ -290,7 +328,7 @@ func list[T any, L client.ObjectList](ctx context.Context, s *Source, kind strin
 
 // listPtr is list for the lists whose Items are pointers (Istio's).
 func listPtr[T any, L client.ObjectList](ctx context.Context, s *Source, kind string, l L, items func(L) []*T) ([]*T, error) {
-	if !s.kinds[kind] {
+	if !s.Watched(kind) {
 		return nil, nil
 	}
 	if err := s.cache.List(ctx, l, client.UnsafeDisableDeepCopy); err != nil {
