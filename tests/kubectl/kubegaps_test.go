@@ -2,16 +2,27 @@ package kubectl
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"io"
+	"net"
 	"net/netip"
 	"slices"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/ambient-go/mesh/pkg/workloadapi"
+	"github.com/ambient-go/mesh/pkg/xds"
 	"github.com/ambient-go/mesh/tests/kube"
 )
 
@@ -151,5 +162,157 @@ func TestCRDInstalledAfterStart(t *testing.T) {
 		case <-x.changed:
 		case <-time.After(100 * time.Millisecond):
 		}
+	}
+}
+
+// forwarder is a loopback TCP proxy standing for the istiod Service's
+// virtual IP: each new connection goes to the current backend (kube-proxy
+// picks a ready replica per connection).
+type forwarder struct {
+	ln      net.Listener
+	mu      sync.Mutex
+	backend string
+	conns   []net.Conn
+	done    chan struct{}
+}
+
+func newForwarder(t *testing.T, backend string) *forwarder {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := &forwarder{ln: ln, backend: backend, done: make(chan struct{})}
+	go f.serve()
+	t.Cleanup(func() {
+		ln.Close()
+		<-f.done
+		f.mu.Lock()
+		for _, c := range f.conns {
+			c.Close()
+		}
+		f.mu.Unlock()
+	})
+	return f
+}
+
+func (f *forwarder) set(backend string) {
+	f.mu.Lock()
+	f.backend = backend
+	f.mu.Unlock()
+}
+
+func (f *forwarder) serve() {
+	defer close(f.done)
+	for {
+		c, err := f.ln.Accept()
+		if err != nil {
+			return
+		}
+		f.mu.Lock()
+		backend := f.backend
+		f.mu.Unlock()
+		b, err := net.DialTimeout("tcp", backend, 5*time.Second)
+		if err != nil {
+			c.Close()
+			continue
+		}
+		f.mu.Lock()
+		f.conns = append(f.conns, c, b)
+		f.mu.Unlock()
+		go func() { _, _ = io.Copy(b, c); b.Close() }()
+		go func() { _, _ = io.Copy(c, b); c.Close() }()
+	}
+}
+
+// TestZtunnelSwitchesReplica: a ztunnel's xDS client reaches istiod-lite
+// through the Service address over TLS (verifying the name
+// istiod.istio-system.svc against the mesh root); when its replica stops,
+// it reconnects to the other one, which has the same root (the serving
+// certificate verifies), and it keeps every resource and gets new ones.
+func TestZtunnelSwitchesReplica(t *testing.T) {
+	crds, err := kube.CRDDir()
+	if err != nil {
+		t.Fatal(err)
+	}
+	log := testLogger(t)
+	c := kube.Start(t, kube.Config{CRDDirs: []string{crds}, Log: log.With("component", "harness")})
+	c.MustKubectl(t, "create", "namespace", "istio-system")
+	apply(t, c, objects)
+	a, stopA := startIstiod(t, c, log.With("replica", "a"))
+	b, _ := startIstiod(t, c, log.With("replica", "b"))
+	fwd := newForwarder(t, a.Addr().String())
+
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(a.RootPEM())
+	token := strings.TrimSpace(c.MustKubectl(t, "create", "token", "ztunnel", "-n", "istio-system", "--audience", "istio-ca"))
+	st := &xdsState{addrs: map[string]*workloadapi.Address{}, changed: make(chan struct{}, 1)}
+	var connects atomic.Int32
+	cl, err := xds.NewClient(xds.ClientConfig{
+		Target: fwd.ln.Addr().String(),
+		Token:  func(context.Context) (string, error) { return token, nil },
+		DialOptions: []grpc.DialOption{
+			grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: pool, ServerName: "istiod.istio-system.svc", MinVersion: tls.VersionTLS13})),
+			grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) {
+				connects.Add(1)
+				return (&net.Dialer{}).DialContext(ctx, "tcp", addr)
+			}),
+		},
+		Node:       &corev3.Node{Id: "ztunnel~198.18.1.2~ztunnel-a.istio-system~istio-system.svc.cluster.local"},
+		TypeURLs:   []string{workloadapi.AddressTypeURL},
+		MaxBackoff: 500 * time.Millisecond,
+		Logger:     log.With("component", "xds-client"),
+		Handler: xds.HandlerFunc(func(typeURL string, updated []*discoveryv3.Resource, removed []string) error {
+			st.mu.Lock()
+			defer st.mu.Unlock()
+			for _, r := range updated {
+				ad := &workloadapi.Address{}
+				if err := r.GetResource().UnmarshalTo(ad); err != nil {
+					return err
+				}
+				st.addrs[r.GetName()] = ad
+			}
+			for _, n := range removed {
+				delete(st.addrs, n)
+			}
+			st.removed = append(st.removed, removed...)
+			select {
+			case st.changed <- struct{}{}:
+			default:
+			}
+			return nil
+		}),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = cl.Start(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+
+	runPod(t, c, "node-b", &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "echo", Namespace: "demo", Labels: map[string]string{"app": "echo"}},
+		Spec: corev1.PodSpec{ServiceAccountName: "echo"}}, "198.18.2.10")
+	st.waitFor(t, "echo from replica a", func(m map[string]*workloadapi.Address) bool {
+		return workload(m, "demo", "echo") != nil && m["demo/echo.demo.svc.cluster.local"] != nil
+	})
+	if n := connects.Load(); n != 1 {
+		t.Fatalf("connections before the switch = %d, want 1", n)
+	}
+
+	fwd.set(b.Addr().String())
+	stopA()
+	runPod(t, c, "node-a", &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "late", Namespace: "demo", Labels: map[string]string{"app": "echo"}},
+		Spec: corev1.PodSpec{ServiceAccountName: "echo"}}, "198.18.1.11")
+	st.waitFor(t, "a pod created after the switch, from replica b", func(m map[string]*workloadapi.Address) bool {
+		return workload(m, "demo", "late") != nil && workload(m, "demo", "echo") != nil
+	})
+	if n := connects.Load(); n < 2 {
+		t.Errorf("connections = %d, want a reconnection to replica b", n)
+	}
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if len(st.removed) > 0 {
+		t.Errorf("the client was told to remove %q when it moved to the other replica; want nothing removed", st.removed)
 	}
 }
