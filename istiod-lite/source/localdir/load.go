@@ -26,6 +26,7 @@ import (
 
 	securityv1 "istio.io/client-go/pkg/apis/security/v1"
 	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 
 	"github.com/ambient-go/mesh/istiod-lite/model"
@@ -200,6 +201,8 @@ func assemble(states map[string]*fileState) (*Snapshot, []error) {
 				snap.Inputs.Services = append(snap.Inputs.Services, obj)
 			case *corev1.ServiceAccount:
 				snap.Inputs.ServiceAccounts = append(snap.Inputs.ServiceAccounts, obj)
+			case *discoveryv1.EndpointSlice:
+				snap.Inputs.EndpointSlices = append(snap.Inputs.EndpointSlices, obj)
 			case *corev1.Node:
 				snap.Nodes = append(snap.Nodes, obj)
 			case *corev1.Secret:

@@ -13,6 +13,7 @@ import (
 	"strings"
 
 	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	kjson "k8s.io/apimachinery/pkg/runtime/serializer/json"
@@ -70,6 +71,9 @@ func (k objectKey) String() string {
 var decoder = func() runtime.Decoder {
 	scheme := runtime.NewScheme()
 	if err := corev1.AddToScheme(scheme); err != nil {
+		panic(err) // static registration; cannot fail
+	}
+	if err := discoveryv1.AddToScheme(scheme); err != nil {
 		panic(err) // static registration; cannot fail
 	}
 	return kjson.NewSerializerWithOptions(kjson.DefaultMetaFactory, scheme, scheme, kjson.SerializerOptions{Strict: true})
@@ -223,13 +227,15 @@ func parseDocument(file string, doc document) (*object, error) {
 		}
 		return &object{key: key, line: doc.line, obj: obj}, nil
 	}
-	if tm.APIVersion != "v1" || !decodedKinds[tm.Kind] {
+	gvk := schema.GroupVersionKind{Version: "v1", Kind: tm.Kind}
+	if tm.APIVersion == "discovery.k8s.io/v1" && tm.Kind == "EndpointSlice" {
+		gvk.Group = "discovery.k8s.io" // Services without selector (model/endpointslice.go)
+	} else if tm.APIVersion != "v1" || !decodedKinds[tm.Kind] {
 		return &object{key: key, line: doc.line, obj: &RawObject{
 			APIVersion: tm.APIVersion, Kind: tm.Kind, Namespace: tm.Metadata.Namespace, Name: tm.Metadata.Name,
 			File: file, Line: doc.line, JSON: js,
 		}}, nil
 	}
-	gvk := schema.GroupVersionKind{Version: "v1", Kind: tm.Kind}
 	obj, _, err := decoder.Decode(js, &gvk, nil)
 	if err != nil {
 		return nil, fail(fmt.Errorf("decoding %s %s: %w", tm.Kind, tm.Metadata.Name, err))
