@@ -107,8 +107,8 @@ type configDump struct {
 	Services     []json.RawMessage `json:"services"`
 	Policies     []json.RawMessage `json:"policies"`
 	Certificates []certificate     `json:"certificates"`
-	// Connections are reported by ztunnels that track them (none of ours
-	// yet); nil otherwise.
+	// Connections are the connections the ztunnel carries; nil from a
+	// ztunnel that does not report them (older than this meshctl).
 	Connections []connection `json:"connections,omitempty"`
 }
 
@@ -121,12 +121,13 @@ type certificate struct {
 }
 
 type connection struct {
-	Workload     string `json:"workload"`
-	Direction    string `json:"direction"`
-	Local        string `json:"local"`
-	Remote       string `json:"remote"`
-	RemoteTarget string `json:"remoteTarget"`
-	Protocol     string `json:"protocol"`
+	Workload     string    `json:"workload"`
+	Direction    string    `json:"direction"`
+	Local        string    `json:"local"`
+	Remote       string    `json:"remote"`
+	RemoteTarget string    `json:"remoteTarget"`
+	Protocol     string    `json:"protocol"`
+	Start        time.Time `json:"start"`
 }
 
 func (a *proxyAdmin) configDump(ctx context.Context) (*configDump, error) {

@@ -91,6 +91,7 @@ func TestGolden(t *testing.T) {
 		{"ztunnel-config-policy-yaml", []string{"ztunnel-config", "policy", "-o", "yaml"}},
 		{"ztunnel-config-certificate", []string{"ztunnel-config", "certificate"}},
 		{"ztunnel-config-connections", []string{"ztunnel-config", "connections"}},
+		{"ztunnel-config-connections-raw-ns", []string{"ztunnel-config", "connections", "--raw", "-n", "demo"}},
 		{"ztunnel-config-log", []string{"ztunnel-config", "log", "--level", "default:debug"}},
 		{"explain-waypoint", []string{"explain", "demo/client", "echo-l7.demo:80", "--config-dir", "testdata/config"}},
 		{"explain-waypoint-no-labels", []string{"explain", "client.demo", "127.10.100.11:80"}},

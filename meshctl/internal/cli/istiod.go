@@ -34,6 +34,7 @@ func (c *istiodConn) Close() error {
 // a port-forward to an istiod-lite pod.
 func (o *Options) dialIstiod(ctx context.Context) (*istiodConn, error) {
 	addr, stop := o.Istiod, func() {}
+	var rootPEM []byte // the mesh root istiod-lite's TLS port is checked with
 	if addr == "" {
 		kc, err := o.kube()
 		if err != nil {
@@ -42,6 +43,13 @@ func (o *Options) dialIstiod(ctx context.Context) (*istiodConn, error) {
 		pod, err := kc.findPod(ctx, istioSystem, "app=istiod-lite", "")
 		if err != nil {
 			return nil, err
+		}
+		if o.IstiodCA == "" {
+			// The port-forward reaches the TLS port: check it with the
+			// root istiod-lite publishes to every namespace.
+			if rootPEM, err = kc.meshRoot(ctx); err != nil {
+				return nil, err
+			}
 		}
 		local, s, err := kc.portForward(ctx, pod, 15012)
 		if err != nil {
@@ -56,10 +64,13 @@ func (o *Options) dialIstiod(ctx context.Context) (*istiodConn, error) {
 			stop()
 			return nil, fmt.Errorf("reading --istiod-ca: %w", err)
 		}
+		rootPEM = pem
+	}
+	if rootPEM != nil {
 		roots := x509.NewCertPool()
-		if !roots.AppendCertsFromPEM(pem) {
+		if !roots.AppendCertsFromPEM(rootPEM) {
 			stop()
-			return nil, fmt.Errorf("--istiod-ca %s holds no PEM certificate", o.IstiodCA)
+			return nil, errors.New("the mesh root (--istiod-ca or ConfigMap istio-ca-root-cert) holds no PEM certificate")
 		}
 		// istiod-lite's serving certificate names its service; a local
 		// address may not be among its names, so check the chain only.

@@ -104,3 +104,17 @@ func (k *kubeClient) portForward(ctx context.Context, pod *corev1.Pod, port int)
 	}
 	return net.JoinHostPort("127.0.0.1", strconv.Itoa(int(ports[0].Local))), func() { close(stop); <-errc }, nil
 }
+
+// meshRoot returns the mesh root certificate (PEM) of ConfigMap
+// istio-system/istio-ca-root-cert, which istiod-lite publishes.
+func (k *kubeClient) meshRoot(ctx context.Context) ([]byte, error) {
+	cm, err := k.CoreV1().ConfigMaps(istioSystem).Get(ctx, "istio-ca-root-cert", metav1.GetOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("the mesh root to check istiod-lite with (or give --istiod-ca): %w", err)
+	}
+	pem := cm.Data["root-cert.pem"]
+	if pem == "" {
+		return nil, fmt.Errorf("ConfigMap %s/istio-ca-root-cert holds no root-cert.pem", istioSystem)
+	}
+	return []byte(pem), nil
+}

@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"bufio"
 	"context"
 	"fmt"
 	"io"
@@ -148,6 +149,49 @@ func TestLiveLocalMesh(t *testing.T) {
 			c.CloseIdleConnections()
 			if got != tc.want {
 				t.Errorf("GET echo from %s succeeded = %v (%v), want %v as explain says", tc.src, got, err, tc.want)
+			}
+		}
+	})
+
+	t.Run("ztunnel-config connections lists an open connection at both ends", func(t *testing.T) {
+		// A kept-alive HTTP connection from client to Service echo (no
+		// waypoint): node-a carries it outbound, node-b inbound.
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		conn, err := harness.Dial(ctx, m.PodIP(0, 0), netip.AddrPortFrom(m.VIP(0), 80).String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		conn.SetDeadline(time.Now().Add(10 * time.Second))
+		if _, err := io.WriteString(conn, "GET / HTTP/1.1\r\nHost: echo\r\n\r\n"); err != nil {
+			t.Fatal(err)
+		}
+		resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		outbound := regexp.MustCompile(`(?m)^client\.demo\s+Outbound\s+client\.demo:\d+\s+echo-0\.demo:15008\s+echo-0\.demo:8080\s+HBONE$`)
+		inbound := regexp.MustCompile(fmt.Sprintf(`(?m)^echo-0\.demo\s+Inbound\s+%s:8080\s+%s:\d+\s+echo\.demo\.svc\.cluster\.local\s+HBONE$`,
+			regexp.QuoteMeta(m.PodIP(1, 0).String()), regexp.QuoteMeta(m.PodIP(0, 0).String())))
+		if out := cmd(t, "ztunnel-config", "connections", "--node", "node-a"); !outbound.MatchString(out) {
+			t.Errorf("node-a's connections =\n%s\nwant a line matching %s", out, outbound)
+		}
+		if out := cmd(t, "ztunnel-config", "connections", "--node", "node-b", "-n", "demo", "--raw"); !inbound.MatchString(out) {
+			t.Errorf("node-b's connections =\n%s\nwant a line matching %s", out, inbound)
+		}
+		// Closed, it leaves both lists.
+		conn.Close()
+		for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+			a := cmd(t, "ztunnel-config", "connections", "--node", "node-a")
+			b := cmd(t, "ztunnel-config", "connections", "--node", "node-b", "--raw")
+			if !outbound.MatchString(a) && !inbound.MatchString(b) {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("the closed connection is still listed:\n%s\n%s", a, b)
 			}
 		}
 	})

@@ -78,7 +78,7 @@ config directory.`,
 	cmd.PersistentFlags().BoolVarP(&o.AllNamespaces, "all-namespaces", "A", false, "all namespaces instead of -n")
 	pf := cmd.PersistentFlags()
 	pf.StringVar(&o.Istiod, "istiod", "", "istiod-lite's gRPC address (host:port); selects local mode")
-	pf.StringVar(&o.IstiodCA, "istiod-ca", "", "root certificate (PEM) of istiod-lite's TLS listener; empty: plaintext")
+	pf.StringVar(&o.IstiodCA, "istiod-ca", "", "root certificate (PEM) of istiod-lite's TLS listener; empty: plaintext to --istiod, or, through a port-forward, the root of ConfigMap istio-system/istio-ca-root-cert")
 	pf.StringVar(&o.Token, "istiod-token", "", "bearer token for istiod-lite (local mode: a value of Secret istio-system/meshctl-tokens)")
 	pf.StringVar(&o.TokenFile, "istiod-token-file", "", "file holding the bearer token for istiod-lite")
 	pf.StringToStringVar(&o.ProxyAdmin, "proxy-admin", nil, "local mode: admin address of a proxy, NODE=ADDR for a ztunnel or NS/NAME=ADDR for a waypoint (repeatable)")

@@ -4,9 +4,11 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net"
 	"net/netip"
 	"net/url"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -21,6 +23,7 @@ type ztunnelConfigOptions struct {
 	node   string
 	output string
 	level  string
+	raw    bool
 }
 
 func newZtunnelConfigCmd(o *Options) *cobra.Command {
@@ -39,6 +42,7 @@ mode give its address with --proxy-admin NODE=ADDR).`,
   meshctl ztunnel-config log --level debug`,
 	}
 	cmd.PersistentFlags().StringVar(&zo.node, "node", "", "the node whose ztunnel to read (default: any)")
+	cmd.PersistentFlags().BoolVar(&zo.raw, "raw", false, "connections: show addresses, not the names of the services and workloads they belong to")
 	sections := []struct {
 		use, short string
 		print      func(io.Writer, *ztunnelConfigOptions, *configDump) error
@@ -48,7 +52,7 @@ mode give its address with --proxy-admin NODE=ADDR).`,
 		{"service", "Services the ztunnel knows (NAMESPACE SERVICE NAME SERVICE VIP WAYPOINT ENDPOINTS)", printServices, func(d *configDump) any { return d.Services }},
 		{"policy", "Authorization policies the ztunnel enforces (NAMESPACE POLICY NAME ACTION SCOPE)", printPolicies, func(d *configDump) any { return d.Policies }},
 		{"certificate", "Workload certificates the ztunnel holds", printCertificates, func(d *configDump) any { return d.Certificates }},
-		{"connections", "Connections the ztunnel carries, when it reports them", printConnections, func(d *configDump) any { return d.Connections }},
+		{"connections", "Connections the ztunnel carries (WORKLOAD DIRECTION LOCAL REMOTE REMOTE TARGET PROTOCOL)", printConnections, func(d *configDump) any { return d.Connections }},
 		{"all", "All of the above", printAll, func(d *configDump) any { return d }},
 	}
 	for _, s := range sections {
@@ -238,14 +242,53 @@ func printCertificates(w io.Writer, zo *ztunnelConfigOptions, d *configDump) err
 	return t.flush()
 }
 
+// printConnections prints the connections the ztunnel carries in
+// istioctl's columns; as istioctl does, addresses of known services and
+// workloads are shown by name (hostname:port, name.namespace:port) unless
+// --raw.
 func printConnections(w io.Writer, zo *ztunnelConfigOptions, d *configDump) error {
 	if d.Connections == nil {
 		fmt.Fprintf(w, "ztunnel %s does not report its connections in /config_dump\n", d.Node)
 		return nil
 	}
+	lookup := func(addr string) string { return addr }
+	if !zo.raw {
+		c, err := d.decode()
+		if err != nil {
+			return err
+		}
+		names := map[netip.Addr]string{}
+		for _, wl := range c.Workloads {
+			for _, b := range wl.GetAddresses() {
+				if ip, ok := netip.AddrFromSlice(b); ok {
+					names[ip] = wl.GetName() + "." + wl.GetNamespace()
+				}
+			}
+		}
+		for _, svc := range c.Services { // a VIP names its service
+			for _, a := range svc.GetAddresses() {
+				if ip, ok := netip.AddrFromSlice(a.GetAddress()); ok {
+					names[ip] = svc.GetHostname()
+				}
+			}
+		}
+		lookup = func(addr string) string {
+			ap, err := netip.ParseAddrPort(addr)
+			if err != nil {
+				return addr
+			}
+			if n, ok := names[ap.Addr()]; ok {
+				return net.JoinHostPort(n, strconv.Itoa(int(ap.Port())))
+			}
+			return addr
+		}
+	}
 	t := newTable(w, "WORKLOAD", "DIRECTION", "LOCAL", "REMOTE", "REMOTE TARGET", "PROTOCOL")
 	for _, c := range d.Connections {
-		t.row(c.Workload, c.Direction, c.Local, c.Remote, c.RemoteTarget, c.Protocol)
+		if _, ns, _ := strings.Cut(c.Workload, "."); !zo.selected(ns) {
+			continue
+		}
+		t.row(c.Workload, c.Direction, lookup(c.Local), lookup(c.Remote), lookup(c.RemoteTarget), c.Protocol)
 	}
 	return t.flush()
 }
