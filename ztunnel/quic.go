@@ -9,6 +9,8 @@ import (
 	"net/netip"
 	"os"
 	"sync"
+	"syscall"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -32,6 +34,7 @@ type quicNode struct {
 
 	mu      sync.Mutex
 	sockets map[netip.Addr]*net.UDPConn // by pod address
+	waits   map[netip.Addr]*quicWait    // waits for a socket an old ztunnel holds
 	wg      sync.WaitGroup
 }
 
@@ -46,7 +49,7 @@ func (z *Ztunnel) newQUIC(reg prometheus.Registerer, log *slog.Logger) (*quicNod
 	if mode == proxy.QUICOff {
 		return nil, pcfg, nil
 	}
-	q := &quicNode{z: z, log: log.With("component", "quic"), sockets: map[netip.Addr]*net.UDPConn{}}
+	q := &quicNode{z: z, log: log.With("component", "quic"), sockets: map[netip.Addr]*net.UDPConn{}, waits: map[netip.Addr]*quicWait{}}
 	q.server = &h3.Server{
 		TLSConfig: z.certs.ServerTLSConfig(z.serverIdentity),
 		Handler: h3.HandlerFunc(func(ctx context.Context, req *hbone.Request, t *h3.Tunnel) {
@@ -113,21 +116,107 @@ func (q *quicNode) listen(ns *os.File, a netip.Addr) {
 	} else {
 		c, err = h3.ListenUDP(at, q.log)
 	}
+	if errors.Is(err, syscall.EADDRINUSE) && ns != nil {
+		// The ztunnel this one takes over from still serves it
+		// (handover.go): UDP is not shared, so that its QUIC tunnels
+		// drain instead of being rehashed to this socket.
+		q.waitFor(ns, a)
+		return
+	}
 	if err != nil {
 		q.log.Warn("no hbone over quic for pod: udp listen failed", "addr", at.String(), "error", err)
 		return
 	}
+	q.serve(a, c)
+}
+
+// quicWaitPoll and quicWaitMax bound waitFor.
+const (
+	quicWaitPoll = 200 * time.Millisecond
+	quicWaitMax  = time.Minute
+)
+
+// quicWait is one waitFor: close stop to end it, then done is closed.
+type quicWait struct{ stop, done chan struct{} }
+
+// waitFor opens UDP 15008 of pod address a inside ns once the ztunnel
+// that holds it exits (at most quicWaitMax), unless release or shutdown
+// stop the wait first. Until then the pod is served over TCP only.
+func (q *quicNode) waitFor(ns *os.File, a netip.Addr) {
+	at := netip.AddrPortFrom(a, q.z.cfg.HBONEPort)
+	q.stopWait(a)
+	w := &quicWait{stop: make(chan struct{}), done: make(chan struct{})}
 	q.mu.Lock()
+	q.waits[a] = w
+	q.mu.Unlock()
+	q.log.Info("udp 15008 held by the previous ztunnel; serving quic once it exits", "addr", at.String())
+	go func() {
+		defer close(w.done)
+		tick := time.NewTicker(quicWaitPoll)
+		defer tick.Stop()
+		deadline := time.Now().Add(quicWaitMax)
+		for {
+			select {
+			case <-w.stop:
+				return
+			case <-tick.C:
+			}
+			c, err := capture.ListenUDP(ns, at)
+			if errors.Is(err, syscall.EADDRINUSE) && time.Now().Before(deadline) {
+				continue
+			}
+			if err != nil {
+				q.log.Warn("no hbone over quic for pod: udp listen failed", "addr", at.String(), "error", err)
+				return
+			}
+			q.sizeBuffers(c)
+			q.mu.Lock()
+			if q.waits[a] != w { // released meanwhile
+				q.mu.Unlock()
+				c.Close()
+				return
+			}
+			delete(q.waits, a)
+			q.serveLocked(a, c)
+			q.mu.Unlock()
+			q.log.Info("serving quic after the previous ztunnel exited", "addr", at.String())
+			return
+		}
+	}()
+}
+
+// stopWait stops the wait for a's socket, if any.
+func (q *quicNode) stopWait(a netip.Addr) {
+	q.mu.Lock()
+	w := q.waits[a]
+	delete(q.waits, a)
+	q.mu.Unlock()
+	if w != nil {
+		close(w.stop)
+		<-w.done
+	}
+}
+
+// serve serves HBONE over QUIC on c, pod address a's socket, until
+// release(a).
+func (q *quicNode) serve(a netip.Addr, c *net.UDPConn) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	q.serveLocked(a, c)
+}
+
+// serveLocked is serve with q.mu held.
+func (q *quicNode) serveLocked(a netip.Addr, c *net.UDPConn) {
+	at := c.LocalAddr().String()
 	if old := q.sockets[a]; old != nil {
 		old.Close()
 	}
 	q.sockets[a] = c
 	q.wg.Add(1)
-	q.mu.Unlock()
 	go func() {
 		defer q.wg.Done()
 		if err := q.server.Serve(c); err != nil && !errors.Is(err, net.ErrClosed) {
-			q.log.Warn("quic listener stopped", "addr", at.String(), "error", err)
+			q.log.Warn("quic listener stopped", "addr", at, "error", err)
 		}
 	}()
 }
@@ -138,6 +227,7 @@ func (q *quicNode) release(a netip.Addr) {
 	if q == nil {
 		return
 	}
+	q.stopWait(a)
 	q.mu.Lock()
 	c := q.sockets[a]
 	delete(q.sockets, a)
@@ -155,6 +245,15 @@ func (q *quicNode) release(a netip.Addr) {
 func (q *quicNode) shutdown(ctx context.Context) {
 	if q == nil {
 		return
+	}
+	q.mu.Lock()
+	var waits []netip.Addr
+	for a := range q.waits {
+		waits = append(waits, a)
+	}
+	q.mu.Unlock()
+	for _, a := range waits {
+		q.stopWait(a)
 	}
 	q.server.Shutdown(ctx)
 	q.wg.Wait()

@@ -27,6 +27,7 @@ import (
 
 	"github.com/ambient-go/mesh/pkg/accesslog"
 	"github.com/ambient-go/mesh/tests/netns/cluster"
+	"github.com/ambient-go/mesh/ztunnel/capture"
 )
 
 // handoverLoad is the size of a handover test.
@@ -324,4 +325,66 @@ func waitLog(z *cluster.Ztunnel, from int, msg, key string) (cluster.Log, int, e
 		return nil, 0, errors.New("no " + msg + " log line")
 	}
 	return l, i, nil
+}
+
+// TestZtunnelHandoverQUIC: with HBONE over QUIC, UDP 15008 is not shared
+// (the kernel would rehash the old ztunnel's QUIC flows to the successor's
+// socket): the successor serves the pod over TCP until the old ztunnel has
+// exited, then binds UDP 15008 and serves QUIC; no connection fails
+// meanwhile (clients fall back to TCP).
+func TestZtunnelHandoverQUIC(t *testing.T) {
+	c := cluster.New(t, cluster.Options{ZtunnelArgs: []string{
+		"--quic", "prefer", "--quic-hold", "500ms", "--drain-deadline", "1s",
+	}})
+	c.Namespace("shop", ambient)
+	client, err := c.Node(1).AddPod(cluster.PodSpec{Namespace: "shop", Name: "client"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	server, err := c.Node(2).AddPod(cluster.PodSpec{Namespace: "shop", Name: "echo-0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	echoServer(t, server, 7000)
+	addr := netip.AddrPortFrom(server.IP, 7000).String()
+	ns, err := os.Open(server.NS.Path())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ns.Close()
+	// overQUIC opens connections until one crosses into the server pod
+	// over UDP 15008 (bounded: 20 tries over about 10 s).
+	overQUIC := func(when string) {
+		t.Helper()
+		for i := range 20 {
+			before, _, err := capture.QUICPackets(ns)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := echoOnce(t.Context(), client, addr, i); err != nil {
+				t.Fatalf("%s: %v", when, err)
+			}
+			if after, _, _ := capture.QUICPackets(ns); after > before {
+				return
+			}
+			time.Sleep(500 * time.Millisecond)
+		}
+		t.Fatalf("%s: no connection went over QUIC", when)
+	}
+	overQUIC("before the handover")
+
+	node := c.Node(2)
+	z, h, err := node.HandOverZtunnel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("old ztunnel exited %v after SIGTERM", h.Exited.Sub(h.Terminated).Round(time.Millisecond))
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	if _, _, err := z.WaitLog(ctx, 0, func(l cluster.Log) bool {
+		return l.String("msg") == "serving quic after the previous ztunnel exited" && l.String("addr") == netip.AddrPortFrom(server.IP, 15008).String()
+	}); err != nil {
+		t.Fatalf("the successor did not take UDP 15008 over: %v", err)
+	}
+	overQUIC("after the handover")
 }
