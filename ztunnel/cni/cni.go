@@ -12,7 +12,8 @@
 // ztunnel does not acknowledge (it is down, or refuses), ADD fails and the
 // record is removed: the runtime tears the sandbox down and retries, and
 // the pod never runs uncaptured. ADD then prints prevResult unchanged.
-// Invocations without K8S_POD_NAME are not pods: they pass through.
+// Invocations without K8S_POD_NAME are not pods, and pods of the
+// configuration's excludeNamespaces are not captured: they pass through.
 //
 // DEL tells ztunnel the pod is gone (best effort: a ztunnel that is not
 // running is not an error, DEL is idempotent) and removes the record.
@@ -27,6 +28,7 @@ import (
 	"io"
 	"net/netip"
 	"os"
+	"slices"
 	"time"
 
 	"github.com/containernetworking/cni/pkg/skel"
@@ -45,6 +47,11 @@ type Config struct {
 	ZDSSocket string `json:"zdsSocket,omitempty"`
 	// PodStateDir holds the pod records; default zds.DefaultStateDir.
 	PodStateDir string `json:"podStateDir,omitempty"`
+	// ExcludeNamespaces are namespaces whose pods pass through without
+	// ztunnel, e.g. istio-system: ztunnel's own pod must start while no
+	// ztunnel runs on the node (the plugin cannot read the pod's labels).
+	// Default none.
+	ExcludeNamespaces []string `json:"excludeNamespaces,omitempty"`
 }
 
 // K8sArgs are the CNI_ARGS that Kubernetes runtimes pass.
@@ -102,7 +109,7 @@ func pod(args *skel.CmdArgs, conf *Config) (zds.Pod, bool, error) {
 	if err := types.LoadArgs(args.Args, &k); err != nil {
 		return zds.Pod{}, false, fmt.Errorf("ztunnel-cni: parsing CNI_ARGS: %w", err)
 	}
-	if k.K8S_POD_NAME == "" {
+	if k.K8S_POD_NAME == "" || slices.Contains(conf.ExcludeNamespaces, string(k.K8S_POD_NAMESPACE)) {
 		return zds.Pod{}, false, nil
 	}
 	p := zds.Pod{

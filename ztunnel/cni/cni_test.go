@@ -3,6 +3,8 @@ package cni
 import (
 	"testing"
 
+	"github.com/containernetworking/cni/pkg/skel"
+
 	"github.com/ambient-go/mesh/ztunnel/zds"
 )
 
@@ -40,5 +42,25 @@ func TestParseConfig(t *testing.T) {
 				t.Errorf("ParseConfig() = socket %q dir %q prev %v, want %q %q %v", c.ZDSSocket, c.PodStateDir, c.PrevResult != nil, tt.wantSocket, tt.wantDir, tt.wantPrev)
 			}
 		})
+	}
+}
+
+// TestExcludedNamespacePassesThrough: a pod of an excluded namespace (such
+// as ztunnel's own, which starts while no ztunnel runs) is not sent to
+// ztunnel; others are.
+func TestExcludedNamespacePassesThrough(t *testing.T) {
+	conf, err := ParseConfig([]byte(`{"cniVersion":"1.0.0","name":"pods","type":"ztunnel-cni","excludeNamespaces":["istio-system","kube-system"]}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		namespace string
+		wantPod   bool
+	}{{"istio-system", false}, {"kube-system", false}, {"demo", true}} {
+		args := &skel.CmdArgs{Netns: "/var/run/netns/p", Args: "K8S_POD_NAME=p;K8S_POD_NAMESPACE=" + tc.namespace + ";K8S_POD_UID=u"}
+		_, isPod, err := pod(args, conf)
+		if err != nil || isPod != tc.wantPod {
+			t.Errorf("pod(namespace %s) = %v, %v; want %v, nil", tc.namespace, isPod, err, tc.wantPod)
+		}
 	}
 }

@@ -29,7 +29,7 @@ func main() {
 	var (
 		cfg                      install.Config
 		zdsSocket, podStateDir   string
-		daemonSet                string
+		daemonSet, exclude       string
 		uninstall, uninstallExit bool
 	)
 	flag.StringVar(&cfg.PluginBinary, "plugin-binary", "/usr/local/bin/ztunnel-cni", "plugin binary to install")
@@ -38,6 +38,7 @@ func main() {
 	flag.StringVar(&cfg.ConfName, "conf-name", "", "configuration file to chain into (default: the lexically first)")
 	flag.StringVar(&zdsSocket, "zds-socket", "/var/run/ztunnel/zds.sock", "ztunnel's ZDS socket, as the plugin sees it on the host")
 	flag.StringVar(&podStateDir, "pod-state-dir", "/var/run/ztunnel/pods", "the plugin's pod records, on the host")
+	flag.StringVar(&exclude, "exclude-namespaces", "istio-system,kube-system", "comma-separated namespaces whose pods the plugin lets through without ztunnel (ztunnel's own must start while no ztunnel runs)")
 	flag.StringVar(&daemonSet, "daemonset", "", "namespace/name of the DaemonSet; on exit the plugin is removed if it is being deleted")
 	flag.BoolVar(&uninstall, "uninstall", false, "remove the plugin and exit")
 	flag.BoolVar(&uninstallExit, "uninstall-on-exit", false, "always remove the plugin on exit")
@@ -46,6 +47,9 @@ func main() {
 	log := slog.New(slog.NewJSONHandler(os.Stderr, nil))
 	cfg.Log = log
 	cfg.Plugin = map[string]any{"zdsSocket": zdsSocket, "podStateDir": podStateDir}
+	if exclude != "" {
+		cfg.Plugin["excludeNamespaces"] = strings.Split(exclude, ",")
+	}
 	in := install.New(cfg)
 	if uninstall {
 		if err := in.Uninstall(); err != nil {
