@@ -281,7 +281,9 @@ func (rt *runtime) PortForward(ctx context.Context, id string, port int32, strea
 	_, err = io.Copy(stream, conn)
 	conn.Close()
 	<-up
-	if err != nil && !errors.Is(err, net.ErrClosed) {
+	// The end of either side, or a client that reset the stream, ends
+	// the forward without an error.
+	if err != nil && !errors.Is(err, net.ErrClosed) && !errors.Is(err, io.EOF) {
 		return err
 	}
 	return nil
