@@ -211,52 +211,62 @@ func (l *Logger) Log(ctx context.Context, r *Record) {
 func (l *Logger) write(ctx context.Context, level slog.Level, r *Record, dur time.Duration) {
 	var buf [25]slog.Attr
 	a := buf[:0]
-	addr := func(key string, ap netip.AddrPort) {
-		if ap.IsValid() {
-			a = append(a, slog.String(key, ap.String()))
-		}
-	}
-	str := func(key, v string) {
-		if v != "" {
-			a = append(a, slog.String(key, v))
-		}
-	}
-	addr(KeySrcAddr, r.SrcAddr)
-	str(KeySrcWorkload, r.SrcWorkload)
-	str(KeySrcNamespace, r.SrcNamespace)
-	str(KeySrcIdentity, spiffe(r.SrcIdentity))
-	addr(KeyDstAddr, r.DstAddr)
-	addr(KeyDstHBONEAddr, r.DstHBONEAddr)
-	str(KeyDstService, r.DstService)
-	str(KeyDstWorkload, r.DstWorkload)
-	str(KeyDstNamespace, r.DstNamespace)
-	str(KeyDstIdentity, spiffe(r.DstIdentity))
-	str(KeyDirection, r.Direction)
-	a = append(a,
-		slog.Int64(KeyBytesSent, r.BytesSent),
-		slog.Int64(KeyBytesRecv, r.BytesRecv),
-		slog.String(KeyDuration, FormatDuration(dur)),
-	)
-	str(KeyResponseFlags, r.ResponseFlags)
-	str(KeyPolicy, r.Policy)
-	str(KeyTransport, r.Transport)
+	eachField(r, dur,
+		func(key, v string) { a = append(a, slog.String(key, v)) },
+		func(key string, v int64) { a = append(a, slog.Int64(key, v)) },
+		func(key string, ap netip.AddrPort) { a = append(a, slog.String(key, ap.String())) })
 	msg := Message
 	if r.Method != "" {
 		msg = RequestMessage
-		str(KeyMethod, r.Method)
-		str(KeyPath, r.Path)
-		str(KeyAuthority, r.Authority)
-		str(KeyProtocol, r.Protocol)
-		if r.ResponseCode != 0 {
-			a = append(a, slog.Int(KeyResponseCode, r.ResponseCode))
-		}
-		addr(KeyUpstreamHost, r.UpstreamHost)
-		str(KeyTraceID, r.TraceID)
-	}
-	if r.Err != nil {
-		a = append(a, slog.String(KeyError, r.Err.Error()))
 	}
 	l.log.LogAttrs(ctx, level, msg, a...)
+}
+
+// eachField calls str, num or addr for each field of r to log, in the log
+// line's order, leaving out the empty ones: the one list of fields both
+// the slog line (write) and the direct JSON line (writeJSON) follow.
+func eachField(r *Record, dur time.Duration, str func(key, v string), num func(key string, v int64), addr func(key string, ap netip.AddrPort)) {
+	optAddr := func(key string, ap netip.AddrPort) {
+		if ap.IsValid() {
+			addr(key, ap)
+		}
+	}
+	optStr := func(key, v string) {
+		if v != "" {
+			str(key, v)
+		}
+	}
+	optAddr(KeySrcAddr, r.SrcAddr)
+	optStr(KeySrcWorkload, r.SrcWorkload)
+	optStr(KeySrcNamespace, r.SrcNamespace)
+	optStr(KeySrcIdentity, spiffe(r.SrcIdentity))
+	optAddr(KeyDstAddr, r.DstAddr)
+	optAddr(KeyDstHBONEAddr, r.DstHBONEAddr)
+	optStr(KeyDstService, r.DstService)
+	optStr(KeyDstWorkload, r.DstWorkload)
+	optStr(KeyDstNamespace, r.DstNamespace)
+	optStr(KeyDstIdentity, spiffe(r.DstIdentity))
+	optStr(KeyDirection, r.Direction)
+	num(KeyBytesSent, r.BytesSent)
+	num(KeyBytesRecv, r.BytesRecv)
+	str(KeyDuration, FormatDuration(dur))
+	optStr(KeyResponseFlags, r.ResponseFlags)
+	optStr(KeyPolicy, r.Policy)
+	optStr(KeyTransport, r.Transport)
+	if r.Method != "" {
+		optStr(KeyMethod, r.Method)
+		optStr(KeyPath, r.Path)
+		optStr(KeyAuthority, r.Authority)
+		optStr(KeyProtocol, r.Protocol)
+		if r.ResponseCode != 0 {
+			num(KeyResponseCode, int64(r.ResponseCode))
+		}
+		optAddr(KeyUpstreamHost, r.UpstreamHost)
+		optStr(KeyTraceID, r.TraceID)
+	}
+	if r.Err != nil {
+		str(KeyError, r.Err.Error())
+	}
 }
 
 // FormatDuration formats d as Istio's ztunnel does: whole milliseconds,

@@ -41,58 +41,21 @@ func (l *Logger) writeJSON(level slog.Level, r *Record, dur time.Duration) {
 	b = append(b, `","msg":"`...)
 	b = append(b, msg...)
 	b = append(b, `","scope":"access"`...)
-	addr := func(key string, ap netip.AddrPort) {
-		if ap.IsValid() {
+	eachField(r, dur,
+		func(key, v string) {
+			b = appendKey(b, key)
+			b = appendJSONString(b, v)
+		},
+		func(key string, v int64) {
+			b = appendKey(b, key)
+			b = strconv.AppendInt(b, v, 10)
+		},
+		func(key string, ap netip.AddrPort) {
 			b = appendKey(b, key)
 			b = append(b, '"')
 			b = ap.AppendTo(b)
 			b = append(b, '"')
-		}
-	}
-	str := func(key, v string) {
-		if v != "" {
-			b = appendKey(b, key)
-			b = appendJSONString(b, v)
-		}
-	}
-	num := func(key string, v int64) {
-		b = appendKey(b, key)
-		b = strconv.AppendInt(b, v, 10)
-	}
-	addr(KeySrcAddr, r.SrcAddr)
-	str(KeySrcWorkload, r.SrcWorkload)
-	str(KeySrcNamespace, r.SrcNamespace)
-	str(KeySrcIdentity, spiffe(r.SrcIdentity))
-	addr(KeyDstAddr, r.DstAddr)
-	addr(KeyDstHBONEAddr, r.DstHBONEAddr)
-	str(KeyDstService, r.DstService)
-	str(KeyDstWorkload, r.DstWorkload)
-	str(KeyDstNamespace, r.DstNamespace)
-	str(KeyDstIdentity, spiffe(r.DstIdentity))
-	str(KeyDirection, r.Direction)
-	num(KeyBytesSent, r.BytesSent)
-	num(KeyBytesRecv, r.BytesRecv)
-	b = appendKey(b, KeyDuration)
-	b = append(b, '"')
-	b = strconv.AppendInt(b, dur.Milliseconds(), 10)
-	b = append(b, `ms"`...)
-	str(KeyResponseFlags, r.ResponseFlags)
-	str(KeyPolicy, r.Policy)
-	str(KeyTransport, r.Transport)
-	if r.Method != "" {
-		str(KeyMethod, r.Method)
-		str(KeyPath, r.Path)
-		str(KeyAuthority, r.Authority)
-		str(KeyProtocol, r.Protocol)
-		if r.ResponseCode != 0 {
-			num(KeyResponseCode, int64(r.ResponseCode))
-		}
-		addr(KeyUpstreamHost, r.UpstreamHost)
-		str(KeyTraceID, r.TraceID)
-	}
-	if r.Err != nil {
-		str(KeyError, r.Err.Error())
-	}
+		})
 	b = append(b, "}\n"...)
 	l.jw.Write(b)
 	if cap(b) <= 64<<10 {
