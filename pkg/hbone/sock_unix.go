@@ -137,10 +137,20 @@ func (c *sockConn) Write(p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
+	return c.write(p, c.w.fn)
+}
+
+// tryWrite writes what the socket takes now, with one system call: n <
+// len(p) and a nil error when it is full. It fails if the connection is
+// closed or past its write deadline.
+func (c *sockConn) tryWrite(p []byte) (int, error) { return c.write(p, c.tryFn) }
+
+// write runs fn, Write's or tryWrite's callback, for p.
+func (c *sockConn) write(p []byte, fn func(fd uintptr) bool) (int, error) {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
 	c.w.p, c.w.n, c.w.errno = p, 0, 0
-	err := c.rc.Write(c.w.fn)
+	err := c.rc.Write(fn)
 	n, errno := c.w.n, c.w.errno
 	c.w.p = nil
 	switch {
@@ -148,25 +158,6 @@ func (c *sockConn) Write(p []byte) (int, error) {
 		return n, c.opErr("write", err)
 	case errno != 0:
 		return n, c.opErr("write", os.NewSyscallError("write", errno))
-	}
-	return n, nil
-}
-
-// tryWrite writes what the socket takes now, with one system call: n <
-// len(p) and a nil error when it is full. It fails if the connection is
-// closed or past its write deadline.
-func (c *sockConn) tryWrite(p []byte) (int, error) {
-	c.wmu.Lock()
-	defer c.wmu.Unlock()
-	c.w.p, c.w.n, c.w.errno = p, 0, 0
-	err := c.rc.Write(c.tryFn)
-	n, errno := c.w.n, c.w.errno
-	c.w.p = nil
-	switch {
-	case err != nil:
-		return 0, c.opErr("write", err)
-	case errno != 0:
-		return 0, c.opErr("write", os.NewSyscallError("write", errno))
 	}
 	return n, nil
 }
