@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"os"
@@ -133,29 +134,39 @@ func listenPort(l net.Listener) uint16 {
 // IPv4 and IPv6).
 func tcpListeners() (map[uint16][]uint64, error) {
 	out := map[uint16][]uint64{}
-	for _, f := range []string{"/proc/thread-self/net/tcp", "/proc/thread-self/net/tcp6"} {
-		b, err := os.ReadFile(f)
+	for _, name := range []string{"/proc/thread-self/net/tcp", "/proc/thread-self/net/tcp6"} {
+		f, err := os.Open(name)
 		if errors.Is(err, os.ErrNotExist) {
 			continue // no IPv6
 		}
 		if err != nil {
 			return nil, err
 		}
-		parseListeners(b, out)
+		err = parseListeners(f, out)
+		f.Close()
+		if err != nil {
+			return nil, fmt.Errorf("reading %s: %w", name, err)
+		}
 	}
 	return out, nil
 }
 
 // parseListeners adds the listening sockets of a /proc/net/tcp{,6} table
 // to out: fields are sl, local_address (hex ip:port), rem_address, st (0A
-// is LISTEN), tx:rx queues, tr:when, retrnsmt, uid, timeout, inode.
-func parseListeners(table []byte, out map[uint16][]uint64) {
-	sc := bufio.NewScanner(bytes.NewReader(table))
+// is LISTEN), tx:rx queues, tr:when, retrnsmt, uid, timeout, inode. The
+// kernel lists listening sockets first: reading stops at the first other
+// one, so that a pod's thousands of connections (TIME_WAIT included) are
+// not even formatted.
+func parseListeners(table io.Reader, out map[uint16][]uint64) error {
+	sc := bufio.NewScanner(table)
 	sc.Scan() // header
 	for sc.Scan() {
 		f := bytes.Fields(sc.Bytes())
-		if len(f) < 10 || string(f[3]) != "0A" {
+		if len(f) < 10 {
 			continue
+		}
+		if string(f[3]) != "0A" {
+			break
 		}
 		_, port, ok := bytes.Cut(f[1], []byte(":"))
 		if !ok {
@@ -171,6 +182,7 @@ func parseListeners(table []byte, out map[uint16][]uint64) {
 		}
 		out[uint16(p)] = append(out[uint16(p)], ino)
 	}
+	return sc.Err()
 }
 
 // successorListening reports whether, inside ns, another socket listens on

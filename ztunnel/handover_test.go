@@ -18,18 +18,22 @@ import (
 )
 
 func TestParseListeners(t *testing.T) {
-	// /proc/net/tcp: 127.0.0.1:15001 and 0.0.0.0:15008 listening (0A),
-	// one established connection to 15001 (01), which is not a listener.
+	// /proc/net/tcp: 127.0.0.1:15001 and 0.0.0.0:15008 (twice)
+	// listening (0A), then an established connection to 15001 (01): the
+	// kernel lists listeners first, so nothing after it is read.
 	table := strings.Join([]string{
 		"  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode",
 		"   0: 0100007F:3A99 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1001 1 0000000000000000 100 0 0 10 0",
 		"   1: 00000000:3AA0 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1002 1 0000000000000000 100 0 0 10 0",
-		"   2: 0100007F:3A99 0100007F:D431 01 00000000:00000000 00:00000000 00000000     0        0 1003 1 0000000000000000 20 4 30 10 -1",
+		"   2: garbage",
 		"   3: 00000000:3AA0 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1004 1 0000000000000000 100 0 0 10 0",
-		"   4: garbage",
+		"   4: 0100007F:3A99 0100007F:D431 01 00000000:00000000 00:00000000 00000000     0        0 1003 1 0000000000000000 20 4 30 10 -1",
+		"   5: 00000000:3AA1 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1005 1 0000000000000000 100 0 0 10 0",
 	}, "\n")
 	got := map[uint16][]uint64{}
-	parseListeners([]byte(table), got)
+	if err := parseListeners(strings.NewReader(table), got); err != nil {
+		t.Fatal(err)
+	}
 	want := map[uint16][]uint64{15001: {1001}, 15008: {1002, 1004}}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("parseListeners() (-want +got):\n%s", diff)

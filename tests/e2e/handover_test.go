@@ -27,7 +27,6 @@ import (
 
 	"github.com/ambient-go/mesh/pkg/accesslog"
 	"github.com/ambient-go/mesh/tests/netns/cluster"
-	"github.com/ambient-go/mesh/ztunnel/capture"
 )
 
 // handoverLoad is the size of a handover test.
@@ -347,29 +346,22 @@ func TestZtunnelHandoverQUIC(t *testing.T) {
 	}
 	echoServer(t, server, 7000)
 	addr := netip.AddrPortFrom(server.IP, 7000).String()
-	ns, err := os.Open(server.NS.Path())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ns.Close()
-	// overQUIC opens connections until one crosses into the server pod
-	// over UDP 15008 (bounded: 20 tries over about 10 s).
+	// overQUIC opens connections until one crosses the underlay as QUIC
+	// only (UDP 15008, no TCP 15008; bounded: 20 tries over about 10 s).
 	overQUIC := func(when string) {
 		t.Helper()
 		for i := range 20 {
-			before, _, err := capture.QUICPackets(ns)
+			var err error
+			frames := c.CaptureUnderlay(t, func() { err = echoOnce(t.Context(), client, addr, i) })
 			if err != nil {
-				t.Fatal(err)
-			}
-			if err := echoOnce(t.Context(), client, addr, i); err != nil {
 				t.Fatalf("%s: %v", when, err)
 			}
-			if after, _, _ := capture.QUICPackets(ns); after > before {
+			if udp, tcp := underlayTraffic(frames); udp > 0 && tcp == 0 {
 				return
 			}
 			time.Sleep(500 * time.Millisecond)
 		}
-		t.Fatalf("%s: no connection went over QUIC", when)
+		t.Fatalf("%s: no connection went over QUIC only", when)
 	}
 	overQUIC("before the handover")
 
