@@ -9,6 +9,7 @@ PKGS    := $(foreach m,$(MODULES),$(MODULE)/$(m)/...)
 BIN     := bin
 TOOLS   := $(CURDIR)/.cache/tools
 PROTOC_GEN_GO_VERSION := v1.36.12
+PROTOC_GEN_GO_GRPC_VERSION := v1.6.0
 # Binaries of the Kubernetes control plane the tests/kube harness runs,
 # built by tools/kube/build.sh into a cache outside the clone.
 KUBE_ASSETS ?= $(shell tools/kube/build.sh -print)
@@ -99,7 +100,10 @@ tools:
 		apt-get update -qq && apt-get install -y -qq protobuf-compiler; }
 	@test -x $(TOOLS)/protoc-gen-go || { echo ">> installing protoc-gen-go $(PROTOC_GEN_GO_VERSION)"; \
 		GOBIN=$(TOOLS) $(GO) install google.golang.org/protobuf/cmd/protoc-gen-go@$(PROTOC_GEN_GO_VERSION); }
+	@test -x $(TOOLS)/protoc-gen-go-grpc || { echo ">> installing protoc-gen-go-grpc $(PROTOC_GEN_GO_GRPC_VERSION)"; \
+		GOBIN=$(TOOLS) $(GO) install google.golang.org/grpc/cmd/protoc-gen-go-grpc@$(PROTOC_GEN_GO_GRPC_VERSION); }
 
 generate: tools
-	@echo ">> generating Go code from pkg/workloadapi/proto"
+	@echo ">> generating Go code from pkg/workloadapi/proto and pkg/logstream/proto"
 	@cd pkg/workloadapi && PATH=$(TOOLS):$$PATH $(GO) generate .
+	@cd pkg/logstream/logsv1 && PATH=$(TOOLS):$$PATH $(GO) generate .

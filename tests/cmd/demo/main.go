@@ -229,6 +229,8 @@ func explain(client netip.Addr) {
       curl --interface %[1]s --socks5-hostname %[1]s:%[2]d http://echo.demo.svc.cluster.local/
       curl -s http://127.10.2.1:15000/config_dump | head -50
       curl -s http://127.10.2.1:15020/metrics | grep istio_tcp
+      bin/meshctl --istiod 127.10.0.1:15012 --istiod-ca _out/demo/state/root-cert.pem \
+        --istiod-token demo-meshctl-token logs -f -n demo      (or proxy-status)
       edit _out/demo/config/demo.yaml (add a pod, change a label): the ztunnels
       pick it up within a second; bad YAML is reported with file and line in
       _out/demo/logs/istiod-lite.log and the last good state stays served.

@@ -234,9 +234,11 @@ func runNetns(ctx context.Context, binDir, configDir, stateDir, logDir, runDir s
       ip netns exec %[1]s curl -s http://%[2]s
       ip netns exec %[3]s curl -s http://127.0.0.1:15000/config_dump | head -50
       ip netns exec %[1]s nft list ruleset
+      ip netns exec %[4]s bin/meshctl --istiod %[5]s:15012 --istiod-ca _out/demo/state/root-cert.pem \
+        --istiod-token demo-meshctl-token logs -f -n demo      (or proxy-status)
     Ctrl-C stops everything and removes every namespace.
 
-`, client.pod.Name, targets[0], nodeOf["node-b"].Name)
+`, client.pod.Name, targets[0], nodeOf["node-b"].Name, topo.Underlay.Name, netns.UnderlayIP)
 	})
 }
 
