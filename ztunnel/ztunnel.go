@@ -97,6 +97,10 @@ type Config struct {
 	// context ends; default 5s.
 	DrainTimeout time.Duration
 
+	// Limits are the data path's limits (limits.go); the zero value is
+	// every documented default.
+	Limits Limits
+
 	// Mode is ModeLocal (default) or ModeInpod. In ModeInpod ztunnel
 	// captures the traffic of each ambient pod inside the pod's network
 	// namespace, which the CNI plugin hands over on ZDSSocket; pods that
@@ -275,7 +279,9 @@ func New(cfg Config) (*Ztunnel, error) {
 	if err != nil {
 		return nil, err
 	}
+	limitHits := proxy.NewLimitHits(reg)
 	poolCfg := hbone.PoolConfig{TLSConfig: z.certs.ClientTLSConfig, Logger: log}
+	cfg.Limits.applyPool(&poolCfg, limitHits)
 	var dialPod func(context.Context, netip.Addr, netip.Addr, netip.AddrPort) (net.Conn, error)
 	if d, ok := z.dp.(podDialer); ok {
 		// In-pod: every socket is opened inside the pod's netns.
@@ -286,7 +292,7 @@ func New(cfg Config) (*Ztunnel, error) {
 	if z.quic, quicCfg, err = z.newQUIC(reg, log); err != nil {
 		return nil, err
 	}
-	z.proxy, err = proxy.New(proxy.Config{
+	z.proxy, err = proxy.New(cfg.Limits.proxyConfig(proxy.Config{
 		Store:         z.store,
 		Pool:          z.pool,
 		Metrics:       telemetry.NewMetrics(reg),
@@ -297,7 +303,7 @@ func New(cfg Config) (*Ztunnel, error) {
 		DialPod:       dialPod,
 		QUIC:          quicCfg,
 		Logger:        log,
-	})
+	}, limitHits))
 	if err != nil {
 		return nil, err
 	}
@@ -309,6 +315,7 @@ func New(cfg Config) (*Ztunnel, error) {
 			z.proxy.AcceptError(proxy.ListenerHBONE, err)
 		},
 	}
+	cfg.Limits.applyServer(z.server, limitHits)
 
 	z.xds, err = xds.NewClient(xds.ClientConfig{
 		Target:      cfg.XDSAddress,
@@ -352,6 +359,7 @@ func New(cfg Config) (*Ztunnel, error) {
 		{"xds", z.xds.Start},
 		{"listeners", z.reconcileLoop},
 		{"memory", z.proxy.ReleaseMemoryLoop}, // memory back to the OS after load
+		{"idle", z.proxy.IdleLoop},            // tunnel idle timeout
 		{"logstream", logAgent.Start},
 	}
 	z.runners = append(z.runners, z.dp.runners()...)

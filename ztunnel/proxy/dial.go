@@ -68,6 +68,17 @@ func baggage(w *state.Workload) string {
 // dialDirect dials addr, for the local pod whose address is pod, from the
 // local address from, as the application itself would have.
 func (p *Proxy) dialDirect(ctx context.Context, pod, from netip.Addr, addr netip.AddrPort) (net.Conn, error) {
+	c, err := p.dialApp(ctx, pod, from, addr)
+	if err != nil {
+		p.dialTimedOut(ctx, err)
+		return nil, err
+	}
+	p.applySocketOptions(c)
+	return c, nil
+}
+
+// dialApp is dialDirect's dial, bounded by Config.ConnectTimeout.
+func (p *Proxy) dialApp(ctx context.Context, pod, from netip.Addr, addr netip.AddrPort) (net.Conn, error) {
 	if p.cfg.DialPod != nil {
 		ctx, cancel := context.WithTimeout(ctx, p.cfg.ConnectTimeout)
 		defer cancel()

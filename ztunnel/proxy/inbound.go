@@ -114,7 +114,7 @@ func (p *Proxy) relayInbound(ctx context.Context, r *connResult, down, upstream,
 	defer p.unwatchInbound(ic)
 	toServer, toClient, err := hbone.Relay(down, upstream)
 	r.relayed(toServer, toClient)
-	err = ignoreClosed(err)
+	err = p.relayErr(tracked, ignoreClosed(err))
 	if v := ic.closedBy(); v != nil {
 		r.setFlags(telemetry.FlagDeny) // the record's only: the metrics are open
 		r.setPolicy(v.Policy)

@@ -47,6 +47,17 @@ func (p *Proxy) ServeOutboundCapture(l net.Listener, src netip.Addr) error {
 func (p *Proxy) Outbound(ctx context.Context, c net.Conn, src *state.Workload, target netip.AddrPort, host string, ready func(error) error) {
 	clientAddr := addrPort(c.RemoteAddr())
 	r := p.outboundResult(src, clientAddr)
+	pod, ok := p.acquirePodConn(src)
+	if !ok {
+		p.cfg.Limits.Hit(LimitConnsPerPod)
+		r.setDestinationAddr(target, netip.AddrPort{})
+		r.setFlags(FlagLimit)
+		reset(c)
+		r.finish(ctx, ErrConnsPerPod)
+		return
+	}
+	defer p.releasePodConn(pod)
+	p.applySocketOptions(c)
 
 	dst, err := p.resolve(src, clientAddr.Addr(), target, host)
 	if dst.addr.IsValid() {
@@ -100,7 +111,7 @@ func (p *Proxy) Outbound(ctx context.Context, c net.Conn, src *state.Workload, t
 	defer p.untrack(upstream)
 	sent, recv, err := hbone.Relay(c, upstream)
 	r.relayed(sent, recv)
-	r.finish(ctx, ignoreClosed(err))
+	r.finish(ctx, p.relayErr(upstream, ignoreClosed(err)))
 }
 
 // connect opens the upstream of an outbound connection to the resolved

@@ -64,6 +64,21 @@ type Config struct {
 	ReservedPorts []uint16
 	// ConnectTimeout bounds dials to applications; default 10s.
 	ConnectTimeout time.Duration
+	// Limits counts the limits hit (ztunnel_limit_hits_total); nil counts
+	// nothing.
+	Limits *LimitHits
+	// MaxConnsPerPod bounds the outbound connections of one source pod
+	// open at once; past it a new one is reset (response flag LIMIT).
+	// Default DefaultMaxConnsPerPod (10,000); negative: no limit.
+	MaxConnsPerPod int
+	// StreamIdleTimeout closes an HBONE tunnel (over TCP) that carried no
+	// byte either way for this long (IdleLoop). Default 0: never, as
+	// Istio's ztunnel.
+	StreamIdleTimeout time.Duration
+	// SocketOptions are set on the applications' connections, accepted
+	// and dialed: TCP keepalive (default 180 s idle, 180 s interval, 9
+	// probes, as Istio's ztunnel) and TCP_USER_TIMEOUT (default off).
+	SocketOptions hbone.SocketOptions
 	// HandshakeTimeout bounds reading a SOCKS5 request; default 10s.
 	HandshakeTimeout time.Duration
 	// Control, if set, is applied to every socket ztunnel dials to an
@@ -98,6 +113,10 @@ type Proxy struct {
 	released     time.Time // last release
 	freeOSMemory func()    // debug.FreeOSMemory; tests set it
 
+	limitMu    sync.Mutex
+	podConns   map[string]int    // open outbound connections by source pod (limits.go)
+	idleClosed map[net.Conn]bool // tunnels IdleLoop closed, until their relay ends
+
 	now         func() time.Time // time.Now; tests set it
 	acceptMu    sync.Mutex
 	acceptErr   error     // the last retried accept error (accept.go)
@@ -120,6 +139,9 @@ func New(cfg Config) (*Proxy, error) {
 	if cfg.HandshakeTimeout == 0 {
 		cfg.HandshakeTimeout = 10 * time.Second
 	}
+	if cfg.MaxConnsPerPod == 0 {
+		cfg.MaxConnsPerPod = DefaultMaxConnsPerPod
+	}
 	log := cfg.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -127,7 +149,7 @@ func New(cfg Config) (*Proxy, error) {
 	if cfg.ReservedPorts == nil {
 		cfg.ReservedPorts = DefaultReservedPorts()
 	}
-	p := &Proxy{cfg: cfg, log: log.With("component", "proxy"), conns: map[net.Conn]struct{}{}, reserved: map[uint16]bool{}, now: time.Now, freeOSMemory: debug.FreeOSMemory}
+	p := &Proxy{cfg: cfg, log: log.With("component", "proxy"), conns: map[net.Conn]struct{}{}, reserved: map[uint16]bool{}, podConns: map[string]int{}, idleClosed: map[net.Conn]bool{}, now: time.Now, freeOSMemory: debug.FreeOSMemory}
 	for _, port := range cfg.ReservedPorts {
 		p.reserved[port] = true
 	}

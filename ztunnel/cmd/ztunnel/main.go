@@ -82,6 +82,19 @@ func main() {
 	f.DurationVar(&cfg.QUICTimeout, "quic-timeout", 0, "prefer: QUIC handshake time before falling back to TCP (default 1s)")
 	f.DurationVar(&cfg.QUICHold, "quic-hold", 0, "prefer: how long a failed QUIC destination goes over TCP (default 5m)")
 	f.StringSliceVar(&cfg.QUICNamespaces, "quic-namespaces", nil, "prefer: only for source pods of these namespaces (default: all)")
+	// Limits (docs/security.md "Limits"); each hit counts in ztunnel_limit_hits_total{limit}.
+	l := &cfg.Limits
+	f.IntVar(&l.MaxStreamsPerConn, "max-streams-per-conn", 100, "HBONE client: open a new pooled connection once each carries this many streams")
+	f.Uint32Var(&l.MaxConcurrentStreams, "max-concurrent-streams", 200, "HBONE server: refuse (REFUSED_STREAM) a CONNECT past this many streams on one connection")
+	f.Uint32Var(&l.MaxHeaderListSize, "max-header-list-size", 64<<10, "HBONE: SETTINGS_MAX_HEADER_LIST_SIZE in bytes; a larger request is answered 431")
+	f.DurationVar(&l.HandshakeTimeout, "handshake-timeout", 10*time.Second, "HBONE: TLS handshake (server: and HTTP/2 preface) time limit")
+	f.DurationVar(&l.ResponseTimeout, "connect-response-timeout", 15*time.Second, "HBONE client: how long a CONNECT waits for its answer")
+	f.DurationVar(&l.ConnectTimeout, "connect-timeout", 10*time.Second, "TCP connect time limit (to HBONE servers and applications)")
+	f.DurationVar(&l.StreamIdleTimeout, "stream-idle-timeout", 0, "close an HBONE tunnel with no byte either way for this long; 0: never")
+	f.DurationVar(&l.TCPKeepAlive, "tcp-keepalive", 180*time.Second, "TCP keepalive idle time and probe interval (9 probes) of every socket; negative: off")
+	f.DurationVar(&l.TCPUserTimeout, "tcp-user-timeout", 0, "TCP_USER_TIMEOUT of every socket: unacknowledged data this old closes the connection; 0: off")
+	f.IntVar(&l.MaxConnsPerPod, "max-conns-per-pod", 10000, "outbound connections of one pod open at once; past it a new one is reset; negative: no limit")
+	f.IntVar(&l.MaxPendingHandshakes, "max-pending-handshakes", 1024, "HBONE server: accepted connections still in their TLS handshake; past it a new one is closed")
 	if err := cmd.ExecuteContext(context.Background()); err != nil {
 		fmt.Fprintln(os.Stderr, "ztunnel:", err)
 		os.Exit(1)
