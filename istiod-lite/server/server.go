@@ -370,7 +370,36 @@ func (s *Server) newCluster(log *slog.Logger) error {
 	if err != nil {
 		return fmt.Errorf("manager: %w", err)
 	}
-	src, err := kube.New(context.Background(), s.mgr, kube.Config{Debounce: opt.Debounce, Logger: log, OnUpdate: s.applyKube})
+	// The waypoint deployer needs the Gateway API's CRDs: set up now, or
+	// once the source sees them installed.
+	var (
+		deployerMu   sync.Mutex
+		deployerDone bool
+	)
+	setupDeployer := func() error {
+		deployerMu.Lock()
+		defer deployerMu.Unlock()
+		if deployerDone {
+			return nil
+		}
+		err := s.setupDeployer(opt, log)
+		deployerDone = err == nil
+		return err
+	}
+	src, err := kube.New(context.Background(), s.mgr, kube.Config{Debounce: opt.Debounce, Logger: log, OnUpdate: s.applyKube,
+		OnWatched: func(kind string) {
+			if kind != model.KindGateway && kind != "GatewayClass" {
+				return
+			}
+			switch err := setupDeployer(); {
+			case err == nil:
+				log.Info("waypoint deployer started: the Gateway API CRDs were installed")
+			case meta.IsNoMatchError(err):
+				// The other kind's CRD is not served yet; its turn comes.
+			default:
+				log.Error("waypoint deployer not started", "error", err.Error())
+			}
+		}})
 	if err != nil {
 		return err
 	}
@@ -390,30 +419,36 @@ func (s *Server) newCluster(log *slog.Logger) error {
 	if err := s.mgr.Add(s.rootCM); err != nil {
 		return fmt.Errorf("manager: %w", err)
 	}
-	if s.status, err = status.New(status.Config{Client: s.mgr.GetClient(), Skip: src.Skipped(), Logger: log}); err != nil {
+	if s.status, err = status.New(status.Config{Client: s.mgr.GetClient(), Skip: src.Skipped(), Watched: src.Watched, Logger: log}); err != nil {
 		return err
 	}
 	if err := s.mgr.Add(s.status); err != nil {
 		return fmt.Errorf("manager: %w", err)
 	}
 	if !slices.Contains(src.Skipped(), model.KindGateway) {
-		d, err := deployer.New(deployer.Config{
-			Client: s.mgr.GetClient(), Reader: s.mgr.GetAPIReader(),
-			Image: opt.WaypointImage, XDSAddress: opt.WaypointXDSAddress,
-			TrustDomain: s.cfg.Model.TrustDomain, DomainSuffix: s.cfg.Model.DomainSuffix, ClusterID: s.cfg.Model.ClusterID,
-			Logger: log,
-		})
-		if err != nil {
-			return err
-		}
-		if err := d.SetupWithManager(s.mgr); err != nil {
+		if err := setupDeployer(); err != nil {
 			if !meta.IsNoMatchError(err) {
 				return err
 			}
-			log.Warn("waypoints not deployed: the Gateway API CRDs are not installed", "error", err.Error())
+			log.Warn("waypoints not deployed until the Gateway API CRDs are installed", "error", err.Error())
 		}
 	}
 	return nil
+}
+
+// setupDeployer adds the waypoint deployer to the manager (at start, or
+// once the Gateway API's CRDs are installed).
+func (s *Server) setupDeployer(opt ClusterOptions, log *slog.Logger) error {
+	d, err := deployer.New(deployer.Config{
+		Client: s.mgr.GetClient(), Reader: s.mgr.GetAPIReader(),
+		Image: opt.WaypointImage, XDSAddress: opt.WaypointXDSAddress,
+		TrustDomain: s.cfg.Model.TrustDomain, DomainSuffix: s.cfg.Model.DomainSuffix, ClusterID: s.cfg.Model.ClusterID,
+		Logger: log,
+	})
+	if err != nil {
+		return err
+	}
+	return d.SetupWithManager(s.mgr)
 }
 
 func (s *Server) register(g *grpc.Server) {

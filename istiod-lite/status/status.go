@@ -57,6 +57,10 @@ type Config struct {
 	// model.KindGateway) whose CRDs are not installed: their status is not
 	// written. Default: none skipped.
 	Skip []string
+	// Watched, if set, is asked instead of Skip at every sync: a kind
+	// for which it is false is skipped (kinds whose CRD is installed after
+	// start get status once the source watches them).
+	Watched func(kind string) bool
 	// Retry is how long to wait before comparing again after a failed
 	// write (a conflict, usually); default DefaultRetry.
 	Retry  time.Duration
@@ -183,6 +187,15 @@ func (w *Writer) Start(ctx context.Context) error {
 	}
 }
 
+// skip reports whether kind's status is not written (its CRD is not
+// installed).
+func (w *Writer) skip(kind string) bool {
+	if w.cfg.Watched != nil {
+		return !w.cfg.Watched(kind)
+	}
+	return slices.Contains(w.cfg.Skip, kind)
+}
+
 // Sync compares every object with its latest status once and writes
 // those that differ. It returns the first error after trying all.
 func (w *Writer) Sync(ctx context.Context) error {
@@ -196,13 +209,13 @@ func (w *Writer) Sync(ctx context.Context) error {
 		}
 	}
 	if statuses != nil { // nil: no model output yet
-		if !slices.Contains(w.cfg.Skip, model.KindAuthorizationPolicy) {
+		if !w.skip(model.KindAuthorizationPolicy) {
 			keep(w.syncPolicies(ctx, statuses))
 		}
 		keep(w.syncServices(ctx, statuses))
 		keep(w.recordConflicts(ctx, statuses))
 	}
-	if gateways != nil && !slices.Contains(w.cfg.Skip, model.KindGateway) {
+	if gateways != nil && !w.skip(model.KindGateway) {
 		keep(w.syncGateways(ctx, gateways))
 	}
 	return first

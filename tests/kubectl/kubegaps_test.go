@@ -110,7 +110,8 @@ func TestServiceWithoutSelector(t *testing.T) {
 // TestCRDInstalledAfterStart: istiod-lite starts on a cluster without
 // Istio's and the Gateway API's CRDs; they are installed afterwards and an
 // AuthorizationPolicy applied: within seconds, without a restart, the
-// policy reaches the xDS client (named by the workload it selects).
+// policy reaches the xDS client (named by the workload it selects), gets
+// its status, and a waypoint Gateway gets its Deployment.
 func TestCRDInstalledAfterStart(t *testing.T) {
 	crds, err := kube.CRDDir()
 	if err != nil {
@@ -153,7 +154,7 @@ func TestCRDInstalledAfterStart(t *testing.T) {
 		x.mu.Unlock()
 		if ok {
 			t.Logf("policy served %v after it was applied", time.Since(applied).Round(10*time.Millisecond))
-			return
+			break
 		}
 		if time.Since(applied) > deadline {
 			t.Fatalf("the policy applied after its CRD was installed did not reach the xDS client within %v", deadline)
@@ -163,6 +164,24 @@ func TestCRDInstalledAfterStart(t *testing.T) {
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
+
+	// The status writer and the waypoint deployer, set up at start without
+	// these kinds, take them up too.
+	waitCondition(t, c, "from-client", func(cond map[string]any) bool { return cond["status"] == "True" })
+	apply(t, c, `
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: waypoint, namespace: demo}
+spec:
+  gatewayClassName: istio-waypoint
+  listeners: [{name: mesh, port: 15008, protocol: HBONE}]
+`)
+	eventually(t, waitTimeout, "the waypoint's Deployment", func() error {
+		ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+		defer cancel()
+		_, err := c.Kubectl(ctx, "-n", "demo", "get", "deployment", "waypoint")
+		return err
+	})
 }
 
 // forwarder is a loopback TCP proxy standing for the istiod Service's

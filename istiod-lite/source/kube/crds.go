@@ -101,6 +101,9 @@ func (s *Source) tryMissing(ctx context.Context) {
 		s.missing = slices.DeleteFunc(s.missing, func(o client.Object) bool { return o == obj })
 		s.mu.Unlock()
 		s.log.Info("kind installed, now watched", "kind", gvk.Kind, "group", gvk.Group)
+		if s.cfg.OnWatched != nil {
+			s.cfg.OnWatched(gvk.Kind)
+		}
 		s.trigger()
 	}
 }

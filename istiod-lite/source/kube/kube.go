@@ -82,6 +82,10 @@ type Config struct {
 	// once the caches have synced, then after changes; the next rebuild
 	// waits until it returns.
 	OnUpdate func(*Snapshot)
+	// OnWatched, if set, is called (from a goroutine of the Source) when
+	// a kind whose CRD was missing at start is watched, before the
+	// rebuild that includes it.
+	OnWatched func(kind string)
 	// RetryInterval is how often the kinds whose CRD was missing are
 	// tried again besides on CRD events; default DefaultRetryInterval.
 	RetryInterval time.Duration
