@@ -54,7 +54,7 @@ func main() {
 	flag.IntVar(&o.runs, "runs", 5, "runs per variant of each figure (medians are reported)")
 	flag.BoolVar(&o.quick, "quick", false, "short runs, for trying the harness")
 	flag.BoolVar(&o.skipCP, "skip-control-plane", false, "skip the control-plane figures")
-	flag.StringVar(&o.only, "only", "", "run one group of figures alone and print it, writing no report: controlplane, l4 (the data-path figures without profiles), l7 (the HTTP figures; netns topology), quic (direct, mesh and mesh-quic on a clean then a lossy underlay; root)")
+	flag.StringVar(&o.only, "only", "", "run one group of figures alone and print it, writing no report: controlplane, l4 (the data-path figures without profiles), l7 (the HTTP figures; netns topology), quic (direct, mesh and mesh-quic on a clean then a lossy underlay; root), logstream (ztunnel CPU with and without a meshctl logs follower; root)")
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -65,6 +65,8 @@ func main() {
 		runner = runControlPlaneOnly
 	case "quic":
 		runner = runQUIC // quic.go
+	case "logstream":
+		runner = runLogstream // logstream.go
 	default:
 		fmt.Fprintln(os.Stderr, "bench: -only: unknown figure", o.only)
 		os.Exit(2)
