@@ -3,9 +3,11 @@ package cli
 import (
 	"context"
 	"log/slog"
+	"net"
 	"net/netip"
 	"regexp"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -29,7 +31,16 @@ func TestKubeCheckAndProxyStatus(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := kube.Start(t, kube.Config{CRDDirs: []string{crds}})
+	// Port-forwards to the istiod-lite pod reach the in-process istiod-lite
+	// (its TLS port), as a container runtime would reach the pod's port.
+	var istiodTLS atomic.Pointer[string]
+	c := kube.Start(t, kube.Config{CRDDirs: []string{crds}, DialPod: func(ctx context.Context, pod *corev1.Pod, port int32) (net.Conn, error) {
+		if a := istiodTLS.Load(); a != nil && pod.Labels["app"] == "istiod-lite" && port == 15012 {
+			var d net.Dialer
+			return d.DialContext(ctx, "tcp", *a)
+		}
+		return kube.DialPodIP(ctx, pod, port)
+	}})
 	c.MustKubectl(t, "create", "namespace", "istio-system")
 	c.MustKubectl(t, "create", "namespace", "demo")
 	c.MustKubectl(t, "label", "namespace", "demo", "istio.io/dataplane-mode=ambient")
@@ -70,6 +81,7 @@ func TestKubeCheckAndProxyStatus(t *testing.T) {
 	})
 
 	ist := startClusterIstiod(t, c)
+	istiodTLS.Store(ptr(ist.Addr().String()))
 	for _, n := range []struct{ node, ip string }{{"node-a", "198.18.1.2"}, {"node-b", "198.18.2.2"}} {
 		ctx, cancel := context.WithTimeout(context.Background(), kubeWait)
 		p, err := c.CreatePod(ctx, n.node, &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "ztunnel-" + n.node, Namespace: "istio-system", Labels: map[string]string{"app": "ztunnel"}},
@@ -125,6 +137,26 @@ func TestKubeCheckAndProxyStatus(t *testing.T) {
 		}
 	})
 
+	t.Run("proxy-status without --istiod: a port-forward to the istiod-lite pod, checked with the published root", func(t *testing.T) {
+		ctx, cancel := context.WithTimeout(context.Background(), kubeWait)
+		defer cancel()
+		p, err := c.CreatePod(ctx, "node-a", &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "istiod-lite-0", Namespace: "istio-system", Labels: map[string]string{"app": "istiod-lite"}}})
+		if err == nil {
+			err = c.SetPodStatus(ctx, p.Namespace, p.Name, kube.PodStatus{IPs: []netip.Addr{netip.MustParseAddr("127.0.0.1")}, Ready: true})
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.MustKubectl(t, "create", "clusterrole", "port-forwarder", "--verb=create", "--resource=pods/portforward")
+		c.MustKubectl(t, "create", "clusterrole", "root-reader", "--verb=get", "--resource=configmaps")
+		c.MustKubectl(t, "create", "clusterrolebinding", "operator-port-forwarder", "--clusterrole=port-forwarder", "--serviceaccount=demo:operator")
+		c.MustKubectl(t, "create", "clusterrolebinding", "operator-root-reader", "--clusterrole=root-reader", "--serviceaccount=demo:operator")
+		synced := regexp.MustCompile(`(?m)^ztunnel-node-a\.istio-system\s+ztunnel\s+SYNCED \(v\d+\)\s+SYNCED \(v\d+\)\s+-$`)
+		eventually(t, "listed the ztunnel through the port-forward", func(out string, code int) bool {
+			return code == 0 && synced.MatchString(out)
+		}, "--token", opToken, "proxy-status", "--certs=false")
+	})
+
 	t.Run("proxy-status refuses a user who may not list pods", func(t *testing.T) {
 		_, errOut, code := run(t, append(kc, append([]string{"--token", nobodyToken, "proxy-status"}, istiod...)...)...)
 		if code == 0 || !strings.Contains(errOut, "may not list pods in all namespaces") {
@@ -178,3 +210,5 @@ func startXDSClient(t *testing.T, target, token, nodeID string) {
 	}()
 	t.Cleanup(func() { cancel(); <-done })
 }
+
+func ptr[T any](v T) *T { return &v }
