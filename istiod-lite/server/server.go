@@ -35,6 +35,7 @@ import (
 	"log/slog"
 	"maps"
 	"net"
+	"net/http"
 	"net/netip"
 	"slices"
 	"sync"
@@ -42,6 +43,7 @@ import (
 	"time"
 
 	"github.com/go-logr/logr"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
@@ -92,6 +94,12 @@ type Config struct {
 	// be read by anyone on the path. Callers must still authenticate with
 	// a token, as on Addr.
 	PlaintextAddr string
+	// MetricsAddr serves Prometheus metrics on /metrics; default "": no
+	// listener (Istio's istiod uses :15014).
+	MetricsAddr string
+	// RateLimits bound the CA and xDS requests of each authenticated
+	// caller (ratelimit.go); the zero value is the defaults.
+	RateLimits RateLimits
 	// Model holds the mesh-wide options (trust domain, cluster id...).
 	Model  model.Options
 	Logger *slog.Logger
@@ -134,6 +142,10 @@ type Server struct {
 	plain   *grpc.Server
 	tlsL    net.Listener
 	plainL  net.Listener
+
+	reg        *prometheus.Registry // metrics.go
+	metricsL   net.Listener
+	metricsSrv *http.Server
 
 	// snapshot is what the CA authorizes against: the latest tokens and
 	// per-node identities.
@@ -192,6 +204,13 @@ func New(cfg Config) (*Server, error) {
 	}
 	s := &Server{cfg: cfg, log: log.With("component", "istiod-lite"), synced: make(chan struct{})}
 	s.snapshot.Store(&authSnapshot{})
+	hits, err := s.newMetrics()
+	if err != nil {
+		return nil, fmt.Errorf("istiod-lite: metrics: %w", err)
+	}
+	rl := cfg.RateLimits
+	caLimit := newCallerLimiter(LimitCARequests, rl.CARate, rl.CABurst, 20, 200, hits)
+	xdsLimit := newCallerLimiter(LimitXDSRequests, rl.XDSRate, rl.XDSBurst, 50, 500, hits)
 
 	var (
 		authn ca.Authenticator = &ca.TokenAuthenticator{Tokens: func() map[string]string { return s.snapshot.Load().tokens }}
@@ -212,7 +231,7 @@ func New(cfg Config) (*Server, error) {
 	caCfg := ca.Config{
 		StateDir:      cfg.StateDir,
 		TrustDomain:   cfg.Model.TrustDomain,
-		Authenticator: authn,
+		Authenticator: limitCA(authn, caLimit),
 		Authorizer:    s,
 		Logger:        log,
 	}
@@ -227,7 +246,7 @@ func New(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("istiod-lite: %w", err)
 	}
-	s.xds = xds.NewServer(xds.ServerConfig{Logger: log, Authenticate: xdsAuthenticator(authn, td)})
+	s.xds = xds.NewServer(xds.ServerConfig{Logger: log, Authenticate: limitXDS(xdsAuthenticator(authn, td), xdsLimit)})
 	if s.relay, err = newRelay(s, cs, xdsAuthenticator(authn, td), log); err != nil {
 		return nil, fmt.Errorf("istiod-lite: %w", err)
 	}
@@ -257,13 +276,13 @@ func New(cfg Config) (*Server, error) {
 		// token instead, and the CA always asks for one.
 		ClientAuth: tls.VerifyClientCertIfGiven,
 		ClientCAs:  roots,
-	})))
+	})), grpc.ChainStreamInterceptor(xdsLimit.streamInterceptor))
 	s.register(s.grpc)
 	if s.tlsL, err = net.Listen("tcp", cfg.Addr); err != nil {
 		return nil, fmt.Errorf("istiod-lite: %w", err)
 	}
 	if cfg.PlaintextAddr != "" {
-		s.plain = grpc.NewServer()
+		s.plain = grpc.NewServer(grpc.ChainStreamInterceptor(xdsLimit.streamInterceptor))
 		s.register(s.plain)
 		if s.plainL, err = net.Listen("tcp", cfg.PlaintextAddr); err != nil {
 			s.tlsL.Close()
@@ -488,7 +507,13 @@ func (s *Server) Start(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var wg sync.WaitGroup
-	errc := make(chan error, 3)
+	errc := make(chan error, 4)
+	wg.Go(func() {
+		if err := s.serveMetrics(ctx); err != nil {
+			errc <- fmt.Errorf("metrics: %w", err)
+			cancel()
+		}
+	})
 	wg.Add(1)
 	go func() {
 		defer wg.Done()

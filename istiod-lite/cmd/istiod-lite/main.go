@@ -90,6 +90,11 @@ func main() {
 	f.StringVar(&cfg.Cluster.LeaderElectionNamespace, "leader-election-namespace", "istio-system", "namespace of the status writer's leader election Lease (kube mode)")
 	f.StringSliceVar(&cfg.Cluster.NodeAgents, "node-agent", []string{"istio-system/ztunnel"}, "namespace/name of the node agents' service accounts (kube mode)")
 	f.StringVar(&cfg.Cluster.WaypointImage, "waypoint-image", "", "image of the waypoint Deployments deployed for Gateways of class istio-waypoint (kube mode); default "+deployer.DefaultImage)
+	f.StringVar(&cfg.MetricsAddr, "metrics-addr", "", "Prometheus /metrics address (Istio's istiod uses :15014); default off")
+	f.Float64Var(&cfg.RateLimits.CARate, "ca-rate", 20, "CreateCertificate requests per second per authenticated caller (token bucket); negative: no limit")
+	f.IntVar(&cfg.RateLimits.CABurst, "ca-burst", 200, "CreateCertificate requests one caller may send at once")
+	f.Float64Var(&cfg.RateLimits.XDSRate, "xds-rate", 50, "xDS requests (stream opens and DiscoveryRequests) per second per authenticated caller; negative: no limit")
+	f.IntVar(&cfg.RateLimits.XDSBurst, "xds-burst", 500, "xDS requests one caller may send at once")
 	_ = cmd.MarkFlagRequired("state-dir")
 	if err := cmd.ExecuteContext(context.Background()); err != nil {
 		fmt.Fprintln(os.Stderr, "istiod-lite:", err)
