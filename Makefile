@@ -19,7 +19,7 @@ export KUBE_ASSETS
 
 build:
 	@echo ">> building istiod-lite, ztunnel, ztunnel-cni, waypoint, meshctl and demo into $(BIN)/"
-	@$(GO) build -o $(BIN)/ $(MODULE)/istiod-lite/cmd/istiod-lite $(MODULE)/ztunnel/cmd/ztunnel $(MODULE)/ztunnel/cmd/ztunnel-cni $(MODULE)/waypoint/cmd/waypoint $(MODULE)/meshctl/cmd/meshctl $(MODULE)/tests/cmd/demo
+	@CGO_ENABLED=0 $(GO) build -o $(BIN)/ $(MODULE)/istiod-lite/cmd/istiod-lite $(MODULE)/ztunnel/cmd/ztunnel $(MODULE)/ztunnel/cmd/ztunnel-cni $(MODULE)/waypoint/cmd/waypoint $(MODULE)/meshctl/cmd/meshctl $(MODULE)/tests/cmd/demo
 
 test: check-imports check-modules kube-binaries
 	@echo ">> go vet (all modules)"
@@ -37,7 +37,7 @@ bench:
 	@command -v haproxy >/dev/null || { echo ">> installing haproxy (Debian) for the L7 peer"; \
 		apt-get update -qq && apt-get install -y -qq haproxy; }
 	@echo ">> building istiod-lite, ztunnel, waypoint and the bench runner into $(BIN)/"
-	@$(GO) build -o $(BIN)/ $(MODULE)/istiod-lite/cmd/istiod-lite $(MODULE)/ztunnel/cmd/ztunnel $(MODULE)/waypoint/cmd/waypoint $(MODULE)/tests/cmd/bench
+	@CGO_ENABLED=0 $(GO) build -o $(BIN)/ $(MODULE)/istiod-lite/cmd/istiod-lite $(MODULE)/ztunnel/cmd/ztunnel $(MODULE)/waypoint/cmd/waypoint $(MODULE)/tests/cmd/bench
 	@if [ "$$(id -u)" = 0 ]; then topo=netns; echo ">> topology: netns (root: pods in network namespaces on two nodes, transparent capture)"; \
 		else topo=loopback; echo ">> topology: loopback (not root; run as root for the netns topology)"; fi; \
 	echo ">> benchmarks: direct vs mesh vs stunnel; as root also HTTP through mesh+waypoint vs stunnel+HAProxy; then the control plane (about 8 minutes); writes docs/performance.md"; \

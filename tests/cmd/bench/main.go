@@ -132,7 +132,9 @@ func run(ctx context.Context, o options) error {
 	if o.floor == "" {
 		o.floor = filepath.Join(o.bin, "floorrelay")
 		say("building the floor relay (tests/cmd/bench/floorrelay) into %s", o.floor)
-		if out, err := exec.CommandContext(ctx, "go", "build", "-o", o.floor, floorPackage).CombinedOutput(); err != nil {
+		build := exec.CommandContext(ctx, "go", "build", "-o", o.floor, floorPackage)
+		build.Env = append(os.Environ(), "CGO_ENABLED=0") // static, as the proxies it is compared with
+		if out, err := build.CombinedOutput(); err != nil {
 			return fmt.Errorf("go build %s: %w: %s", floorPackage, err, out)
 		}
 	}

@@ -470,7 +470,11 @@ func build(pkgs ...string) (string, error) {
 			return "", err
 		}
 		tmp.Close()
-		out, err := exec.Command("go", "build", "-o", tmp.Name(), "github.com/ambient-go/mesh/"+pkg).CombinedOutput()
+		// Static, as the images' (tests/images): no libc mapped into
+		// every proxy.
+		build := exec.Command("go", "build", "-o", tmp.Name(), "github.com/ambient-go/mesh/"+pkg)
+		build.Env = append(os.Environ(), "CGO_ENABLED=0")
+		out, err := build.CombinedOutput()
 		if err != nil {
 			os.Remove(tmp.Name())
 			return "", fmt.Errorf("building %s: %w\n%s", name, err, out)
