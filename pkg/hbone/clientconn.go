@@ -11,7 +11,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"golang.org/x/net/http2"
@@ -225,7 +224,11 @@ var (
 // stuck on a dead peer does not stop it; closing the connection unblocks
 // the write.
 func (cc *clientConn) keepaliveLoop() {
-	tick := max(min(cc.pingInterval, cc.idleTimeout)/2, 5*time.Millisecond)
+	period := min(cc.pingInterval, cc.idleTimeout)
+	if cc.responseTimeout > 0 {
+		period = min(period, cc.responseTimeout)
+	}
+	tick := max(period/2, 5*time.Millisecond)
 	ticker := time.NewTicker(tick)
 	defer ticker.Stop()
 	for {
@@ -249,6 +252,7 @@ func (cc *clientConn) keepalive() error {
 	if len(cc.streams) == 0 && cc.reserved == 0 && now.Sub(cc.idleSince) >= cc.idleTimeout {
 		return errIdle
 	}
+	cc.expireResponsesLocked(now)
 	if cc.pingOut {
 		if now.Sub(cc.pingSent) >= cc.pingTimeout {
 			return errPingTimeout
@@ -265,6 +269,25 @@ func (cc *clientConn) keepalive() error {
 	return nil
 }
 
+// expireResponsesLocked fails, with ErrResponseTimeout, the streams whose
+// CONNECT has waited responseTimeout for its answer, and resets them. It
+// runs on every keepalive tick (at most half the timeout apart), so that a
+// CONNECT costs no timer of its own: an answer is given up on between
+// responseTimeout and 1.5 × responseTimeout after the request.
+func (cc *clientConn) expireResponsesLocked(now time.Time) {
+	if cc.responseTimeout <= 0 {
+		return
+	}
+	for id, st := range cc.streams {
+		if st.peerHeaders || st.err != nil || st.opened.IsZero() || now.Sub(st.opened) < cc.responseTimeout {
+			continue
+		}
+		onLimit(cc.onLimit, LimitResponseTimeout)
+		st.failLocked(fmt.Errorf("%w (%v)", ErrResponseTimeout, cc.responseTimeout))
+		cc.queueLocked(ctrlFrame{kind: ctrlRST, stream: id, n: uint32(http2.ErrCodeCancel)})
+	}
+}
+
 // open sends a CONNECT for authority with the extra headers h, using a
 // reservation made by reserve, and waits for the response.
 func (cc *clientConn) open(ctx context.Context, authority string, h http.Header) (*stream, error) {
@@ -279,6 +302,7 @@ func (cc *clientConn) open(ctx context.Context, authority string, h http.Header)
 		return nil, fmt.Errorf("%w: connection closing (%v)", errUnprocessed, err)
 	}
 	st := cc.newStreamLocked(cc.nextID)
+	st.opened = time.Now()
 	cc.nextID += 2
 	cc.lastID = st.id
 	cc.streams[st.id] = st
@@ -306,32 +330,21 @@ func (cc *clientConn) open(ctx context.Context, authority string, h http.Header)
 		cc.close(fmt.Errorf("hbone: write: %w", err))
 	}
 
-	wake := func() {
+	stop := context.AfterFunc(ctx, func() {
 		cc.mu.Lock()
 		st.cond.Broadcast()
 		cc.mu.Unlock()
-	}
-	stop := context.AfterFunc(ctx, wake)
+	})
 	defer stop()
-	var expired atomic.Bool
-	if cc.responseTimeout > 0 {
-		t := time.AfterFunc(cc.responseTimeout, func() {
-			expired.Store(true)
-			wake()
-		})
-		defer t.Stop()
-	}
+	// keepalive fails the stream if its answer takes longer than
+	// responseTimeout (expireResponsesLocked).
 	cc.mu.Lock()
-	for !st.peerHeaders && st.err == nil && ctx.Err() == nil && !expired.Load() {
+	for !st.peerHeaders && st.err == nil && ctx.Err() == nil {
 		st.cond.Wait()
 	}
 	ok, err := st.peerHeaders, st.err
 	if !ok && err == nil {
 		err = ctx.Err()
-		if err == nil {
-			onLimit(cc.onLimit, LimitResponseTimeout)
-			err = fmt.Errorf("%w (%v)", ErrResponseTimeout, cc.responseTimeout)
-		}
 		st.failLocked(err)
 		cc.queueLocked(ctrlFrame{kind: ctrlRST, stream: st.id, n: uint32(http2.ErrCodeCancel)})
 	}

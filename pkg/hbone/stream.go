@@ -40,6 +40,7 @@ type stream struct {
 	rdt, wdt     *time.Timer
 	sink         *directSink // WriteTo's destination while it waits (deliver.go)
 	activity     uint64      // DATA frames received and Write chunks sent (Conn.Activity)
+	opened       time.Time   // client: when the CONNECT was sent (ResponseTimeout)
 }
 
 // newStream returns a stream of c with the given ID, not registered yet;

@@ -204,6 +204,15 @@ func (p *Proxy) closeIdle(seen map[net.Conn]idleSample, now time.Time, d time.Du
 			delete(seen, c)
 		}
 	}
+	// A tunnel closed here just after its relay ended on its own is never
+	// taken by relayErr: forget it once it is no longer tracked.
+	p.limitMu.Lock()
+	for c := range p.idleClosed {
+		if !live[c] {
+			delete(p.idleClosed, c)
+		}
+	}
+	p.limitMu.Unlock()
 }
 
 // takeIdleClosed reports whether IdleLoop closed c, and forgets it.
