@@ -151,6 +151,9 @@ func runLogstream(ctx context.Context, o options) error {
 	table := bench.Markdown(rows, []string{logstreamNone, logstreamFollower})
 	fmt.Println()
 	fmt.Print(table)
+	for _, name := range []string{logstreamNone, logstreamFollower} {
+		fmt.Printf("CPU-s per 1000 requests, each run, %s: %.3f\n", name, r.series["cpu"][name])
+	}
 	for _, row := range rows {
 		if row.Verdict != "" {
 			fmt.Printf("%-4s %s\n", row.Verdict, row.Figure)
