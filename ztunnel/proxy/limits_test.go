@@ -184,6 +184,18 @@ func TestLimitConnsPerPod(t *testing.T) {
 	// Once the first ends, the pod may connect again.
 	first.Close()
 	nextRec(t, f.Recs)
+	for i := 0; ; i++ { // the record is written just before the count drops
+		f.Proxy.limitMu.Lock()
+		n := len(f.Proxy.podConns)
+		f.Proxy.limitMu.Unlock()
+		if n == 0 {
+			break
+		}
+		if i == 1000 {
+			t.Fatal("the first connection still counted 10 s after it ended")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 	third, ready := f.open(t)
 	waitReady(t, ready)
 	third.Close()
