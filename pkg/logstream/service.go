@@ -29,7 +29,8 @@ type Config struct {
 	Apps func(netip.Addr) string
 	// Coalesce is how long a follower waits after being woken before it
 	// reads, so that it reads (and sends) records in batches instead of
-	// one wake-up per record; default 5ms, negative: none.
+	// one wake-up per record; default 50ms (the relay merges streams over
+	// a 1 s window anyway), negative: none.
 	Coalesce time.Duration
 	// Metrics; nil: NewMetrics(nil).
 	Metrics *Metrics
@@ -48,7 +49,7 @@ func NewService(cfg Config) *Service {
 		cfg.Metrics = NewMetrics(nil)
 	}
 	if cfg.Coalesce == 0 {
-		cfg.Coalesce = 5 * time.Millisecond
+		cfg.Coalesce = 50 * time.Millisecond
 	}
 	log := cfg.Logger
 	if log == nil {

@@ -127,7 +127,8 @@ func TestWatchSlowReaderLoses(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	m := NewMetrics(reg)
 	ring := NewRing(8)
-	s := NewService(Config{Ring: ring, Name: "node-a", Metrics: m})
+	// No coalescing: the reader takes record 1 as soon as it is woken.
+	s := NewService(Config{Ring: ring, Name: "node-a", Metrics: m, Coalesce: -1})
 	release := make(chan struct{})
 	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
 	defer cancel()
