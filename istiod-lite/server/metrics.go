@@ -12,8 +12,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
-// newMetrics creates istiod-lite's registry (Go and process collectors,
-// LimitHitsName) and, when Config.MetricsAddr is set, binds its listener.
+// newMetrics creates istiod-lite's registry: Go and process collectors,
+// and LimitHitsName, which it returns.
 func (s *Server) newMetrics() (*prometheus.CounterVec, error) {
 	s.reg = prometheus.NewRegistry()
 	hits := prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -21,18 +21,23 @@ func (s *Server) newMetrics() (*prometheus.CounterVec, error) {
 		Help: "The total number of requests refused by a limit, by limit (ca_requests, xds_requests: per-caller rate limits)",
 	}, []string{"limit"})
 	s.reg.MustRegister(hits, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return hits, nil
+}
+
+// listenMetrics binds the metrics listener of Config.MetricsAddr, if set.
+func (s *Server) listenMetrics() error {
 	if s.cfg.MetricsAddr == "" {
-		return hits, nil
+		return nil
 	}
 	l, err := net.Listen("tcp", s.cfg.MetricsAddr)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	s.metricsL = l
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{}))
 	s.metricsSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
-	return hits, nil
+	return nil
 }
 
 // serveMetrics serves /metrics until ctx is done (nothing without

@@ -289,6 +289,13 @@ func New(cfg Config) (*Server, error) {
 			return nil, fmt.Errorf("istiod-lite: %w", err)
 		}
 	}
+	if err := s.listenMetrics(); err != nil {
+		s.tlsL.Close()
+		if s.plainL != nil {
+			s.plainL.Close()
+		}
+		return nil, fmt.Errorf("istiod-lite: metrics: %w", err)
+	}
 	return s, nil
 }
 
