@@ -12,6 +12,8 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+
 	"github.com/ambient-go/mesh/istiod-lite/ca"
 	"github.com/ambient-go/mesh/istiod-lite/xds"
 )
@@ -35,8 +37,8 @@ type RateLimits struct {
 	// its node together).
 	CABurst int
 	// XDSRate is the xDS requests per second one caller may sustain:
-	// stream opens and every DiscoveryRequest (ACKs and NACKs included);
-	// default 50; negative: no limit.
+	// stream opens and the DiscoveryRequests that are not an ACK or NACK
+	// (those are never limited: charged); default 50; negative: no limit.
 	XDSRate float64
 	// XDSBurst is how many xDS requests one caller may send at once;
 	// default 500.
@@ -224,8 +226,23 @@ func (s *limitedStream) RecvMsg(m any) error {
 	if err := s.ServerStream.RecvMsg(m); err != nil {
 		return err
 	}
-	if key := s.slot.key.Load(); key != nil && !s.lim.allow(*key) {
+	if key := s.slot.key.Load(); key != nil && charged(m) && !s.lim.allow(*key) {
 		return s.lim.refusal(*key)
 	}
 	return nil
+}
+
+// charged reports whether an xDS request takes a token: every request
+// except an ACK or NACK of a response (its nonce, and no change of
+// subscriptions). Those answer pushes: refusing one would end the stream
+// of a client that only kept up with istiod-lite, and the pushes it then
+// misses grow with the mesh's rate of change, not with the client's.
+func charged(m any) bool {
+	switch r := m.(type) {
+	case *discoveryv3.DeltaDiscoveryRequest:
+		return r.GetResponseNonce() == "" || len(r.GetResourceNamesSubscribe()) > 0 || len(r.GetResourceNamesUnsubscribe()) > 0
+	case *discoveryv3.DiscoveryRequest:
+		return r.GetResponseNonce() == ""
+	}
+	return true
 }
