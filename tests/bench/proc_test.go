@@ -93,3 +93,33 @@ func TestReadProcSelf(t *testing.T) {
 		t.Errorf("ReadMachine() = %+v, want cores and a kernel", m)
 	}
 }
+
+// ReadCPU counts this process's CPU below the 10 ms tick of utime+stime.
+func TestReadCPUResolution(t *testing.T) {
+	if _, err := os.Stat("/proc/self/task"); err != nil {
+		t.Skip("no /proc/self/task: not Linux")
+	}
+	if _, err := os.Stat("/proc/self/schedstat"); err != nil {
+		t.Skip("kernel without schedstat: ReadCPU counts ticks")
+	}
+	pid := os.Getpid()
+	before, err := ReadCPU(pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Burn about 2 ms of CPU: less than a tick.
+	x := 0
+	for start := time.Now(); time.Since(start) < 2*time.Millisecond; {
+		x++
+	}
+	after, err := ReadCPU(pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := after - before; d <= 0 || d >= time.Second {
+		t.Fatalf("CPU over a 2 ms busy loop: %v (x=%d); want a positive count below a second", d, x)
+	}
+	if after%(10*time.Millisecond) == 0 {
+		t.Errorf("ReadCPU = %v, a whole number of ticks: not the threads' schedstat", after)
+	}
+}

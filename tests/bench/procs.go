@@ -87,6 +87,16 @@ func (p *Process) Sample() (ProcSample, error) {
 	return ReadProc(p.Pid())
 }
 
+// CPU reads the process's CPU time at nanosecond resolution (ReadCPU).
+func (p *Process) CPU() (time.Duration, error) {
+	select {
+	case <-p.done:
+		return 0, fmt.Errorf("%s exited: %v", p.Name, p.err)
+	default:
+	}
+	return ReadCPU(p.Pid())
+}
+
 // Exited is closed when the process has exited.
 func (p *Process) Exited() <-chan struct{} { return p.done }
 

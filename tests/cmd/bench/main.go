@@ -454,8 +454,7 @@ func interleave(ctx context.Context, runs int, vs []variant, f func(variant) err
 func cpuBefore(ps []*bench.Process) []time.Duration {
 	out := make([]time.Duration, len(ps))
 	for i, p := range ps {
-		s, _ := p.Sample()
-		out[i] = s.CPU
+		out[i], _ = p.CPU()
 	}
 	return out
 }
@@ -463,8 +462,8 @@ func cpuBefore(ps []*bench.Process) []time.Duration {
 func cpuAfter(ps []*bench.Process, before []time.Duration) []time.Duration {
 	out := make([]time.Duration, len(ps))
 	for i, p := range ps {
-		s, _ := p.Sample()
-		out[i] = s.CPU - before[i]
+		c, _ := p.CPU()
+		out[i] = c - before[i]
 	}
 	return out
 }
