@@ -40,7 +40,7 @@ bench:
 	@CGO_ENABLED=0 $(GO) build -o $(BIN)/ $(MODULE)/istiod-lite/cmd/istiod-lite $(MODULE)/ztunnel/cmd/ztunnel $(MODULE)/waypoint/cmd/waypoint $(MODULE)/tests/cmd/bench
 	@if [ "$$(id -u)" = 0 ]; then topo=netns; echo ">> topology: netns (root: pods in network namespaces on two nodes, transparent capture)"; \
 		else topo=loopback; echo ">> topology: loopback (not root; run as root for the netns topology)"; fi; \
-	echo ">> benchmarks: direct vs mesh vs stunnel; as root also HTTP through mesh+waypoint vs stunnel+HAProxy; then the control plane (about 8 minutes); writes docs/performance.md"; \
+	echo ">> benchmarks: direct vs mesh vs stunnel; as root also HTTP through mesh+waypoint vs stunnel+HAProxy; then the control plane, then HBONE over QUIC on a clean and a lossy underlay (about 15 minutes); writes docs/performance.md"; \
 	$(BIN)/bench -bin $(BIN) -out _out/bench -topology $$topo -doc docs/performance.md
 
 # Every native Go fuzz target (func FuzzXxx in a _test.go file), one after

@@ -199,6 +199,16 @@ func run(ctx context.Context, o options) error {
 		}
 	}
 
+	var quicTable string
+	if o.only == "" && o.topology == "netns" {
+		say("HBONE over QUIC (mesh-quic), clean then lossy underlay")
+		quicD := durations{throughput: d.throughput, latency: d.latency, maxBytes: d.maxBytes}
+		if quicTable, err = measureQUIC(ctx, o, quicD); err != nil {
+			say("QUIC figures failed: %v", err)
+			quicTable = "Not measured: " + err.Error() + "\n"
+		}
+	}
+
 	var rows []bench.Row
 	var table string
 	if o.only != "l7" {
@@ -228,6 +238,11 @@ func run(ctx context.Context, o options) error {
 	}
 	if o.doc != "" {
 		doc := r.document(ctx, machine, started, time.Since(started), o, table, pcTable, l7Table)
+		if quicTable != "" {
+			doc += "\n## HBONE over QUIC (mesh-quic)\n\nA cluster of its own whose ztunnels run `" + strings.Join(quicZtunnelArgs(), " ") +
+				"`: direct, mesh (HTTP/2 HBONE) and mesh-quic interleaved, 5 runs each, on a clean underlay, then with loss on it. docs/quic.md has the design and how to read each figure.\n\n" +
+				quicHypotheses + "\n" + quicTable
+		}
 		if err := os.WriteFile(o.doc, []byte(doc), 0o644); err != nil {
 			return err
 		}
