@@ -185,12 +185,15 @@ func scrapeMetric(url string, re *regexp.Regexp) (int, error) {
 
 func newLogsMesh(t *testing.T) *authzMesh {
 	a := newAuthzMesh(t)
-	writeLogsToken(a.Mesh)
+	writeLogsToken(t, a.Mesh)
 	return a
 }
 
-// writeLogsToken gives meshctl a token of the config directory.
-func writeLogsToken(m *harness.Mesh) {
+// writeLogsToken gives meshctl a token of the config directory, and waits
+// until istiod-lite took it: a meshctl started before then is refused
+// (Unauthenticated), which happened whenever meshctl was already built.
+func writeLogsToken(t *testing.T, m *harness.Mesh) {
+	t.Helper()
 	m.Write("meshctl-tokens.yaml", `apiVersion: v1
 kind: Secret
 metadata:
@@ -198,6 +201,16 @@ metadata:
   namespace: istio-system
 stringData:
   admin: `+logsToken+"\n")
+	bin := buildMeshctl(t)
+	eventually(t, 10*time.Second, "istiod-lite accepting meshctl's token", func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		out, err := exec.CommandContext(ctx, bin, "--istiod", m.IstiodAddr(), "--istiod-token", logsToken, "logs", "--last", "1", "-o", "json").CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("meshctl logs --last 1: %v: %s", err, out)
+		}
+		return nil
+	})
 }
 
 // TestMeshctlLogs: `meshctl logs -f -n demo`, started before traffic,

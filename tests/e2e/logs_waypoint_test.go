@@ -16,7 +16,7 @@ func TestMeshctlLogsWaypoint(t *testing.T) {
 		t.Skip("builds meshctl")
 	}
 	w := newWaypointMesh(t)
-	writeLogsToken(w.Mesh)
+	writeLogsToken(t, w.Mesh)
 	wp := w.StartWaypoint("node-a", "demo", "waypoint")
 	w.labelNamespace(map[string]string{"istio.io/use-waypoint": "waypoint"})
 	w.waitVia(t, wp, w.url(w.echoVIP, 80, "/ready"))
