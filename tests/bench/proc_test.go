@@ -112,9 +112,17 @@ func TestReadCPUResolution(t *testing.T) {
 	for start := time.Now(); time.Since(start) < 2*time.Millisecond; {
 		x++
 	}
-	after, err := ReadCPU(pid)
-	if err != nil {
-		t.Fatal(err)
+	// schedstat is brought up to date when a thread is switched out: wait
+	// (sleeping, so the busy thread stops) until it was.
+	var after time.Duration
+	for deadline := time.Now().Add(2 * time.Second); ; {
+		time.Sleep(5 * time.Millisecond)
+		if after, err = ReadCPU(pid); err != nil {
+			t.Fatal(err)
+		}
+		if after > before || time.Now().After(deadline) {
+			break
+		}
 	}
 	if d := after - before; d <= 0 || d >= time.Second {
 		t.Fatalf("CPU over a 2 ms busy loop: %v (x=%d); want a positive count below a second", d, x)

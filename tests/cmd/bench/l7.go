@@ -320,8 +320,8 @@ GOMAXPROCS (one per core).
 The "middle proxy" is the waypoint or HAProxy; the source and destination
 proxies are the two ztunnels or the two stunnels; "all proxies" sums
 every proxy process of the path. CPU is each process's on-CPU time over
-each run, summed over its threads in nanoseconds (/proc/<pid>/task/*/schedstat;
-threads that exited, in 10 ms ticks from /proc/<pid>/stat). System calls (every
+each run, summed over its threads in nanoseconds (/proc/<pid>/task/*/schedstat).
+System calls (every
 kind, raw_syscalls:sys_enter) and context switches are counted by perf stat
 on the middle proxy during the profiling run (a run of its own, so perf's
 overhead is not charged to the figures above). Loads: an open-loop
