@@ -296,7 +296,8 @@ func (sc *serverConn) shutdown() {
 	}
 }
 
-// respond writes the response HEADERS of st.
+// respond writes the response HEADERS of st; end ends the stream with
+// them (a refusal).
 func (sc *serverConn) respond(st *stream, status int, reason string, end bool) error {
 	sc.mu.Lock()
 	err := st.err
@@ -305,33 +306,37 @@ func (sc *serverConn) respond(st *stream, status int, reason string, end bool) e
 		return err
 	}
 	sc.lockWrite()
-	err = sc.unlockWrite(sc.writeResponseLocked(st.id, status, reason, end))
-	if err != nil {
+	err = sc.writeResponseLocked(st.id, status, reason, end)
+	if err == nil {
+		// Before the flush: the stream's state is what the client will
+		// read, and the RST_STREAM below is queued before anything the
+		// client sends after reading the answer (a PING's ACK), so it
+		// follows the answer on the wire.
+		sc.mu.Lock()
+		st.sentHeaders = true
+		sc.earlyResets = max(sc.earlyResets-1, 0)
+		if end {
+			st.localClosed = true
+			if st.err == nil {
+				if !st.remoteClosed {
+					// RFC 9113 §8.1: stop the request without error.
+					sc.queueLocked(ctrlFrame{kind: ctrlRST, stream: st.id, n: uint32(http2.ErrCodeNo)})
+				}
+				st.failLocked(errStreamClosed)
+			}
+		}
+		sc.mu.Unlock()
+	}
+	if err = sc.unlockWrite(err); err != nil {
 		sc.close(fmt.Errorf("hbone: write: %w", err))
 		return err
 	}
-	sc.mu.Lock()
-	st.sentHeaders = true
-	sc.earlyResets = max(sc.earlyResets-1, 0)
-	sc.mu.Unlock()
 	return nil
 }
 
 // reject answers status and ends st.
 func (sc *serverConn) reject(st *stream, status int, reason string) {
-	if sc.respond(st, status, reason, true) != nil {
-		return
-	}
-	sc.mu.Lock()
-	st.localClosed = true
-	if st.err == nil {
-		if !st.remoteClosed {
-			// RFC 9113 §8.1: stop the request without error.
-			sc.queueLocked(ctrlFrame{kind: ctrlRST, stream: st.id, n: uint32(http2.ErrCodeNo)})
-		}
-		st.failLocked(errStreamClosed)
-	}
-	sc.mu.Unlock()
+	sc.respond(st, status, reason, true)
 }
 
 // reset aborts st with RST_STREAM(INTERNAL_ERROR).

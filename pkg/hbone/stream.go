@@ -3,6 +3,7 @@ package hbone
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"io"
 	"net"
 	"os"
@@ -231,15 +232,23 @@ func (st *stream) closeWriteLocked() error {
 		return nil
 	}
 	c.mu.Unlock()
-	if err := c.writeData(st.id, true, nil); err != nil {
+	c.lockWrite()
+	err := c.writeDataLocked(st.id, true, nil)
+	if err == nil {
+		// Before the flush: once the peer can read END_STREAM, the
+		// stream's state says so, and a frame the peer sends after
+		// reading it meets a closed stream (RFC 9113 §5.1).
+		c.mu.Lock()
+		st.localClosed = true
+		if st.remoteClosed {
+			c.removeLocked(st)
+		}
+		c.mu.Unlock()
+	}
+	if err = c.unlockWrite(err); err != nil {
+		c.close(fmt.Errorf("hbone: write: %w", err))
 		return err
 	}
-	c.mu.Lock()
-	st.localClosed = true
-	if st.remoteClosed {
-		c.removeLocked(st)
-	}
-	c.mu.Unlock()
 	return nil
 }
 
