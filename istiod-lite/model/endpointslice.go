@@ -159,6 +159,11 @@ func slicePorts(es *discoveryv1.EndpointSlice, svc *corev1.Service) *workloadapi
 			}
 		}
 	}
+	// The slice's port order is the writer's: sorted, the resource is the
+	// same whatever the order (no push for a reordered slice).
+	slices.SortFunc(pl.Ports, func(a, b *workloadapi.Port) int {
+		return cmp.Or(cmp.Compare(a.ServicePort, b.ServicePort), cmp.Compare(a.TargetPort, b.TargetPort))
+	})
 	return pl
 }
 
