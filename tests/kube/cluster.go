@@ -89,8 +89,9 @@ type Config struct {
 	// deploys for a Gateway, which the harness schedules). It returns the
 	// pod's IPs; the harness then marks the pod Running and Ready
 	// (SetPodReady flips readiness later). An error is logged and the pod
-	// stays Pending. Nil: pods stay Pending until the test calls
-	// SetPodStatus.
+	// stays Pending. No IPs and no error: RunPod writes the pod's status
+	// itself (package podrun, whose probes decide readiness). Nil: pods
+	// stay Pending until the test calls SetPodStatus.
 	RunPod func(ctx context.Context, pod *corev1.Pod) ([]netip.Addr, error)
 	// StopPod is called for a terminating pod on a harness node before the
 	// harness force-deletes it. Nil: nothing is called.

@@ -142,6 +142,10 @@ func (k *kubelet) run(ctx context.Context, pod *corev1.Pod) {
 		log.Warn("RunPod failed; the pod stays Pending", "err", err)
 		return
 	}
+	if len(ips) == 0 {
+		// RunPod writes the pod's status itself (package podrun).
+		return
+	}
 	sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	if err := c.SetPodStatus(sctx, pod.Namespace, pod.Name, PodStatus{IPs: ips, Ready: true}); err != nil && !apierrors.IsNotFound(err) {
@@ -153,10 +157,30 @@ func (k *kubelet) pickNode(pod *corev1.Pod) string {
 	if n := pod.Spec.NodeSelector[corev1.LabelHostname]; n != "" {
 		return n
 	}
+	if n := affinityNode(pod); n != "" {
+		return n
+	}
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	nodes := k.c.cfg.Nodes
 	n := nodes[k.next%len(nodes)].Name
 	k.next++
 	return n
+}
+
+// affinityNode is the node a required node affinity on metadata.name
+// names, as the DaemonSet controller writes into its pods; "" if none.
+func affinityNode(pod *corev1.Pod) string {
+	a := pod.Spec.Affinity
+	if a == nil || a.NodeAffinity == nil || a.NodeAffinity.RequiredDuringSchedulingIgnoredDuringExecution == nil {
+		return ""
+	}
+	for _, term := range a.NodeAffinity.RequiredDuringSchedulingIgnoredDuringExecution.NodeSelectorTerms {
+		for _, f := range term.MatchFields {
+			if f.Key == "metadata.name" && f.Operator == corev1.NodeSelectorOpIn && len(f.Values) == 1 {
+				return f.Values[0]
+			}
+		}
+	}
+	return ""
 }
