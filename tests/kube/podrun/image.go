@@ -290,8 +290,9 @@ func unpackCached(img v1.Image, cache string, digest v1.Hash) (string, error) {
 	return dst, nil
 }
 
-// untar writes a flattened image file system into dir, with the owners
-// and modes of its entries. Entries leaving dir are refused.
+// untar writes a flattened image file system into dir, with the modes of
+// its entries and, as root, their owners. Entries leaving dir are
+// refused.
 func untar(r io.Reader, dir string) error {
 	tr := tar.NewReader(r)
 	for {
@@ -346,8 +347,10 @@ func untar(r io.Reader, dir string) error {
 		default:
 			return fmt.Errorf("entry %q: type %q is not supported", h.Name, strconv.Itoa(int(h.Typeflag)))
 		}
-		if err := os.Lchown(path, h.Uid, h.Gid); err != nil {
-			return err
+		if os.Geteuid() == 0 {
+			if err := os.Lchown(path, h.Uid, h.Gid); err != nil {
+				return err
+			}
 		}
 		if h.Typeflag == tar.TypeDir || h.Typeflag == tar.TypeReg {
 			if err := os.Chmod(path, mode); err != nil {
