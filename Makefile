@@ -14,14 +14,16 @@ PROTOC_GEN_GO_GRPC_VERSION := v1.6.0
 # built by tools/kube/build.sh into a cache outside the clone.
 KUBE_ASSETS ?= $(shell tools/kube/build.sh -print)
 export KUBE_ASSETS
+ISTIO_ASSETS ?= $(shell tools/istio/build.sh -print)
+export ISTIO_ASSETS
 
-.PHONY: build test demo bench fuzz generate lint check-imports check-modules tools kube-binaries crds images
+.PHONY: build test demo bench fuzz generate lint check-imports check-modules tools kube-binaries istio-binaries crds images
 
 build:
 	@echo ">> building istiod-lite, ztunnel, ztunnel-cni, waypoint, meshctl and demo into $(BIN)/"
 	@CGO_ENABLED=0 $(GO) build -o $(BIN)/ $(MODULE)/istiod-lite/cmd/istiod-lite $(MODULE)/ztunnel/cmd/ztunnel $(MODULE)/ztunnel/cmd/ztunnel-cni $(MODULE)/waypoint/cmd/waypoint $(MODULE)/meshctl/cmd/meshctl $(MODULE)/tests/cmd/demo
 
-test: check-imports check-modules kube-binaries
+test: check-imports check-modules kube-binaries istio-binaries
 	@echo ">> go vet (all modules)"
 	@$(GO) vet $(PKGS)
 	@echo ">> go test -race (all modules)"
@@ -81,6 +83,11 @@ lint: check-imports check-modules
 # proxy (tools/kube); a no-op when cached. Cold: several minutes.
 kube-binaries:
 	@tools/kube/build.sh
+
+# Istio's own istiod (pilot-discovery) from the module proxy (tools/istio),
+# which tests/kubectl runs our ztunnel against; a no-op when cached.
+istio-binaries:
+	@tools/istio/build.sh
 
 # Container images (tests/cmd/images, no daemon): static binaries for
 # linux/amd64 and linux/arm64 into _out/images (OCI layouts and docker

@@ -14,6 +14,7 @@
 package ztunnel
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -55,6 +56,10 @@ import (
 	"github.com/ambient-go/mesh/ztunnel/zds"
 )
 
+// DefaultXDSServerName is the name the xDS and CA server's certificate is
+// checked for by default: Istio's istiod's, which istiod-lite's also carries.
+const DefaultXDSServerName = "istiod.istio-system.svc"
+
 // Config configures a ztunnel. Node and Token (or TokenFile) are required.
 type Config struct {
 	// Node is the name of the node this ztunnel serves.
@@ -66,6 +71,11 @@ type Config struct {
 	// certificate chains to, and the connection uses TLS; empty means
 	// plaintext (istiod-lite's loopback-only plaintext port, for tests).
 	CARoot []byte
+	// XDSServerName is the name istiod-lite's serving certificate is
+	// checked for; default "istiod.istio-system.svc", the name Istio's
+	// ztunnel checks, which istiod-lite's certificate and Istio's istiod's
+	// both carry.
+	XDSServerName string
 	// Token authenticates this node to istiod-lite, for xDS and the CA
 	// (local mode: the node's token from the config directory; cluster
 	// mode: ztunnel's ServiceAccount token). TokenFile, if set, is read
@@ -246,7 +256,7 @@ func New(cfg Config) (*Ztunnel, error) {
 		if !roots.AppendCertsFromPEM(cfg.CARoot) {
 			return nil, errors.New("ztunnel: CARoot holds no PEM certificate")
 		}
-		creds = credentials.NewTLS(&tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12, ServerName: "istiod-lite.istio-system.svc"})
+		creds = credentials.NewTLS(&tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12, ServerName: cmp.Or(cfg.XDSServerName, DefaultXDSServerName)})
 	}
 	conn, err := grpc.NewClient(cfg.XDSAddress, grpc.WithTransportCredentials(creds))
 	if err != nil {

@@ -70,11 +70,17 @@ func skipOrFail(t testing.TB, format string, args ...any) {
 
 // AssetsDir returns the directory holding the binaries built by
 // `make kube-binaries`: $KUBE_ASSETS when set (the Makefile sets it),
-// otherwise the cache directory tools/kube/build.sh builds into,
-// ${XDG_CACHE_HOME:-$HOME/.cache}/ambient-go/kube/<hash>/bin, where hash is
-// the first 16 hex digits of sha256(go.mod + go.sum + build.sh).
-func AssetsDir() (string, error) {
-	if d := os.Getenv("KUBE_ASSETS"); d != "" {
+// otherwise the cache directory tools/kube/build.sh builds into (see
+// ToolAssetsDir).
+func AssetsDir() (string, error) { return ToolAssetsDir("KUBE_ASSETS", "kube") }
+
+// ToolAssetsDir returns the directory tools/<tool>/build.sh builds into:
+// $env when set, otherwise
+// ${XDG_CACHE_HOME:-$HOME/.cache}/ambient-go/<tool>/<hash>/bin, where hash
+// is the first 16 hex digits of sha256(go.mod + go.sum + build.sh) of
+// tools/<tool>, as build.sh computes it.
+func ToolAssetsDir(env, tool string) (string, error) {
+	if d := os.Getenv(env); d != "" {
 		return d, nil
 	}
 	root, err := RepoRoot()
@@ -83,9 +89,9 @@ func AssetsDir() (string, error) {
 	}
 	h := sha256.New()
 	for _, f := range []string{"go.mod", "go.sum", "build.sh"} {
-		b, err := os.ReadFile(filepath.Join(root, "tools", "kube", f))
+		b, err := os.ReadFile(filepath.Join(root, "tools", tool, f))
 		if err != nil {
-			return "", fmt.Errorf("hashing the kube build recipe: %w", err)
+			return "", fmt.Errorf("hashing the %s build recipe: %w", tool, err)
 		}
 		h.Write(b)
 	}
@@ -93,11 +99,11 @@ func AssetsDir() (string, error) {
 	if cache == "" {
 		home, err := os.UserHomeDir()
 		if err != nil {
-			return "", fmt.Errorf("locating the kube binaries cache: %w", err)
+			return "", fmt.Errorf("locating the %s binaries cache: %w", tool, err)
 		}
 		cache = filepath.Join(home, ".cache")
 	}
-	return filepath.Join(cache, "ambient-go", "kube", hex.EncodeToString(h.Sum(nil))[:16], "bin"), nil
+	return filepath.Join(cache, "ambient-go", tool, hex.EncodeToString(h.Sum(nil))[:16], "bin"), nil
 }
 
 // RepoRoot returns the root of the repository: the nearest parent of the

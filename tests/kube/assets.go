@@ -29,3 +29,8 @@ func MissingBinaries(dir string) []string {
 // RepoRoot returns the root of the repository: the nearest parent of the
 // working directory holding tools/kube/build.sh.
 func RepoRoot() (string, error) { return kubetest.RepoRoot() }
+
+// IstioAssetsDir returns the directory holding Istio's istiod
+// (pilot-discovery) built by `make istio-binaries` (tools/istio/build.sh):
+// $ISTIO_ASSETS, or the cache directory keyed by that recipe.
+func IstioAssetsDir() (string, error) { return kubetest.ToolAssetsDir("ISTIO_ASSETS", "istio") }
