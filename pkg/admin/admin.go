@@ -26,6 +26,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/ambient-go/mesh/pkg/logging"
 )
 
 // Default listen addresses, as Istio's proxies.
@@ -58,7 +60,9 @@ type Config struct {
 	// ready (503 with the error's message). A nil Ready is always ready.
 	Ready func() error
 	// Level is the log level that /logging shows and sets. Nil: a level of
-	// the server's own (default info) that affects no logger.
+	// the server's own (default info) that affects no logger. When Logger's
+	// handler is a pkg/logging Levels handler, /logging shows and sets those
+	// levels instead, one per component, and Level is not used.
 	Level *slog.LevelVar
 	// Name names the proxy on the admin index page; default "proxy".
 	Name string
@@ -74,6 +78,9 @@ type Server struct {
 	cfg  Config
 	log  *slog.Logger
 	srvs [3]*http.Server // admin, metrics, readiness
+	// levels are the per-component levels of Logger's handler; nil: one
+	// level, cfg.Level.
+	levels *logging.Levels
 
 	mu        sync.Mutex
 	lns       [3]net.Listener
@@ -119,6 +126,7 @@ func New(cfg Config) (*Server, error) {
 	s := &Server{
 		cfg:       cfg,
 		log:       cfg.Logger.With("component", "admin"),
+		levels:    logging.LevelsOf(cfg.Logger.Handler()),
 		listening: make(chan struct{}),
 	}
 	errLog := slog.NewLogLogger(s.log.Handler(), slog.LevelWarn)
@@ -248,7 +256,7 @@ func (s *Server) adminMux() http.Handler {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		fmt.Fprint(w, cmp.Or(s.cfg.Name, "proxy")+" admin\n\n"+
 			"/config_dump     the proxy's configuration (JSON)\n"+
-			"/logging         show the log level; ?level=debug|info|warn|error sets it\n"+
+			"/logging         show the log level; ?level=LEVEL or COMPONENT:LEVEL,... sets it, ?reset resets it\n"+
 			"/debug/pprof/    Go runtime profiles\n")
 	})
 	mux.HandleFunc("GET /config_dump", s.configDump)
@@ -297,6 +305,10 @@ func (s *Server) logging(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "bad request: "+err.Error(), http.StatusBadRequest)
 		return
 	}
+	if s.levels != nil {
+		s.componentLogging(w, r)
+		return
+	}
 	if v := r.Form.Get("level"); v != "" {
 		lvl, ok := parseLevel(v)
 		if !ok {
@@ -312,6 +324,34 @@ func (s *Server) logging(w http.ResponseWriter, r *http.Request) {
 	}
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	fmt.Fprintf(w, "current log level is %s\n", levelName(s.cfg.Level.Level()))
+}
+
+// componentLogging is /logging with per-component levels: ?level= takes a
+// spec of LEVEL and COMPONENT:LEVEL items (pkg/logging), ?reset puts the
+// levels back to the process's start. The answer is the levels in force
+// and the components there are.
+func (s *Server) componentLogging(w http.ResponseWriter, r *http.Request) {
+	_, reset := r.Form["reset"]
+	v := r.Form.Get("level")
+	if r.Method == http.MethodPost && v == "" && !reset {
+		http.Error(w, "missing level: want ?level=LEVEL or COMPONENT:LEVEL,... (levels debug, info, warn, error, off) or ?reset", http.StatusBadRequest)
+		return
+	}
+	old := s.levels.String()
+	if reset {
+		s.levels.Reset()
+	}
+	if v != "" {
+		if err := s.levels.Set(v); err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+	}
+	if now := s.levels.String(); now != old {
+		s.log.Info("log level changed", "from", old, "to", now)
+	}
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	fmt.Fprintf(w, "current log level is %s\ncomponents: %s\n", s.levels.String(), strings.Join(s.levels.Components(), ", "))
 }
 
 func (s *Server) ready(w http.ResponseWriter, r *http.Request) {

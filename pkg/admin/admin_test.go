@@ -27,8 +27,9 @@ type harness struct {
 	client *http.Client
 }
 
-// start runs a Server on loopback ports until the test ends.
-func start(t *testing.T) *harness {
+// start runs a Server on loopback ports until the test ends; opts change
+// its Config.
+func start(t *testing.T, opts ...func(*Config)) *harness {
 	t.Helper()
 	reg := prometheus.NewRegistry()
 	c := prometheus.NewCounter(prometheus.CounterOpts{Name: "test_admin_hits_total", Help: "Test counter."})
@@ -45,7 +46,7 @@ func start(t *testing.T) *harness {
 	}
 	notReady := errors.New("waiting for xds")
 	h.ready.Store(&notReady)
-	srv, err := New(Config{
+	cfg := Config{
 		AdminAddr:     "127.0.0.1:0",
 		MetricsAddr:   "127.0.0.1:0",
 		ReadinessAddr: "127.0.0.1:0",
@@ -60,7 +61,11 @@ func start(t *testing.T) *harness {
 			return nil
 		},
 		Level: h.level,
-	})
+	}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	srv, err := New(cfg)
 	if err != nil {
 		t.Fatalf("New() error = %v", err)
 	}

@@ -31,6 +31,7 @@ import (
 
 	"github.com/ambient-go/mesh/pkg/admin"
 	"github.com/ambient-go/mesh/pkg/identity"
+	"github.com/ambient-go/mesh/pkg/logging"
 	"github.com/ambient-go/mesh/waypoint"
 )
 
@@ -47,13 +48,18 @@ func main() {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cfg.LogLevel = new(slog.LevelVar)
-			if err := cfg.LogLevel.UnmarshalText([]byte(level)); err != nil {
+			defLevel := new(slog.LevelVar)
+			if err := defLevel.UnmarshalText([]byte(level)); err != nil {
 				return fmt.Errorf("--log-level: %w", err)
 			}
+			// One level per component, set at run time through the admin
+			// server's /logging (which finds them in cfg.Logger's handler);
+			// cfg.LogLevel is the level the access log is written at.
+			levels := logging.NewLevels(defLevel)
+			cfg.LogLevel = levels.Var(logging.Access)
 			logOut := proc.Apply(os.Stderr, cmd.Flags().Changed("worker-threads"))
 			defer proc.Close()
-			cfg.Logger = slog.New(slog.NewJSONHandler(logOut, &slog.HandlerOptions{Level: cfg.LogLevel}))
+			cfg.Logger = slog.New(levels.Handler(slog.NewJSONHandler(logOut, &slog.HandlerOptions{Level: levels})))
 			cfg.AccessLog = logOut
 			if podIP != "" {
 				a, err := netip.ParseAddr(podIP)
