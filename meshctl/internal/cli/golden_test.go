@@ -92,7 +92,7 @@ func TestGolden(t *testing.T) {
 		{"ztunnel-config-certificate", []string{"ztunnel-config", "certificate"}},
 		{"ztunnel-config-connections", []string{"ztunnel-config", "connections"}},
 		{"ztunnel-config-connections-raw-ns", []string{"ztunnel-config", "connections", "--raw", "-n", "demo"}},
-		{"ztunnel-config-log", []string{"ztunnel-config", "log", "--level", "default:debug"}},
+		{"ztunnel-config-log", []string{"ztunnel-config", "log", "--level", "access:debug"}},
 		{"explain-waypoint", []string{"explain", "demo/client", "echo-l7.demo:80", "--config-dir", "testdata/config"}},
 		{"explain-waypoint-no-labels", []string{"explain", "client.demo", "127.10.100.11:80"}},
 		{"explain-direct", []string{"explain", "-n", "demo", "client", "echo.demo.svc.cluster.local:80"}},
@@ -108,17 +108,6 @@ func TestGolden(t *testing.T) {
 			}
 			golden(t, tc.name, []byte(out))
 		})
-	}
-}
-
-func TestZtunnelConfigLogRefusesComponents(t *testing.T) {
-	addr, calls := serveDump(t)
-	_, errOut, code := run(t, "--istiod", "127.0.0.1:1", "--proxy-admin", "node-a="+addr, "ztunnel-config", "log", "--level", "access:debug")
-	if code == 0 || !strings.Contains(errOut, "one level for all its components") {
-		t.Errorf("ztunnel-config log --level access:debug = exit %d, %q; want an error naming the single level", code, errOut)
-	}
-	if len(*calls) != 0 {
-		t.Errorf("the admin server was called: %v", *calls)
 	}
 }
 

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"net/netip"
 	"net/url"
 	"slices"
@@ -20,10 +21,12 @@ import (
 
 type ztunnelConfigOptions struct {
 	*Options
-	node   string
-	output string
-	level  string
-	raw    bool
+	node     string
+	output   string
+	level    string
+	reset    bool
+	waypoint string
+	raw      bool
 }
 
 func newZtunnelConfigCmd(o *Options) *cobra.Command {
@@ -80,15 +83,28 @@ mode give its address with --proxy-admin NODE=ADDR).`,
 	}
 	logCmd := &cobra.Command{
 		Use:   "log",
-		Short: "Show or set the ztunnel's log level",
-		Long: `log shows the ztunnel's log level, or sets it with --level. Istio's form
-COMPONENT:LEVEL is accepted for the components the proxy has one level for
-(none: "default" or "all").`,
-		Example: "  meshctl ztunnel-config log --node node-a\n  meshctl ztunnel-config log --level debug\n  meshctl ztunnel-config log --level all:info",
-		Args:    cobra.NoArgs,
-		RunE:    func(cmd *cobra.Command, _ []string) error { return zo.runLog(cmd.Context()) },
+		Short: "Show or set a ztunnel's (or a waypoint's) log levels, one per component",
+		Long: `log shows the log levels of a ztunnel, or sets them with --level, through its
+admin server's /logging, as istioctl ztunnel-config log does. A proxy has a
+default level and one level per component (the "component" of its log
+records: proxy, xds-client, identity, hbone-pool, ...; "access" is the access
+log); GET /logging lists the components. --level takes LEVEL (the default,
+which components without a level of their own follow), COMPONENT:LEVEL, or a
+comma-separated list of both; all:LEVEL sets every component. Levels: debug,
+info, warn, error, off. --reset puts every level back to the proxy's
+--log-level. --waypoint NAME (with -n) talks to a waypoint's admin server
+instead of a ztunnel's.`,
+		Example: `  meshctl ztunnel-config log --node node-a
+  meshctl ztunnel-config log --level access:debug,xds-client:info
+  meshctl ztunnel-config log --level debug
+  meshctl ztunnel-config log --reset
+  meshctl ztunnel-config log -n demo --waypoint waypoint --level proxy:debug`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error { return zo.runLog(cmd.Context()) },
 	}
-	logCmd.Flags().StringVar(&zo.level, "level", "", "the level to set: debug, info, warn or error (or default:LEVEL)")
+	logCmd.Flags().StringVar(&zo.level, "level", "", "levels to set: LEVEL, COMPONENT:LEVEL or a comma-separated list (levels debug, info, warn, error, off)")
+	logCmd.Flags().BoolVarP(&zo.reset, "reset", "r", false, "reset every level to the proxy's --log-level (before --level, if given)")
+	logCmd.Flags().StringVar(&zo.waypoint, "waypoint", "", "a waypoint (name, in -n's namespace) instead of a ztunnel")
 	cmd.AddCommand(logCmd)
 	return cmd
 }
@@ -103,21 +119,35 @@ func (zo *ztunnelConfigOptions) fetch(ctx context.Context) (*configDump, error) 
 }
 
 func (zo *ztunnelConfigOptions) runLog(ctx context.Context) error {
-	a, err := zo.ztunnelAdmin(ctx, zo.node)
-	if err != nil {
-		return err
+	var a *proxyAdmin
+	if zo.waypoint != "" {
+		ns := zo.namespace()
+		wa, ok, err := zo.waypointAdmin(ctx, ns, zo.waypoint)
+		if err != nil {
+			return err
+		}
+		if !ok {
+			return fmt.Errorf("local mode: no --proxy-admin %s/%s=ADDR for waypoint %s/%s", ns, zo.waypoint, ns, zo.waypoint)
+		}
+		a = wa
+	} else {
+		za, err := zo.ztunnelAdmin(ctx, zo.node)
+		if err != nil {
+			return err
+		}
+		a = za
 	}
 	defer a.close()
-	path, method := "/logging", "GET"
+	q := url.Values{}
+	if zo.reset {
+		q.Set("reset", "")
+	}
 	if zo.level != "" {
-		level := zo.level
-		if comp, l, ok := strings.Cut(level, ":"); ok {
-			if comp != "default" && comp != "all" {
-				return fmt.Errorf("log level %q: this proxy has one level for all its components; use --level %s or default:%s", zo.level, l, l)
-			}
-			level = l
-		}
-		path, method = "/logging?level="+url.QueryEscape(level), "POST"
+		q.Set("level", zo.level)
+	}
+	path, method := "/logging", http.MethodGet
+	if len(q) > 0 {
+		path, method = "/logging?"+q.Encode(), http.MethodPost
 	}
 	b, err := a.do(ctx, method, path)
 	if err != nil {
