@@ -92,14 +92,7 @@ spec:
 `
 
 func TestClusterMode(t *testing.T) {
-	crds, err := kube.CRDDir()
-	if err != nil {
-		t.Fatal(err)
-	}
-	log := testLogger(t)
-	c := kube.Start(t, kube.Config{CRDDirs: []string{crds}, Log: log.With("component", "harness")})
-	c.MustKubectl(t, "create", "namespace", "istio-system")
-	apply(t, c, objects)
+	c, log := startCluster(t, objects)
 
 	ist, stop := startIstiod(t, c, log)
 	x := startXDS(t, c, ist.PlaintextAddr().String(), log)
@@ -305,6 +298,21 @@ func TestClusterModeWithoutCRDs(t *testing.T) {
 	x.waitFor(t, "echo workload and service", func(a map[string]*workloadapi.Address) bool {
 		return workload(a, "demo", "echo") != nil && a["demo/echo.demo.svc.cluster.local"] != nil
 	})
+}
+
+// startCluster starts the harness's API server with our CRDs, creates
+// istio-system and applies objects.
+func startCluster(t *testing.T, objects string) (*kube.Cluster, *slog.Logger) {
+	t.Helper()
+	crds, err := kube.CRDDir()
+	if err != nil {
+		t.Fatal(err)
+	}
+	log := testLogger(t)
+	c := kube.Start(t, kube.Config{CRDDirs: []string{crds}, Log: log.With("component", "harness")})
+	c.MustKubectl(t, "create", "namespace", "istio-system")
+	apply(t, c, objects)
+	return c, log
 }
 
 func testLogger(t *testing.T) *slog.Logger {

@@ -69,14 +69,7 @@ spec:
 // applied with kubectl then refuses it.
 func TestIstioIstiod(t *testing.T) {
 	bin := istiodBinary(t)
-	crds, err := kube.CRDDir()
-	if err != nil {
-		t.Fatal(err)
-	}
-	log := testLogger(t)
-	c := kube.Start(t, kube.Config{CRDDirs: []string{crds}, Log: log.With("component", "harness")})
-	c.MustKubectl(t, "create", "namespace", "istio-system")
-	apply(t, c, istioObjects)
+	c, log := startCluster(t, istioObjects)
 	const node = "node-a"
 	ztPod := runPod(t, c, node, &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "ztunnel-a", Namespace: "istio-system", Labels: map[string]string{"app": "ztunnel"}},
 		Spec: corev1.PodSpec{ServiceAccountName: "ztunnel"}}, "127.18.1.2")

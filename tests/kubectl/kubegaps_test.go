@@ -62,14 +62,7 @@ endpoints:
 // ready ones), and the Service among the Services of the pod an endpoint
 // names. Deleting the slice removes them.
 func TestServiceWithoutSelector(t *testing.T) {
-	crds, err := kube.CRDDir()
-	if err != nil {
-		t.Fatal(err)
-	}
-	log := testLogger(t)
-	c := kube.Start(t, kube.Config{CRDDirs: []string{crds}, Log: log.With("component", "harness")})
-	c.MustKubectl(t, "create", "namespace", "istio-system")
-	apply(t, c, objects)
+	c, log := startCluster(t, objects)
 	ist, _ := startIstiod(t, c, log)
 	x := startXDS(t, c, ist.PlaintextAddr().String(), log)
 	runPod(t, c, "node-b", &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "backend", Namespace: "demo"},
@@ -250,14 +243,7 @@ func (f *forwarder) serve() {
 // it reconnects to the other one, which has the same root (the serving
 // certificate verifies), and it keeps every resource and gets new ones.
 func TestZtunnelSwitchesReplica(t *testing.T) {
-	crds, err := kube.CRDDir()
-	if err != nil {
-		t.Fatal(err)
-	}
-	log := testLogger(t)
-	c := kube.Start(t, kube.Config{CRDDirs: []string{crds}, Log: log.With("component", "harness")})
-	c.MustKubectl(t, "create", "namespace", "istio-system")
-	apply(t, c, objects)
+	c, log := startCluster(t, objects)
 	a, stopA := startIstiod(t, c, log.With("replica", "a"))
 	b, _ := startIstiod(t, c, log.With("replica", "b"))
 	fwd := newForwarder(t, a.Addr().String())
