@@ -1,11 +1,15 @@
 package podrun_test
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -31,27 +35,69 @@ type deployed struct {
 	topo   *netns.Topology
 	built  map[string]images.Built // by image name
 	out    *output
+
+	mu   sync.Mutex
+	pods map[types.UID]*netns.Pod // the sandboxes of non-hostNetwork pods
 }
 
-// output keeps the containers' last lines for failure reports.
+// output keeps the containers' lines, for waiting on a log and for
+// failure reports.
 type output struct {
 	mu    sync.Mutex
-	lines []string
+	lines []outputLine
+}
+
+type outputLine struct {
+	pod  types.NamespacedName
+	ctr  string
+	line string
 }
 
 func (o *output) add(pod types.NamespacedName, ctr string, line []byte) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	o.lines = append(o.lines, pod.String()+"/"+ctr+": "+string(line))
-	if len(o.lines) > 400 {
-		o.lines = o.lines[len(o.lines)-400:]
+	o.lines = append(o.lines, outputLine{pod, ctr, string(line)})
+	if len(o.lines) > 50000 {
+		o.lines = o.lines[len(o.lines)-50000:]
+	}
+}
+
+// mark is the number of lines so far, to wait for later ones.
+func (o *output) mark() int {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return len(o.lines)
+}
+
+// wait waits (timeout at most) for a line after from that match accepts,
+// and returns it.
+func (o *output) wait(from int, timeout time.Duration, match func(outputLine) bool) (outputLine, bool) {
+	deadline := time.Now().Add(timeout)
+	for {
+		o.mu.Lock()
+		for i := min(from, len(o.lines)); i < len(o.lines); i++ {
+			if match(o.lines[i]) {
+				l := o.lines[i]
+				o.mu.Unlock()
+				return l, true
+			}
+		}
+		o.mu.Unlock()
+		if time.Now().After(deadline) {
+			return outputLine{}, false
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }
 
 func (o *output) String() string {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	return strings.Join(o.lines, "\n")
+	var b strings.Builder
+	for _, l := range o.lines[max(0, len(o.lines)-300):] {
+		b.WriteString(l.pod.String() + "/" + l.ctr + ": " + l.line + "\n")
+	}
+	return b.String()
 }
 
 // primaryConflist is the network configuration the node's primary CNI
@@ -62,7 +108,7 @@ const primaryConflist = `{"cniVersion": "1.0.0", "name": "harness", "plugins": [
 // (with the DaemonSet controller) and the Runner, and applies crds/ and
 // deploy/ rendered by kustomize with its images set to the built ones (by
 // digest).
-func startDeployed(t *testing.T) *deployed {
+func startDeployed(t *testing.T, moreImages ...string) *deployed {
 	t.Helper()
 	netns.RequireRoot(t)
 	root, err := kube.RepoRoot()
@@ -86,14 +132,14 @@ func startDeployed(t *testing.T) *deployed {
 		t.Fatalf("building the images: %v", err)
 	}
 	t.Logf("images built in %v into %s", time.Since(start).Round(time.Millisecond), dir)
-	d := &deployed{built: map[string]images.Built{}, out: &output{}}
+	d := &deployed{built: map[string]images.Built{}, out: &output{}, pods: map[types.UID]*netns.Pod{}}
 	for _, b := range built {
 		d.built[b.Ref.RepositoryStr()[strings.LastIndex(b.Ref.RepositoryStr(), "/")+1:]] = b
 	}
 
 	d.topo = netns.New(t, netns.Options{Nodes: 2})
 	d.runner, err = podrun.New(podrun.Config{
-		Images:  dir,
+		Images:  append([]string{dir}, moreImages...),
 		Network: d.sandbox,
 		BackOff: time.Second,
 		Output:  d.out.add,
@@ -166,9 +212,12 @@ func startDeployed(t *testing.T) *deployed {
 	return d
 }
 
-// sandbox is podrun.Config.Network: a pod gets a namespace on its node's
-// bridge; a hostNetwork pod runs in the node's namespace.
-func (d *deployed) sandbox(_ context.Context, pod *corev1.Pod) (podrun.Sandbox, error) {
+// sandbox is podrun.Config.Network, played as a container runtime with
+// the node's CNI configuration: a pod gets a namespace on its node's
+// bridge (the primary plugin's part, which the topology does), then every
+// chained ztunnel-cni plugin of the node's conflist runs ADD (DEL when the
+// sandbox goes); a hostNetwork pod runs in the node's namespace.
+func (d *deployed) sandbox(ctx context.Context, pod *corev1.Pod) (podrun.Sandbox, error) {
 	var i int
 	if _, err := fmt.Sscanf(pod.Spec.NodeName, "node-%d", &i); err != nil || d.topo.Node(i) == nil {
 		return podrun.Sandbox{}, fmt.Errorf("node %q is not a topology node", pod.Spec.NodeName)
@@ -181,7 +230,114 @@ func (d *deployed) sandbox(_ context.Context, pod *corev1.Pod) (podrun.Sandbox, 
 	if err != nil {
 		return podrun.Sandbox{}, err
 	}
-	return podrun.Sandbox{NS: p.NS, IPs: []netip.Addr{p.IP}, Release: p.Remove}, nil
+	if err := d.cni(ctx, "ADD", pod, p); err != nil {
+		return podrun.Sandbox{}, errors.Join(err, p.Remove())
+	}
+	d.mu.Lock()
+	d.pods[pod.UID] = p
+	d.mu.Unlock()
+	release := func() error {
+		d.mu.Lock()
+		delete(d.pods, pod.UID)
+		d.mu.Unlock()
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		return errors.Join(d.cni(ctx, "DEL", pod, p), p.Remove())
+	}
+	return podrun.Sandbox{NS: p.NS, IPs: []netip.Addr{p.IP}, Release: release}, nil
+}
+
+// cni runs the node's chained ztunnel-cni plugin, if install-cni put it
+// there, as a runtime would: the binary from the node's /opt/cni/bin,
+// the plugin's entry of the conflist with prevResult, in the node's
+// namespace. The plugin runs on the machine, whose node root is
+// Runner.NodeDir: its host paths (zdsSocket, podStateDir) are rewritten
+// under it.
+func (d *deployed) cni(ctx context.Context, command string, pod *corev1.Pod, p *netns.Pod) error {
+	root := d.runner.NodeDir(pod.Spec.NodeName)
+	b, err := os.ReadFile(filepath.Join(root, "etc", "cni", "net.d", "10-harness.conflist"))
+	if err != nil {
+		return err
+	}
+	var list struct {
+		CNIVersion string           `json:"cniVersion"`
+		Name       string           `json:"name"`
+		Plugins    []map[string]any `json:"plugins"`
+	}
+	if err := json.Unmarshal(b, &list); err != nil {
+		return fmt.Errorf("conflist: %w", err)
+	}
+	for _, conf := range list.Plugins {
+		if conf["type"] != "ztunnel-cni" {
+			continue
+		}
+		for _, k := range []string{"zdsSocket", "podStateDir"} {
+			if v, ok := conf[k].(string); ok {
+				conf[k] = filepath.Join(root, v)
+			}
+		}
+		conf["cniVersion"], conf["name"] = list.CNIVersion, list.Name
+		conf["prevResult"] = map[string]any{
+			"cniVersion": list.CNIVersion,
+			"interfaces": []any{map[string]any{"name": "eth0", "sandbox": p.Path()}},
+			"ips":        []any{map[string]any{"address": p.IP.String() + "/24", "gateway": p.Node.Gateway.String(), "interface": 0}},
+		}
+		stdin, err := json.Marshal(conf)
+		if err != nil {
+			return err
+		}
+		ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
+		cmd := exec.CommandContext(ctx, filepath.Join(root, "opt", "cni", "bin", "ztunnel-cni"))
+		cmd.Env = []string{
+			"CNI_COMMAND=" + command,
+			"CNI_CONTAINERID=" + string(pod.UID),
+			"CNI_NETNS=" + p.Path(),
+			"CNI_IFNAME=eth0",
+			fmt.Sprintf("CNI_ARGS=IgnoreUnknown=1;K8S_POD_NAMESPACE=%s;K8S_POD_NAME=%s;K8S_POD_INFRA_CONTAINER_ID=%s;K8S_POD_UID=%s",
+				pod.Namespace, pod.Name, pod.UID, pod.UID),
+			"CNI_PATH=" + filepath.Join(root, "opt", "cni", "bin"),
+		}
+		cmd.Stdin = bytes.NewReader(stdin)
+		var out bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &out, &out
+		if err := p.Node.Start(cmd); err != nil {
+			return err
+		}
+		if err := cmd.Wait(); err != nil {
+			return fmt.Errorf("CNI %s of %s/%s: %w: %s", command, pod.Namespace, pod.Name, err, strings.TrimSpace(out.String()))
+		}
+	}
+	return nil
+}
+
+// podNS returns the sandbox of namespace/name.
+func (d *deployed) podNS(t *testing.T, namespace, name string) *netns.Pod {
+	t.Helper()
+	pod, err := d.kc.Clientset.CoreV1().Pods(namespace).Get(t.Context(), name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	p := d.pods[pod.UID]
+	if p == nil {
+		t.Fatalf("pod %s/%s has no sandbox", namespace, name)
+	}
+	return p
+}
+
+// rollout waits until deploy/'s Deployment and DaemonSet rolled out.
+func (d *deployed) rollout(t *testing.T) {
+	t.Helper()
+	for _, what := range []string{"deployment/istiod-lite", "daemonset/ztunnel"} {
+		c, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
+		_, err := d.kc.Kubectl(c, "rollout", "status", "-n", "istio-system", what, "--timeout=170s")
+		cancel()
+		if err != nil {
+			t.Fatalf("%s did not roll out: %v", what, err)
+		}
+	}
 }
 
 type testWriter struct{ t *testing.T }
@@ -200,16 +356,7 @@ func TestDeployRunsFromImages(t *testing.T) {
 	d := startDeployed(t)
 	kc := d.kc
 	ctx := t.Context()
-	rollout := func(what string) {
-		t.Helper()
-		c, cancel := context.WithTimeout(ctx, 3*time.Minute)
-		defer cancel()
-		if _, err := kc.Kubectl(c, "rollout", "status", "-n", "istio-system", what, "--timeout=170s"); err != nil {
-			t.Fatalf("%s did not roll out: %v", what, err)
-		}
-	}
-	rollout("deployment/istiod-lite")
-	rollout("daemonset/ztunnel")
+	d.rollout(t)
 
 	pods, err := kc.Clientset.CoreV1().Pods("istio-system").List(ctx, metav1.ListOptions{})
 	if err != nil {

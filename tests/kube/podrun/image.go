@@ -100,7 +100,7 @@ type image struct {
 }
 
 type imageStore struct {
-	dir   string
+	dirs  []string
 	cache string
 	log   *slog.Logger
 
@@ -116,14 +116,21 @@ type unpackOnce struct {
 
 // get resolves ref in the layouts and unpacks its file system.
 func (s *imageStore) get(ctx context.Context, ref string) (*image, error) {
-	dir := s.dir
-	if dir == "" {
-		var err error
-		if dir, _, err = BuildImages(ctx, s.log); err != nil {
+	dirs := s.dirs
+	if len(dirs) == 0 {
+		dir, _, err := BuildImages(ctx, s.log)
+		if err != nil {
 			return nil, fmt.Errorf("building images: %w", err)
 		}
+		dirs = []string{dir}
 	}
-	img, err := resolve(dir, ref, Platform)
+	var img v1.Image
+	var err error
+	for _, dir := range dirs {
+		if img, err = resolve(dir, ref, Platform); !errors.Is(err, errImageNotFound) {
+			break
+		}
+	}
 	if err != nil {
 		return nil, err
 	}

@@ -111,11 +111,11 @@ type Config struct {
 	// for a hostNetwork pod it returns the node's namespace and address.
 	// Required.
 	Network func(ctx context.Context, pod *corev1.Pod) (Sandbox, error)
-	// Images is a directory holding OCI layouts as tests/images writes
-	// them (<Images>/oci/<name>); default: the mesh's images built once
-	// per process for this machine's platform into the repository's
-	// .cache/podrun/images (see BuildImages).
-	Images string
+	// Images are directories holding OCI layouts as tests/images writes
+	// them (<dir>/oci/<name>), searched in order; default: the mesh's
+	// images built once per process for this machine's platform into the
+	// repository's .cache/podrun/images (see BuildImages).
+	Images []string
 	// Cache is where image file systems are unpacked, one directory per
 	// manifest digest; default the repository's .cache/podrun/rootfs.
 	Cache string
@@ -203,7 +203,7 @@ func New(cfg Config) (*Runner, error) {
 	r.cfg.BackOff = cmp.Or(r.cfg.BackOff, 10*time.Second)
 	r.cfg.MaxGrace = cmp.Or(r.cfg.MaxGrace, 30*time.Second)
 	r.cfg.HostsInterval = cmp.Or(r.cfg.HostsInterval, time.Second)
-	r.images = &imageStore{dir: cfg.Images, cache: cfg.Cache, log: r.log, unpacked: map[string]*unpackOnce{}}
+	r.images = &imageStore{dirs: cfg.Images, cache: cfg.Cache, log: r.log, unpacked: map[string]*unpackOnce{}}
 	r.ctx, r.cancel = context.WithCancel(context.Background())
 	return r, nil
 }

@@ -214,7 +214,7 @@ func TestRunnerRunsPods(t *testing.T) {
 	var d deployed
 	d.topo = topo
 	runner, err := podrun.New(podrun.Config{
-		Images:  imgs,
+		Images:  []string{imgs},
 		Cache:   t.TempDir(),
 		Network: d.sandbox,
 		BackOff: 200 * time.Millisecond,

@@ -1,0 +1,193 @@
+package podrun_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/ambient-go/mesh/pkg/accesslog"
+	"github.com/ambient-go/mesh/tests/netns"
+)
+
+// storyObjects are the demo namespace's client (node-1) and server
+// (node-2), both running the test app (HTTP on 8080).
+const storyObjects = `
+apiVersion: v1
+kind: Namespace
+metadata: {name: demo}
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: client, namespace: demo}
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: server, namespace: demo}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client, namespace: demo, labels: {app: client}}
+spec:
+  nodeName: node-1
+  serviceAccountName: client
+  containers: [{name: app, image: ambient-go/app:test}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: server, namespace: demo, labels: {app: server}}
+spec:
+  nodeName: node-2
+  serviceAccountName: server
+  containers:
+  - name: app
+    image: ambient-go/app:test
+    readinessProbe: {tcpSocket: {port: 8080}, periodSeconds: 1}
+`
+
+const storyDeny = `
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-client, namespace: demo}
+spec:
+  selector: {matchLabels: {app: server}}
+  action: DENY
+  rules:
+  - from: [{source: {principals: ["cluster.local/ns/demo/sa/client"]}}]
+`
+
+// TestDeployedUserStory is issue 14's user story on what deploy/
+// installed, every mesh component run by the harness kubelet from the
+// images: the client and server pods talk in plain text; `kubectl label
+// namespace demo istio.io/dataplane-mode=ambient` has both ztunnels
+// capture them and the server's ztunnel logs the client's SPIFFE identity;
+// a DENY AuthorizationPolicy for the client then refuses its requests, and
+// the server's ztunnel logs the denial by that policy. The client's
+// requests come from the test, dialing inside the client pod's network
+// namespace (as an application of the pod would); the server is the test
+// image's process.
+func TestDeployedUserStory(t *testing.T) {
+	netns.RequireRoot(t)
+	app := buildAppImage(t)
+	d := startDeployed(t, app)
+	d.rollout(t)
+	kc := d.kc
+	if _, err := kc.KubectlStdin(t.Context(), strings.NewReader(storyObjects), "apply", "-f", "-"); err != nil {
+		t.Fatal(err)
+	}
+	kc.MustKubectl(t, "wait", "-n", "demo", "--for=condition=Ready", "pod/client", "pod/server", "--timeout=60s")
+	client, server := d.podNS(t, "demo", "client"), d.podNS(t, "demo", "server")
+	target := netip.AddrPortFrom(server.IP, 8080)
+	ztunnelOn := map[string]string{} // node -> ztunnel pod name
+	zpods, err := kc.Clientset.CoreV1().Pods("istio-system").List(t.Context(), metav1.ListOptions{LabelSelector: "app=ztunnel"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range zpods.Items {
+		ztunnelOn[p.Spec.NodeName] = p.Name
+	}
+	// ztunnelLog waits for a JSON log line of node's ztunnel after from.
+	ztunnelLog := func(t *testing.T, node string, from int, what string, match func(map[string]any) bool) map[string]any {
+		t.Helper()
+		var got map[string]any
+		_, ok := d.out.wait(from, 20*time.Second, func(l outputLine) bool {
+			if l.pod.Namespace != "istio-system" || l.pod.Name != ztunnelOn[node] || l.ctr != "ztunnel" {
+				return false
+			}
+			var m map[string]any
+			if json.Unmarshal([]byte(l.line), &m) != nil || !match(m) {
+				return false
+			}
+			got = m
+			return true
+		})
+		if !ok {
+			t.Fatalf("the ztunnel of %s logged no %s within 20s", node, what)
+		}
+		return got
+	}
+	str := func(m map[string]any, k string) string { s, _ := m[k].(string); return s }
+
+	get := func(path string) (string, error) {
+		tr := &http.Transport{
+			DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+				return client.Dial(ctx, network, addr)
+			},
+			DisableKeepAlives: true,
+		}
+		defer tr.CloseIdleConnections()
+		c := &http.Client{Transport: tr, Timeout: 5 * time.Second}
+		resp, err := c.Get("http://" + target.String() + path)
+		if err != nil {
+			return "", err
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		if err != nil {
+			return "", err
+		}
+		if resp.StatusCode != http.StatusOK {
+			return "", fmt.Errorf("status %d", resp.StatusCode)
+		}
+		return string(b), nil
+	}
+
+	t.Run("outside the mesh the client reaches the server", func(t *testing.T) {
+		if got, err := get("/plain"); err != nil || got != "ok" {
+			t.Fatalf("GET /plain = %q, %v; want ok", got, err)
+		}
+	})
+
+	t.Run("kubectl label namespace ambient: both ztunnels capture, mTLS with the client's identity", func(t *testing.T) {
+		from := d.out.mark()
+		kc.MustKubectl(t, "label", "namespace", "demo", "istio.io/dataplane-mode=ambient")
+		ztunnelLog(t, "node-1", from, "pod captured for demo/client", func(m map[string]any) bool {
+			return str(m, "msg") == "pod captured" && str(m, "pod") == "demo/client"
+		})
+		ztunnelLog(t, "node-2", from, "pod captured for demo/server", func(m map[string]any) bool {
+			return str(m, "msg") == "pod captured" && str(m, "pod") == "demo/server"
+		})
+		from = d.out.mark()
+		if got, err := get("/mesh"); err != nil || got != "ok" {
+			t.Fatalf("GET /mesh = %q, %v; want ok", got, err)
+		}
+		l := ztunnelLog(t, "node-2", from, "inbound access log for the client", func(m map[string]any) bool {
+			return str(m, "msg") == accesslog.Message && str(m, accesslog.KeyDirection) == accesslog.Inbound &&
+				strings.HasPrefix(str(m, accesslog.KeySrcAddr), client.IP.String()+":")
+		})
+		if id := str(l, accesslog.KeySrcIdentity); id != "spiffe://cluster.local/ns/demo/sa/client" {
+			t.Errorf("server's ztunnel logged src.identity %q, want the client's", id)
+		}
+	})
+
+	t.Run("kubectl apply a DENY policy: the client is refused", func(t *testing.T) {
+		from := d.out.mark()
+		if _, err := kc.KubectlStdin(t.Context(), strings.NewReader(storyDeny), "apply", "-f", "-"); err != nil {
+			t.Fatal(err)
+		}
+		deadline := time.Now().Add(15 * time.Second)
+		for {
+			got, err := get("/denied")
+			if err != nil {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("GET /denied still answered %q 15s after the DENY policy", got)
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+		ztunnelLog(t, "node-2", from, "DENY by demo/deny-client", func(m map[string]any) bool {
+			return str(m, "msg") == accesslog.Message && str(m, accesslog.KeyResponseFlags) == "DENY" &&
+				str(m, accesslog.KeySrcIdentity) == "spiffe://cluster.local/ns/demo/sa/client" &&
+				str(m, accesslog.KeyPolicy) == "demo/deny-client"
+		})
+	})
+}
