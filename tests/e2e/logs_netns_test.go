@@ -5,7 +5,6 @@ package e2e
 // meshctl run inside the underlay namespace against its TLS port.
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"net/netip"
@@ -19,8 +18,6 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
-
-	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/ambient-go/mesh/pkg/logstream"
 	"github.com/ambient-go/mesh/pkg/logstream/logsv1"
@@ -44,45 +41,7 @@ func startLogsIn(t *testing.T, m *cluster.Cluster, paused bool, args ...string) 
 	ctx, cancel := context.WithCancel(context.Background())
 	cmd := exec.CommandContext(ctx, bin, append([]string{"--istiod", m.IstiodAddr().String(), "--istiod-ca", root,
 		"--istiod-token", logsToken, "logs", "-o", "json"}, args...)...)
-	cmd.Stderr = os.Stderr
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := m.Topo.Underlay.Start(cmd); err != nil {
-		t.Fatal(err)
-	}
-	l := &meshctlLogs{t: t, cmd: cmd, out: make(chan *logsv1.WatchResponse, 1<<16), stdout: stdout, paused: make(chan struct{})}
-	if !paused {
-		close(l.paused)
-	}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		defer close(l.out)
-		<-l.paused
-		sc := bufio.NewScanner(stdout)
-		sc.Buffer(make([]byte, 64<<10), 1<<20)
-		for sc.Scan() {
-			r := &logsv1.WatchResponse{}
-			if err := protojson.Unmarshal(sc.Bytes(), r); err != nil {
-				t.Errorf("meshctl logs printed %q: %v", sc.Text(), err)
-				continue
-			}
-			l.out <- r
-		}
-	}()
-	t.Cleanup(func() {
-		cancel()
-		cmd.Wait()
-		select {
-		case <-l.paused:
-		default:
-			close(l.paused)
-		}
-		<-done
-	})
-	return l
+	return runLogs(t, cmd, cancel, m.Topo.Underlay.Start, paused)
 }
 
 // ztunnelMetric reads one metric of node i's ztunnel.

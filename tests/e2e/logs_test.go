@@ -72,15 +72,24 @@ func buildMeshctl(t *testing.T) string {
 // its output.
 func startLogs(t *testing.T, istiod string, paused bool, args ...string) *meshctlLogs {
 	t.Helper()
-	bin := buildMeshctl(t)
 	ctx, cancel := context.WithCancel(context.Background())
-	cmd := exec.CommandContext(ctx, bin, append([]string{"--istiod", istiod, "--istiod-token", logsToken, "logs", "-o", "json"}, args...)...)
+	cmd := exec.CommandContext(ctx, buildMeshctl(t), append([]string{"--istiod", istiod, "--istiod-token", logsToken, "logs", "-o", "json"}, args...)...)
+	return runLogs(t, cmd, cancel, (*exec.Cmd).Start, paused)
+}
+
+// runLogs starts cmd, a meshctl logs -o json made with a context that
+// cancel cancels, with start, and decodes what it prints; paused starts it
+// without reading its output. The test's end stops it.
+func runLogs(t *testing.T, cmd *exec.Cmd, cancel context.CancelFunc, start func(*exec.Cmd) error, paused bool) *meshctlLogs {
+	t.Helper()
 	cmd.Stderr = os.Stderr
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
+		cancel()
 		t.Fatal(err)
 	}
-	if err := cmd.Start(); err != nil {
+	if err := start(cmd); err != nil {
+		cancel()
 		t.Fatal(err)
 	}
 	m := &meshctlLogs{t: t, cmd: cmd, out: make(chan *logsv1.WatchResponse, 1<<16), stdout: stdout, paused: make(chan struct{})}
