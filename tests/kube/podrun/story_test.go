@@ -70,7 +70,9 @@ spec:
 // namespace demo istio.io/dataplane-mode=ambient` has both ztunnels
 // capture them and the server's ztunnel logs the client's SPIFFE identity;
 // a DENY AuthorizationPolicy for the client then refuses its requests, and
-// the server's ztunnel logs the denial by that policy. The client's
+// the server's ztunnel logs the denial by that policy; `kubectl delete
+// pod client` ends its process, the runtime's CNI DEL has node-1's ztunnel
+// uncapture it, and node-2's ztunnel forgets the workload. The client's
 // requests come from the test, dialing inside the client pod's network
 // namespace (as an application of the pod would); the server is the test
 // image's process.
@@ -189,5 +191,48 @@ func TestDeployedUserStory(t *testing.T) {
 				str(m, accesslog.KeySrcIdentity) == "spiffe://cluster.local/ns/demo/sa/client" &&
 				str(m, accesslog.KeyPolicy) == "demo/deny-client"
 		})
+	})
+
+	t.Run("kubectl delete pod: its process ends, CNI DEL uncaptures it, the other ztunnel forgets it", func(t *testing.T) {
+		zt2 := d.podNS(t, "istio-system", ztunnelOn["node-2"])
+		knows := func() (bool, error) {
+			tr := &http.Transport{DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+				return zt2.Dial(ctx, network, addr)
+			}}
+			defer tr.CloseIdleConnections()
+			resp, err := (&http.Client{Transport: tr, Timeout: 5 * time.Second}).Get("http://127.0.0.1:15000/config_dump")
+			if err != nil {
+				return false, err
+			}
+			defer resp.Body.Close()
+			b, err := io.ReadAll(resp.Body)
+			return strings.Contains(string(b), `"`+client.IP.String()+`"`), err
+		}
+		if ok, err := knows(); !ok {
+			t.Fatalf("node-2's ztunnel does not know the client before the delete: %v", err)
+		}
+		from := d.out.mark()
+		kc.MustKubectl(t, "delete", "pod", "-n", "demo", "client", "--timeout=30s")
+		var stopped bool
+		for _, e := range d.runner.Exits() {
+			stopped = stopped || (e.Pod.Namespace == "demo" && e.Pod.Name == "client" && e.Stopped)
+		}
+		if !stopped {
+			t.Errorf("no stopped exit recorded for demo/client: %+v", d.runner.Exits())
+		}
+		ztunnelLog(t, "node-1", from, "pod uncaptured for demo/client", func(m map[string]any) bool {
+			return str(m, "msg") == "pod uncaptured" && str(m, "pod") == "demo/client" && m["rules_removed"] == true
+		})
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			ok, err := knows()
+			if err == nil && !ok {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("node-2's ztunnel still knows the deleted client after 10s (%v)", err)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
 	})
 }
