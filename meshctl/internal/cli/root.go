@@ -61,6 +61,8 @@ func NewRoot(o *Options) *cobra.Command {
 ztunnel, the xDS state of every proxy, the path a connection takes, the health
 of an installation and the access logs of every ztunnel and waypoint.
 
+It also manages waypoints (meshctl waypoint) and the proxies' log levels.
+
 It works against a Kubernetes cluster (kubectl's --kubeconfig, --context and
 -n/-A flags) or, with --istiod ADDR, against a local mesh started from a
 config directory.`,
@@ -68,6 +70,7 @@ config directory.`,
   meshctl proxy-status
   meshctl ztunnel-config workload --node node-a
   meshctl explain demo/client echo.demo:80
+  meshctl waypoint apply -n demo --enroll-namespace --wait
   meshctl --istiod 127.10.0.1:15012 --istiod-ca _out/demo/state/root-cert.pem --istiod-token TOKEN proxy-status`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
@@ -88,6 +91,7 @@ config directory.`,
 	cmd.AddCommand(newExplainCmd(o))
 	cmd.AddCommand(newCheckCmd(o))
 	cmd.AddCommand(newLogsCmd(o))
+	cmd.AddCommand(newWaypointCmd(o))
 
 	return cmd
 }
