@@ -403,29 +403,7 @@ func startXDS(t *testing.T, c *kube.Cluster, target string, log *slog.Logger) *x
 		Node:     &corev3.Node{Id: "ztunnel~198.18.1.2~ztunnel-a.istio-system~istio-system.svc.cluster.local"},
 		TypeURLs: []string{workloadapi.AddressTypeURL, workloadapi.AuthorizationTypeURL},
 		Logger:   log.With("component", "xds-client"),
-		Handler: xds.HandlerFunc(func(typeURL string, updated []*discoveryv3.Resource, removed []string) error {
-			if typeURL != workloadapi.AddressTypeURL {
-				return nil
-			}
-			st.mu.Lock()
-			defer st.mu.Unlock()
-			for _, r := range updated {
-				a := &workloadapi.Address{}
-				if err := r.GetResource().UnmarshalTo(a); err != nil {
-					return err
-				}
-				st.addrs[r.GetName()] = a
-			}
-			for _, n := range removed {
-				delete(st.addrs, n)
-			}
-			st.removed = append(st.removed, removed...)
-			select {
-			case st.changed <- struct{}{}:
-			default:
-			}
-			return nil
-		}),
+		Handler:  xds.HandlerFunc(st.handle),
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -438,6 +416,31 @@ func startXDS(t *testing.T, c *kube.Cluster, target string, log *slog.Logger) *x
 	}()
 	t.Cleanup(func() { cancel(); <-done })
 	return st
+}
+
+// handle keeps the Address resources an xDS client receives.
+func (s *xdsState) handle(typeURL string, updated []*discoveryv3.Resource, removed []string) error {
+	if typeURL != workloadapi.AddressTypeURL {
+		return nil
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, r := range updated {
+		a := &workloadapi.Address{}
+		if err := r.GetResource().UnmarshalTo(a); err != nil {
+			return err
+		}
+		s.addrs[r.GetName()] = a
+	}
+	for _, n := range removed {
+		delete(s.addrs, n)
+	}
+	s.removed = append(s.removed, removed...)
+	select {
+	case s.changed <- struct{}{}:
+	default:
+	}
+	return nil
 }
 
 // waitFor waits until cond holds for the client's addresses.

@@ -15,7 +15,6 @@ import (
 	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
-	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	corev1 "k8s.io/api/core/v1"
@@ -267,26 +266,7 @@ func TestZtunnelSwitchesReplica(t *testing.T) {
 		TypeURLs:   []string{workloadapi.AddressTypeURL},
 		MaxBackoff: 500 * time.Millisecond,
 		Logger:     log.With("component", "xds-client"),
-		Handler: xds.HandlerFunc(func(typeURL string, updated []*discoveryv3.Resource, removed []string) error {
-			st.mu.Lock()
-			defer st.mu.Unlock()
-			for _, r := range updated {
-				ad := &workloadapi.Address{}
-				if err := r.GetResource().UnmarshalTo(ad); err != nil {
-					return err
-				}
-				st.addrs[r.GetName()] = ad
-			}
-			for _, n := range removed {
-				delete(st.addrs, n)
-			}
-			st.removed = append(st.removed, removed...)
-			select {
-			case st.changed <- struct{}{}:
-			default:
-			}
-			return nil
-		}),
+		Handler:    xds.HandlerFunc(st.handle),
 	})
 	if err != nil {
 		t.Fatal(err)
