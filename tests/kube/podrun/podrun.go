@@ -155,11 +155,13 @@ type Runner struct {
 	hostsMu sync.Mutex
 	hosts   []serviceHosts // the last Services and endpoints read
 
-	mu     sync.Mutex
-	pods   map[types.UID]*pod
-	fwds   map[string]*forwarder // by network namespace name
-	exits  []Exit
-	closed bool
+	mu       sync.Mutex
+	pods     map[types.UID]*pod
+	starting map[types.UID]bool    // in RunPod, not yet in pods
+	stopped  map[types.UID]bool    // StopPod came while RunPod was starting it
+	fwds     map[string]*forwarder // by network namespace name
+	exits    []Exit
+	closed   bool
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -188,7 +190,7 @@ func New(cfg Config) (*Runner, error) {
 	if cfg.Network == nil {
 		return nil, errors.New("podrun: Config.Network is required")
 	}
-	r := &Runner{cfg: cfg, pods: map[types.UID]*pod{}, fwds: map[string]*forwarder{}}
+	r := &Runner{cfg: cfg, pods: map[types.UID]*pod{}, starting: map[types.UID]bool{}, stopped: map[types.UID]bool{}, fwds: map[string]*forwarder{}}
 	r.log = cmp.Or(cfg.Log, slog.New(slog.DiscardHandler)).With("component", "podrun")
 	if r.cfg.Dir == "" {
 		d, err := os.MkdirTemp("", "podrun-")
@@ -299,20 +301,25 @@ func (r *Runner) RunPod(ctx context.Context, obj *corev1.Pod) ([]netip.Addr, err
 		r.mu.Unlock()
 		return nil, errors.New("podrun: runner closed")
 	}
-	if _, ok := r.pods[obj.UID]; ok {
+	if _, ok := r.pods[obj.UID]; ok || r.starting[obj.UID] {
 		r.mu.Unlock()
 		return nil, fmt.Errorf("podrun: pod %s/%s already runs", obj.Namespace, obj.Name)
 	}
+	r.starting[obj.UID] = true
 	r.mu.Unlock()
 
 	p, err := r.newPod(ctx, kc, obj.DeepCopy())
+	r.mu.Lock()
+	delete(r.starting, obj.UID)
+	stopped := r.stopped[obj.UID]
+	delete(r.stopped, obj.UID)
 	if err != nil {
+		r.mu.Unlock()
 		return nil, err
 	}
-	r.mu.Lock()
-	if r.closed {
+	if r.closed || stopped {
 		r.mu.Unlock()
-		return nil, errors.Join(errors.New("podrun: runner closed"), p.cleanup())
+		return nil, errors.Join(fmt.Errorf("podrun: pod %s/%s stopped while starting", obj.Namespace, obj.Name), p.cleanup())
 	}
 	r.pods[obj.UID] = p
 	r.mu.Unlock()
@@ -326,6 +333,10 @@ func (r *Runner) RunPod(ctx context.Context, obj *corev1.Pod) ([]netip.Addr, err
 func (r *Runner) StopPod(_ context.Context, obj *corev1.Pod) {
 	r.mu.Lock()
 	p := r.pods[obj.UID]
+	if p == nil && r.starting[obj.UID] {
+		// RunPod removes what it made once it returns.
+		r.stopped[obj.UID] = true
+	}
 	r.mu.Unlock()
 	if p == nil {
 		return
