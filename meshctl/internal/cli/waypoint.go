@@ -384,9 +384,11 @@ func programmedState(gw *gatewayv1.Gateway) (state string, done bool, err error)
 	switch {
 	case p == nil:
 		return "Programmed: no status yet", false, nil
-	case !cur(p):
+	case p.ObservedGeneration > 0 && !cur(p):
+		// Written for an earlier spec (a re-apply that changed it).
 		return fmt.Sprintf("Programmed=%s for generation %d, waiting for generation %d", p.Status, p.ObservedGeneration, gw.Generation), false, nil
 	case p.Status == metav1.ConditionTrue:
+		// Of this generation, or from a controller that does not say.
 		return "Programmed=True", true, nil
 	}
 	s := fmt.Sprintf("Programmed=%s (%s)", p.Status, p.Reason)

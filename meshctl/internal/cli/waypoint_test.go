@@ -207,7 +207,7 @@ func TestProgrammedState(t *testing.T) {
 		{name: "no status", gen: 1, wantState: "Programmed: no status yet"},
 		{name: "the Gateway API's pending default", gen: 1,
 			conds:     []metav1.Condition{cond("Programmed", metav1.ConditionUnknown, 0, "Pending", "Waiting for controller")},
-			wantState: "Programmed=Unknown for generation 0, waiting for generation 1"},
+			wantState: "Programmed=Unknown (Pending): Waiting for controller"},
 		{name: "not ready", gen: 1,
 			conds:     []metav1.Condition{cond("Accepted", metav1.ConditionTrue, 1, "Accepted", ""), cond("Programmed", metav1.ConditionFalse, 1, "AddressNotAssigned", "no ready pod")},
 			wantState: "Programmed=False (AddressNotAssigned): no ready pod"},
