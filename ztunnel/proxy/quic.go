@@ -28,7 +28,8 @@ const (
 	QUICOn = "on"
 	// QUICPrefer: serve as QUICOn, and dial HBONE over QUIC first, falling
 	// back to TCP when the QUIC handshake fails (within the h3.Pool's
-	// HandshakeTimeout), remembered for QUICConfig.Hold.
+	// HandshakeTimeout) or the peer of a pooled QUIC connection went silent
+	// (within its PeerTimeout), remembered for QUICConfig.Hold.
 	QUICPrefer = "prefer"
 )
 
@@ -48,9 +49,11 @@ type QUICConfig struct {
 	// Mode is QUICOff (default), QUICOn or QUICPrefer.
 	Mode string
 	// Pool dials HBONE over QUIC; required with QUICPrefer. Its
-	// HandshakeTimeout is how long a tunnel waits for QUIC before it falls
-	// back to TCP: keep it well under the connect timeout (ztunnel uses
-	// DefaultQUICTimeout) so that the TCP dial after it gets the rest.
+	// HandshakeTimeout (a new connection) and PeerTimeout (a pooled one
+	// whose peer went silent) are how long a tunnel waits for QUIC before
+	// it falls back to TCP: keep them well under the connect timeout
+	// (ztunnel uses DefaultQUICTimeout) so that the TCP dial after gets
+	// the rest.
 	Pool *h3.Pool
 	// Namespaces, if not empty, limits prefer to the source workloads of
 	// these namespaces (a gradual rollout; the bench's mesh-quic variant);
@@ -64,8 +67,8 @@ type QUICConfig struct {
 	Registerer prometheus.Registerer
 }
 
-// DefaultQUICTimeout is the QUIC handshake timeout ztunnel gives its
-// h3.Pool: past it, a tunnel falls back to TCP.
+// DefaultQUICTimeout is the QUIC handshake and peer timeout ztunnel gives
+// its h3.Pool: past it, a tunnel falls back to TCP.
 const DefaultQUICTimeout = time.Second
 
 // quicState is the proxy's side of HBONE over QUIC: which destinations
@@ -132,30 +135,38 @@ func (q *quicState) fail(addr netip.AddrPort) {
 
 // dialTunnel opens an outbound tunnel of the local workload src to t:
 // over QUIC first in mode prefer (unless QUIC to t.Addr failed recently,
-// or src is not in QUICConfig.Namespaces), and over TCP when QUIC
-// is off, remembered failed, or its handshake failed (within the pool's
-// HandshakeTimeout). An
-// answer to the CONNECT (an *hbone.StatusError) and errors after the
-// QUIC connection was up are returned as they are: the CONNECT may have
-// reached the destination.
+// or src is not in QUICConfig.Namespaces), and over TCP when QUIC is off,
+// remembered failed, or failed now: its handshake failed (within the
+// pool's HandshakeTimeout), or the peer of the pooled QUIC connection
+// went silent (within its PeerTimeout; the connection left the pool). An
+// answer to the CONNECT (an *hbone.StatusError) and the other errors
+// after the QUIC connection was up are returned as they are: the
+// destination may have acted on the CONNECT.
 func (p *Proxy) dialTunnel(ctx context.Context, src *state.Workload, t hbone.Target) (net.Conn, error) {
 	q := p.quic
 	if q.eligible(src, &t) {
 		if !q.recentlyFailed(t.Addr) {
-			// The pool's HandshakeTimeout bounds the handshake; once the
-			// connection is up, the answer waits for the destination's
-			// dial of its application, as over TCP.
 			c, err := q.cfg.Pool.Dial(ctx, t)
 			if err == nil {
 				q.metrics.tunnel("outbound", TransportQUIC)
 				return c, nil
 			}
-			if !errors.Is(err, h3.ErrHandshake) || ctx.Err() != nil {
+			if ctx.Err() != nil {
 				return nil, err
 			}
-			q.fail(t.Addr)
-			q.metrics.fallback("failed")
-			q.log.Info("quic handshake failed, falling back to tcp", "addr", t.Addr.String(), "hold", q.cfg.Hold, "error", err)
+			switch {
+			case errors.Is(err, h3.ErrHandshake):
+				q.fail(t.Addr)
+				q.metrics.fallback("failed")
+				q.log.Info("quic handshake failed, falling back to tcp", "addr", t.Addr.String(), "hold", q.cfg.Hold, "error", err)
+			case errors.Is(err, h3.ErrPeerSilent):
+				// No byte of the tunnel left: a TCP tunnel replaces it.
+				q.fail(t.Addr)
+				q.metrics.fallback("silent")
+				q.log.Info("quic peer silent, falling back to tcp", "addr", t.Addr.String(), "hold", q.cfg.Hold, "error", err)
+			default:
+				return nil, err
+			}
 		} else {
 			q.metrics.fallback("remembered")
 		}

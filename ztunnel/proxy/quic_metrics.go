@@ -33,7 +33,7 @@ func newQUICMetrics(reg prometheus.Registerer) *quicMetrics {
 		}, []string{"direction", "transport"}),
 		fallbacks: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: FallbacksName,
-			Help: "The total number of outbound tunnels that fell back from QUIC to TCP, by reason (failed: the QUIC handshake failed now; remembered: a recent failure to the same address)",
+			Help: "The total number of outbound tunnels that fell back from QUIC to TCP, by reason (failed: the QUIC handshake failed now; silent: the peer of a pooled QUIC connection stopped answering; remembered: a recent failure to the same address)",
 		}, []string{"reason"}),
 	}
 	if reg != nil {

@@ -46,6 +46,7 @@ type quicMesh struct {
 	handshakeTimeout time.Duration
 	tcpServer        *hbone.Server
 	quicServer       *h3.Server
+	quicSocket       net.PacketConn // the destination's UDP 15008; nil if noUDP
 	closers          []func()
 }
 
@@ -97,6 +98,7 @@ func newQUICMesh(t *testing.T, noUDP bool) *quicMesh {
 		if err != nil {
 			t.Fatal(err)
 		}
+		m.quicSocket = pc
 		go func() { quicDone <- m.quicServer.Serve(pc) }()
 	}
 	m.App = echoApp(t, netip.AddrPortFrom(m.Echo, 8080))
@@ -234,6 +236,45 @@ func TestQUICFallback(t *testing.T) {
 	}
 	if n := count(t, m.Src.quic.metrics.tunnels.WithLabelValues("outbound", TransportTCP)); n != 2 {
 		t.Errorf("%s{outbound,tcp} = %d, want 2", TunnelsName, n)
+	}
+}
+
+// TestQUICSilentPeer: a pooled QUIC connection whose peer went silent (its
+// UDP socket closed without a CONNECTION_CLOSE: the ztunnel was killed, or
+// its UDP is dropped) does not fail the next connection: the tunnel is
+// dialed over TCP within a connect timeout, the failure is remembered like
+// a failed handshake, and the next connection goes over TCP at once.
+func TestQUICSilentPeer(t *testing.T) {
+	m := newQUICMesh(t, false)
+	if got, err := m.roundTrip(t, m.App, "first"); err != nil || got != "first" {
+		t.Fatalf("first roundTrip() = %q, %v; want first", got, err)
+	}
+	if rec := <-m.DstRecs; rec.Transport != TransportQUIC {
+		t.Fatalf("first connection went over %q, want quic", rec.Transport)
+	}
+	if s := m.QUICPool.Stats(); s.Conns != 1 {
+		t.Fatalf("QUIC pool stats = %+v, want 1 pooled connection", s)
+	}
+	m.quicSocket.Close() // silent: no CONNECTION_CLOSE leaves
+
+	for i, reason := range []string{"silent", "remembered"} {
+		start := time.Now()
+		got, err := m.roundTrip(t, m.App, "hello")
+		if err != nil || got != "hello" {
+			t.Fatalf("connection %d after the peer went silent: roundTrip() = %q, %v; want hello", i, got, err)
+		}
+		if d := time.Since(start); d > 5*time.Second {
+			t.Errorf("connection %d took %v, want within a connect timeout", i, d)
+		}
+		if rec := <-m.DstRecs; rec.Transport != TransportTCP {
+			t.Errorf("connection %d: destination record transport = %q, want tcp", i, rec.Transport)
+		}
+		if n := count(t, m.Src.quic.metrics.fallbacks.WithLabelValues(reason)); n != 1 {
+			t.Errorf("connection %d: %s{reason=%q} = %d, want 1", i, FallbacksName, reason, n)
+		}
+	}
+	if s := m.QUICPool.Stats(); s.Conns != 0 {
+		t.Errorf("QUIC pool stats = %+v, want the dead connection evicted", s)
 	}
 }
 

@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/quic-go/quic-go"
@@ -43,6 +44,18 @@ type PoolConfig struct {
 	// HandshakeTimeout bounds the QUIC handshake, within the Dial
 	// context's deadline. Default 10 s.
 	HandshakeTimeout time.Duration
+	// PeerTimeout is how long the peer of a pooled connection may stay
+	// silent (not one packet, not even the ACK of the CONNECT) after a
+	// CONNECT was sent on it: past it, the connection is taken for dead
+	// (the peer was killed, or its UDP is dropped, and no CONNECTION_CLOSE
+	// came), closed and dropped from the pool, and Dial fails with an
+	// error wrapping ErrPeerSilent. Default HandshakeTimeout.
+	PeerTimeout time.Duration
+	// ResponseTimeout bounds the wait for the answer to a CONNECT from a
+	// peer that is not silent (it answers once it has dialed the
+	// application), within the Dial context's deadline. Default 15 s, as
+	// hbone.PoolConfig's.
+	ResponseTimeout time.Duration
 	// Logger; default discards.
 	Logger *slog.Logger
 }
@@ -106,6 +119,12 @@ func NewPool(cfg PoolConfig) *Pool {
 	if cfg.HandshakeTimeout <= 0 {
 		cfg.HandshakeTimeout = defaultHandshakeTimeout
 	}
+	if cfg.PeerTimeout <= 0 {
+		cfg.PeerTimeout = cfg.HandshakeTimeout
+	}
+	if cfg.ResponseTimeout <= 0 {
+		cfg.ResponseTimeout = hbone.DefaultResponseTimeout
+	}
 	log := cfg.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -161,7 +180,9 @@ func keyOf(t *hbone.Target) poolKey {
 // Dial opens a CONNECT stream to t over QUIC (t.Addr is the UDP address of
 // the peer's HBONE server). It returns once the server answered 200; any
 // other status is returned as an *hbone.StatusError. ctx bounds the
-// handshake and the wait for the answer, not the life of the Conn.
+// handshake and the wait for the answer, not the life of the Conn. Errors
+// wrapping ErrHandshake or ErrPeerSilent are those after which the caller
+// may dial over TCP instead.
 func (p *Pool) Dial(ctx context.Context, t hbone.Target) (*Conn, error) {
 	if _, err := netip.ParseAddrPort(t.Authority); err != nil {
 		return nil, fmt.Errorf("h3: authority %q is not ip:port: %w", t.Authority, err)
@@ -192,14 +213,33 @@ func (p *Pool) Dial(ctx context.Context, t hbone.Target) (*Conn, error) {
 
 // roundTrip sends the CONNECT on pc and waits for the answer. sent
 // reports whether the request may have reached the server (not retried).
+// A peer that sends nothing for PeerTimeout after the CONNECT is taken for
+// dead: pc is closed and dropped, and the error wraps ErrPeerSilent.
 func (p *Pool) roundTrip(ctx context.Context, pc *poolConn, t *hbone.Target) (c *Conn, sent bool, err error) {
+	ctx, cancel := context.WithTimeout(ctx, p.cfg.ResponseTimeout)
+	defer cancel()
+	heard := pc.qc.ConnectionStats().PacketsReceived
 	rs, err := pc.cc.OpenRequestStream(ctx)
 	if err != nil {
 		p.forget(pc)
 		return nil, false, fmt.Errorf("h3: open stream to %v: %w", t.Addr, err)
 	}
-	// Bound the answer by ctx: a deadline on the stream, lifted after.
-	stop := context.AfterFunc(ctx, func() { rs.CancelRead(ErrCodeConnect); rs.CancelWrite(ErrCodeConnect) })
+	abort := func() {
+		rs.CancelRead(ErrCodeConnect)
+		rs.CancelWrite(ErrCodeConnect)
+	}
+	// Bound the answer by ctx, and by the peer's silence: any packet
+	// (the ACK of the HEADERS comes within the peer's max_ack_delay) says
+	// it is there.
+	const waiting, answered, silent = 0, 1, 2
+	var state atomic.Int32
+	watch := time.AfterFunc(p.cfg.PeerTimeout, func() {
+		if pc.qc.ConnectionStats().PacketsReceived == heard && state.CompareAndSwap(waiting, silent) {
+			abort()
+		}
+	})
+	defer watch.Stop()
+	stop := context.AfterFunc(ctx, abort)
 	defer stop()
 	h := http.Header{}
 	for k, v := range t.Header {
@@ -213,27 +253,30 @@ func (p *Pool) roundTrip(ctx context.Context, pc *poolConn, t *hbone.Target) (c 
 	}
 	req = req.WithContext(ctx)
 	if err := rs.SendRequestHeader(req); err != nil {
-		rs.CancelRead(ErrCodeConnect)
-		rs.CancelWrite(ErrCodeConnect)
+		abort()
 		return nil, true, fmt.Errorf("h3: CONNECT %s via %v: %w", t.Authority, t.Addr, err)
 	}
 	resp, err := rs.ReadResponse()
+	if !state.CompareAndSwap(waiting, answered) && err == nil {
+		err = ErrPeerSilent // the answer came as the stream was aborted
+	}
 	if err != nil {
-		rs.CancelRead(ErrCodeConnect)
-		rs.CancelWrite(ErrCodeConnect)
-		if ctx.Err() != nil {
+		abort()
+		switch {
+		case state.Load() == silent:
+			p.evict(pc, "peer silent")
+			err = fmt.Errorf("%w for %v", ErrPeerSilent, p.cfg.PeerTimeout)
+		case ctx.Err() != nil:
 			err = ctx.Err()
 		}
 		return nil, true, fmt.Errorf("h3: CONNECT %s via %v: %w", t.Authority, t.Addr, err)
 	}
 	if !stop() {
-		rs.CancelRead(ErrCodeConnect)
-		rs.CancelWrite(ErrCodeConnect)
+		abort()
 		return nil, true, fmt.Errorf("h3: CONNECT %s via %v: %w", t.Authority, t.Addr, ctx.Err())
 	}
 	if resp.StatusCode != http.StatusOK {
-		rs.CancelRead(ErrCodeConnect)
-		rs.CancelWrite(ErrCodeConnect)
+		abort()
 		return nil, true, &hbone.StatusError{Code: resp.StatusCode, Reason: resp.Header.Get(hbone.ReasonHeader)}
 	}
 	c = &Conn{s: rs, local: pc.qc.LocalAddr(), remote: pc.qc.RemoteAddr()}
@@ -345,6 +388,14 @@ func (p *Pool) watch(pc *poolConn) {
 	defer p.wg.Done()
 	<-pc.qc.Context().Done()
 	p.forget(pc)
+}
+
+// evict drops pc from the pool and closes its connection (its other
+// streams end with it).
+func (p *Pool) evict(pc *poolConn, reason string) {
+	p.forget(pc)
+	p.log.Info("closing connection to a silent peer", "addr", pc.key.addr.String(), "reason", reason)
+	pc.qc.CloseWithError(errCodeNoError, reason)
 }
 
 func (p *Pool) forget(pc *poolConn) {

@@ -73,6 +73,14 @@ var ErrPoolClosed = errors.New("h3: pool closed")
 // caller may fall back to HBONE over TCP.
 var ErrHandshake = errors.New("h3: no quic connection")
 
+// ErrPeerSilent is wrapped by the errors of [Pool.Dial] on a pooled
+// connection whose peer sent nothing for PoolConfig.PeerTimeout after the
+// CONNECT (it was killed, or its UDP is now dropped, and no
+// CONNECTION_CLOSE came): the connection was closed and left the pool, and
+// the caller may fall back to HBONE over TCP. The CONNECT may have reached
+// the peer before it went silent, but not one byte of the tunnel was sent.
+var ErrPeerSilent = errors.New("h3: peer silent")
+
 // ErrServerClosed is returned by [Server.Serve] after [Server.Close].
 var ErrServerClosed = fmt.Errorf("h3: server closed: %w", net.ErrClosed)
 
