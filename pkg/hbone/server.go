@@ -76,9 +76,10 @@ type Server struct {
 	handshaking int // connections in their TLS handshake
 	listeners   map[net.Listener]struct{}
 	conns       map[net.Conn]*serverConn // nil while handshaking
-	closing     bool
-	tlsConfig   *tls.Config    // TLSConfig as oneRecordPerWrite makes it
-	wg          sync.WaitGroup // connection goroutines (and, through them, handlers)
+	closing     bool                     // Shutdown or Close began: no new connections
+	closed      bool                     // Close began: no connection goes past its handshake
+	tlsConfig   *tls.Config              // TLSConfig as oneRecordPerWrite makes it
+	wg          sync.WaitGroup           // connection goroutines (and, through them, handlers)
 }
 
 // Defaults of the Server's fields. handshakeTimeout also bounds the
@@ -273,27 +274,30 @@ func (s *Server) serveConn(c net.Conn, tlsConfig *tls.Config, log *slog.Logger) 
 	sc := newServerConn(s, tc, tlsWriter{tc, raw}, peer, maxStreams, log.With("peer", peer.String()))
 
 	s.mu.Lock()
-	if s.closing {
+	if s.closed {
 		s.mu.Unlock()
 		tc.Close()
 		return
 	}
 	s.conns[c] = sc
+	draining := s.closing // Shutdown began during the handshake
 	s.mu.Unlock()
-
+	if draining {
+		sc.shutdown() // GOAWAY once the SETTINGS are exchanged
+	}
 	sc.serve()
 }
 
 // Shutdown stops accepting connections, sends GOAWAY on every connection and
-// waits for their tunnels to finish. When ctx is done first, it closes what
-// remains and returns ctx's error.
+// waits for their tunnels to finish. A connection still in its TLS
+// handshake finishes it (within HandshakeTimeout) and is then drained the
+// same way: its client is told to go elsewhere rather than cut. When ctx
+// is done first, it closes what remains and returns ctx's error.
 func (s *Server) Shutdown(ctx context.Context) error {
-	for c, sc := range s.stopListening() {
-		if sc == nil {
-			c.Close() // still handshaking: no tunnels to drain
-			continue
+	for _, sc := range s.stopListening(false) {
+		if sc != nil { // the handshaking ones: serveConn, after the handshake
+			sc.shutdown()
 		}
-		sc.shutdown()
 	}
 	done := make(chan struct{})
 	go func() {
@@ -313,7 +317,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 // Close closes the listeners and every connection, and waits for the
 // handlers to return.
 func (s *Server) Close() error {
-	for c, sc := range s.stopListening() {
+	for c, sc := range s.stopListening(true) {
 		if sc == nil {
 			c.Close()
 			continue
@@ -324,12 +328,13 @@ func (s *Server) Close() error {
 	return nil
 }
 
-// stopListening marks the server closing, closes the listeners and returns
-// a copy of the current connections.
-func (s *Server) stopListening() map[net.Conn]*serverConn {
+// stopListening marks the server closing (and closed, for Close), closes
+// the listeners and returns a copy of the current connections.
+func (s *Server) stopListening(closed bool) map[net.Conn]*serverConn {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.closing = true
+	s.closed = s.closed || closed
 	for l := range s.listeners {
 		l.Close()
 	}
