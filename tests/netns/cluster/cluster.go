@@ -71,6 +71,10 @@ type Options struct {
 	LogLevel string
 	// ZtunnelArgs are more flags for every ztunnel (e.g. --quic prefer).
 	ZtunnelArgs []string
+	// IstiodProcess runs istiod-lite as a process of its own in the
+	// underlay namespace (soak.go) instead of in-process; Istiod is then
+	// nil, and IstiodProcess returns it. Local mode only.
+	IstiodProcess bool
 }
 
 // Cluster is a running mesh on a topology.
@@ -87,6 +91,8 @@ type Cluster struct {
 	rootFile string // istiod-lite's root certificate, which ztunnels verify it with
 	stopIst  func() error
 	bin      string
+	// istiodProc is istiod-lite's process with Options.IstiodProcess.
+	istiodProc *IstiodProcess
 	// Nodes are the nodes, Nodes[i-1] being node-i.
 	Nodes []*Node
 
@@ -272,6 +278,10 @@ func logger(t testing.TB, component string) *slog.Logger {
 // inside the underlay namespace, on 198.18.0.1.
 func (c *Cluster) StartIstiod() {
 	c.t.Helper()
+	if c.opts.IstiodProcess {
+		c.startIstiodProcess()
+		return
+	}
 	var s *server.Server
 	cfg := server.Config{
 		ConfigDir: c.ConfigDir,
