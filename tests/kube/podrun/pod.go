@@ -282,13 +282,14 @@ func (p *pod) supervise(c *container) bool {
 		}
 		started := time.Now()
 		cmd, err := p.startContainer(c)
+		ran := err == nil
 		if err != nil {
 			if p.ctx.Err() != nil {
 				return false
 			}
 			log.Warn("container did not start", "err", err)
 			p.mu.Lock()
-			c.waiting = &corev1.ContainerStateWaiting{Reason: "CreateContainerError", Message: err.Error()}
+			c.waiting = &corev1.ContainerStateWaiting{Reason: "CreateContainerConfigError", Message: err.Error()}
 			p.mu.Unlock()
 			p.changed()
 		} else {
@@ -340,9 +341,13 @@ func (p *pod) supervise(c *container) bool {
 			return false
 		}
 		backOff = min(2*backOff, maxBackOff)
-		p.mu.Lock()
-		c.restarts++
-		p.mu.Unlock()
+		if ran {
+			// A container that never started (a missing ConfigMap key, say)
+			// is retried without counting a restart, as the kubelet does.
+			p.mu.Lock()
+			c.restarts++
+			p.mu.Unlock()
+		}
 	}
 }
 

@@ -211,8 +211,7 @@ func TestRunnerRunsPods(t *testing.T) {
 	imgs := buildAppImage(t)
 	topo := netns.New(t, netns.Options{Nodes: 1})
 	reports := make(chan report, 4)
-	var d deployed
-	d.topo = topo
+	d := &deployed{topo: topo, pods: map[types.UID]*netns.Pod{}}
 	runner, err := podrun.New(podrun.Config{
 		Images:  []string{imgs},
 		Cache:   t.TempDir(),
@@ -230,6 +229,7 @@ func TestRunnerRunsPods(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	d.runner = runner
 	t.Cleanup(func() { runner.Close() })
 	kc := kube.Start(t, kube.Config{
 		Nodes:   []kube.Node{{Name: "node-1", IP: netns.NodeIP(1)}},
