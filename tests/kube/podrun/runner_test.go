@@ -184,6 +184,20 @@ spec:
     command: [/usr/local/bin/app, exit, "3"]
 `
 
+// latePod needs a ConfigMap the test creates later.
+const latePod = `
+apiVersion: v1
+kind: Pod
+metadata: {name: late, namespace: default}
+spec:
+  nodeName: node-1
+  serviceAccountName: default
+  containers:
+  - name: app
+    image: ambient-go/app:test
+    env: [{name: K, valueFrom: {configMapKeyRef: {name: late, key: k}}}]
+`
+
 // report is what the test app printed.
 type report struct {
 	Argv      []string          `json:"argv"`
@@ -201,8 +215,9 @@ type report struct {
 // image's entrypoint, environment with downward API, ConfigMap and Secret
 // references, volumes, user, read-only root, working directory), that the
 // readiness probe made the pod Ready, that a crashing container is
-// restarted with its exit recorded, and that deleting a pod ends its
-// process with SIGTERM.
+// restarted with its exit recorded, that a container waiting for a
+// ConfigMap is retried without counting restarts and starts once it
+// exists, and that deleting a pod ends its process with SIGTERM.
 func TestRunnerRunsPods(t *testing.T) {
 	netns.RequireRoot(t)
 	if _, err := exec.LookPath("go"); err != nil {
@@ -323,6 +338,41 @@ func TestRunnerRunsPods(t *testing.T) {
 		}
 		if exits < 2 {
 			t.Errorf("%d exits with code 3 recorded for the crasher, want at least 2: %+v", exits, runner.Exits())
+		}
+	})
+
+	t.Run("a variable from a ConfigMap key not there yet: waits without restarts, then starts", func(t *testing.T) {
+		if _, err := kc.KubectlStdin(t.Context(), strings.NewReader(latePod), "apply", "-f", "-"); err != nil {
+			t.Fatal(err)
+		}
+		// Several retries (BackOff 200ms) pass while the key is missing.
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			p, err := kc.Clientset.CoreV1().Pods("default").Get(t.Context(), "late", metav1.GetOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			cs := p.Status.ContainerStatuses
+			if len(cs) == 1 && cs[0].State.Waiting != nil && cs[0].State.Waiting.Reason == "CreateContainerConfigError" {
+				if cs[0].RestartCount != 0 {
+					t.Errorf("restartCount = %d while the container never started, want 0", cs[0].RestartCount)
+				}
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("late pod status after 30s: %+v", cs)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		time.Sleep(time.Second)
+		kc.MustKubectl(t, "create", "configmap", "late", "--from-literal=k=v")
+		kc.MustKubectl(t, "wait", "--for=condition=Ready", "pod/late", "--timeout=30s")
+		p, err := kc.Clientset.CoreV1().Pods("default").Get(t.Context(), "late", metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if cs := p.Status.ContainerStatuses; len(cs) != 1 || cs[0].RestartCount != 0 || cs[0].State.Running == nil {
+			t.Errorf("late pod's container after the ConfigMap appeared: %+v; want running, 0 restarts", cs)
 		}
 	})
 
