@@ -16,6 +16,8 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"golang.org/x/net/http2"
+
+	"github.com/ambient-go/mesh/pkg/hbone/internal/dialgroup"
 )
 
 // Target says where and as whom to open a tunnel.
@@ -81,10 +83,9 @@ type Pool struct {
 	cfg PoolConfig
 	log *slog.Logger
 
-	mu     sync.Mutex
-	conns  map[poolKey][]*poolConn
-	dials  map[poolKey]*dialCall
-	closed bool
+	mu    sync.Mutex
+	conns map[poolKey][]*poolConn
+	dials dialgroup.Group[poolKey]
 }
 
 type poolKey struct {
@@ -99,12 +100,6 @@ type poolConn struct {
 	cc      *clientConn
 	tc      *tls.Conn
 	streams int // guarded by Pool.mu
-}
-
-type dialCall struct {
-	done     chan struct{}
-	err      error
-	canceled bool // the dialing caller's context ended; others should retry
 }
 
 // NewPool returns a pool. It panics if cfg.TLSConfig is nil.
@@ -147,7 +142,6 @@ func NewPool(cfg PoolConfig) *Pool {
 		cfg:   cfg,
 		log:   log.With("component", "hbone-pool"),
 		conns: make(map[poolKey][]*poolConn),
-		dials: make(map[poolKey]*dialCall),
 	}
 }
 
@@ -216,60 +210,32 @@ func retryable(err error) bool { return errors.Is(err, errUnprocessed) }
 // getConn returns a connection with a stream reserved for the caller,
 // dialing one if none has room. Concurrent callers share one dial.
 func (p *Pool) getConn(ctx context.Context, key poolKey, t *Target) (*poolConn, error) {
-	p.mu.Lock()
-	for {
-		if p.closed {
-			p.mu.Unlock()
-			return nil, ErrPoolClosed
-		}
-		if pc := p.reserveLocked(key); pc != nil {
-			p.mu.Unlock()
-			return pc, nil
-		}
-		if d := p.dials[key]; d != nil {
-			p.mu.Unlock()
-			select {
-			case <-d.done:
-			case <-ctx.Done():
-				return nil, ctx.Err()
-			}
-			if d.err != nil && !d.canceled {
-				return nil, d.err
-			}
-			p.mu.Lock()
-			continue
-		}
-		d := &dialCall{done: make(chan struct{})}
-		p.dials[key] = d
-		for _, pc := range p.conns[key] {
-			if pc.streams >= p.cfg.MaxStreamsPerConn {
-				onLimit(p.cfg.OnLimit, LimitPoolStreams)
-				break
-			}
-		}
-		p.mu.Unlock()
-
-		pc, err := p.dialConn(ctx, key, t)
-
-		p.mu.Lock()
-		delete(p.dials, key)
-		d.err = err
-		d.canceled = err != nil && ctx.Err() != nil
-		closeNew := err == nil && p.closed
-		if closeNew {
-			err = ErrPoolClosed
-		}
-		close(d.done)
-		if err != nil {
-			p.mu.Unlock()
-			if closeNew {
-				pc.cc.Close()
-			}
-			return nil, err
-		}
-		p.conns[key] = append(p.conns[key], pc)
-	}
+	return dialgroup.Get(ctx, &p.dials, &p.mu, (*poolDialer)(p), key, *t) // a copy: a *Target would escape
 }
+
+// poolDialer is the Pool as dialgroup.Get uses it.
+type poolDialer Pool
+
+// Reserve: under Pool.mu.
+func (d *poolDialer) Reserve(key poolKey) *poolConn { return (*Pool)(d).reserveLocked(key) }
+
+func (d *poolDialer) Dial(ctx context.Context, key poolKey, t Target) (*poolConn, error) {
+	p := (*Pool)(d)
+	p.mu.Lock()
+	for _, pc := range p.conns[key] {
+		if pc.streams >= p.cfg.MaxStreamsPerConn {
+			onLimit(p.cfg.OnLimit, LimitPoolStreams)
+			break
+		}
+	}
+	p.mu.Unlock()
+	return p.dialConn(ctx, key, &t)
+}
+
+// Add: under Pool.mu.
+func (d *poolDialer) Add(key poolKey, pc *poolConn) { d.conns[key] = append(d.conns[key], pc) }
+
+func (d *poolDialer) Discard(pc *poolConn) { pc.cc.Close() }
 
 // reserveLocked reserves a stream on a pooled connection with room.
 func (p *Pool) reserveLocked(key poolKey) *poolConn {
@@ -420,7 +386,7 @@ func (p *Pool) roundTrip(ctx context.Context, pc *poolConn, t *Target) (*Conn, e
 // Close closes every connection. Dial fails afterwards; open streams end.
 func (p *Pool) Close() error {
 	p.mu.Lock()
-	p.closed = true
+	p.dials.Close(ErrPoolClosed)
 	var all []*poolConn
 	for _, conns := range p.conns {
 		all = append(all, conns...)

@@ -31,6 +31,8 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+
+	"github.com/ambient-go/mesh/pkg/hbone/internal/answer"
 )
 
 // Port is the HBONE port.
@@ -135,15 +137,4 @@ func addrPortOf(a net.Addr) netip.AddrPort {
 }
 
 // sanitizeReason makes reason safe as a header value and bounds its length.
-func sanitizeReason(reason string) string {
-	const max = 256
-	b := make([]byte, 0, min(len(reason), max))
-	for i := 0; i < len(reason) && len(b) < max; i++ {
-		c := reason[i]
-		if c < 0x20 || c == 0x7f {
-			c = ' '
-		}
-		b = append(b, c)
-	}
-	return strings.TrimSpace(string(b))
-}
+func sanitizeReason(reason string) string { return answer.Reason(reason) }

@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/ambient-go/mesh/pkg/hbone/internal/answer"
 )
 
 // Handler serves one tunnel. It must call exactly one of t.Accept or
@@ -343,56 +345,35 @@ func (s *Server) stopListening(closed bool) map[net.Conn]*serverConn {
 
 // Tunnel is the server's side of one CONNECT before it is answered.
 type Tunnel struct {
-	st *stream
-
-	mu        sync.Mutex
-	responded bool
-	conn      *Conn
+	st     *stream
+	answer answer.Once[*Conn]
 }
 
 // Accept answers 200 and returns the stream.
 func (t *Tunnel) Accept() (*Conn, error) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if t.responded {
-		return nil, errors.New("hbone: tunnel already answered")
-	}
-	t.responded = true
-	sc := t.serverConn()
-	if err := sc.respond(t.st, http.StatusOK, "", false); err != nil {
-		return nil, err
-	}
-	t.conn = &Conn{s: t.st, local: sc.conn.LocalAddr(), remote: sc.conn.RemoteAddr()}
-	return t.conn, nil
+	return t.answer.Accept(func() (*Conn, error) {
+		sc := t.serverConn()
+		if err := sc.respond(t.st, http.StatusOK, "", false); err != nil {
+			return nil, err
+		}
+		return &Conn{s: t.st, local: sc.conn.LocalAddr(), remote: sc.conn.RemoteAddr()}, nil
+	})
 }
 
 // Reject answers status (400, 401, 503, ...) and ends the stream. reason is
 // sent in the ReasonHeader response header for debugging; there is no body.
 // Reject after Accept or Reject does nothing.
 func (t *Tunnel) Reject(status int, reason string) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if t.responded {
-		return
-	}
-	t.responded = true
-	t.serverConn().reject(t.st, status, reason)
+	t.answer.Reject(func() { t.serverConn().reject(t.st, status, reason) })
 }
 
 func (t *Tunnel) serverConn() *serverConn { return t.st.c.side.(*serverConn) }
 
 // finish is called when the handler returned.
 func (t *Tunnel) finish() {
-	t.mu.Lock()
-	responded, conn := t.responded, t.conn
-	t.mu.Unlock()
-	if !responded {
-		t.Reject(http.StatusServiceUnavailable, "no response from handler")
-		return
-	}
-	if conn != nil {
-		conn.Close()
-	}
+	t.answer.Finish(func() {
+		t.serverConn().reject(t.st, http.StatusServiceUnavailable, "no response from handler")
+	})
 }
 
 // runHandler serves one stream.

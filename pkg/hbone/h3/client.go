@@ -21,6 +21,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/ambient-go/mesh/pkg/hbone"
+	"github.com/ambient-go/mesh/pkg/hbone/internal/dialgroup"
 )
 
 // PoolConfig configures a [Pool].
@@ -71,8 +72,7 @@ type Pool struct {
 	mu         sync.Mutex
 	transports map[netip.Addr]*quic.Transport
 	conns      map[poolKey][]*poolConn
-	dials      map[poolKey]*dialCall
-	closed     bool
+	dials      dialgroup.Group[poolKey]
 	wg         sync.WaitGroup // one watcher per connection
 }
 
@@ -91,12 +91,6 @@ type poolConn struct {
 	idleSince time.Time
 	idle      *time.Timer
 	gone      bool // removed from the pool
-}
-
-type dialCall struct {
-	done     chan struct{}
-	err      error
-	canceled bool
 }
 
 // PoolStats counts the pool's connections and open streams.
@@ -141,7 +135,6 @@ func NewPool(cfg PoolConfig) *Pool {
 		h3:         &http3.Transport{DisableCompression: true, Logger: log},
 		transports: map[netip.Addr]*quic.Transport{},
 		conns:      map[poolKey][]*poolConn{},
-		dials:      map[poolKey]*dialCall{},
 	}
 }
 
@@ -287,56 +280,28 @@ func (p *Pool) roundTrip(ctx context.Context, pc *poolConn, t *hbone.Target) (c 
 // getConn returns a connection with a stream reserved for the caller,
 // dialing one if none has room. Concurrent callers share one dial.
 func (p *Pool) getConn(ctx context.Context, key poolKey, t *hbone.Target) (*poolConn, error) {
-	p.mu.Lock()
-	for {
-		if p.closed {
-			p.mu.Unlock()
-			return nil, ErrPoolClosed
-		}
-		if pc := p.reserveLocked(key); pc != nil {
-			p.mu.Unlock()
-			return pc, nil
-		}
-		if d := p.dials[key]; d != nil {
-			p.mu.Unlock()
-			select {
-			case <-d.done:
-			case <-ctx.Done():
-				return nil, ctx.Err()
-			}
-			if d.err != nil && !d.canceled {
-				return nil, d.err
-			}
-			p.mu.Lock()
-			continue
-		}
-		d := &dialCall{done: make(chan struct{})}
-		p.dials[key] = d
-		p.mu.Unlock()
-
-		pc, err := p.dialConn(ctx, key, t)
-
-		p.mu.Lock()
-		delete(p.dials, key)
-		d.err = err
-		d.canceled = err != nil && ctx.Err() != nil
-		closeNew := err == nil && p.closed
-		if closeNew {
-			err = ErrPoolClosed
-		}
-		close(d.done)
-		if err != nil {
-			p.mu.Unlock()
-			if closeNew {
-				pc.qc.CloseWithError(errCodeNoError, "")
-			}
-			return nil, err
-		}
-		p.conns[key] = append(p.conns[key], pc)
-		p.wg.Add(1)
-		go p.watch(pc)
-	}
+	return dialgroup.Get(ctx, &p.dials, &p.mu, (*poolDialer)(p), key, t)
 }
+
+// poolDialer is the Pool as dialgroup.Get uses it.
+type poolDialer Pool
+
+// Reserve: under Pool.mu.
+func (d *poolDialer) Reserve(key poolKey) *poolConn { return (*Pool)(d).reserveLocked(key) }
+
+func (d *poolDialer) Dial(ctx context.Context, key poolKey, t *hbone.Target) (*poolConn, error) {
+	return (*Pool)(d).dialConn(ctx, key, t)
+}
+
+// Add: under Pool.mu; a watcher forgets pc once its connection ended.
+func (d *poolDialer) Add(key poolKey, pc *poolConn) {
+	p := (*Pool)(d)
+	p.conns[key] = append(p.conns[key], pc)
+	p.wg.Add(1)
+	go p.watch(pc)
+}
+
+func (d *poolDialer) Discard(pc *poolConn) { pc.qc.CloseWithError(errCodeNoError, "") }
 
 // reserveLocked reserves a stream on a pooled connection with room.
 func (p *Pool) reserveLocked(key poolKey) *poolConn {
@@ -438,7 +403,7 @@ func (p *Pool) transport(ctx context.Context, src netip.Addr) (*quic.Transport, 
 	tr = &quic.Transport{Conn: pc}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.closed {
+	if p.dials.Closed() != nil {
 		pc.Close()
 		return nil, ErrPoolClosed
 	}
@@ -518,7 +483,7 @@ func (p *Pool) CloseFrom(src netip.Addr) {
 // Close closes every connection and socket. Dial fails afterwards.
 func (p *Pool) Close() error {
 	p.mu.Lock()
-	p.closed = true
+	p.dials.Close(ErrPoolClosed)
 	var all []*poolConn
 	for _, cs := range p.conns {
 		all = append(all, cs...)

@@ -17,6 +17,7 @@ import (
 	"github.com/quic-go/quic-go/http3"
 
 	"github.com/ambient-go/mesh/pkg/hbone"
+	"github.com/ambient-go/mesh/pkg/hbone/internal/answer"
 )
 
 // Handler serves one tunnel, as hbone.Handler does for TCP: it must call
@@ -235,72 +236,35 @@ func reject(w http.ResponseWriter, code int, reason string) {
 type Tunnel struct {
 	w             http.ResponseWriter
 	local, remote net.Addr
-
-	mu        sync.Mutex
-	responded bool
-	conn      *Conn
+	answer        answer.Once[*Conn]
 }
 
 // Accept answers 200 and returns the stream.
 func (t *Tunnel) Accept() (*Conn, error) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if t.responded {
-		return nil, errors.New("h3: tunnel already answered")
-	}
-	t.responded = true
-	hs, ok := t.w.(http3.HTTPStreamer)
-	if !ok {
-		return nil, errors.New("h3: response writer cannot hand over its stream")
-	}
-	t.w.WriteHeader(http.StatusOK)
-	str, err := hs.HTTPStream()
-	if err != nil {
-		return nil, fmt.Errorf("h3: sending 200: %w", err)
-	}
-	t.conn = &Conn{s: str, local: t.local, remote: t.remote}
-	return t.conn, nil
+	return t.answer.Accept(func() (*Conn, error) {
+		hs, ok := t.w.(http3.HTTPStreamer)
+		if !ok {
+			return nil, errors.New("h3: response writer cannot hand over its stream")
+		}
+		t.w.WriteHeader(http.StatusOK)
+		str, err := hs.HTTPStream()
+		if err != nil {
+			return nil, fmt.Errorf("h3: sending 200: %w", err)
+		}
+		return &Conn{s: str, local: t.local, remote: t.remote}, nil
+	})
 }
 
 // Reject answers status (400, 401, 503, ...) with reason in hbone's
 // ReasonHeader and ends the stream. Reject after Accept or Reject does
 // nothing.
 func (t *Tunnel) Reject(status int, reason string) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if t.responded {
-		return
-	}
-	t.responded = true
-	reject(t.w, status, sanitize(reason))
+	t.answer.Reject(func() { reject(t.w, status, answer.Reason(reason)) })
 }
 
 // finish runs when the handler returned.
 func (t *Tunnel) finish() {
-	t.mu.Lock()
-	responded, conn := t.responded, t.conn
-	t.mu.Unlock()
-	if !responded {
-		t.Reject(http.StatusServiceUnavailable, "no response from handler")
-		return
-	}
-	if conn != nil {
-		conn.Close()
-	}
-}
-
-// sanitize makes reason safe as a header value and bounds its length.
-func sanitize(reason string) string {
-	const max = 256
-	b := make([]byte, 0, min(len(reason), max))
-	for i := 0; i < len(reason) && len(b) < max; i++ {
-		c := reason[i]
-		if c < 0x20 || c == 0x7f {
-			c = ' '
-		}
-		b = append(b, c)
-	}
-	return string(b)
+	t.answer.Finish(func() { reject(t.w, http.StatusServiceUnavailable, "no response from handler") })
 }
 
 func addrPortOf(a net.Addr) netip.AddrPort {
