@@ -17,7 +17,7 @@ export KUBE_ASSETS
 ISTIO_ASSETS ?= $(shell tools/istio/build.sh -print)
 export ISTIO_ASSETS
 
-.PHONY: build test demo bench fuzz generate lint check-imports check-modules tools kube-binaries istio-binaries crds images
+.PHONY: build test demo bench fuzz soak generate lint check-imports check-modules tools kube-binaries istio-binaries crds images
 
 build:
 	@echo ">> building istiod-lite, ztunnel, ztunnel-cni, waypoint, meshctl and demo into $(BIN)/"
@@ -58,6 +58,15 @@ fuzz:
 			$(GO) test -run '^$$' -fuzz "^$$t$$" -fuzztime $(FUZZTIME) ./$$d/ || exit 1; \
 		done; \
 	done
+
+# The soak test (tests/soak, as root): mixed traffic for SOAK_DURATION while
+# faults hit the mesh on a schedule; writes docs/soak.md. `make test` runs
+# its short variant (about 80 s).
+SOAK_DURATION ?= 30m
+SOAK_TIMEOUT  ?= 90m
+soak:
+	@echo ">> soak test for $(SOAK_DURATION) (set SOAK_DURATION to change; as root, in network namespaces); writes docs/soak.md"
+	@SOAK_DURATION=$(SOAK_DURATION) SOAK_REPORT=$(CURDIR)/docs/soak.md $(GO) test -count=1 -timeout $(SOAK_TIMEOUT) -run '^TestSoak$$' -v $(MODULE)/tests/soak
 
 # The data plane modules (ztunnel, waypoint) must not depend on any
 # Kubernetes package.

@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"regexp"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -352,7 +354,10 @@ func (sk *soak) checkSwaps(runEnd time.Time) {
 		dst := netip.AddrPortFrom(r.ip, appPort).String()
 		check := func(recs []logRecord, n *int, wrong *[]string) {
 			for _, l := range recs {
-				if l.start.Before(from) || !l.start.Before(until) || l.String(accesslog.KeyDstAddr) != dst {
+				// Outbound records have the HBONE address (…:15008) as
+				// dst.addr and the application's as dst.hbone_addr.
+				if l.start.Before(from) || !l.start.Before(until) ||
+					l.String(accesslog.KeyDstAddr) != dst && l.String(accesslog.KeyDstHBONEAddr) != dst {
 					continue
 				}
 				if id := l.String(accesslog.KeyDstIdentity); id == r.newID {
@@ -409,18 +414,29 @@ func (sk *soak) checkBlocks() {
 	}
 }
 
-// attribute sorts failures by the first window that explains each.
-func (sk *soak) attribute(fails []failure) (byFault map[string]map[string]int, outside []failure) {
+// attribute sorts failures by the window that explains each, and
+// gives the first few kinds of error of each fault (addresses and ports
+// left out).
+func (sk *soak) attribute(fails []failure) (byFault map[string]map[string]int, errorsBy map[string][]string, outside []failure) {
 	byFault = map[string]map[string]int{}
+	errorsBy = map[string][]string{}
+	seen := map[string]bool{}
 	for _, f := range fails {
 		explained := false
-		for _, w := range sk.windows {
+		// Latest first: a failure that meets two windows (the grace of one
+		// runs up to the next fault's start) is the later fault's.
+		for _, w := range slices.Backward(sk.windows) {
 			if w.explains(f) {
 				if byFault[w.fault] == nil {
 					byFault[w.fault] = map[string]int{}
 				}
 				byFault[w.fault][f.kind]++
 				explained = true
+				e := errorKind(f.err)
+				if !seen[w.fault+e] && len(errorsBy[w.fault]) < 3 {
+					seen[w.fault+e] = true
+					errorsBy[w.fault] = append(errorsBy[w.fault], e)
+				}
 				break
 			}
 		}
@@ -428,8 +444,13 @@ func (sk *soak) attribute(fails []failure) (byFault map[string]map[string]int, o
 			outside = append(outside, f)
 		}
 	}
-	return byFault, outside
+	return byFault, errorsBy, outside
 }
+
+var addrRE = regexp.MustCompile(`\d+\.\d+\.\d+\.\d+:\d+|\d+\.\d+\.\d+\.\d+`)
+
+// errorKind is an error without its addresses, to group errors.
+func errorKind(e string) string { return addrRE.ReplaceAllString(e, "…") }
 
 func shortErr(s string) string {
 	if len(s) > 140 {

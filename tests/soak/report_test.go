@@ -34,7 +34,7 @@ func within(base, end, slack int64) bool {
 func (sk *soak) report(ran time.Duration, base, final map[string]usage) {
 	t := sk.t
 	ok, fails, wrong, skippedShort := sk.tr.snapshot()
-	byFault, outside := sk.attribute(fails)
+	byFault, errorsBy, outside := sk.attribute(fails)
 	runEnd := time.Now()
 	sk.checkSwaps(runEnd)
 	sk.checkBlocks()
@@ -55,7 +55,7 @@ func (sk *soak) report(ran time.Duration, base, final map[string]usage) {
 	fmt.Fprintf(&b, "\nShort connections not started because %d were in flight: %d. Answers from a pod that no longer held the address: %d.\n",
 		maxShortInFlight, skippedShort, len(wrong))
 
-	fmt.Fprintf(&b, "\n### Faults\n\n| fault | times | skipped | window (total) | grace | failures inside (by traffic) |\n|---|---:|---:|---:|---:|---|\n")
+	fmt.Fprintf(&b, "\n### Faults\n\n| fault | times | skipped | window (total) | grace | failures inside (by traffic) | errors seen (first 3 kinds) |\n|---|---:|---:|---:|---:|---|---|\n")
 	sp := specs(sk.s)
 	for _, f := range faults {
 		var n int
@@ -75,7 +75,8 @@ func (sk *soak) report(ran time.Duration, base, final map[string]usage) {
 		if len(parts) == 0 {
 			parts = []string{"none"}
 		}
-		fmt.Fprintf(&b, "| %s | %d | %d | %v | %v | %s |\n", f, n, sk.skipped[f], total.Round(100*time.Millisecond), sp[f].grace, strings.Join(parts, ", "))
+		fmt.Fprintf(&b, "| %s | %d | %d | %v | %v | %s | %s |\n", f, n, sk.skipped[f], total.Round(100*time.Millisecond), sp[f].grace,
+			strings.Join(parts, ", "), shortErr(strings.Join(errorsBy[f], "; ")))
 	}
 
 	fmt.Fprintf(&b, "\n### Pod swaps (istio/ztunnel#1637)\n\n| swap | at | records after it naming the new identity: node-1 outbound | node-2 inbound | naming another |\n|---|---|---:|---:|---:|\n")
@@ -125,6 +126,11 @@ func (sk *soak) report(ran time.Duration, base, final map[string]usage) {
 			fmt.Fprintf(&b, "- %v–%v %s to %s: %s\n", f.start.Sub(sk.begin).Round(time.Millisecond), f.end.Sub(sk.begin).Round(time.Millisecond), f.kind, f.target, shortErr(f.err))
 		}
 		t.Errorf("%d failures outside the fault windows (see the table)", len(outside))
+	}
+	// istiod-lite down stops configuration and certificates, never
+	// traffic: the data plane runs on what it has.
+	if n := byFault[faultIstiod]; len(n) > 0 {
+		t.Errorf("failures while istiod-lite was down or just back: %v", n)
 	}
 	if len(wrong) > 0 {
 		t.Errorf("%d answers from a pod that no longer held the address, first: %s", len(wrong), wrong[0].err)
