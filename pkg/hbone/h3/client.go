@@ -49,8 +49,9 @@ type PoolConfig struct {
 	// silent (not one packet, not even the ACK of the CONNECT) after a
 	// CONNECT was sent on it: past it, the connection is taken for dead
 	// (the peer was killed, or its UDP is dropped, and no CONNECTION_CLOSE
-	// came), closed and dropped from the pool, and Dial fails with an
-	// error wrapping ErrPeerSilent. Default HandshakeTimeout.
+	// came): it leaves the pool (and is closed once its open tunnels
+	// ended), and Dial fails with an error wrapping ErrPeerSilent. Default
+	// HandshakeTimeout.
 	PeerTimeout time.Duration
 	// ResponseTimeout bounds the wait for the answer to a CONNECT from a
 	// peer that is not silent (it answers once it has dialed the
@@ -207,7 +208,7 @@ func (p *Pool) Dial(ctx context.Context, t hbone.Target) (*Conn, error) {
 // roundTrip sends the CONNECT on pc and waits for the answer. sent
 // reports whether the request may have reached the server (not retried).
 // A peer that sends nothing for PeerTimeout after the CONNECT is taken for
-// dead: pc is closed and dropped, and the error wraps ErrPeerSilent.
+// dead: pc leaves the pool, and the error wraps ErrPeerSilent.
 func (p *Pool) roundTrip(ctx context.Context, pc *poolConn, t *hbone.Target) (c *Conn, sent bool, err error) {
 	ctx, cancel := context.WithTimeout(ctx, p.cfg.ResponseTimeout)
 	defer cancel()
@@ -257,7 +258,7 @@ func (p *Pool) roundTrip(ctx context.Context, pc *poolConn, t *hbone.Target) (c 
 		abort()
 		switch {
 		case state.Load() == silent:
-			p.evict(pc, "peer silent")
+			p.evict(pc)
 			err = fmt.Errorf("%w for %v", ErrPeerSilent, p.cfg.PeerTimeout)
 		case ctx.Err() != nil:
 			err = ctx.Err()
@@ -319,19 +320,22 @@ func (p *Pool) reserveLocked(key poolKey) *poolConn {
 }
 
 // release returns a stream reservation; a connection left without
-// streams is closed after IdleTimeout.
+// streams is closed after IdleTimeout, at once if it left the pool.
 func (p *Pool) release(pc *poolConn) {
 	p.mu.Lock()
-	defer p.mu.Unlock()
 	pc.streams--
-	if pc.streams > 0 || pc.gone {
-		return
+	last, gone := pc.streams == 0, pc.gone
+	if last && !gone {
+		pc.idleSince = time.Now()
+		if pc.idle == nil {
+			pc.idle = time.AfterFunc(p.cfg.IdleTimeout, func() { p.closeIfIdle(pc) })
+		} else {
+			pc.idle.Reset(p.cfg.IdleTimeout)
+		}
 	}
-	pc.idleSince = time.Now()
-	if pc.idle == nil {
-		pc.idle = time.AfterFunc(p.cfg.IdleTimeout, func() { p.closeIfIdle(pc) })
-	} else {
-		pc.idle.Reset(p.cfg.IdleTimeout)
+	p.mu.Unlock()
+	if last && gone {
+		pc.qc.CloseWithError(errCodeNoError, "") // nothing if it had ended
 	}
 }
 
@@ -355,12 +359,12 @@ func (p *Pool) watch(pc *poolConn) {
 	p.forget(pc)
 }
 
-// evict drops pc from the pool and closes its connection (its other
-// streams end with it).
-func (p *Pool) evict(pc *poolConn, reason string) {
+// evict drops pc from the pool: no new stream goes on it. Its open
+// tunnels run on (if the peer was only slow, they are fine; if it is gone,
+// QUIC's idle timeout ends them), and release closes it after the last.
+func (p *Pool) evict(pc *poolConn) {
 	p.forget(pc)
-	p.log.Info("closing connection to a silent peer", "addr", pc.key.addr.String(), "reason", reason)
-	pc.qc.CloseWithError(errCodeNoError, reason)
+	p.log.Info("peer silent, connection leaves the pool", "addr", pc.key.addr.String(), "timeout", p.cfg.PeerTimeout)
 }
 
 func (p *Pool) forget(pc *poolConn) {

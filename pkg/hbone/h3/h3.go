@@ -76,8 +76,8 @@ var ErrHandshake = errors.New("h3: no quic connection")
 // ErrPeerSilent is wrapped by the errors of [Pool.Dial] on a pooled
 // connection whose peer sent nothing for PoolConfig.PeerTimeout after the
 // CONNECT (it was killed, or its UDP is now dropped, and no
-// CONNECTION_CLOSE came): the connection was closed and left the pool, and
-// the caller may fall back to HBONE over TCP. The CONNECT may have reached
+// CONNECTION_CLOSE came): the connection left the pool, and the caller may
+// fall back to HBONE over TCP. The CONNECT may have reached
 // the peer before it went silent, but not one byte of the tunnel was sent.
 var ErrPeerSilent = errors.New("h3: peer silent")
 
