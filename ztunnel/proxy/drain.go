@@ -7,11 +7,29 @@ import (
 )
 
 // track registers c for Close; it returns false (and closes c) once the
-// proxy is closed.
-func (p *Proxy) track(c net.Conn) bool {
+// proxy drains or is closed.
+func (p *Proxy) track(c net.Conn) bool { return p.register(c, false) }
+
+// trackUpstream registers c, the upstream a handler dialed for a client
+// connection the proxy already tracks, for Close; it returns false (and
+// closes c) once the proxy is closed, but not while it drains.
+//
+// A drain lets the connections ztunnel accepted finish, and an accepted
+// connection's upstream is part of it. At a handover the old ztunnel
+// closes a pod's listeners and then drains: a connection it accepted just
+// before the close may still be dialing its upstream (HBONE CONNECT, a
+// few ms) when Drain begins. track refused that upstream, the handler
+// closed the client's connection with its first bytes unread, and the
+// kernel reset it (TcpExtTCPAbortOnClose): the one reset per handover,
+// under load, that tests/e2e TestZtunnelHandover's outbound side saw, with
+// no access log line (the record was discarded). Registering it is safe
+// while Wait runs: the client's connection holds the WaitGroup above zero.
+func (p *Proxy) trackUpstream(c net.Conn) bool { return p.register(c, true) }
+
+func (p *Proxy) register(c net.Conn, whileDraining bool) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.closed || p.draining {
+	if p.closed || (p.draining && !whileDraining) {
 		c.Close()
 		return false
 	}
@@ -32,7 +50,7 @@ func (p *Proxy) untrack(c net.Conn) {
 // then closes what remains.
 func (p *Proxy) Drain(ctx context.Context) {
 	p.mu.Lock()
-	p.draining = true // no new connections: Add never races with Wait
+	p.draining = true // no new connections (track): Add never races with Wait
 	p.mu.Unlock()
 	idle := make(chan struct{})
 	go func() { p.wg.Wait(); close(idle) }()

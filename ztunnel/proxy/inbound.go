@@ -95,16 +95,18 @@ func (p *Proxy) serveTunnel(ctx context.Context, req *hbone.Request, t tunnel, t
 		return
 	}
 	p.quic.metrics.tunnel("inbound", transport)
-	p.relayInbound(ctx, r, down, upstream, down, ac)
+	p.relayInbound(ctx, r, down, upstream, down, false, ac)
 }
 
 // relayInbound carries an accepted inbound connection: it copies between
 // the client's side down and the application's upstream, closing both if a
 // policy change denies the connection, then finishes r. tracked is the
-// connection to register for Close (the one its caller has not).
-func (p *Proxy) relayInbound(ctx context.Context, r *connResult, down, upstream, tracked net.Conn, ac authz.Conn) {
+// connection to register for Close (the one its caller has not); held
+// says that the caller's other connection is tracked already, so that
+// tracked is registered during a drain too (trackUpstream).
+func (p *Proxy) relayInbound(ctx context.Context, r *connResult, down, upstream, tracked net.Conn, held bool, ac authz.Conn) {
 	r.open()
-	if !p.track(tracked) {
+	if !p.register(tracked, held) {
 		upstream.Close()
 		r.discard()
 		return

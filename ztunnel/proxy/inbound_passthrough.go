@@ -65,6 +65,7 @@ func (p *Proxy) plaintextInbound(ctx context.Context, c net.Conn, pod netip.Addr
 		fail(err)
 		return
 	}
-	// c is tracked by serve already.
-	p.relayInbound(ctx, r, c, upstream, upstream, ac)
+	// c is tracked by serve already: upstream is carried during a drain
+	// too (trackUpstream).
+	p.relayInbound(ctx, r, c, upstream, upstream, true, ac)
 }

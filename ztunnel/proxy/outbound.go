@@ -104,7 +104,9 @@ func (p *Proxy) Outbound(ctx context.Context, c net.Conn, src *state.Workload, t
 		r.finish(ctx, err)
 		return
 	}
-	if !p.track(upstream) {
+	// c is tracked by the accept loop (serve): the upstream is carried
+	// during a drain too (trackUpstream).
+	if !p.trackUpstream(upstream) {
 		r.discard()
 		return
 	}
