@@ -467,12 +467,3 @@ func (w *Waypoint) becomeReady(ctx context.Context) error {
 	w.log.Info("waypoint ready")
 	return nil
 }
-
-func (w *Waypoint) configDump() any {
-	return struct {
-		Identity string     `json:"identity"`
-		Hostname string     `json:"hostname"`
-		State    state.Dump `json:"state"`
-		Policies []string   `json:"waypointPolicies"`
-	}{w.id.String(), w.proxy.Hostname(), w.store.Dump(), w.l7.names()}
-}

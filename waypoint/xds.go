@@ -69,13 +69,6 @@ func (p *policies) OnUpdate(typeURL string, updated []*discoveryv3.Resource, rem
 	return nil
 }
 
-// names returns the names of the policies held, sorted.
-func (p *policies) names() []string {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.sortedLocked()
-}
-
 func (p *policies) sortedLocked() []string {
 	names := make([]string, 0, len(p.raw))
 	for n := range p.raw {

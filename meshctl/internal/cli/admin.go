@@ -10,6 +10,10 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"google.golang.org/protobuf/encoding/protojson"
+
+	"github.com/ambient-go/mesh/pkg/workloadapi/waypoint"
 )
 
 // proxyAdmin reaches one proxy's admin server (:15000).
@@ -170,18 +174,47 @@ func (o *Options) waypointAdmin(ctx context.Context, namespace, name string) (a 
 	return &proxyAdmin{name: key, addr: addr, stop: stop}, true, nil
 }
 
-// waypointPolicies returns the names of the L7 policies a waypoint holds
-// (its /config_dump's waypointPolicies).
-func (a *proxyAdmin) waypointPolicies(ctx context.Context) ([]string, error) {
+// waypointDump is what explain and proxy-status read from a waypoint's
+// /config_dump.
+type waypointDump struct {
+	Identity string `json:"identity"`
+	// Gateway ("namespace/name") and Pod are empty from waypoints older
+	// than this meshctl.
+	Gateway string `json:"gateway"`
+	Pod     string `json:"pod"`
+	// Policies are the names of the L7 policies held; Authorizations the
+	// policies themselves (ambientgo.waypoint.Authorization as protojson),
+	// absent from older waypoints.
+	Policies       []string          `json:"waypointPolicies"`
+	Authorizations []json.RawMessage `json:"waypointAuthorizations"`
+	Certificates   []certificate     `json:"certificates"`
+}
+
+func (a *proxyAdmin) waypointDump(ctx context.Context) (*waypointDump, error) {
 	b, err := a.get(ctx, "/config_dump")
 	if err != nil {
 		return nil, err
 	}
-	var d struct {
-		Policies []string `json:"waypointPolicies"`
-	}
+	var d waypointDump
 	if err := json.Unmarshal(b, &d); err != nil {
 		return nil, fmt.Errorf("admin of %s: config dump: %w", a.name, err)
 	}
-	return d.Policies, nil
+	return &d, nil
+}
+
+// authorizations decodes the L7 policies of d; nil when the waypoint does
+// not dump them.
+func (d *waypointDump) authorizations() ([]*waypoint.Authorization, error) {
+	if d.Authorizations == nil {
+		return nil, nil
+	}
+	out := make([]*waypoint.Authorization, 0, len(d.Authorizations))
+	for _, raw := range d.Authorizations {
+		a := &waypoint.Authorization{}
+		if err := (protojson.UnmarshalOptions{DiscardUnknown: true}).Unmarshal(raw, a); err != nil {
+			return nil, fmt.Errorf("waypoint policy: %w", err)
+		}
+		out = append(out, a)
+	}
+	return out, nil
 }

@@ -1,9 +1,11 @@
 package cli
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/netip"
 	"slices"
@@ -16,6 +18,7 @@ import (
 	"github.com/ambient-go/mesh/pkg/state"
 	"github.com/ambient-go/mesh/pkg/workloadapi"
 	"github.com/ambient-go/mesh/pkg/workloadapi/security"
+	"github.com/ambient-go/mesh/pkg/workloadapi/waypoint"
 )
 
 // Labels that choose a waypoint (Istio's).
@@ -29,6 +32,7 @@ type explainOptions struct {
 	node      string
 	configDir string
 	output    string
+	req       requestFlags
 }
 
 func newExplainCmd(o *Options) *cobra.Command {
@@ -47,16 +51,26 @@ SRC is a pod (NAMESPACE/NAME, NAME.NAMESPACE, or NAME with -n) or a pod IP.
 DST is a service (hostname, NAME.NAMESPACE or VIP) or a pod (as SRC), with
 the port the client dials.
 
+At a waypoint, explain lists the L7 policies the waypoint holds (from its
+admin server: a port-forward to its pod, or --proxy-admin NAMESPACE/NAME=ADDR
+in local mode), which of them bind to the destination and what each matches.
+Their decision depends on the request: describe one with --method, --path,
+--header NAME=VALUE and --host (or --tcp for a stream that is not HTTP) and
+explain decides it with the waypoint's own evaluator (pkg/authz), as the
+waypoint would: ALLOW, or DENY 403 naming the policy.
+
 Labels are read from the API server, or in local mode from the config
 directory istiod-lite serves (--config-dir).`,
 		Example: `  meshctl explain demo/client echo.demo:80
   meshctl explain client.demo echo-l7.demo.svc.cluster.local:80 -o json
+  meshctl explain demo/client echo-l7.demo:80 --method POST --path /admin --header x-user=alice
   meshctl explain 127.10.1.10 127.10.100.11:80 --proxy-admin node-a=127.10.1.1:15000 --config-dir _out/demo/config`,
 		Args: cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error { return eo.run(cmd.Context(), args[0], args[1]) },
 	}
 	cmd.Flags().StringVar(&eo.node, "node", "", "read the configuration from the ztunnel of this node (default: any)")
 	cmd.Flags().StringVar(&eo.configDir, "config-dir", "", "local mode: istiod-lite's config directory, to name the labels that chose a waypoint")
+	eo.req.add(cmd.Flags())
 	addOutputFlag(cmd, &eo.output)
 	return cmd
 }
@@ -107,6 +121,10 @@ type Hop struct {
 	Policies  []string `json:"policies,omitempty"` // that apply here
 	Decision  string   `json:"decision,omitempty"`
 	DecidedBy string   `json:"decidedBy,omitempty"`
+	// L7Policies are the L7 policies a waypoint holds (the waypoint hop,
+	// when its admin server was read); Request the request decided there.
+	L7Policies []L7Policy `json:"l7Policies,omitempty"`
+	Request    *L7Request `json:"request,omitempty"`
 }
 
 func (eo *explainOptions) run(ctx context.Context, src, dst string) error {
@@ -139,7 +157,7 @@ func (eo *explainOptions) run(ctx context.Context, src, dst string) error {
 		}
 		labels = &kubeLabels{kc: kc}
 	}
-	e, err := explain(ctx, cfg, labels, eo.waypointPolicies, eo.namespace(), src, dst)
+	e, err := explain(ctx, cfg, labels, eo.waypointL7, &eo.req, eo.namespace(), src, dst)
 	if err != nil {
 		return err
 	}
@@ -149,26 +167,41 @@ func (eo *explainOptions) run(ctx context.Context, src, dst string) error {
 	return renderExplanation(eo.Out, e)
 }
 
-// l7Source returns the names of the L7 policies waypoint namespace/name
-// holds; nil, nil when they cannot be looked up here.
-type l7Source func(ctx context.Context, namespace, name string) ([]string, error)
+// waypointL7 is a waypoint's L7 configuration.
+type waypointL7 struct {
+	// Gateway is the waypoint's "namespace/name"; empty when it does not
+	// say (older waypoints).
+	Gateway string
+	// Names are the policies it holds; Policies the policies themselves,
+	// nil when it does not show them (older waypoints).
+	Names    []string
+	Policies []*waypoint.Authorization
+}
 
-func (eo *explainOptions) waypointPolicies(ctx context.Context, namespace, name string) ([]string, error) {
+// l7Source returns the L7 configuration of waypoint namespace/name; nil,
+// nil when it cannot be looked up here.
+type l7Source func(ctx context.Context, namespace, name string) (*waypointL7, error)
+
+func (eo *explainOptions) waypointL7(ctx context.Context, namespace, name string) (*waypointL7, error) {
 	a, ok, err := eo.waypointAdmin(ctx, namespace, name)
 	if err != nil || !ok {
 		return nil, err
 	}
 	defer a.close()
-	pols, err := a.waypointPolicies(ctx)
-	if pols == nil && err == nil {
-		pols = []string{}
+	d, err := a.waypointDump(ctx)
+	if err != nil {
+		return nil, err
 	}
-	return pols, err
+	pols, err := d.authorizations()
+	if err != nil {
+		return nil, fmt.Errorf("admin of %s: %w", a.name, err)
+	}
+	return &waypointL7{Gateway: d.Gateway, Names: d.Policies, Policies: pols}, nil
 }
 
 // explain computes the paths of a connection from src to dst with the
 // data path's own lookups.
-func explain(ctx context.Context, cfg *meshConfig, labels labelSource, l7 l7Source, defaultNS, src, dst string) (*Explanation, error) {
+func explain(ctx context.Context, cfg *meshConfig, labels labelSource, l7 l7Source, rf *requestFlags, defaultNS, src, dst string) (*Explanation, error) {
 	store, err := cfg.store()
 	if err != nil {
 		return nil, err
@@ -186,6 +219,10 @@ func explain(ctx context.Context, cfg *meshConfig, labels labelSource, l7 l7Sour
 		return nil, fmt.Errorf("destination %q: bad port", dst)
 	}
 	port := uint16(p)
+	req, err := rf.request(host, port)
+	if err != nil {
+		return nil, err
+	}
 	e := &Explanation{Source: endpointOf(sw), Destination: dst}
 	srcIP := firstAddr(sw)
 	if !e.Source.InMesh {
@@ -215,7 +252,7 @@ func explain(ctx context.Context, cfg *meshConfig, labels labelSource, l7 l7Sour
 			if vip, err := netip.ParseAddr(host); err == nil {
 				dstIP = vip
 			}
-			path, err := pathTo(ctx, store, policies, labels, l7, sw, srcIP, w, tp, svc, netip.AddrPortFrom(dstIP, port))
+			path, err := pathTo(ctx, store, policies, labels, l7, req, sw, srcIP, w, tp, svc, netip.AddrPortFrom(dstIP, port))
 			if err != nil {
 				return nil, err
 			}
@@ -225,24 +262,91 @@ func explain(ctx context.Context, cfg *meshConfig, labels labelSource, l7 l7Sour
 		if len(e.Paths) == 0 {
 			e.Notes = append(e.Notes, fmt.Sprintf("service %s has no healthy endpoint serving port %d: the connection fails", svc.Key, port))
 		}
+		noteNoWaypoint(e, req)
 		return e, nil
 	}
 	dw, err := findWorkload(store, cfg, defaultNS, host)
 	if err != nil {
 		return nil, fmt.Errorf("destination %s: no such service or workload", host)
 	}
-	path, err := pathTo(ctx, store, policies, labels, l7, sw, srcIP, dw, port, nil, netip.AddrPortFrom(firstAddr(dw), port))
+	path, err := pathTo(ctx, store, policies, labels, l7, req, sw, srcIP, dw, port, nil, netip.AddrPortFrom(firstAddr(dw), port))
 	if err != nil {
 		return nil, err
 	}
 	e.Paths = append(e.Paths, path)
+	noteNoWaypoint(e, req)
 	return e, nil
+}
+
+// noteNoWaypoint notes that a request given is not decided when no path
+// goes through a waypoint.
+func noteNoWaypoint(e *Explanation, req *L7Request) {
+	if req == nil {
+		return
+	}
+	for _, p := range e.Paths {
+		for _, h := range p.Hops {
+			if h.Role == "waypoint" {
+				return
+			}
+		}
+	}
+	e.Notes = append(e.Notes, "no waypoint on the way: nothing decides the request at L7 (--method, --path, --header, --host and --tcp do not matter), the ztunnels decide the connection at L4")
+}
+
+// renderL7 prints the L7 policies of a waypoint hop and its decision.
+func renderL7(w io.Writer, h Hop) {
+	var others []string
+	for _, p := range h.L7Policies {
+		if !p.Applies {
+			others = append(others, p.Name)
+		}
+	}
+	if len(h.Policies) == 0 {
+		fmt.Fprintf(w, "     L7 policies: none apply\n")
+	} else {
+		fmt.Fprintf(w, "     L7 policies: %s\n", strings.Join(h.Policies, "; "))
+		for _, p := range h.L7Policies {
+			if p.Applies {
+				fmt.Fprintf(w, "       %s matches %s\n", p.Name, p.Matches)
+			}
+		}
+	}
+	if len(others) > 0 {
+		fmt.Fprintf(w, "     L7 policies it holds that do not apply here: %s\n", strings.Join(others, "; "))
+	}
+	switch r := h.Request; {
+	case r != nil && r.TCP:
+		fmt.Fprintf(w, "     request: a stream that is not HTTP\n")
+	case r != nil:
+		fmt.Fprintf(w, "     request: %s %s, host %s", r.Method, r.Path, r.Host)
+		keys := slices.Sorted(maps.Keys(r.Headers))
+		for _, k := range keys {
+			for _, v := range r.Headers[k] {
+				fmt.Fprintf(w, ", %s: %s", k, v)
+			}
+		}
+		fmt.Fprintln(w)
+	}
+	switch {
+	case h.Decision != "":
+		fmt.Fprintf(w, "     decision: %s", h.Decision)
+		if h.DecidedBy != "" {
+			fmt.Fprintf(w, ", decided by %s", h.DecidedBy)
+		}
+		fmt.Fprintln(w)
+	case len(h.Policies) == 0:
+		fmt.Fprintf(w, "     decision: ALLOW for every request (no L7 policy applies)\n")
+	default:
+		fmt.Fprintf(w, "     decision: depends on the request (what the policies above match): give --method, --path, --header, --host, or --tcp, to decide one\n")
+	}
 }
 
 // pathTo explains the way from sw to endpoint w at port (the target
 // port); svc is the service dialed (nil for a pod address) and dialed the
-// address the client dialed.
-func pathTo(ctx context.Context, store *state.Store, policies *authz.Policies, labels labelSource, l7 l7Source, sw *state.Workload, srcIP netip.Addr, w *state.Workload, port uint16, svc *state.Service, dialed netip.AddrPort) (Path, error) {
+// address the client dialed; req, if not nil, the request to decide at a
+// waypoint.
+func pathTo(ctx context.Context, store *state.Store, policies *authz.Policies, labels labelSource, l7 l7Source, req *L7Request, sw *state.Workload, srcIP netip.Addr, w *state.Workload, port uint16, svc *state.Service, dialed netip.AddrPort) (Path, error) {
 	p := Path{Endpoint: endpointOf(w), Port: port}
 	out := Hop{Role: "outbound", Proxy: "ztunnel " + sw.Node}
 	if !endpointOf(sw).InMesh {
@@ -284,6 +388,7 @@ func pathTo(ctx context.Context, store *state.Store, policies *authz.Policies, l
 	if !endpointOf(sw).InMesh {
 		peer = ""
 	}
+	l7Verdict := "" // the waypoint's decision of req
 	if wp != nil {
 		out.Does = append(out.Does, fmt.Sprintf("opens HBONE to waypoint %s at %s, authority %s, as %s", workloadName(wp.Workload), wp.Addr, dialed, sw.ID))
 		out.Why = why
@@ -297,16 +402,38 @@ func pathTo(ctx context.Context, store *state.Store, policies *authz.Policies, l
 				"terminates HBONE, applies HTTP routes and the L7 policies bound to it or to the service (targetRefs), per request",
 				fmt.Sprintf("opens HBONE to %s at %s:15008, authority %s:%d, as %s", workloadName(w), firstAddr(w), firstAddr(w), port, wp.Workload.ID),
 			}}
+		undecided := "its L7 decision of the request is not shown"
 		if wp.Service != nil {
-			pols, err := l7(ctx, wp.Service.Namespace, wp.Service.Name)
+			wc, err := l7(ctx, wp.Service.Namespace, wp.Service.Name)
 			switch {
 			case err != nil:
 				wh.Does = append(wh.Does, fmt.Sprintf("its L7 policies could not be read: %v", err))
-			case pols == nil:
+			case wc == nil:
 				wh.Does = append(wh.Does, "its L7 policies are in its own /config_dump (give --proxy-admin "+wp.Service.Namespace+"/"+wp.Service.Name+"=ADDR in local mode)")
+			case wc.Policies == nil:
+				// A waypoint that shows only the names of its policies.
+				wh.Policies = wc.Names
+				if wh.Policies == nil {
+					wh.Policies = []string{}
+				}
+				undecided = "it shows the names of its L7 policies, not their rules: its decision of the request is not shown"
 			default:
-				wh.Policies = pols
+				attrs := authz.Request{
+					Peer: srcIP, Remote: srcIP, Identity: peer,
+					DestIP: dialed.Addr(), Port: dialed.Port(),
+					Gateway: cmp.Or(wc.Gateway, wp.Service.Namespace+"/"+wp.Service.Name),
+				}
+				if svc != nil {
+					attrs.Service = svc.Key
+				}
+				l7Verdict = l7Hop(&wh, wc.Policies, req, attrs)
+				undecided = ""
 			}
+		} else {
+			undecided = "it is named as a workload, not a Service: its L7 policies are not read"
+		}
+		if req != nil && undecided != "" {
+			wh.Does = append(wh.Does, undecided)
 		}
 		p.Hops = append(p.Hops, wh)
 		peer = wp.Workload.ID.String()
@@ -328,6 +455,9 @@ func pathTo(ctx context.Context, store *state.Store, policies *authz.Policies, l
 		in = Hop{Role: "inbound", Proxy: "none", Does: []string{workloadName(w) + " is not in the mesh: no ztunnel delivers or checks the connection"}}
 		p.Hops = append(p.Hops, in)
 		p.Verdict = "ALLOW"
+		if l7Verdict == "DENY" {
+			p.Verdict = "DENY"
+		}
 		return p, nil
 	}
 	if peer == "" {
@@ -335,15 +465,24 @@ func pathTo(ctx context.Context, store *state.Store, policies *authz.Policies, l
 	} else {
 		in.Does = append(in.Does, fmt.Sprintf("terminates HBONE from %s and checks L4 policy for %s:%d", peer, firstAddr(w), port))
 	}
+	if l7Verdict == "DENY" {
+		if req.TCP {
+			in.Does = append(in.Does, "this stream does not get here (the waypoint closes it); for the streams the waypoint allows:")
+		} else {
+			in.Does = append(in.Does, "this request does not get here (the waypoint answers it); for the requests the waypoint allows:")
+		}
+	}
 	target := authz.Target{Namespace: w.Namespace, Policies: w.AuthorizationPolicies}
 	in.Policies = applicable(store.Policies(), target)
 	dec := policies.Evaluate(target, &authz.Conn{Src: srcIP, Dst: netip.AddrPortFrom(firstAddr(w), port), Identity: peer})
 	p.Verdict = "DENY"
-	if dec.Allow {
+	if dec.Allow && l7Verdict != "DENY" {
 		p.Verdict = "ALLOW"
+	}
+	if dec.Allow {
 		in.Does = append(in.Does, fmt.Sprintf("dials %s:%d from %s", firstAddr(w), port, srcIP))
 	}
-	in.Decision = p.Verdict + " (" + dec.Reason.String() + ")"
+	in.Decision = verdictWord(dec.Allow) + " (" + dec.Reason.String() + ")"
 	in.DecidedBy = dec.Policy
 	if dec.DryRun {
 		shadow := dec.Shadow.Reason.String()
@@ -492,7 +631,9 @@ func renderExplanation(w io.Writer, e *Explanation) error {
 			if h.Why != "" {
 				fmt.Fprintf(w, "     why: %s\n", h.Why)
 			}
-			if h.Role == "waypoint" && h.Policies != nil {
+			if h.Role == "waypoint" && h.L7Policies != nil {
+				renderL7(w, h)
+			} else if h.Role == "waypoint" && h.Policies != nil {
 				if len(h.Policies) == 0 {
 					fmt.Fprintf(w, "     L7 policies it holds: none\n")
 				} else {

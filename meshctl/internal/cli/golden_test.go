@@ -7,6 +7,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -79,8 +80,15 @@ func TestGolden(t *testing.T) {
 		w.Write([]byte(`{"identity": "spiffe://cluster.local/ns/demo/sa/waypoint", "waypointPolicies": ["demo/deny-admin", "demo/allow-get"]}`))
 	}))
 	defer wp.Close()
+	wpDump, err := os.ReadFile("testdata/waypointdump.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	wp2 := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.Write(wpDump) }))
+	defer wp2.Close()
 	local := []string{"--istiod", "127.0.0.1:1", "--proxy-admin", "node-a=" + addr}
 	withWaypoint := []string{"--proxy-admin", "demo/waypoint=" + strings.TrimPrefix(wp.URL, "http://")}
+	l7 := []string{"explain", "demo/client", "echo-l7.demo:80", "--config-dir", "testdata/config", "--proxy-admin", "demo/waypoint=" + strings.TrimPrefix(wp2.URL, "http://")}
 	for _, tc := range []struct {
 		name string
 		args []string
@@ -100,6 +108,18 @@ func TestGolden(t *testing.T) {
 		{"explain-not-in-mesh", []string{"explain", "legacy/old", "127.10.2.10:8080"}},
 		{"explain-json", []string{"explain", "demo/client", "echo-l7.demo:80", "--config-dir", "testdata/config", "-o", "json"}},
 		{"explain-waypoint-l7", append([]string{"explain", "demo/client", "echo-l7.demo:80", "--config-dir", "testdata/config"}, withWaypoint...)},
+		// A waypoint that shows its policies: what each matches, and the
+		// decision of a request as the waypoint's evaluator makes it.
+		{"explain-l7-policies", l7},
+		{"explain-l7-deny-path", append(slices.Clip(l7), "--path", "/admin/users?x=1")},
+		{"explain-l7-allow-get", append(slices.Clip(l7), "--path", "/")},
+		{"explain-l7-no-allow-post", append(slices.Clip(l7), "--method", "POST", "--path", "/")},
+		{"explain-l7-allow-header", append(slices.Clip(l7), "--method", "POST", "--header", "x-user=alice", "--header", "Host=echo-l7")},
+		{"explain-l7-dry-run", append(slices.Clip(l7), "--path", "/debug/pprof")},
+		{"explain-l7-invalid-path", append(slices.Clip(l7), "--path", "/a%00b")},
+		{"explain-l7-tcp", append(slices.Clip(l7), "--tcp")},
+		{"explain-l7-json", append(slices.Clip(l7), "--path", "/admin", "--header", "x-user=alice", "-o", "json")},
+		{"explain-l7-no-waypoint", []string{"explain", "demo/client", "echo.demo:80", "--path", "/admin"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			out, errOut, code := run(t, append(local, tc.args...)...)
@@ -113,6 +133,7 @@ func TestGolden(t *testing.T) {
 
 func TestGoldenProxyStatus(t *testing.T) {
 	exp := fixedNow.Add(23*time.Hour + 30*time.Minute)
+	wpExp := fixedNow.Add(18 * time.Hour)
 	acked := fixedNow.Add(-time.Minute)
 	rows := []proxyRow{
 		{Name: "ztunnel-node-a.istio-system", Type: "ztunnel", CertExpiry: &exp, Sync: []typeStatus{
@@ -123,7 +144,7 @@ func TestGoldenProxyStatus(t *testing.T) {
 			{Type: "type.googleapis.com/istio.workload.Address", Status: "STALE", Version: "6"},
 			{Type: "type.googleapis.com/istio.security.Authorization", Status: "ERROR", Version: "2", Error: "bad policy"},
 		}},
-		{Name: "waypoint-0.demo", Type: "waypoint", Sync: []typeStatus{
+		{Name: "waypoint-0.demo", Type: "waypoint", CertExpiry: &wpExp, Sync: []typeStatus{
 			{Type: "type.googleapis.com/istio.workload.Address", Status: "SYNCED", Version: "7"},
 			{Type: "type.googleapis.com/ambientgo.waypoint.Authorization", Status: "NOT SENT"},
 		}},

@@ -39,7 +39,9 @@ func TestLiveLocalMesh(t *testing.T) {
 		want := []*regexp.Regexp{
 			regexp.MustCompile(`ztunnel-node-a\.istio-system\s+ztunnel\s+SYNCED \(v\d+\)\s+SYNCED \(v\d+\)\s+-\s+\d{4}-\d\d-\d\dT\S+ \(\d+h\d+m\)`),
 			regexp.MustCompile(`ztunnel-node-b\.istio-system\s+ztunnel\s+SYNCED \(v\d+\)\s+SYNCED \(v\d+\)\s+-\s+\d{4}-`),
-			regexp.MustCompile(`waypoint-0\.demo\s+waypoint\s+SYNCED \(v\d+\)\s+-\s+SYNCED \(v\d+\)\s+-`),
+			// The waypoint's expiry comes from its admin server, named by
+			// its Gateway (demo/waypoint) while the row names its pod.
+			regexp.MustCompile(`waypoint-0\.demo\s+waypoint\s+SYNCED \(v\d+\)\s+-\s+SYNCED \(v\d+\)\s+\d{4}-\d\d-\d\dT\S+ \(\d+h\d+m\)`),
 		}
 		// A proxy may not have ACKed the last push yet: wait for SYNCED.
 		for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(50 * time.Millisecond) {
@@ -119,7 +121,7 @@ func TestLiveLocalMesh(t *testing.T) {
 			"waypoint demo/waypoint (pod demo/waypoint-0) on node node-a, L7",
 			"terminates HBONE from spiffe://cluster.local/ns/demo/sa/waypoint",
 			"decision: ALLOW (allowed by policy), decided by demo/allow-client",
-			"L7 policies it holds: demo/deny-admin (each request is decided by the waypoint)",
+			"L7 policies: demo/deny-admin (DENY, Service demo/echo-l7.demo.svc.cluster.local)",
 		} {
 			if !strings.Contains(out, want) {
 				t.Errorf("explain =\n%s\nwant it to contain %q", out, want)
@@ -150,6 +152,58 @@ func TestLiveLocalMesh(t *testing.T) {
 			if got != tc.want {
 				t.Errorf("GET echo from %s succeeded = %v (%v), want %v as explain says", tc.src, got, err, tc.want)
 			}
+		}
+	})
+
+	t.Run("explain decides a request at the waypoint as the waypoint does", func(t *testing.T) {
+		// demo/deny-admin (path /admin, DENY) is bound to echo-l7: explain
+		// reads it from the waypoint's admin server and decides with the
+		// waypoint's evaluator; real requests through the waypoint get the
+		// same answers.
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		for _, tc := range []struct {
+			path       string
+			wantLines  []string
+			wantStatus int
+		}{
+			{"/admin", []string{
+				"to demo/echo-0 (" + m.PodIP(1, 0).String() + ":8080, node node-b): DENY",
+				"L7 policies: demo/deny-admin (DENY, Service demo/echo-l7.demo.svc.cluster.local)",
+				"demo/deny-admin matches to paths=/admin",
+				"request: GET /admin, host echo-l7.demo",
+				"decision: DENY 403 (denied by policy), decided by demo/deny-admin",
+			}, http.StatusForbidden},
+			{"/", []string{
+				"to demo/echo-0 (" + m.PodIP(1, 0).String() + ":8080, node node-b): ALLOW",
+				"request: GET /, host echo-l7.demo",
+				"decision: ALLOW (no policy)",
+			}, http.StatusOK},
+		} {
+			out := cmd(t, "explain", "demo/client", "echo-l7.demo:80", "--path", tc.path)
+			for _, want := range tc.wantLines {
+				if !strings.Contains(out, want) {
+					t.Errorf("explain --path %s =\n%s\nwant it to contain %q", tc.path, out, want)
+				}
+			}
+			c := harness.HTTPClient(m.PodIP(0, 0))
+			req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+netip.AddrPortFrom(m.VIP(1), 80).String()+tc.path, nil)
+			req.Host = "echo-l7.demo"
+			resp, err := c.Do(req)
+			if err != nil {
+				t.Fatalf("GET %s through the waypoint: %v", tc.path, err)
+			}
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			c.CloseIdleConnections()
+			if resp.StatusCode != tc.wantStatus {
+				t.Errorf("GET %s through the waypoint = %d, want %d as explain says", tc.path, resp.StatusCode, tc.wantStatus)
+			}
+		}
+		// Without a request, explain says the decision depends on it.
+		out := cmd(t, "explain", "demo/client", "echo-l7.demo:80")
+		if want := "decision: depends on the request"; !strings.Contains(out, want) {
+			t.Errorf("explain without a request =\n%s\nwant it to contain %q", out, want)
 		}
 	})
 

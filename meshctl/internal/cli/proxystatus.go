@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"maps"
 	"path"
 	"slices"
 	"strings"
@@ -38,9 +39,10 @@ of resource, whether each proxy holds what istiod-lite last sent it:
   NOT SENT  nothing was sent yet
 
 (vN) is the version the proxy ACKed: istiod-lite's generation of that type.
-CERT EXPIRY is the earliest expiry of the workload certificates a ztunnel
-holds, read from its admin server (in local mode only for the nodes named by
---proxy-admin); "-" when it cannot be read.
+CERT EXPIRY is the earliest expiry of the certificates a ztunnel (its
+workloads') or waypoint (its own) holds, read from its admin server (in local
+mode only for the proxies named by --proxy-admin: NODE for a ztunnel,
+NAMESPACE/NAME for a waypoint); "-" when it cannot be read.
 
 istiod-lite authenticates the caller: in local mode with a token of its config
 directory (--istiod-token), in a cluster with the kubeconfig's credentials,
@@ -53,7 +55,7 @@ for users who may list pods in all namespaces.`,
 		RunE: func(cmd *cobra.Command, _ []string) error { return po.run(cmd.Context()) },
 	}
 	addOutputFlag(cmd, &po.output)
-	cmd.Flags().BoolVar(&po.certs, "certs", true, "read each ztunnel's certificate expiry from its admin server")
+	cmd.Flags().BoolVar(&po.certs, "certs", true, "read each proxy's certificate expiry from its admin server")
 	return cmd
 }
 
@@ -103,21 +105,16 @@ func (po *proxyStatusOptions) run(ctx context.Context) error {
 	return renderProxyStatus(po.Out, rows, clock())
 }
 
-// certExpiry reads the earliest certificate expiry of a ztunnel; nil when
-// it cannot be read.
+// certExpiry reads the earliest expiry of the certificates a ztunnel or
+// waypoint holds from its admin server; nil when it cannot be read.
 func (po *proxyStatusOptions) certExpiry(ctx context.Context, r proxyRow) *time.Time {
-	if r.Type != "ztunnel" {
-		return nil
-	}
-	node := strings.TrimPrefix(strings.TrimSuffix(r.Name, ".istio-system"), "ztunnel-")
 	var a *proxyAdmin
-	if po.Local() || len(po.ProxyAdmin) > 0 {
-		addr, ok := po.ProxyAdmin[node]
-		if !ok {
-			return nil
-		}
-		a = &proxyAdmin{name: node, addr: addr}
-	} else {
+	switch {
+	case r.Type != "ztunnel" && r.Type != "waypoint":
+		return nil
+	case po.Local() || len(po.ProxyAdmin) > 0:
+		a = po.localAdmin(ctx, r)
+	default:
 		kc, err := po.kube()
 		if err != nil {
 			return nil
@@ -132,6 +129,9 @@ func (po *proxyStatusOptions) certExpiry(ctx context.Context, r proxyRow) *time.
 		}
 		a = &proxyAdmin{name: r.Name, addr: addr, stop: stop}
 	}
+	if a == nil {
+		return nil
+	}
 	defer a.close()
 	d, err := a.configDump(ctx)
 	if err != nil || len(d.Certificates) == 0 {
@@ -144,6 +144,34 @@ func (po *proxyStatusOptions) certExpiry(ctx context.Context, r proxyRow) *time.
 		}
 	}
 	return &first
+}
+
+// localAdmin finds the admin server of row r among --proxy-admin: NODE for
+// a ztunnel; for a waypoint (whose row names its pod) NAMESPACE/POD, else
+// the NAMESPACE/GATEWAY entry whose waypoint says it is that pod. Nil when
+// none is given.
+func (po *proxyStatusOptions) localAdmin(ctx context.Context, r proxyRow) *proxyAdmin {
+	if r.Type == "ztunnel" {
+		node := strings.TrimPrefix(strings.TrimSuffix(r.Name, ".istio-system"), "ztunnel-")
+		if addr, ok := po.ProxyAdmin[node]; ok {
+			return &proxyAdmin{name: node, addr: addr}
+		}
+		return nil
+	}
+	ns, pod := podNamespace(r.Name), podName(r.Name)
+	if addr, ok := po.ProxyAdmin[ns+"/"+pod]; ok {
+		return &proxyAdmin{name: ns + "/" + pod, addr: addr}
+	}
+	for _, key := range slices.Sorted(maps.Keys(po.ProxyAdmin)) {
+		if !strings.HasPrefix(key, ns+"/") {
+			continue
+		}
+		a := &proxyAdmin{name: key, addr: po.ProxyAdmin[key]}
+		if d, err := a.waypointDump(ctx); err == nil && d.Pod == pod {
+			return a
+		}
+	}
+	return nil
 }
 
 // proxyRows turns istiod-lite's answer into rows, sorted by type and name.
