@@ -29,6 +29,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -167,16 +168,30 @@ func mayClaim(caller ProxyCaller, h *logsv1.ProxyMessage_Hello) error {
 		}
 	case logsv1.ProxyKind_WAYPOINT:
 		ns, _, ok := strings.Cut(h.GetName(), "/")
-		if !ok {
+		if !ok || ns == "" {
 			return fmt.Errorf("waypoint name %q is not namespace/name", h.GetName())
 		}
-		if caller.Node == "" && !strings.Contains(caller.Identity+"/", "/ns/"+ns+"/sa/") {
+		if caller.Node == "" && identityNamespace(caller.Identity) != ns {
 			return fmt.Errorf("identity %q may not speak for waypoint %q", caller.Identity, h.GetName())
 		}
 	default:
 		return fmt.Errorf("unknown proxy kind %v", h.GetKind())
 	}
 	return nil
+}
+
+// identityNamespace is the namespace of a workload identity
+// spiffe://<td>/ns/<ns>/sa/<sa>, or "" for any other string.
+func identityNamespace(id string) string {
+	sid, err := spiffeid.FromString(id)
+	if err != nil {
+		return ""
+	}
+	seg := strings.Split(sid.Path(), "/")
+	if len(seg) != 5 || seg[1] != "ns" || seg[3] != "sa" || seg[2] == "" || seg[4] == "" {
+		return ""
+	}
+	return seg[2]
 }
 
 // Connect implements LogRelay: a proxy joins.

@@ -74,7 +74,10 @@ func (r *Relay) Watch(req *logsv1.WatchRequest, stream grpc.ServerStreamingServe
 	if err != nil {
 		return err
 	}
-	req = restrict(req, access)
+	req, err = restrict(req, access)
+	if err != nil {
+		return err
+	}
 	if _, err := logstream.Compile(req); err != nil {
 		return status.Error(codes.InvalidArgument, err.Error())
 	}
@@ -215,13 +218,22 @@ func (w *watch) event(resp *logsv1.WatchResponse) {
 // caller is slow (which slows the proxy's Deliver stream, so that the
 // proxy counts what its ring loses). It returns false when the watch has
 // ended. Records outside the caller's namespaces are dropped: the proxy
-// filtered them already; this is the relay's own check.
+// filtered them already; this is the relay's own check. What the proxy
+// sends is attributed to it (records and losses carry its name and kind),
+// and proxy status is the relay's to tell: a proxy's is dropped.
 func (w *watch) deliver(ctx context.Context, l *leg, resp *logsv1.WatchResponse) bool {
+	switch ev := resp.GetEvent().(type) {
+	case *logsv1.WatchResponse_Lost:
+		ev.Lost.Proxy, ev.Lost.Source = l.proxy.name, logsv1.Lost_PROXY
+	case *logsv1.WatchResponse_Record:
+	default:
+		return true // proxy status, or an event this relay does not know
+	}
 	if rec := resp.GetRecord(); rec != nil {
 		if !w.access.allows(rec) {
 			return true
 		}
-		rec.Proxy = l.proxy.name
+		rec.Proxy, rec.ProxyKind = l.proxy.name, l.proxy.kind
 		w.mu.Lock()
 		if t := rec.GetTime().AsTime(); t.After(w.lastSeen[l.proxy.name]) {
 			w.lastSeen[l.proxy.name] = t
@@ -329,19 +341,30 @@ func (h *recordHeap) Pop() any {
 }
 
 // restrict narrows req to the namespaces the caller may read: every
-// whitelist filter that does not name namespaces gets them.
-func restrict(req *logsv1.WatchRequest, a *Access) *logsv1.WatchRequest {
+// whitelist filter that does not name namespaces gets them. A filter that
+// names namespaces (those logstream.Namespaces checks) the caller may not
+// read is PermissionDenied, as it is when the request names no others:
+// the caller's rights were then looked up for every namespace, not for
+// the filter's.
+func restrict(req *logsv1.WatchRequest, a *Access) (*logsv1.WatchRequest, error) {
 	if a.All {
-		return req
+		return req, nil
 	}
 	req = proto.Clone(req).(*logsv1.WatchRequest)
 	if len(req.Whitelist) == 0 {
 		req.Whitelist = []*logsv1.Filter{{}}
 	}
 	for _, f := range req.Whitelist {
-		if len(f.Namespace) == 0 && len(f.SourceNamespace) == 0 && len(f.DestinationNamespace) == 0 {
+		named := logstream.Namespaces(&logsv1.WatchRequest{Whitelist: []*logsv1.Filter{f}})
+		if named == nil {
 			f.Namespace = slices.Clone(a.Namespaces)
+			continue
+		}
+		for _, ns := range named {
+			if !slices.Contains(a.Namespaces, ns) {
+				return nil, status.Errorf(codes.PermissionDenied, "user %q may not read namespace %q", a.User, ns)
+			}
 		}
 	}
-	return req
+	return req, nil
 }
