@@ -399,7 +399,7 @@ func pathTo(ctx context.Context, store *state.Store, policies *authz.Policies, l
 		}
 		wh := Hop{Role: "waypoint", Proxy: "waypoint " + name + " on node " + wp.Workload.Node,
 			Does: []string{
-				"terminates HBONE, applies HTTP routes and the L7 policies bound to it or to the service (targetRefs), per request",
+				"terminates HBONE and applies the L7 policies bound to it or to the service (targetRefs), per request",
 				fmt.Sprintf("opens HBONE to %s at %s:15008, authority %s:%d, as %s", workloadName(w), firstAddr(w), firstAddr(w), port, wp.Workload.ID),
 			}}
 		undecided := "its L7 decision of the request is not shown"
