@@ -36,7 +36,11 @@ import (
 //     sets in each pod it captures) the kernel moves them, and the
 //     handshakes in flight, to the successor's socket instead.
 //  3. It drains what it carries for Config.DrainTimeout (GOAWAY on HBONE
-//     connections, the others run on), then closes what remains.
+//     connections, the others run on), then closes what remains. A
+//     connection accepted just before step 2 is carried even if its
+//     upstream (an HBONE CONNECT) is only connected once the drain began
+//     (proxy's trackUpstream; refusing it reset about one connection per
+//     handover under load).
 //
 // Pods come to the successor from the CNI plugin's records (PodStateDir) at
 // start and over its own ZDS socket, which replaces the old one's.
