@@ -17,7 +17,8 @@ package e2e
 // TcpExtTCPAbortOnClose +1 in the client pod, no access log line), at the
 // instant the old ztunnel closed the pod's 15001. The kernel was not at
 // fault (tcp_migrate_req is set in each pod's netns; TCPMigrateReq* stayed
-// 0: nothing was queued): the old ztunnel had accepted the connection just
+// 0 in the failing runs, and when it moves, Success counts, no Failure):
+// the old ztunnel had accepted the connection just
 // before the close, its HBONE CONNECT finished after Drain began, and the
 // drain refused to track the upstream, closing the client's connection
 // with its bytes unread (fixed in ztunnel/proxy/drain.go, trackUpstream).
