@@ -24,7 +24,7 @@ func (p *Proxy) track(c net.Conn) bool { return p.register(c, false) }
 // under load, that tests/e2e TestZtunnelHandover's outbound side saw, with
 // no access log line (the record was discarded). Evidence: 5 of 38 busy
 // runs failed so, each failed connection was the one a log line here
-// named, and 0 of 34 failed once upstreams were registered. The inbound
+// named, and 0 of 36 failed once upstreams were registered. The inbound
 // side never failed: Start drains the proxy only after the HBONE
 // server's Shutdown returned, so no CONNECT handler dials during Drain.
 // Registering it is safe while Wait runs: the client's connection holds
