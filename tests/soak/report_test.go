@@ -6,10 +6,13 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"slices"
 	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/ambient-go/mesh/pkg/accesslog"
 )
 
 // Resource limits: a figure at the end may exceed its value after
@@ -18,11 +21,10 @@ import (
 // flight more or less (each is a handful of goroutines and two or three
 // descriptors), and the Go heap's growth before the next GC cycle.
 const (
-	rssSlack        = 8 << 20
-	goroutineSlack  = 20
-	fdSlack         = 10
-	resourceGrowth  = 0.10
-	failuresListMax = 10
+	rssSlack       = 8 << 20
+	goroutineSlack = 20
+	fdSlack        = 10
+	resourceGrowth = 0.10
 )
 
 func within(base, end, slack int64) bool {
@@ -118,12 +120,11 @@ func (sk *soak) report(ran time.Duration, base, final map[string]usage) {
 	}
 
 	if len(outside) > 0 {
-		fmt.Fprintf(&b, "\n### Failures outside the windows (first %d)\n\n", failuresListMax)
-		for i, f := range outside {
-			if i == failuresListMax {
-				break
-			}
-			fmt.Fprintf(&b, "- %v–%v %s to %s: %s\n", f.start.Sub(sk.begin).Round(time.Millisecond), f.end.Sub(sk.begin).Round(time.Millisecond), f.kind, f.target, shortErr(f.err))
+		fmt.Fprintf(&b, "\n### Failures outside the windows\n\nGrouped into spans (failures less than 2 s apart), with the errors the clients saw and the errors in the ztunnels' access logs meanwhile (node-1 outbound, node-2 inbound).\n\n")
+		for _, sp := range sk.spans(outside) {
+			fmt.Fprintf(&b, "- %v–%v: %d failures, to %s; clients: %s; node-1: %s; node-2: %s\n", sp.start.Sub(sk.begin).Round(100*time.Millisecond),
+				sp.end.Sub(sk.begin).Round(100*time.Millisecond), sp.n, strings.Join(sp.targets, ", "),
+				shortErr(strings.Join(sp.errs, "; ")), shortErr(strings.Join(sp.node1, "; ")), shortErr(strings.Join(sp.node2, "; ")))
 		}
 		t.Errorf("%d failures outside the fault windows (see the table)", len(outside))
 	}
@@ -268,4 +269,59 @@ func commit() string {
 		return "?"
 	}
 	return strings.TrimSpace(string(out))
+}
+
+// span is a run of failures outside the windows.
+type span struct {
+	start, end   time.Time
+	n            int
+	targets      []string
+	errs         []string // client errors, by kind
+	node1, node2 []string // access log errors meanwhile, by kind
+}
+
+// spans groups failures (any order) into runs less than 2 s apart and
+// finds what the ztunnels logged meanwhile.
+func (sk *soak) spans(fails []failure) []span {
+	sorted := slices.Clone(fails)
+	slices.SortFunc(sorted, func(a, b failure) int { return a.start.Compare(b.start) })
+	var out []span
+	for _, f := range sorted {
+		if len(out) == 0 || f.start.After(out[len(out)-1].end.Add(2*time.Second)) {
+			out = append(out, span{start: f.start, end: f.end})
+		}
+		sp := &out[len(out)-1]
+		sp.n++
+		if f.end.After(sp.end) {
+			sp.end = f.end
+		}
+		addKind(&sp.targets, f.target.String())
+		addKind(&sp.errs, errorKind(f.err))
+	}
+	n1 := accessRecords(sk.c.Node(1).Ztunnel(), accesslog.Outbound)
+	var n2 []logRecord
+	for _, z := range sk.node2 {
+		n2 = append(n2, accessRecords(z, accesslog.Inbound)...)
+	}
+	for i := range out {
+		sp := &out[i]
+		for _, recs := range []struct {
+			recs []logRecord
+			into *[]string
+		}{{n1, &sp.node1}, {n2, &sp.node2}} {
+			for _, l := range recs.recs {
+				if e := l.String(accesslog.KeyError); e != "" && !l.end.Before(sp.start.Add(-time.Second)) && !l.end.After(sp.end.Add(time.Second)) {
+					addKind(recs.into, errorKind(e)+" ("+l.String(accesslog.KeyDstIdentity)+")")
+				}
+			}
+		}
+	}
+	return out
+}
+
+// addKind adds k to a short list of distinct kinds.
+func addKind(list *[]string, k string) {
+	if len(*list) < 4 && !slices.Contains(*list, k) {
+		*list = append(*list, k)
+	}
 }
