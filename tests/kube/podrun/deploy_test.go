@@ -141,9 +141,11 @@ func startDeployed(t *testing.T, moreImages ...string) *deployed {
 	d.runner, err = podrun.New(podrun.Config{
 		Images:  append([]string{dir}, moreImages...),
 		Network: d.sandbox,
-		BackOff: time.Second,
-		Output:  d.out.add,
-		Log:     log,
+		// The pods' namespaces are the machine's (package netns).
+		SharedHostPaths: []string{netns.Dir},
+		BackOff:         time.Second,
+		Output:          d.out.add,
+		Log:             log,
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -44,8 +44,9 @@ var (
 	buildErr   error
 )
 
-// BuildImages builds the mesh's images (images.Mesh) for Platform, as
-// `make images` does, into CacheDir()/images, once per process, and returns
+// BuildImages builds the mesh's images that pods run (images.Mesh but
+// meshctl: istiod-lite, ztunnel, waypoint) for Platform, as `make images`
+// does, into CacheDir()/images, once per process, and returns
 // that directory and the images. `go build` is incremental, and an
 // unchanged binary gives the same digest, hence no new unpacking.
 func BuildImages(ctx context.Context, log *slog.Logger) (string, []images.Built, error) {
@@ -66,8 +67,14 @@ func BuildImages(ctx context.Context, log *slog.Logger) (string, []images.Built,
 		if log == nil {
 			log = slog.New(slog.DiscardHandler)
 		}
+		var imgs []images.Image
+		for _, img := range images.Mesh() {
+			if img.Name != "meshctl" { // a CLI: no pod runs it
+				imgs = append(imgs, img)
+			}
+		}
 		buildBuilt, buildErr = images.Build(ctx, images.Config{
-			Dir: root, Out: dir, Platforms: []v1.Platform{Platform}, Log: log,
+			Dir: root, Out: dir, Platforms: []v1.Platform{Platform}, Images: imgs, Log: log,
 		})
 		buildDir = dir
 	})

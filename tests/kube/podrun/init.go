@@ -116,7 +116,9 @@ func containerInit(path string) error {
 		return err
 	}
 	for _, m := range s.Mounts {
-		if err := bind(m.Source, filepath.Join(s.Root, m.Target), m.ReadOnly, false); err != nil {
+		// Recursive, as runc binds Kubernetes volumes: a host path holding
+		// mounts (the nsfs files of /var/run/netns) keeps them.
+		if err := bind(m.Source, filepath.Join(s.Root, m.Target), m.ReadOnly, true); err != nil {
 			return err
 		}
 	}

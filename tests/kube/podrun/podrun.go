@@ -127,6 +127,11 @@ type Config struct {
 	// (hostPath /etc/cni/net.d of node-1 is NodeDir("node-1")/etc/cni/net.d);
 	// default <Dir>/nodes/<node>.
 	NodeDir func(node string) string
+	// SharedHostPaths are hostPath paths that are the machine's own on
+	// every node instead of the node's directory: e.g. /var/run/netns when
+	// Network makes the pods' network namespaces there (package netns),
+	// so that a pod mounting it (ztunnel) opens them by path. Default none.
+	SharedHostPaths []string
 	// BackOff is the first delay before restarting a container that exited;
 	// it doubles up to five minutes and resets after ten minutes of
 	// running, as the kubelet's. Default 10s.

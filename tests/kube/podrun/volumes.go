@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"time"
 
@@ -160,6 +161,9 @@ func (p *pod) makeVolumes(ctx context.Context) error {
 // creating it as its type asks.
 func (p *pod) hostPath(hp *corev1.HostPathVolumeSource) (string, error) {
 	path := filepath.Join(p.r.cfg.NodeDir(p.obj.Spec.NodeName), filepath.Clean("/"+hp.Path))
+	if slices.Contains(p.r.cfg.SharedHostPaths, filepath.Clean("/"+hp.Path)) {
+		path = filepath.Clean("/" + hp.Path)
+	}
 	typ := corev1.HostPathUnset
 	if hp.Type != nil {
 		typ = *hp.Type
