@@ -183,7 +183,10 @@ robin: %d long streams (one ping line every %v each, the answer checked), short 
 one line, close; one every %v, at most %d in flight), and 1 KiB request/response on %d persistent
 connections (%d/s in all). Each server answers with its pod's name, so an answer from a pod that no longer
 holds the address is seen. Every dial and request times out after %v. Workload certificates live %v
-(the ztunnels renew them half-way).
+(the ztunnels renew them half-way). The ztunnels run with `+"`%s`"+`, below the clients' timeout, so
+that while 15008 is blocked the source ztunnel gives up first and says why (with the defaults, 15 s and no
+TCP_USER_TIMEOUT, the clients give up first and node-1 logs only the close of their sockets, with no
+response flag and no CONNECT metric).
 
 Faults, one at a time (a fault due while another's window and grace last waits; in a long run, one that
 would not end before the duration is skipped): %s
@@ -207,6 +210,7 @@ the time since it started; node-1's ztunnel runs the whole time.
 %s`,
 		sk.s.Duration, time.Now().UTC().Format("2006-01-02 15:04 MST"), machine(), commit(), ran.Round(time.Second), verdict,
 		streamsPerTarget*3, streamInterval, shortInterval, maxShortInFlight, persistentPerTarget*3, persistentTotalRate, ioTimeout, sk.s.CertTTL,
+		strings.Join(ztunnelArgs, " "),
 		faultList(sk.s, sp),
 		sp[faultSwap].grace, sp[faultIstiod].grace, sp[faultBlock].grace, sk.s.WarmUp, sk.s.Settle, mib(rssSlack), goroutineSlack, fdSlack,
 		tables, timeline)
