@@ -87,7 +87,7 @@ func FuzzWatchAccess(f *testing.F) {
 		api.mu.Lock()
 		api.allowed = readable
 		api.mu.Unlock()
-		tok++ // a fresh token: no cached review of another input
+		tok++                 // a fresh token: no cached review of another input
 		client.ClearActions() // the fake keeps every request otherwise
 		az := &KubeAuthorizer{Client: client, Namespaces: func() []string { return nsList }}
 		ctx := metadata.NewIncomingContext(context.Background(), metadata.Pairs("authorization", "Bearer t"+itoa(tok)))
