@@ -191,6 +191,12 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		reject(w, http.StatusBadRequest, "method is not CONNECT")
 		return
 	}
+	if r.Proto != "HTTP/3.0" {
+		// Extended CONNECT (RFC 9220: quic-go offers it and puts :protocol
+		// in Proto): refused as over TCP (serverconn.go), never a tunnel.
+		reject(w, http.StatusBadRequest, "extended CONNECT is not supported")
+		return
+	}
 	authority, err := netip.ParseAddrPort(r.Host)
 	if err != nil {
 		reject(w, http.StatusBadRequest, "authority is not ip:port")
