@@ -201,7 +201,7 @@ func New(cfg Config) (*Waypoint, error) {
 		creds = credentials.NewTLS(&tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12, ServerName: "istiod-lite.istio-system.svc"})
 	}
 	token := identity.TokenSource(cfg.Token, cfg.TokenFile)
-	w.conn, err = grpc.NewClient(cfg.XDSAddress, grpc.WithTransportCredentials(creds))
+	w.conn, err = grpc.NewClient(cfg.XDSAddress, grpc.WithTransportCredentials(creds), xds.KeepaliveDialOption())
 	if err != nil {
 		return nil, fmt.Errorf("waypoint: istiod-lite client: %w", err)
 	}

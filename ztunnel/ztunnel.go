@@ -258,7 +258,7 @@ func New(cfg Config) (*Ztunnel, error) {
 		}
 		creds = credentials.NewTLS(&tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12, ServerName: cmp.Or(cfg.XDSServerName, DefaultXDSServerName)})
 	}
-	conn, err := grpc.NewClient(cfg.XDSAddress, grpc.WithTransportCredentials(creds))
+	conn, err := grpc.NewClient(cfg.XDSAddress, grpc.WithTransportCredentials(creds), xds.KeepaliveDialOption())
 	if err != nil {
 		return nil, fmt.Errorf("ztunnel: istiod-lite client: %w", err)
 	}

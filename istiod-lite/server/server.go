@@ -71,6 +71,7 @@ import (
 	"github.com/ambient-go/mesh/istiod-lite/status"
 	"github.com/ambient-go/mesh/istiod-lite/xds"
 	"github.com/ambient-go/mesh/pkg/workloadapi"
+	pkgxds "github.com/ambient-go/mesh/pkg/xds"
 )
 
 // Config configures istiod-lite. StateDir is required, and ConfigDir in
@@ -269,20 +270,22 @@ func New(cfg Config) (*Server, error) {
 	for _, r := range s.ca.Roots() {
 		roots.AddCert(r)
 	}
-	s.grpc = grpc.NewServer(grpc.Creds(credentials.NewTLS(&tls.Config{
+	// Both servers keep Istio's keepalive (pkg/xds KeepaliveServerOptions).
+	common := append(pkgxds.KeepaliveServerOptions(), grpc.ChainStreamInterceptor(xdsLimit.streamInterceptor))
+	s.grpc = grpc.NewServer(append(common, grpc.Creds(credentials.NewTLS(&tls.Config{
 		MinVersion:     tls.VersionTLS12,
 		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return cert.get() },
 		// A mesh certificate authenticates an xDS stream; ztunnels send a
 		// token instead, and the CA always asks for one.
 		ClientAuth: tls.VerifyClientCertIfGiven,
 		ClientCAs:  roots,
-	})), grpc.ChainStreamInterceptor(xdsLimit.streamInterceptor))
+	})))...)
 	s.register(s.grpc)
 	if s.tlsL, err = net.Listen("tcp", cfg.Addr); err != nil {
 		return nil, fmt.Errorf("istiod-lite: %w", err)
 	}
 	if cfg.PlaintextAddr != "" {
-		s.plain = grpc.NewServer(grpc.ChainStreamInterceptor(xdsLimit.streamInterceptor))
+		s.plain = grpc.NewServer(common...)
 		s.register(s.plain)
 		if s.plainL, err = net.Listen("tcp", cfg.PlaintextAddr); err != nil {
 			s.tlsL.Close()

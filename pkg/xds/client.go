@@ -61,8 +61,9 @@ type ClientConfig struct {
 	// istiod-lite refuses the stream. The metadata is sent whatever the transport, so in production the
 	// DialOptions must carry TLS credentials.
 	Token func(ctx context.Context) (string, error)
-	// DialOptions are appended to the defaults (insecure transport credentials and a receive limit of
-	// DefaultMaxRecvMsgSize), so a transport credentials option here replaces plaintext.
+	// DialOptions are appended to the defaults (insecure transport credentials, a receive limit of
+	// DefaultMaxRecvMsgSize and KeepaliveDialOption), so a transport credentials option here replaces
+	// plaintext.
 	DialOptions []grpc.DialOption
 	// Node identifies the proxy; Node.Id is required
 	// (`ztunnel~<ip>~<pod>.<ns>~<ns>.svc.cluster.local`).
@@ -192,6 +193,7 @@ func (c *Client) runStream(ctx context.Context) (gotResponse bool, err error) {
 	opts := append([]grpc.DialOption{
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(DefaultMaxRecvMsgSize)),
+		KeepaliveDialOption(),
 	}, c.cfg.DialOptions...)
 	conn, err := grpc.NewClient(c.cfg.Target, opts...)
 	if err != nil {
