@@ -403,6 +403,10 @@ func (s *Server) serve(ss discoveryv3.AggregatedDiscoveryService_DeltaAggregated
 	for {
 		select {
 		case <-ctx.Done():
+			st.mu.Lock()
+			node := st.nodeID
+			st.mu.Unlock()
+			s.log.Info("xds stream cancelled", "node", clip(node), "cause", context.Cause(ctx))
 			return nil
 		case err := <-recvErr:
 			st.mu.Lock()

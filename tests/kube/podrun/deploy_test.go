@@ -62,6 +62,13 @@ func (o *output) add(pod types.NamespacedName, ctr string, line []byte) {
 	}
 }
 
+// since returns the lines from index from on.
+func (o *output) since(from int) []outputLine {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return append([]outputLine(nil), o.lines[min(from, len(o.lines)):]...)
+}
+
 // mark is the number of lines so far, to wait for later ones.
 func (o *output) mark() int {
 	o.mu.Lock()
