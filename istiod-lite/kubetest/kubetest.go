@@ -15,8 +15,11 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -87,9 +90,22 @@ func ToolAssetsDir(env, tool string) (string, error) {
 	if err != nil {
 		return "", err
 	}
+	dir := filepath.Join(root, "tools", tool)
+	files := []string{"go.mod", "go.sum", "build.sh"}
+	// And the Go files of tools/<tool>/cmd, sorted by path (build.sh: find
+	// cmd -name '*.go' | LC_ALL=C sort).
+	var cmds []string
+	filepath.WalkDir(filepath.Join(dir, "cmd"), func(path string, e fs.DirEntry, err error) error {
+		if err == nil && !e.IsDir() && strings.HasSuffix(path, ".go") {
+			rel, _ := filepath.Rel(dir, path)
+			cmds = append(cmds, rel)
+		}
+		return nil
+	})
+	slices.Sort(cmds)
 	h := sha256.New()
-	for _, f := range []string{"go.mod", "go.sum", "build.sh"} {
-		b, err := os.ReadFile(filepath.Join(root, "tools", tool, f))
+	for _, f := range append(files, cmds...) {
+		b, err := os.ReadFile(filepath.Join(dir, f))
 		if err != nil {
 			return "", fmt.Errorf("hashing the %s build recipe: %w", tool, err)
 		}

@@ -37,6 +37,8 @@ type Options struct {
 	Nodes []string
 	// CertTTL is the certificate lifetime ztunnels request; default 24h.
 	CertTTL time.Duration
+	// QUIC is the ztunnels' --quic (off, on, prefer); default off.
+	QUIC string
 }
 
 // Mesh is a running in-process mesh.
@@ -235,6 +237,7 @@ func (m *Mesh) StartZtunnel(node string) *Ztunnel {
 		XDSAddress:    m.IstiodAddr(),
 		Token:         m.Token(node),
 		CertTTL:       m.opts.CertTTL,
+		QUIC:          m.opts.QUIC,
 		AdminAddr:     "127.0.0.1:0",
 		MetricsAddr:   "127.0.0.1:0",
 		ReadinessAddr: "127.0.0.1:0",
