@@ -2,22 +2,12 @@ package waypoint
 
 import (
 	"encoding/json"
-	"time"
 
 	"google.golang.org/protobuf/encoding/protojson"
 
+	"github.com/ambient-go/mesh/pkg/identity"
 	"github.com/ambient-go/mesh/pkg/state"
 )
-
-// certificateDump describes the waypoint's certificate in /config_dump (the
-// shape of ztunnel's).
-type certificateDump struct {
-	Identity  string    `json:"identity"`
-	Serial    string    `json:"serial"`
-	NotBefore time.Time `json:"notBefore"`
-	NotAfter  time.Time `json:"notAfter"`
-	Issuer    string    `json:"issuer"`
-}
 
 type configDump struct {
 	Identity string `json:"identity"`
@@ -31,9 +21,9 @@ type configDump struct {
 	// Authorizations the same policies as received
 	// (ambientgo.waypoint.Authorization in the protos' JSON form), which
 	// meshctl explain evaluates with the waypoint's own evaluator.
-	Policies       []string          `json:"waypointPolicies"`
-	Authorizations []json.RawMessage `json:"waypointAuthorizations"`
-	Certificates   []certificateDump `json:"certificates"`
+	Policies       []string                   `json:"waypointPolicies"`
+	Authorizations []json.RawMessage          `json:"waypointAuthorizations"`
+	Certificates   []identity.CertificateInfo `json:"certificates"`
 }
 
 // configDump is what /config_dump shows: the state from istiod-lite, the L7
@@ -46,7 +36,7 @@ func (w *Waypoint) configDump() any {
 		Pod:            w.cfg.PodName,
 		State:          w.store.Dump(),
 		Authorizations: []json.RawMessage{},
-		Certificates:   []certificateDump{},
+		Certificates:   identity.Infos(w.certs.Certificates()),
 	}
 	w.l7.mu.Lock()
 	out.Policies = w.l7.sortedLocked()
@@ -56,14 +46,5 @@ func (w *Waypoint) configDump() any {
 		}
 	}
 	w.l7.mu.Unlock()
-	for _, c := range w.certs.Certificates() {
-		out.Certificates = append(out.Certificates, certificateDump{
-			Identity:  c.ID.String(),
-			Serial:    c.Leaf.SerialNumber.Text(16),
-			NotBefore: c.Leaf.NotBefore,
-			NotAfter:  c.Leaf.NotAfter,
-			Issuer:    c.Leaf.Issuer.String(),
-		})
-	}
 	return out
 }

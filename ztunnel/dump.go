@@ -4,22 +4,13 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"net/netip"
-	"time"
 
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/ambient-go/mesh/pkg/identity"
 	"github.com/ambient-go/mesh/ztunnel/proxy"
 )
-
-// certificateDump describes one workload certificate in /config_dump.
-type certificateDump struct {
-	Identity  string    `json:"identity"`
-	Serial    string    `json:"serial"`
-	NotBefore time.Time `json:"notBefore"`
-	NotAfter  time.Time `json:"notAfter"`
-	Issuer    string    `json:"issuer"`
-}
 
 type listenerDump struct {
 	Address string `json:"address"`
@@ -29,12 +20,12 @@ type listenerDump struct {
 }
 
 type configDump struct {
-	Node         string            `json:"node"`
-	Workloads    []json.RawMessage `json:"workloads"`
-	Services     []json.RawMessage `json:"services"`
-	Policies     []json.RawMessage `json:"policies"`
-	Certificates []certificateDump `json:"certificates"`
-	Listeners    []listenerDump    `json:"listeners"`
+	Node         string                     `json:"node"`
+	Workloads    []json.RawMessage          `json:"workloads"`
+	Services     []json.RawMessage          `json:"services"`
+	Policies     []json.RawMessage          `json:"policies"`
+	Certificates []identity.CertificateInfo `json:"certificates"`
+	Listeners    []listenerDump             `json:"listeners"`
 	// Connections are the connections the proxy carries now (istioctl's
 	// ztunnel-config connections).
 	Connections []proxy.Connection `json:"connections"`
@@ -50,7 +41,7 @@ func (z *Ztunnel) configDump() any {
 		Workloads:    []json.RawMessage{},
 		Services:     []json.RawMessage{},
 		Policies:     []json.RawMessage{},
-		Certificates: []certificateDump{},
+		Certificates: identity.Infos(z.certs.Certificates()),
 		Listeners:    []listenerDump{},
 		Connections:  z.proxy.Connections(),
 	}
@@ -65,15 +56,6 @@ func (z *Ztunnel) configDump() any {
 	}
 	for _, p := range d.Policies {
 		out.Policies = append(out.Policies, protoJSON(p))
-	}
-	for _, c := range z.certs.Certificates() {
-		out.Certificates = append(out.Certificates, certificateDump{
-			Identity:  c.ID.String(),
-			Serial:    c.Leaf.SerialNumber.Text(16),
-			NotBefore: c.Leaf.NotBefore,
-			NotAfter:  c.Leaf.NotAfter,
-			Issuer:    c.Leaf.Issuer.String(),
-		})
 	}
 	out.Listeners = append(out.Listeners, z.dp.listeners()...)
 	return out

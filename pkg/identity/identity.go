@@ -19,6 +19,7 @@ import (
 	"fmt"
 	"net/url"
 	"strings"
+	"time"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -152,4 +153,29 @@ func parsePEMCerts(b []byte) ([]*x509.Certificate, error) {
 		return nil, errors.New("no PEM certificate")
 	}
 	return certs, nil
+}
+
+// CertificateInfo is what a proxy's /config_dump shows of one certificate
+// it holds (ztunnel's and the waypoint's, read by meshctl).
+type CertificateInfo struct {
+	Identity  string    `json:"identity"`
+	Serial    string    `json:"serial"`
+	NotBefore time.Time `json:"notBefore"`
+	NotAfter  time.Time `json:"notAfter"`
+	Issuer    string    `json:"issuer"`
+}
+
+// Infos describes certs for a /config_dump; never nil.
+func Infos(certs []*Certificate) []CertificateInfo {
+	out := make([]CertificateInfo, 0, len(certs))
+	for _, c := range certs {
+		out = append(out, CertificateInfo{
+			Identity:  c.ID.String(),
+			Serial:    c.Leaf.SerialNumber.Text(16),
+			NotBefore: c.Leaf.NotBefore,
+			NotAfter:  c.Leaf.NotAfter,
+			Issuer:    c.Leaf.Issuer.String(),
+		})
+	}
+	return out
 }
