@@ -13,6 +13,7 @@ import (
 
 	"google.golang.org/protobuf/encoding/protojson"
 
+	"github.com/ambient-go/mesh/pkg/identity"
 	"github.com/ambient-go/mesh/pkg/workloadapi/waypoint"
 )
 
@@ -116,13 +117,8 @@ type configDump struct {
 	Connections []connection `json:"connections,omitempty"`
 }
 
-type certificate struct {
-	Identity  string    `json:"identity"`
-	Serial    string    `json:"serial"`
-	NotBefore time.Time `json:"notBefore"`
-	NotAfter  time.Time `json:"notAfter"`
-	Issuer    string    `json:"issuer"`
-}
+// certificate is one entry of a proxy's /config_dump certificates.
+type certificate = identity.CertificateInfo
 
 type connection struct {
 	Workload     string    `json:"workload"`
