@@ -214,6 +214,10 @@ func (sk *soak) swapPod(p faultSpec) *window {
 	}
 	sk.swaps++
 	spec := cluster.PodSpec{Namespace: namespace, Name: fmt.Sprintf("swap-%d", sk.swaps), ServiceAccount: fmt.Sprintf("swap-sa-%d", sk.swaps)}
+	// From the old pod's deletion on, only the new one may answer: named
+	// before it can answer (its app answers as soon as it starts, before
+	// the ztunnels' wait below ends).
+	sk.tr.setName(sk.swapIP, spec.Name, time.Now())
 	np, err := n2.AddPodAt(spec, sk.swapIP)
 	if err != nil {
 		t.Fatalf("pod %s at %s: %v", spec.Name, sk.swapIP, err)
@@ -232,7 +236,6 @@ func (sk *soak) swapPod(p faultSpec) *window {
 		}
 	}
 	w.end = time.Now()
-	sk.tr.setName(sk.swapIP, spec.Name, w.end)
 	sk.swapRecs = append(sk.swapRecs, swapRecord{ip: sk.swapIP, oldPod: old.Key(), newPod: np.Key(),
 		oldID: identity(old.Spec.ServiceAccount), newID: identity(spec.ServiceAccount), w: w})
 	w.note = fmt.Sprintf("(%s → %s at %s)", old.Spec.Name, spec.Name, sk.swapIP)
