@@ -15,8 +15,7 @@ import (
 // KeepaliveTimeout, so a connection whose other end went away without a
 // FIN or RST (a node that vanished, a path that drops everything, a
 // server that lost the stream) is redialed and the proxy syncs again,
-// instead of waiting for pushes that never come. xDS streams are quiet
-// for long stretches, so pings are sent without active streams too.
+// instead of waiting for pushes that never come.
 const (
 	KeepaliveTime    = 30 * time.Second
 	KeepaliveTimeout = 10 * time.Second
@@ -31,7 +30,10 @@ func KeepaliveDialOption() grpc.DialOption {
 	return grpc.WithKeepaliveParams(keepalive.ClientParameters{
 		Time:                keepaliveTime,
 		Timeout:             KeepaliveTimeout,
-		PermitWithoutStream: true,
+		// Only with streams open: Istio's istiod (pilot's policy, unlike
+		// istiod-lite's) answers pings on a connection without streams
+		// with GOAWAY too_many_pings. The xDS stream is always open.
+		PermitWithoutStream: false,
 	})
 }
 
