@@ -14,6 +14,7 @@ import (
 	"strings"
 	"sync"
 	"syscall"
+	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -266,6 +267,8 @@ func platformImage(root v1.ImageIndex, d v1.Descriptor, platform v1.Platform) (v
 func unpackCached(img v1.Image, cache string, digest v1.Hash) (string, error) {
 	dst := filepath.Join(cache, digest.Hex)
 	if _, err := os.Stat(filepath.Join(dst, ".complete")); err == nil {
+		now := time.Now()
+		os.Chtimes(filepath.Join(dst, ".complete"), now, now) // last use, for pruneRootfs
 		return dst, nil
 	}
 	unlock, err := lockDir(cache)
@@ -301,7 +304,32 @@ func unpackCached(img v1.Image, cache string, digest v1.Hash) (string, error) {
 		os.RemoveAll(tmp)
 		return "", err
 	}
+	// Every build of the images has new digests: without pruning, a
+	// developer's cache grows by the images' size at each change.
+	pruneRootfs(cache, rootfsMaxAge)
 	return dst, nil
+}
+
+// rootfsMaxAge is how long an unpacked image may go unused before
+// pruneRootfs removes it.
+const rootfsMaxAge = 24 * time.Hour
+
+// pruneRootfs removes the unpacked images under cache last used (their
+// .complete marker's time) more than maxAge ago. The cache's lock is held.
+func pruneRootfs(cache string, maxAge time.Duration) {
+	entries, err := os.ReadDir(cache)
+	if err != nil {
+		return
+	}
+	for _, e := range entries {
+		if !e.IsDir() || strings.HasPrefix(e.Name(), ".") {
+			continue
+		}
+		fi, err := os.Stat(filepath.Join(cache, e.Name(), ".complete"))
+		if err == nil && time.Since(fi.ModTime()) > maxAge {
+			os.RemoveAll(filepath.Join(cache, e.Name()))
+		}
+	}
 }
 
 // untar writes a flattened image file system into dir, with the modes of

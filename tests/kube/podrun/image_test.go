@@ -5,7 +5,9 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
+	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
@@ -98,5 +100,36 @@ func TestResolveAndUnpack(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(dir, "marker")); err != nil {
 		t.Errorf("the second unpack replaced the first: %v", err)
+	}
+
+	// A new unpack prunes what went unused for rootfsMaxAge, not what was
+	// used since (the second unpack above marked dir as used).
+	stale := filepath.Join(cache, strings.Repeat("0", 64))
+	if err := os.MkdirAll(stale, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(stale, ".complete"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	old := time.Now().Add(-rootfsMaxAge - time.Hour)
+	if err := os.Chtimes(filepath.Join(stale, ".complete"), old, old); err != nil {
+		t.Fatal(err)
+	}
+	amd, err := resolve(out, "example.test/mesh/tool:v1", plats[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	amdDigest, err := amd.Digest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := unpackCached(amd, cache, amdDigest); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(stale); !os.IsNotExist(err) {
+		t.Errorf("an unpacked image unused for longer than %v was kept (%v)", rootfsMaxAge, err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "marker")); err != nil {
+		t.Errorf("a recently used unpacked image was pruned: %v", err)
 	}
 }
