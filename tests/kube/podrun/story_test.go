@@ -11,7 +11,10 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"path/filepath"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -173,7 +176,15 @@ func TestDeployedUserStory(t *testing.T) {
 				}
 			}
 			if os.Getenv("PODRUN_DEBUG_ISTIOD") != "" {
-				exec.Command("pkill", "-QUIT", "-f", "leader-election-namespace=istio-system").Run()
+				// istiod-lite serves no pprof: SIGQUIT makes the Go
+				// runtime print every goroutine to its output (and end
+				// it). Only the istiod-lite processes in this test's
+				// istiod pod's network namespace are signalled.
+				if pods, err := kc.Clientset.CoreV1().Pods("istio-system").List(t.Context(), metav1.ListOptions{LabelSelector: "app=istiod-lite"}); err == nil {
+					for _, p := range pods.Items {
+						quitInNetns(d.podNS(t, p.Namespace, p.Name).NS.Path(), "istiod-lite")
+					}
+				}
 				time.Sleep(2 * time.Second)
 				var b strings.Builder
 				for _, l := range d.out.since(0) {
@@ -181,7 +192,11 @@ func TestDeployedUserStory(t *testing.T) {
 						b.WriteString(l.line + "\n")
 					}
 				}
-				os.WriteFile("/tmp/istiod-quit.txt", []byte(b.String()), 0o644)
+				if f, err := os.CreateTemp("", "istiod-quit-*.txt"); err == nil {
+					f.WriteString(b.String())
+					f.Close()
+					t.Logf("istiod-lite's goroutines: %s", f.Name())
+				}
 			}
 			t.Fatalf("the ztunnel of %s logged no %s within %v", node, what, logWait)
 		}
@@ -399,4 +414,26 @@ func TestDeployedUserStory(t *testing.T) {
 			t.Errorf("the new ztunnel of node-2 logged src.identity %q, want the client's", id)
 		}
 	})
+}
+
+// quitInNetns sends SIGQUIT to the processes named comm whose network
+// namespace is the one at nsPath.
+func quitInNetns(nsPath, comm string) {
+	var want syscall.Stat_t
+	if syscall.Stat(nsPath, &want) != nil {
+		return
+	}
+	procs, _ := filepath.Glob("/proc/[0-9]*")
+	for _, dir := range procs {
+		var st syscall.Stat_t
+		if syscall.Stat(filepath.Join(dir, "ns", "net"), &st) != nil || st.Ino != want.Ino || st.Dev != want.Dev {
+			continue
+		}
+		if b, err := os.ReadFile(filepath.Join(dir, "comm")); err != nil || strings.TrimSpace(string(b)) != comm {
+			continue
+		}
+		if pid, err := strconv.Atoi(filepath.Base(dir)); err == nil {
+			syscall.Kill(pid, syscall.SIGQUIT)
+		}
+	}
 }
