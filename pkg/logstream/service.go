@@ -71,8 +71,11 @@ func (s *Service) Watch(ctx context.Context, req *logsv1.WatchRequest, send func
 	defer s.cfg.Metrics.watchers.Dec()
 	ring := s.cfg.Ring
 
-	// Register before reading the backlog, so that nothing added in
-	// between goes unnoticed.
+	// The backlog ends and the follow begins at end, taken before the
+	// follower registers: a record added between the two is read by the
+	// follow loop's first read (which comes before any wait), where taking
+	// end after registering skipped it without a trace.
+	end := ring.Next()
 	var (
 		wake <-chan struct{}
 		stop = func() {}
@@ -83,7 +86,6 @@ func (s *Service) Watch(ctx context.Context, req *logsv1.WatchRequest, send func
 	defer stop()
 
 	buf := make([]entry, batchSize)
-	end := ring.Next()
 	if err := s.backlog(req, m, buf, end, send); err != nil {
 		return err
 	}
