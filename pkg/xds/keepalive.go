@@ -28,8 +28,8 @@ var keepaliveTime = KeepaliveTime
 // connection a proxy makes to istiod-lite (NewClient adds it to its own).
 func KeepaliveDialOption() grpc.DialOption {
 	return grpc.WithKeepaliveParams(keepalive.ClientParameters{
-		Time:                keepaliveTime,
-		Timeout:             KeepaliveTimeout,
+		Time:    keepaliveTime,
+		Timeout: KeepaliveTimeout,
 		// Only with streams open: Istio's istiod (pilot's policy, unlike
 		// istiod-lite's) answers pings on a connection without streams
 		// with GOAWAY too_many_pings. The xDS stream is always open.

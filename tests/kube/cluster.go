@@ -477,7 +477,7 @@ func ptr[T any](v T) *T { return &v }
 // process is a child process whose output is kept for failure reports.
 type process struct {
 	cmd  *exec.Cmd
-	out  *tailBuffer
+	out  *TailBuffer
 	done chan struct{}
 	err  error
 }
@@ -504,7 +504,7 @@ func (c *Cluster) startControllerManager(t testing.TB) error {
 		"--use-service-account-credentials=false",
 		"--service-cluster-ip-range=" + c.cfg.ServiceCIDR,
 	}
-	p := &process{out: &tailBuffer{max: 64 << 10}, done: make(chan struct{})}
+	p := &process{out: NewTailBuffer(64 << 10), done: make(chan struct{})}
 	p.cmd = exec.Command(filepath.Join(c.Assets, "kube-controller-manager"), args...)
 	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
 	p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
@@ -541,29 +541,6 @@ func (c *Cluster) startControllerManager(t testing.TB) error {
 
 // ControllerManagerOutput returns the tail of kube-controller-manager's output.
 func (c *Cluster) ControllerManagerOutput() string { return c.kcm.out.String() }
-
-// tailBuffer keeps the last max bytes written to it.
-type tailBuffer struct {
-	mu  sync.Mutex
-	max int
-	b   []byte
-}
-
-func (b *tailBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	b.b = append(b.b, p...)
-	if len(b.b) > b.max {
-		b.b = append([]byte(nil), b.b[len(b.b)-b.max:]...)
-	}
-	return len(p), nil
-}
-
-func (b *tailBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return string(b.b)
-}
 
 // podKey names a pod for the kubelet's bookkeeping.
 func podKey(p *corev1.Pod) types.NamespacedName {

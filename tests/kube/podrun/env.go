@@ -8,6 +8,8 @@ import (
 	"strings"
 
 	corev1 "k8s.io/api/core/v1"
+
+	"github.com/ambient-go/mesh/tests/kube"
 )
 
 // errOptionalMissing marks an optional ConfigMap, Secret or key that is
@@ -42,7 +44,7 @@ func command(ctr corev1.Container, entrypoint, cmd []string, vars map[string]str
 	}
 	out := make([]string, len(argv))
 	for i, a := range argv {
-		out[i] = expandVars(a, vars)
+		out[i] = kube.ExpandVars(a, vars)
 	}
 	return out, nil
 }
@@ -116,7 +118,7 @@ func containerEnv(ctx context.Context, pod *corev1.Pod, ctr corev1.Container, im
 	}
 	for _, e := range ctr.Env {
 		if e.ValueFrom == nil {
-			set(e.Name, expandVars(e.Value, vars))
+			set(e.Name, kube.ExpandVars(e.Value, vars))
 			continue
 		}
 		v, err := valueFrom(ctx, pod.Namespace, e.ValueFrom, fields, objs)
@@ -191,36 +193,4 @@ func sortedKeys[V any](m map[string]V) []string {
 	}
 	slices.Sort(ks)
 	return ks
-}
-
-// expandVars expands $(VAR) references to vars as the kubelet does: $$ is
-// a literal $, and a reference to an unknown variable stays as it is.
-func expandVars(s string, vars map[string]string) string {
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] != '$' || i+1 == len(s) {
-			b.WriteByte(s[i])
-			continue
-		}
-		switch s[i+1] {
-		case '$':
-			b.WriteByte('$')
-			i++
-		case '(':
-			end := strings.IndexByte(s[i+2:], ')')
-			if end < 0 {
-				b.WriteString(s[i:])
-				return b.String()
-			}
-			if v, ok := vars[s[i+2:i+2+end]]; ok {
-				b.WriteString(v)
-			} else {
-				b.WriteString(s[i : i+3+end])
-			}
-			i += 2 + end
-		default:
-			b.WriteByte('$')
-		}
-	}
-	return b.String()
 }

@@ -10,6 +10,8 @@ import (
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
+
+	"github.com/ambient-go/mesh/tests/kube"
 )
 
 func TestCommand(t *testing.T) {
@@ -51,7 +53,7 @@ func TestExpandVars(t *testing.T) {
 		{"a$b", "a$b"},
 		{"end$", "end$"},
 	} {
-		if got := expandVars(tc.in, vars); got != tc.want {
+		if got := kube.ExpandVars(tc.in, vars); got != tc.want {
 			t.Errorf("expandVars(%q) = %q, want %q", tc.in, got, tc.want)
 		}
 	}

@@ -69,7 +69,7 @@ type container struct {
 	p     *pod
 	spec  corev1.Container
 	kind  containerKind
-	out   *tailBuffer
+	out   *kube.TailBuffer
 	image *image
 
 	proc       *os.Process
@@ -101,10 +101,10 @@ func (r *Runner) newPod(ctx context.Context, kc *kube.Cluster, obj *corev1.Pod) 
 		if c.RestartPolicy != nil && *c.RestartPolicy == corev1.ContainerRestartPolicyAlways {
 			kind = kindSidecar
 		}
-		p.ctrs = append(p.ctrs, &container{p: p, spec: c, kind: kind, out: &tailBuffer{max: 256 << 10}})
+		p.ctrs = append(p.ctrs, &container{p: p, spec: c, kind: kind, out: kube.NewTailBuffer(256 << 10)})
 	}
 	for _, c := range obj.Spec.Containers {
-		p.ctrs = append(p.ctrs, &container{p: p, spec: c, kind: kindMain, out: &tailBuffer{max: 256 << 10}})
+		p.ctrs = append(p.ctrs, &container{p: p, spec: c, kind: kindMain, out: kube.NewTailBuffer(256 << 10)})
 	}
 	for _, c := range p.ctrs {
 		c.waiting = &corev1.ContainerStateWaiting{Reason: "ContainerCreating"}
@@ -651,7 +651,7 @@ func (p *pod) cleanup() error {
 // emit.
 type lineWriter struct {
 	mu      sync.Mutex
-	buf     *tailBuffer
+	buf     *kube.TailBuffer
 	partial []byte
 	emit    func([]byte)
 }
@@ -674,27 +674,4 @@ func (w *lineWriter) Write(b []byte) (int, error) {
 		w.partial = nil
 	}
 	return len(b), nil
-}
-
-// tailBuffer keeps the last max bytes written to it.
-type tailBuffer struct {
-	mu  sync.Mutex
-	max int
-	b   []byte
-}
-
-func (b *tailBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	b.b = append(b.b, p...)
-	if len(b.b) > b.max {
-		b.b = append([]byte(nil), b.b[len(b.b)-b.max:]...)
-	}
-	return len(p), nil
-}
-
-func (b *tailBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return string(b.b)
 }

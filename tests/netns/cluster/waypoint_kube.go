@@ -141,7 +141,7 @@ func (w *Waypoint) run(ctx context.Context, kc *kube.Cluster, pod *corev1.Pod, b
 	}
 	args := make([]string, len(ctr.Args))
 	for i, a := range ctr.Args {
-		args[i] = rewriteMounts(expandVars(a, vars), mounts)
+		args[i] = rewriteMounts(kube.ExpandVars(a, vars), mounts)
 	}
 	url, err := probeURL(ctr, p.IP)
 	if err != nil {
@@ -293,7 +293,7 @@ func containerEnv(pod *corev1.Pod, ctr corev1.Container, ip netip.Addr, node str
 	var env []envVar
 	vars := map[string]string{}
 	for _, e := range ctr.Env {
-		v := expandVars(e.Value, vars)
+		v := kube.ExpandVars(e.Value, vars)
 		if e.ValueFrom != nil {
 			ref := e.ValueFrom.FieldRef
 			if ref == nil {
@@ -308,39 +308,6 @@ func containerEnv(pod *corev1.Pod, ctr corev1.Container, ip netip.Addr, node str
 		env = append(env, envVar{e.Name, v})
 	}
 	return env, nil
-}
-
-// expandVars expands $(VAR) references to vars as the kubelet does: $$ is
-// a literal $, and a reference to an unknown variable stays as it is.
-func expandVars(s string, vars map[string]string) string {
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] != '$' || i+1 == len(s) {
-			b.WriteByte(s[i])
-			continue
-		}
-		switch s[i+1] {
-		case '$':
-			b.WriteByte('$')
-			i++
-		case '(':
-			end := strings.IndexByte(s[i+2:], ')')
-			if end < 0 {
-				b.WriteString(s[i:])
-				return b.String()
-			}
-			ref := s[i : i+3+end]
-			if v, ok := vars[s[i+2:i+2+end]]; ok {
-				b.WriteString(v)
-			} else {
-				b.WriteString(ref)
-			}
-			i += 2 + end
-		default:
-			b.WriteByte('$')
-		}
-	}
-	return b.String()
 }
 
 // rewriteMounts replaces a mount path that starts a path in s (followed by

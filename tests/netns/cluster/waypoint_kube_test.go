@@ -6,6 +6,8 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
+
+	"github.com/ambient-go/mesh/tests/kube"
 )
 
 func TestExpandVars(t *testing.T) {
@@ -24,7 +26,7 @@ func TestExpandVars(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			if got := expandVars(tt.in, vars); got != tt.want {
+			if got := kube.ExpandVars(tt.in, vars); got != tt.want {
 				t.Errorf("expandVars(%q) = %q, want %q", tt.in, got, tt.want)
 			}
 		})
