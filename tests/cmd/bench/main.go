@@ -243,6 +243,10 @@ func run(ctx context.Context, o options) error {
 				"`: direct, mesh (HTTP/2 HBONE) and mesh-quic interleaved, 5 runs each, on a clean underlay, then with loss on it. docs/quic.md has the design and how to read each figure.\n\n" +
 				quicHypotheses + "\n" + quicTable
 		}
+		// make soak's figures live in the same file; keep them.
+		if prev, err := os.ReadFile(o.doc); err == nil {
+			doc = bench.CarrySection(doc, string(prev), "soak")
+		}
 		if err := os.WriteFile(o.doc, []byte(doc), 0o644); err != nil {
 			return err
 		}
