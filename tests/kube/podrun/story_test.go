@@ -1,6 +1,7 @@
 package podrun_test
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -18,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/ambient-go/mesh/pkg/accesslog"
@@ -87,11 +89,13 @@ spec:
 // requests come from the test, dialing inside the client pod's network
 // namespace (as an application of the pod would); the server is the test
 // image's process. Then, the policy deleted and a new client started,
-// `kubectl rollout restart daemonset/ztunnel` (maxSurge) starts successors
-// that find the running pods by the CNI plugin's records (deploy/ mounts
-// /var/run/netns for that) and capture them, and the next request goes
-// through the new ztunnels (skipped unless PODRUN_ROLLOUT=1; see the
-// skip message).
+// `kubectl rollout restart daemonset/ztunnel` (maxSurge) under traffic:
+// the successors find the running pods by the CNI plugin's records
+// (deploy/ mounts /var/run/netns for that) and capture them, the old ones
+// hand their listeners over and drain; no new connection (one every
+// 100 ms) fails, a connection opened before the restart carries requests
+// until the old ztunnel's drain deadline, and the next request goes
+// through the new ztunnels.
 func TestDeployedUserStory(t *testing.T) {
 	netns.RequireRoot(t)
 	app := buildAppImage(t)
@@ -330,13 +334,7 @@ func TestDeployedUserStory(t *testing.T) {
 		}
 	})
 
-	t.Run("kubectl rollout restart daemonset/ztunnel: the successors capture the running pods", func(t *testing.T) {
-		if os.Getenv("PODRUN_ROLLOUT") == "" {
-			t.Skip("deploy/'s ztunnel does not mount /var/run/netns, so a successor cannot reopen the running pods' " +
-				"namespaces from the CNI plugin's records (\"pod netns gone; skipping\") and their traffic is refused " +
-				"after the rollout; with a hostPath mount of /var/run/netns this passed with no failed request, but " +
-				"that deploy/ change is not made yet (see docs/kubernetes.md). PODRUN_ROLLOUT=1 runs it")
-		}
+	t.Run("kubectl rollout restart daemonset/ztunnel under traffic: no new connection fails, established ones run until the drain deadline", func(t *testing.T) {
 		// A new client, the policy gone: the story's client was deleted.
 		kc.MustKubectl(t, "delete", "authorizationpolicies.security.istio.io", "-n", "demo", "deny-client")
 		if _, err := kc.KubectlStdin(t.Context(), strings.NewReader(strings.ReplaceAll(clientPod, "name: client,", "name: client2,")), "apply", "-f", "-"); err != nil {
@@ -355,36 +353,190 @@ func TestDeployedUserStory(t *testing.T) {
 			}
 			time.Sleep(200 * time.Millisecond)
 		}
-		from := d.out.mark()
-		kc.MustKubectl(t, "rollout", "restart", "-n", "istio-system", "daemonset/ztunnel")
-		done := make(chan struct{})
-		go func() {
-			defer close(done)
-			c, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-			defer cancel()
-			_, err := kc.Kubectl(c, "rollout", "status", "-n", "istio-system", "daemonset/ztunnel", "--timeout=170s")
-			if err != nil {
-				t.Errorf("the restarted DaemonSet did not roll out: %v", err)
-			}
-		}()
-		var ok, failed int
-		var last error
-		for rolling := true; rolling; {
-			select {
-			case <-done:
-				rolling = false
-			case <-time.After(100 * time.Millisecond):
-				if _, err := get("/rolling"); err != nil {
-					failed, last = failed+1, err
-				} else {
-					ok++
+		// The drain deadline deploy/ gives the ztunnels (the flag's
+		// default when it sets none).
+		ds, err := kc.Clientset.AppsV1().DaemonSets("istio-system").Get(t.Context(), "ztunnel", metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		drainDeadline := 5 * time.Second
+		for _, c := range ds.Spec.Template.Spec.Containers {
+			for _, a := range c.Args {
+				if v, ok := strings.CutPrefix(a, "--drain-deadline="); ok && c.Name == "ztunnel" {
+					if drainDeadline, err = time.ParseDuration(v); err != nil {
+						t.Fatalf("ztunnel's %s: %v", a, err)
+					}
 				}
 			}
 		}
-		// Zero failures is issue 14's goal; a reset at the outbound
-		// listener's close under load is known (tests/e2e handover), so
-		// this records them rather than failing on them.
-		t.Logf("during the rollout: %d requests answered, %d failed (last: %v)", ok, failed, last)
+		old := map[string]string{} // node -> the ztunnel pod the rollout replaces
+		for node, pod := range ztunnelOn {
+			old[node] = pod
+		}
+
+		// The established connection: one TCP connection from the client
+		// pod to the server (through node-1's and node-2's ztunnels and the
+		// HBONE connection between them), carrying an HTTP/1.1 request and
+		// its answer every 100 ms on the same connection.
+		long, err := client.Dial(t.Context(), "tcp", target.String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer long.Close()
+		longR := bufio.NewReader(long)
+		exchange := func(i int) error {
+			long.SetDeadline(time.Now().Add(10 * time.Second))
+			if _, err := fmt.Fprintf(long, "GET /long/%d HTTP/1.1\r\nHost: server\r\n\r\n", i); err != nil {
+				return err
+			}
+			resp, err := http.ReadResponse(longR, nil)
+			if err != nil {
+				return err
+			}
+			b, err := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if err == nil && (resp.StatusCode != http.StatusOK || string(b) != "ok") {
+				err = fmt.Errorf("status %d, body %q", resp.StatusCode, b)
+			}
+			return err
+		}
+		if err := exchange(0); err != nil {
+			t.Fatalf("the established connection before the rollout: %v", err)
+		}
+		type longResult struct {
+			ok      []time.Time // when each exchange was answered
+			err     error       // what ended it
+			brokeAt time.Time
+		}
+		stopLong, longDone := make(chan struct{}), make(chan longResult, 1)
+		go func() {
+			var r longResult
+			defer func() { longDone <- r }()
+			for i := 1; i <= 10000; i++ {
+				select {
+				case <-stopLong:
+					return
+				case <-time.After(100 * time.Millisecond):
+				}
+				if err := exchange(i); err != nil {
+					r.err, r.brokeAt = err, time.Now()
+					return
+				}
+				r.ok = append(r.ok, time.Now())
+			}
+		}()
+
+		from := d.out.mark()
+		kc.MustKubectl(t, "rollout", "restart", "-n", "istio-system", "daemonset/ztunnel")
+		rolled := make(chan error, 1)
+		go func() {
+			c, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
+			defer cancel()
+			_, err := kc.Kubectl(c, "rollout", "status", "-n", "istio-system", "daemonset/ztunnel", "--timeout=170s")
+			rolled <- err
+		}()
+		// New connections (get dials one per request) every 100 ms until
+		// the rollout is done and the old ztunnels have ended: their
+		// drains are part of it. At most 4 minutes.
+		oldGone := func() bool {
+			for _, pod := range old {
+				if _, err := kc.Clientset.CoreV1().Pods("istio-system").Get(t.Context(), pod, metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+					return false
+				}
+			}
+			return true
+		}
+		var ok, failed int
+		var errs []string
+		rolledOut := false
+		for end := time.Now().Add(4 * time.Minute); time.Now().Before(end); {
+			select {
+			case err := <-rolled:
+				if err != nil {
+					t.Errorf("the restarted DaemonSet did not roll out: %v", err)
+				}
+				rolledOut = true
+			case <-time.After(100 * time.Millisecond):
+			}
+			if _, err := get("/rolling"); err != nil {
+				failed++
+				errs = append(errs, time.Now().Format("15:04:05.000")+" "+err.Error())
+			} else {
+				ok++
+			}
+			if rolledOut && oldGone() {
+				break
+			}
+		}
+		close(stopLong)
+		lr := <-longDone
+		t.Logf("during the rollout: %d new connections answered, %d failed; the established one answered %d requests, then: %v",
+			ok, failed, len(lr.ok), lr.err)
+		if !rolledOut || !oldGone() {
+			t.Fatalf("the rollout did not end within 4 minutes (rolled out %v; old ztunnels %v)", rolledOut, old)
+		}
+		if failed > 0 {
+			t.Errorf("%d of %d new connections failed during the rollout, want 0: %s", failed, ok+failed, strings.Join(errs, "; "))
+		}
+
+		// Each old ztunnel handed its pods' listeners to its successor and
+		// then drained: its drain deadline is drainDeadline after that.
+		var firstDrain time.Time
+		for node, pod := range old {
+			var m map[string]any
+			for _, l := range d.out.since(from) {
+				if l.pod.Namespace == "istio-system" && l.pod.Name == pod && l.ctr == "ztunnel" &&
+					json.Unmarshal([]byte(l.line), &m) == nil && str(m, "msg") == "pod listeners handed over" && m["without_successor"] != nil {
+					break
+				}
+				m = nil
+			}
+			if m == nil {
+				t.Errorf("the old ztunnel of %s (%s) logged no \"pod listeners handed over\"", node, pod)
+				continue
+			}
+			if n, _ := m["without_successor"].(float64); n != 0 {
+				t.Errorf("the old ztunnel of %s closed %v pods' listeners without a successor: %v", node, n, m)
+			}
+			at, err := time.Parse(time.RFC3339Nano, str(m, "time"))
+			if err != nil {
+				t.Fatalf("the old ztunnel of %s: log time: %v", node, err)
+			}
+			if firstDrain.IsZero() || at.Before(firstDrain) {
+				firstDrain = at
+			}
+		}
+		if firstDrain.IsZero() {
+			t.FailNow()
+		}
+		// The established connection ran on through the first old
+		// ztunnel's drain: it was not broken before that ztunnel's drain
+		// deadline (the drain starts after the logged handover, so the
+		// deadline is no earlier than the log's time plus drainDeadline)
+		// and carried requests after the handover. At the deadline an old
+		// ztunnel closes what it still carries: then this connection
+		// ends (EOF or reset), and the application's next connection goes
+		// through the new ztunnels, as the new connections above did.
+		drainEnd := firstDrain.Add(drainDeadline)
+		if lr.err == nil {
+			t.Errorf("the established connection outlived both old ztunnels (%d requests answered); want it closed at the drain deadline", len(lr.ok))
+		} else if lr.brokeAt.Before(drainEnd) {
+			t.Errorf("the established connection broke at %s (%v), %v before the old ztunnel's drain deadline %s (handover %s + %v)",
+				lr.brokeAt.Format("15:04:05.000"), lr.err, drainEnd.Sub(lr.brokeAt), drainEnd.Format("15:04:05.000"),
+				firstDrain.Format("15:04:05.000"), drainDeadline)
+		}
+		var after int
+		for _, at := range lr.ok {
+			if at.After(firstDrain) {
+				after++
+			}
+		}
+		if after == 0 {
+			t.Errorf("the established connection answered no request after the handover at %s", firstDrain.Format("15:04:05.000"))
+		}
+		t.Logf("the established connection: %d requests answered after the handover at %s, broken %v after it (drain deadline %v)",
+			after, firstDrain.Format("15:04:05.000"), lr.brokeAt.Sub(firstDrain).Round(time.Millisecond), drainDeadline)
+
 		zpods, err := kc.Clientset.CoreV1().Pods("istio-system").List(t.Context(), metav1.ListOptions{LabelSelector: "app=ztunnel"})
 		if err != nil {
 			t.Fatal(err)
