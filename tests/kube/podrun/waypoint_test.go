@@ -12,7 +12,10 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -469,6 +472,51 @@ func TestDeployedWaypoint(t *testing.T) {
 			t.Errorf("waypoint container: image %s, imageID %s, state %+v, restarts %d; want ambient-go/waypoint:dev, @%s, running, 0",
 				cs.Image, cs.ImageID, cs.State, cs.RestartCount, digest)
 		}
+		// The process is the image's entrypoint with the Deployment's
+		// arguments as a kubelet expands them (downward API variables),
+		// as the non-root user 1337 without capabilities, and holds its
+		// pod's projected token for the CA's audience.
+		pids := wpProcsInNetns(t, d.podNS(t, "wp", s.wpPod).NS.Path(), "waypoint")
+		if len(pids) != 1 {
+			t.Fatalf("%d waypoint processes in the waypoint pod's network namespace, want 1", len(pids))
+		}
+		proc := fmt.Sprintf("/proc/%d", pids[0])
+		cmdline, err := os.ReadFile(proc + "/cmdline")
+		if err != nil {
+			t.Fatal(err)
+		}
+		args := strings.Split(strings.TrimSuffix(string(cmdline), "\x00"), "\x00")
+		if args[0] != images.BinDir+"/waypoint" {
+			t.Errorf("the waypoint runs %q, want the image's entrypoint %s/waypoint", args[0], images.BinDir)
+		}
+		for _, want := range []string{
+			"--namespace=wp", "--gateway=waypoint", "--service-account=waypoint", "--pod-name=" + s.wpPod,
+			"--pod-ip=" + s.wpIP.String(), "--xds-address=istiod-lite.istio-system.svc:15012",
+			"--token-file=/var/run/secrets/tokens/istio-token", "--ca-root=/var/run/secrets/istio/root-cert.pem",
+		} {
+			if !slices.Contains(args, want) {
+				t.Errorf("the waypoint's arguments %q lack %s", args, want)
+			}
+		}
+		status, err := os.ReadFile(proc + "/status")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, want := range []string{"Uid:\t1337\t1337\t1337\t1337", "Gid:\t1337\t1337\t1337\t1337", "CapEff:\t0000000000000000", "NoNewPrivs:\t1"} {
+			if !strings.Contains(string(status), want+"\n") {
+				t.Errorf("the waypoint process's status lacks %q:\n%s", want, status)
+			}
+		}
+		token, err := os.ReadFile(proc + "/root/var/run/secrets/tokens/istio-token")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if aud := jwtAudience(t, string(token)); !slices.Equal(aud, []string{"istio-ca"}) {
+			t.Errorf("the waypoint's token audience %q, want [istio-ca]", aud)
+		}
+		if root, err := os.ReadFile(proc + "/root/var/run/secrets/istio/root-cert.pem"); err != nil || !strings.Contains(string(root), "BEGIN CERTIFICATE") {
+			t.Errorf("the waypoint's mesh root: %q, %v; want the istio-ca-root-cert ConfigMap's certificate", root, err)
+		}
 		// Its pod is not captured (dataplane-mode none): its node's
 		// ztunnel got the CNI ADD and let it be.
 		if _, captured := s.logOf(0, 0, "istio-system", s.ztunnelOn[pod.Spec.NodeName], "ztunnel", func(m map[string]any) bool {
@@ -610,4 +658,29 @@ func TestDeployedWaypoint(t *testing.T) {
 			return nil
 		})
 	})
+}
+
+// wpProcsInNetns returns the processes named comm whose network namespace
+// is the one at nsPath.
+func wpProcsInNetns(t *testing.T, nsPath, comm string) []int {
+	t.Helper()
+	var want syscall.Stat_t
+	if err := syscall.Stat(nsPath, &want); err != nil {
+		t.Fatal(err)
+	}
+	dirs, _ := filepath.Glob("/proc/[0-9]*")
+	var pids []int
+	for _, dir := range dirs {
+		var st syscall.Stat_t
+		if syscall.Stat(filepath.Join(dir, "ns", "net"), &st) != nil || st.Ino != want.Ino || st.Dev != want.Dev {
+			continue
+		}
+		if b, err := os.ReadFile(filepath.Join(dir, "comm")); err != nil || strings.TrimSpace(string(b)) != comm {
+			continue
+		}
+		if pid, err := strconv.Atoi(filepath.Base(dir)); err == nil {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
 }
