@@ -176,6 +176,15 @@ func addBridge(h *netlink.Handle, addr netip.Prefix) (netlink.Link, error) {
 	if err != nil {
 		return nil, err
 	}
+	// Fix the bridge's address (as the CNI bridge plugin does): a bridge
+	// whose address was never set takes the lowest address of its ports,
+	// so a pod joining (or leaving) with a lower one would change the
+	// gateway's MAC address under the other pods, whose neighbour caches
+	// keep the old one for 15 to 45 s: the node drops every packet they
+	// send off the node until then (TestBridgeMACSurvivesNewPods).
+	if err := h.LinkSetHardwareAddr(l, l.Attrs().HardwareAddr); err != nil {
+		return nil, fmt.Errorf("fixing the bridge's address: %w", err)
+	}
 	if err := h.AddrAdd(l, &netlink.Addr{IPNet: ipNet(addr)}); err != nil {
 		return nil, fmt.Errorf("bridge address %s: %w", addr, err)
 	}
