@@ -67,6 +67,14 @@ type PoolConfig struct {
 	PingInterval time.Duration
 	// PingTimeout closes a connection whose PING is not answered. Default 20 s.
 	PingTimeout time.Duration
+	// ProbeTimeout: a CONNECT sent on a connection that read nothing for
+	// a third of it carries a PING, and the connection is closed as dead
+	// (its streams fail with ErrConnectionDead) when nothing at all
+	// arrives for this long after. It finds a peer behind a black hole
+	// (HBONE port dropped) in seconds, before a client gives up, where
+	// ResponseTimeout and PingTimeout take 15 s and 20 s. Default 3 s;
+	// negative: no probe.
+	ProbeTimeout time.Duration
 	// Logger; default discards.
 	Logger *slog.Logger
 }
@@ -118,6 +126,9 @@ func NewPool(cfg PoolConfig) *Pool {
 	}
 	if cfg.PingTimeout <= 0 {
 		cfg.PingTimeout = 20 * time.Second
+	}
+	if cfg.ProbeTimeout == 0 {
+		cfg.ProbeTimeout = DefaultProbeTimeout
 	}
 	if cfg.DialTimeout <= 0 {
 		cfg.DialTimeout = DefaultDialTimeout
@@ -332,6 +343,7 @@ func (p *Pool) dialConn(ctx context.Context, key poolKey, t *Target) (*poolConn,
 		pingTimeout:       p.cfg.PingTimeout,
 		idleTimeout:       p.cfg.IdleTimeout,
 		responseTimeout:   p.cfg.ResponseTimeout,
+		probeTimeout:      max(p.cfg.ProbeTimeout, 0),
 		handshakeTimeout:  p.cfg.HandshakeTimeout,
 		maxHeaderListSize: p.cfg.MaxHeaderListSize,
 		onClose:           func() { p.forget(pc) },

@@ -20,8 +20,13 @@ import (
 // This file is the client's side of an HTTP/2 connection (h2conn.go is
 // the core it shares with the server): opening CONNECT streams and reading
 // their responses, the Pool's reservations, GOAWAY's unprocessed streams,
-// and a keepalive goroutine that sends PINGs and closes the connection when
-// it has been idle too long or its PING went unanswered.
+// a keepalive goroutine that sends PINGs and closes the connection when
+// it has been idle too long or its PING went unanswered, and the liveness
+// probe: a CONNECT sent on a quiet connection carries a PING, and the
+// connection is closed as dead when nothing at all arrives on it for the
+// probe timeout (a peer behind a black hole, e.g. port 15008 dropped by a
+// NetworkPolicy), so that its CONNECTs fail in seconds, not after the
+// response timeout, and new ones go to a new connection.
 
 // errUnprocessed marks a CONNECT the server did not process: it may be
 // retried on another connection.
@@ -37,12 +42,17 @@ type clientConn struct {
 	pingTimeout     time.Duration
 	idleTimeout     time.Duration
 	responseTimeout time.Duration
+	probeTimeout    time.Duration
 	onLimit         func(string)
 
 	// Guarded by mu.
 	nextID      uint32
 	reserved    int
 	pingSent    time.Time
+	probing     bool        // the PING out is a liveness probe
+	probeArmed  bool        // probeTimer runs
+	lastOpen    time.Time   // when the last CONNECT was opened
+	probeTimer  *time.Timer // runs probe; nil until the first CONNECT
 	onCloseOnce sync.Once
 }
 
@@ -51,6 +61,7 @@ var _ side = (*clientConn)(nil)
 type clientConnConfig struct {
 	pingInterval, pingTimeout, idleTimeout time.Duration
 	responseTimeout                        time.Duration // CONNECT to its answer
+	probeTimeout                           time.Duration // liveness probe; 0: none
 	handshakeTimeout                       time.Duration // bounds writing the preface
 	maxHeaderListSize                      uint32
 	onClose                                func()
@@ -66,6 +77,7 @@ func newClientConn(tc *tls.Conn, w io.Writer, cfg clientConnConfig) (*clientConn
 		pingTimeout:     cfg.pingTimeout,
 		idleTimeout:     cfg.idleTimeout,
 		responseTimeout: cfg.responseTimeout,
+		probeTimeout:    cfg.probeTimeout,
 		nextID:          1,
 	}
 	if cfg.maxHeaderListSize == 0 {
@@ -219,6 +231,12 @@ var (
 	errPingTimeout = errors.New("hbone: PING not answered")
 )
 
+// ErrConnectionDead ends the streams of a pooled connection on which
+// nothing arrived for PoolConfig.ProbeTimeout after a CONNECT was sent with
+// a PING: the peer, or the path to it, is gone without a FIN or RST (a
+// firewall or NetworkPolicy dropping port 15008, a node that vanished).
+var ErrConnectionDead = errors.New("hbone: connection dead: nothing received after a PING (is the HBONE port blocked?)")
+
 // keepaliveLoop queues PINGs and closes the connection when it is idle or
 // its PING went unanswered. It is not the writer goroutine, so that a write
 // stuck on a dead peer does not stop it; closing the connection unblocks
@@ -255,18 +273,87 @@ func (cc *clientConn) keepalive() error {
 	cc.expireResponsesLocked(now)
 	if cc.pingOut {
 		if now.Sub(cc.pingSent) >= cc.pingTimeout {
+			onLimit(cc.onLimit, LimitPingTimeout)
 			return errPingTimeout
 		}
 		return nil
 	}
 	if now.Sub(time.Unix(0, cc.lastRead.Load())) >= cc.pingInterval {
-		cc.pingOut = true
-		cc.pingSent = now
-		var data [8]byte
-		copy(data[:], strconv.FormatInt(now.UnixNano()%1e8, 10))
-		cc.queueLocked(ctrlFrame{kind: ctrlPing, ping: data})
+		cc.pingLocked(now, false)
 	}
 	return nil
+}
+
+// pingLocked queues a PING; probe says it is a liveness probe, which
+// the probe timer watches.
+func (cc *clientConn) pingLocked(now time.Time, probe bool) {
+	cc.pingOut = true
+	cc.pingSent = now
+	cc.probing = probe
+	var data [8]byte
+	copy(data[:], strconv.FormatInt(now.UnixNano()%1e8, 10))
+	cc.queueLocked(ctrlFrame{kind: ctrlPing, ping: data})
+}
+
+// armProbeLocked makes sure the probe timer runs while a CONNECT waits.
+func (cc *clientConn) armProbeLocked() {
+	if cc.probeTimeout <= 0 || cc.probeArmed {
+		return
+	}
+	cc.probeArmed = true
+	if cc.probeTimer == nil {
+		cc.probeTimer = time.AfterFunc(cc.probeTimeout/3, cc.probe)
+	} else {
+		cc.probeTimer.Reset(cc.probeTimeout / 3)
+	}
+}
+
+// probe runs, from a CONNECT until something is read after it, every
+// third of the probe timeout. When the connection read nothing for that
+// long it sends a PING (a busy connection's frames prove the peer alive,
+// and cost no PING); when nothing at all was read for the probe timeout
+// after that PING was sent, the connection is closed with
+// ErrConnectionDead. A CONNECT its client gave up on still counts: the
+// connection it went on is checked all the same. Any frame read counts,
+// not only the PING's ack: an ack queued behind a bulk transfer does not
+// make the connection dead.
+func (cc *clientConn) probe() {
+	now := time.Now()
+	lastRead := time.Unix(0, cc.lastRead.Load())
+	cc.mu.Lock()
+	if cc.closeErr != nil {
+		cc.mu.Unlock()
+		return
+	}
+	next := cc.probeTimeout / 3
+	switch {
+	case cc.pingOut && cc.probing:
+		last := cc.pingSent
+		if lastRead.After(last) {
+			last = lastRead
+		}
+		if wait := cc.probeTimeout - now.Sub(last); wait > 0 {
+			next = wait
+			break
+		}
+		cc.mu.Unlock()
+		onLimit(cc.onLimit, LimitPingTimeout)
+		cc.close(fmt.Errorf("%w (%v)", ErrConnectionDead, cc.probeTimeout))
+		return
+	case !lastRead.Before(cc.lastOpen):
+		cc.probeArmed = false // read from since the last CONNECT: alive
+		cc.mu.Unlock()
+		return
+	case now.Sub(lastRead) >= cc.probeTimeout/3:
+		if cc.pingOut {
+			cc.probing = true // the keepalive's PING serves, from when it was sent
+		} else {
+			cc.pingLocked(now, true)
+		}
+		next = cc.probeTimeout
+	}
+	cc.probeTimer.Reset(next)
+	cc.mu.Unlock()
 }
 
 // expireResponsesLocked fails, with ErrResponseTimeout, the streams whose
@@ -303,6 +390,8 @@ func (cc *clientConn) open(ctx context.Context, authority string, h http.Header)
 	}
 	st := cc.newStreamLocked(cc.nextID)
 	st.opened = time.Now()
+	cc.lastOpen = st.opened
+	cc.armProbeLocked()
 	cc.nextID += 2
 	cc.lastID = st.id
 	cc.streams[st.id] = st

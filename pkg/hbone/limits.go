@@ -36,6 +36,11 @@ const (
 	// LimitConnectTimeout: the TCP connection to an HBONE server not
 	// established within PoolConfig.DialTimeout.
 	LimitConnectTimeout = "hbone_connect_timeout"
+	// LimitPingTimeout: a pooled client connection closed because its
+	// PING went unanswered (PoolConfig.PingTimeout) or because nothing
+	// arrived for PoolConfig.ProbeTimeout after a CONNECT sent with a PING
+	// (ErrConnectionDead).
+	LimitPingTimeout = "hbone_ping_timeout"
 )
 
 // Defaults of the limits.
@@ -43,6 +48,7 @@ const (
 	DefaultMaxHeaderListSize = maxHeaderList    // 64 KiB, as Istio's ztunnel server
 	DefaultResponseTimeout   = 15 * time.Second // above the server's 10 s dial to the application
 	DefaultDialTimeout       = 10 * time.Second // Istio's ztunnel CONNECTION_TIMEOUT
+	DefaultProbeTimeout      = 3 * time.Second  // below a typical client's 5 s timeout
 	DefaultKeepAliveIdle     = 180 * time.Second
 	DefaultKeepAliveInterval = 180 * time.Second
 	DefaultKeepAliveCount    = 9
