@@ -27,6 +27,12 @@ type Limits struct {
 	// ResponseTimeout bounds the wait for the answer to a CONNECT.
 	// Default 15 s.
 	ResponseTimeout time.Duration
+	// ProbeTimeout: a pooled HBONE connection on which nothing arrives
+	// for this long after a PING sent while CONNECTs wait for their
+	// answers (the PING goes once the connection has been quiet for a
+	// third of it) is closed as dead, and those CONNECTs fail
+	// (response_flags CONNECT). Default 3 s; negative: off.
+	ProbeTimeout time.Duration
 	// ConnectTimeout bounds every TCP connect: to HBONE servers and to
 	// applications. Default 10 s.
 	ConnectTimeout time.Duration
@@ -57,6 +63,7 @@ func (l *Limits) applyPool(cfg *hbone.PoolConfig, hits *proxy.LimitHits) {
 	cfg.MaxHeaderListSize = l.MaxHeaderListSize
 	cfg.HandshakeTimeout = l.HandshakeTimeout
 	cfg.ResponseTimeout = l.ResponseTimeout
+	cfg.ProbeTimeout = l.ProbeTimeout
 	cfg.DialTimeout = l.ConnectTimeout
 	cfg.SocketOptions = l.socketOptions()
 	cfg.OnLimit = hits.Hit

@@ -20,7 +20,7 @@ func TestLimitsPlumbing(t *testing.T) {
 		MaxStreamsPerConn: 7, MaxConcurrentStreams: 8, MaxHeaderListSize: 9000,
 		HandshakeTimeout: 1 * time.Second, ResponseTimeout: 2 * time.Second, ConnectTimeout: 3 * time.Second,
 		StreamIdleTimeout: 4 * time.Second, TCPKeepAlive: 5 * time.Second, TCPUserTimeout: 6 * time.Second,
-		MaxConnsPerPod: 10, MaxPendingHandshakes: 11,
+		MaxConnsPerPod: 10, MaxPendingHandshakes: 11, ProbeTimeout: 12 * time.Second,
 	}
 	hits := proxy.NewLimitHits(prometheus.NewRegistry())
 	sock := hbone.SocketOptions{KeepAliveIdle: 5 * time.Second, KeepAliveInterval: 5 * time.Second, UserTimeout: 6 * time.Second}
@@ -28,7 +28,7 @@ func TestLimitsPlumbing(t *testing.T) {
 
 	var pool hbone.PoolConfig
 	l.applyPool(&pool, hits)
-	wantPool := hbone.PoolConfig{MaxStreamsPerConn: 7, MaxHeaderListSize: 9000, HandshakeTimeout: time.Second, ResponseTimeout: 2 * time.Second, DialTimeout: 3 * time.Second, SocketOptions: sock}
+	wantPool := hbone.PoolConfig{MaxStreamsPerConn: 7, MaxHeaderListSize: 9000, HandshakeTimeout: time.Second, ResponseTimeout: 2 * time.Second, ProbeTimeout: 12 * time.Second, DialTimeout: 3 * time.Second, SocketOptions: sock}
 	if diff := cmp.Diff(wantPool, pool, ignoreFuncs, cmpopts.IgnoreFields(hbone.PoolConfig{}, "TLSConfig", "Dialer", "Logger")); diff != "" {
 		t.Errorf("applyPool() mismatch (-want +got):\n%s", diff)
 	}

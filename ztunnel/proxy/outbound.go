@@ -81,7 +81,13 @@ func (p *Proxy) Outbound(ctx context.Context, c net.Conn, src *state.Workload, t
 
 	var upstream net.Conn
 	if err == nil {
-		upstream, err = p.connect(ctx, r, src, clientAddr, dst)
+		// A client that resets its connection ends the dial; one that
+		// closes is named in the dial's error (clientgone.go).
+		dctx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		watch := watchClient(c, r.rec.Start, cancel)
+		upstream, err = p.connect(dctx, r, src, clientAddr, dst)
+		err = watch.stop(err)
 		r.setTransport(transportOf(upstream))
 	}
 	if err != nil {

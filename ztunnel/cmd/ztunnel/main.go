@@ -95,6 +95,7 @@ func main() {
 	f.Uint32Var(&l.MaxHeaderListSize, "max-header-list-size", 64<<10, "HBONE: SETTINGS_MAX_HEADER_LIST_SIZE in bytes; a larger request is answered 431")
 	f.DurationVar(&l.HandshakeTimeout, "handshake-timeout", 10*time.Second, "HBONE: TLS handshake (server: and HTTP/2 preface) time limit")
 	f.DurationVar(&l.ResponseTimeout, "connect-response-timeout", 15*time.Second, "HBONE client: how long a CONNECT waits for its answer")
+	f.DurationVar(&l.ProbeTimeout, "hbone-probe-timeout", 3*time.Second, "HBONE client: while CONNECTs wait on a pooled connection quiet for a third of this, a PING is sent; nothing received for this long after it closes the connection as dead and fails those CONNECTs (response_flags CONNECT), so a blocked 15008 shows before a client's timeout; negative: off")
 	f.DurationVar(&l.ConnectTimeout, "connect-timeout", 10*time.Second, "TCP connect time limit (to HBONE servers and applications)")
 	f.DurationVar(&l.StreamIdleTimeout, "stream-idle-timeout", 0, "close an HBONE tunnel with no byte either way for this long; 0: never")
 	f.DurationVar(&l.TCPKeepAlive, "tcp-keepalive", 180*time.Second, "TCP keepalive idle time and probe interval (9 probes) of every socket; negative: off")
