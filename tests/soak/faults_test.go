@@ -262,6 +262,7 @@ type blockRecord struct {
 	dropped           uint64
 	connectFailsDelta float64 // node-1's source-side connections closed with response_flags CONNECT
 	errorRecords      int     // node-1's outbound access log records with an error in the window
+	connectRecords    int     // those of them with response_flags CONNECT
 	errors            []string
 }
 
@@ -398,6 +399,9 @@ func (sk *soak) checkBlocks() {
 				continue
 			}
 			b.errorRecords++
+			if l.String(accesslog.KeyResponseFlags) == "CONNECT" {
+				b.connectRecords++
+			}
 			key := fmt.Sprintf("%s (response_flags %s)", e, l.String(accesslog.KeyResponseFlags))
 			if !seen[key] && len(b.errors) < 4 {
 				seen[key] = true
@@ -409,6 +413,9 @@ func (sk *soak) checkBlocks() {
 		}
 		if b.errorRecords == 0 {
 			sk.t.Errorf("block at %s: no outbound access log record with an error on node-1", b.w.start.Format("15:04:05"))
+		}
+		if b.connectRecords == 0 {
+			sk.t.Errorf("block at %s: none of node-1's %d outbound records with an error has response_flags CONNECT", b.w.start.Format("15:04:05"), b.errorRecords)
 		}
 		if b.connectFailsDelta < 1 {
 			sk.t.Errorf("block at %s: node-1's istio_tcp_connections_closed_total{reporter=source,response_flags=CONNECT} grew by %v, want ≥ 1",

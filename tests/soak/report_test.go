@@ -87,10 +87,10 @@ func (sk *soak) report(ran time.Duration, base, final map[string]usage) {
 			r.outbnd, r.inbound, len(r.wrongOu)+len(r.wrongIn))
 	}
 
-	fmt.Fprintf(&b, "\n### Blocks of 15008\n\n| at | held | packets dropped | node-1 CONNECT failures (metric) | node-1 access log records with an error | errors logged |\n|---|---:|---:|---:|---:|---|\n")
+	fmt.Fprintf(&b, "\n### Blocks of 15008\n\n| at | held | packets dropped | node-1 CONNECT failures (metric) | node-1 access log records with an error (of them CONNECT) | errors logged |\n|---|---:|---:|---:|---:|---|\n")
 	for _, r := range sk.blocks {
-		fmt.Fprintf(&b, "| %v | %v | %d | %v | %d | %s |\n", r.w.start.Sub(sk.begin).Round(time.Second), r.w.end.Sub(r.w.start).Round(100*time.Millisecond),
-			r.dropped, r.connectFailsDelta, r.errorRecords, shortErr(strings.Join(r.errors, "; ")))
+		fmt.Fprintf(&b, "| %v | %v | %d | %v | %d (%d) | %s |\n", r.w.start.Sub(sk.begin).Round(time.Second), r.w.end.Sub(r.w.start).Round(100*time.Millisecond),
+			r.dropped, r.connectFailsDelta, r.errorRecords, r.connectRecords, shortErr(strings.Join(r.errors, "; ")))
 	}
 
 	rot, _ := sk.certs.rotations()
@@ -183,10 +183,11 @@ robin: %d long streams (one ping line every %v each, the answer checked), short 
 one line, close; one every %v, at most %d in flight), and 1 KiB request/response on %d persistent
 connections (%d/s in all). Each server answers with its pod's name, so an answer from a pod that no longer
 holds the address is seen. Every dial and request times out after %v. Workload certificates live %v
-(the ztunnels renew them half-way). The ztunnels run with `+"`%s`"+`, below the clients' timeout, so
-that while 15008 is blocked the source ztunnel gives up first and says why (with the defaults, 15 s and no
-TCP_USER_TIMEOUT, the clients give up first and node-1 logs only the close of their sockets, with no
-response flag and no CONNECT metric).
+(the ztunnels renew them half-way). The ztunnels run with their default flags: while 15008 is blocked, a
+pooled HBONE connection's probe (a PING sent while CONNECTs wait on a quiet connection;
+`+"`--hbone-probe-timeout`"+` 3 s) finds it dead and fails its CONNECTs with response_flags CONNECT before the
+clients' timeout; new HBONE connections wait for their TCP connect (`+"`--connect-timeout`"+` 10 s), and the
+record of one whose client gave up first says so.
 
 Faults, one at a time (a fault due while another's window and grace last waits; in a long run, one that
 would not end before the duration is skipped): %s
@@ -210,7 +211,6 @@ the time since it started; node-1's ztunnel runs the whole time.
 %s`,
 		sk.s.Duration, time.Now().UTC().Format("2006-01-02 15:04 MST"), machine(), commit(), ran.Round(time.Second), verdict,
 		streamsPerTarget*3, streamInterval, shortInterval, maxShortInFlight, persistentPerTarget*3, persistentTotalRate, ioTimeout, sk.s.CertTTL,
-		strings.Join(ztunnelArgs, " "),
 		faultList(sk.s, sp),
 		sp[faultSwap].grace, sp[faultIstiod].grace, sp[faultBlock].grace, sk.s.WarmUp, sk.s.Settle, mib(rssSlack), goroutineSlack, fdSlack,
 		tables, timeline)

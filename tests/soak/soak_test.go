@@ -83,15 +83,6 @@ func loadSettings(t *testing.T) settings {
 	return s
 }
 
-// ztunnelArgs bound how long a ztunnel waits on a silent peer, below the
-// clients' own timeout (ioTimeout), so that while 15008 is blocked the
-// source ztunnel is the one that gives up, with an error of its own in
-// its access log and a CONNECT failure in its metrics. With the defaults
-// (15 s for a CONNECT's answer, no TCP_USER_TIMEOUT) the clients give up
-// first, and node-1 logs only the close of the client's socket, with no
-// response flag and no metric.
-var ztunnelArgs = []string{"--connect-response-timeout", "3s", "--tcp-user-timeout", "10s"}
-
 func ambient() map[string]string { return map[string]string{"istio.io/dataplane-mode": "ambient"} }
 
 // identity is the SPIFFE ID of a service account of the soak namespace.
@@ -126,7 +117,12 @@ func TestSoak(t *testing.T) {
 	netns.RequireRoot(t)
 	t.Logf("soak: %v (long=%v), certificate TTL %v, warm-up %v", s.Duration, s.Long, s.CertTTL, s.WarmUp)
 
-	c := cluster.New(t, cluster.Options{CertTTL: s.CertTTL, LogLevel: "info", IstiodProcess: true, ZtunnelArgs: ztunnelArgs})
+	// The ztunnels run with their default flags: what users run. While
+	// 15008 is blocked, the defaults must make the source ztunnel say why
+	// before the clients' timeout (ioTimeout): a pooled HBONE connection
+	// is found dead by its probe (--hbone-probe-timeout, 3 s) and its
+	// CONNECTs fail with response_flags CONNECT.
+	c := cluster.New(t, cluster.Options{CertTTL: s.CertTTL, LogLevel: "info", IstiodProcess: true})
 	c.Namespace(namespace, ambient())
 	n1, n2 := c.Node(1), c.Node(2)
 	servers, err := n2.AddPods([]cluster.PodSpec{
