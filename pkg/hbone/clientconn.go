@@ -216,8 +216,15 @@ func (cc *clientConn) closeStreamLocked(st *stream, err error) {
 	st.failLocked(err)
 }
 
-// closed tells the pool that the connection is gone.
-func (cc *clientConn) closed() { cc.forget() }
+// closed tells the pool that the connection is gone, and stops the probe.
+func (cc *clientConn) closed() {
+	cc.mu.Lock()
+	if cc.probeTimer != nil {
+		cc.probeTimer.Stop()
+	}
+	cc.mu.Unlock()
+	cc.forget()
+}
 
 // forget tells the pool once that the connection takes no new streams.
 func (cc *clientConn) forget() {
