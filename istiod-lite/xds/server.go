@@ -420,14 +420,26 @@ func (s *Server) serve(ss discoveryv3.AggregatedDiscoveryService_DeltaAggregated
 			return err
 		case req := <-reqs:
 			if err := s.handleRequest(ss, st, req); err != nil {
+				s.logEnd(st, err)
 				return err
 			}
 		case <-st.wake:
 			if err := s.flush(ss, st); err != nil {
+				s.logEnd(st, err)
 				return err
 			}
 		}
 	}
+}
+
+// logEnd logs a stream that ends because a request was refused or a
+// response could not be sent (its connection gone: a send on a closed
+// transport fails before the stream's context is seen cancelled).
+func (s *Server) logEnd(st *stream, err error) {
+	st.mu.Lock()
+	node := st.nodeID
+	st.mu.Unlock()
+	s.log.Info("xds stream ended", "node", clip(node), "error", clip(err.Error()))
 }
 
 func (s *Server) handleRequest(ss discoveryv3.AggregatedDiscoveryService_DeltaAggregatedResourcesServer, st *stream, req *discoveryv3.DeltaDiscoveryRequest) error {

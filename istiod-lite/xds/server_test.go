@@ -713,3 +713,26 @@ func TestSharedInitialState(t *testing.T) {
 		t.Errorf("Stats().Pushes after a Set of the same messages = %d, want %d", got, pushes)
 	}
 }
+
+// TestStreamEndedByServerIsLogged: a stream the server ends itself (here a
+// request it refuses; likewise a push it cannot send on a connection that
+// is gone) is logged with its node and error, as one whose client closed
+// it is. Such ends were silent, which hid where node-2's xDS stream went
+// in the kube user story (tests/kube/podrun).
+func TestStreamEndedByServerIsLogged(t *testing.T) {
+	logs := &syncBuffer{}
+	srv := xds.NewServer(xds.ServerConfig{Logger: slog.New(slog.NewTextHandler(logs, nil))})
+	_, addr := serve(t, srv, "127.0.0.1:0")
+	s := rawStream(t, addr)
+	const node = "ztunnel~10.0.0.3~refused.istio-system~istio-system.svc.cluster.local"
+	if err := s.Send(&discoveryv3.DeltaDiscoveryRequest{Node: &corev3.Node{Id: node}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Recv(); status.Code(err) != codes.InvalidArgument {
+		t.Fatalf("Recv after a request without type_url = %v, want InvalidArgument", err)
+	}
+	eventually(t, "the server logs the stream's end", func() bool {
+		got := logs.String()
+		return strings.Contains(got, `msg="xds stream ended"`) && strings.Contains(got, node) && strings.Contains(got, "type_url")
+	})
+}
