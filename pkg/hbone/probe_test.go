@@ -101,3 +101,32 @@ func TestProbeAbandonedConnect(t *testing.T) {
 	}
 	hits.check(t, map[string]int{LimitPingTimeout: 1})
 }
+
+// TestPingTimeoutCounted: an idle pooled connection whose peer went
+// silent is closed by the keepalive PING's timeout (no CONNECT, so no
+// probe), and that is counted as LimitPingTimeout too.
+func TestPingTimeoutCounted(t *testing.T) {
+	var hits limitCounts
+	e := limitServer(t, &Server{Handler: echoHandler()})
+	bh := hbonetest.NewBlackhole(t, netip.MustParseAddrPort("127.0.0.1:0"), e.addr)
+	pool := e.pool(t, func(c *PoolConfig) {
+		c.OnLimit = hits.hit
+		c.PingInterval, c.PingTimeout = 100*time.Millisecond, 300*time.Millisecond
+	})
+	tgt := e.target()
+	tgt.Addr = bh.Addr()
+	c, err := pool.Dial(ctxT(t), tgt)
+	if err != nil {
+		t.Fatalf("Dial() before the block: %v", err)
+	}
+	c.Close()
+	bh.Block()
+	deadline := time.Now().Add(10 * time.Second)
+	for pool.Stats().Conns != 0 && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	if got := pool.Stats().Conns; got != 0 {
+		t.Errorf("pool connections 10s after the peer went silent = %d, want 0", got)
+	}
+	hits.check(t, map[string]int{LimitPingTimeout: 1})
+}
