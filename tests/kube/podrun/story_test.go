@@ -370,11 +370,19 @@ func TestDeployedUserStory(t *testing.T) {
 	t.Run("kubectl rollout restart daemonset/ztunnel under traffic: no new connection fails, established ones run until the drain deadline", func(t *testing.T) {
 		// A new client, the policy gone: the story's client was deleted.
 		kc.MustKubectl(t, "delete", "authorizationpolicies.security.istio.io", "-n", "demo", "deny-client")
+		from := d.out.mark()
 		if _, err := kc.KubectlStdin(t.Context(), strings.NewReader(strings.ReplaceAll(clientPod, "name: client,", "name: client2,")), "apply", "-f", "-"); err != nil {
 			t.Fatal(err)
 		}
 		kc.MustKubectl(t, "wait", "-n", "demo", "--for=condition=Ready", "pod/client2", "--timeout=60s")
 		client = d.podNS(t, "demo", "client2")
+		// The pod may run before its ztunnel captures it (the capture
+		// waits for the workload from istiod-lite), and a connection
+		// opened before the capture is reset by it: the established
+		// connection below is opened once the capture is logged.
+		ztunnelLog(t, "node-1", from, "pod captured for demo/client2", func(m map[string]any) bool {
+			return str(m, "msg") == "pod captured" && str(m, "pod") == "demo/client2"
+		})
 		deadline := time.Now().Add(20 * time.Second)
 		for {
 			_, err := get("/client2")
@@ -459,7 +467,7 @@ func TestDeployedUserStory(t *testing.T) {
 			}
 		}()
 
-		from := d.out.mark()
+		from = d.out.mark()
 		kc.MustKubectl(t, "rollout", "restart", "-n", "istio-system", "daemonset/ztunnel")
 		rolled := make(chan error, 1)
 		go func() {
