@@ -298,7 +298,7 @@ func (p *pod) supervise(c *container) bool {
 			p.wg.Add(1)
 			go func() {
 				defer p.wg.Done()
-				p.probe(probeCtx, c)
+				p.probes(probeCtx, c, cmd.Process)
 			}()
 			werr := cmd.Wait()
 			stopProbe()
@@ -442,8 +442,9 @@ func (p *pod) startContainer(c *container) (*exec.Cmd, error) {
 		return nil, fmt.Errorf("starting container %s: %w", c.spec.Name, err)
 	}
 	c.proc, c.running, c.startedAt, c.waiting, c.terminated = cmd.Process, true, time.Now(), nil, nil
-	// A container without a readiness probe is ready once it runs.
-	c.ready = c.spec.ReadinessProbe == nil
+	// A container without a readiness probe is ready once it runs (once
+	// its startup probe succeeded, if it has one: startup.go).
+	c.ready = c.spec.ReadinessProbe == nil && c.spec.StartupProbe == nil
 	p.changed()
 	return cmd, nil
 }
