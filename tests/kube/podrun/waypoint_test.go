@@ -340,7 +340,10 @@ func wpCondition(conds, typ string) (status, reason string) {
 // istio-waypoint in an ambient namespace → istiod-lite (the leader) writes
 // its ServiceAccount, Deployment and Service → the Deployment's pod runs
 // from ambient-go/waypoint:dev (istiod-lite's --waypoint-image in
-// deploy/), Ready by its readiness probe, not captured → the Gateway is
+// deploy/) as the image's entrypoint with the Deployment's arguments
+// expanded from the downward API, as uid 1337 without capabilities, with
+// its projected token; Ready by its startup and readiness probes, not
+// captured → the Gateway is
 // Programmed with status.addresses; `kubectl label namespace
 // istio.io/use-waypoint` binds the Service and a request from the client
 // pod to its VIP goes through the waypoint (its access log records the
