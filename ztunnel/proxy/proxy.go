@@ -20,6 +20,7 @@
 // inbound_passthrough.go (plaintext 15006), socks5.go (the SOCKS5 listener;
 // the protocol is package pkg/socks5). What they share: resolve.go (where
 // an outbound connection goes), dial.go (HBONE and direct dials),
+// clientgone.go (an outbound client watched while its upstream is dialed),
 // reserved.go (ztunnel's own ports), result.go (a connection's access log
 // record and metrics), authz.go (L4 policy), accept.go (the accept loop),
 // drain.go (tracking for shutdown) and memory.go.
