@@ -159,6 +159,30 @@ func TestH2Spec(t *testing.T) {
 		}()
 	}
 	wg.Wait()
+	// A case whose answer did not come within c.Timeout is run again,
+	// alone, with a longer one: on a loaded machine 16 concurrent cases
+	// under -race can miss 3 s (6 of ~150 once, with load 25 on 2 cores).
+	// A server that does not answer at all still fails, after 15 s.
+	for i, hc := range cases {
+		var te *spec.TestError
+		timedOut := errors.Is(results[i], spec.ErrTimeout) || (errors.As(results[i], &te) && te.Actual == (spec.TimeoutEvent{}).String())
+		if _, listed := h2specNotPassing[hc.id]; listed || !timedOut {
+			continue
+		}
+		slow := *c
+		slow.Timeout = 15 * time.Second
+		dc := slow
+		dc.Timeout = confTimeout
+		conn, err := spec.Dial(&dc)
+		if err != nil {
+			results[i] = fmt.Errorf("h2spec dial: %w", err)
+			continue
+		}
+		conn.Timeout = slow.Timeout
+		results[i] = hc.tc.Run(&slow, conn)
+		conn.Close()
+		t.Logf("%s timed out after %v with 16 cases at once; alone with %v: %v", hc.id, c.Timeout, slow.Timeout, results[i])
+	}
 	t.Run("cases", func(t *testing.T) {
 		for i, hc := range cases {
 			t.Run(hc.id, func(t *testing.T) {
