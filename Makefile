@@ -65,8 +65,8 @@ fuzz:
 SOAK_DURATION ?= 30m
 SOAK_TIMEOUT  ?= 90m
 soak:
-	@echo ">> soak test for $(SOAK_DURATION) (set SOAK_DURATION to change; as root, in network namespaces); writes docs/soak.md"
-	@SOAK_DURATION=$(SOAK_DURATION) SOAK_REPORT=$(CURDIR)/docs/soak.md $(GO) test -count=1 -timeout $(SOAK_TIMEOUT) -run '^TestSoak$$' -v $(MODULE)/tests/soak
+	@echo ">> soak test for $(SOAK_DURATION) (set SOAK_DURATION to change; as root, in network namespaces); writes docs/soak.md and the soak block of docs/performance.md"
+	@SOAK_DURATION=$(SOAK_DURATION) SOAK_REPORT=$(CURDIR)/docs/soak.md SOAK_PERF_DOC=$(CURDIR)/docs/performance.md $(GO) test -count=1 -timeout $(SOAK_TIMEOUT) -run '^TestSoak$$' -v $(MODULE)/tests/soak
 
 # The data plane modules (ztunnel, waypoint) must not depend on any
 # Kubernetes package.

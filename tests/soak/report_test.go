@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/ambient-go/mesh/pkg/accesslog"
+	"github.com/ambient-go/mesh/tests/bench"
 )
 
 // Resource limits: a figure at the end may exceed its value after
@@ -154,6 +155,31 @@ func (sk *soak) report(ran time.Duration, base, final map[string]usage) {
 			t.Logf("wrote %s", sk.s.Report)
 		}
 	}
+	if sk.s.PerfDoc != "" {
+		sk.writePerfSection(ran, b.String())
+	}
+}
+
+// writePerfSection sets the "soak" block of the performance document
+// (make bench carries it over when it rewrites the file).
+func (sk *soak) writePerfSection(ran time.Duration, tables string) {
+	verdict := "passed"
+	if sk.t.Failed() {
+		verdict = "failed"
+	}
+	doc, err := os.ReadFile(sk.s.PerfDoc)
+	if err != nil {
+		sk.t.Errorf("reading %s: %v", sk.s.PerfDoc, err)
+		return
+	}
+	body := fmt.Sprintf("## Soak (make soak)\n\nWritten by `make soak` on %s, commit %s, after %v of mixed traffic under faults "+
+		"(%s; what runs and the timeline: [soak.md](soak.md)).\n\n%s",
+		time.Now().UTC().Format("2006-01-02 15:04 MST"), commit(), ran.Round(time.Second), verdict, strings.TrimLeft(tables, "\n"))
+	if err := os.WriteFile(sk.s.PerfDoc, []byte(bench.ReplaceSection(string(doc), "soak", body)), 0o644); err != nil {
+		sk.t.Errorf("writing %s: %v", sk.s.PerfDoc, err)
+		return
+	}
+	sk.t.Logf("wrote the soak block of %s", sk.s.PerfDoc)
 }
 
 // document is docs/soak.md.

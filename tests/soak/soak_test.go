@@ -59,10 +59,14 @@ type settings struct {
 	// Report is SOAK_REPORT: where to write the Markdown report (make soak
 	// gives docs/soak.md); empty: only logged.
 	Report string
+	// PerfDoc is SOAK_PERF_DOC: a file whose "soak" block (package
+	// tests/bench's sections; make soak gives docs/performance.md) gets
+	// the figures too; empty: none.
+	PerfDoc string
 }
 
 func loadSettings(t *testing.T) settings {
-	s := settings{Duration: 80 * time.Second, Report: os.Getenv("SOAK_REPORT")}
+	s := settings{Duration: 80 * time.Second, Report: os.Getenv("SOAK_REPORT"), PerfDoc: os.Getenv("SOAK_PERF_DOC")}
 	if v := os.Getenv("SOAK_DURATION"); v != "" {
 		d, err := time.ParseDuration(v)
 		if err != nil || d <= 0 {
