@@ -71,8 +71,10 @@ func (d *inpod) listeners() []listenerDump { return nil }
 
 // AddPod implements zds.Handler: it keeps the pod's netns and applies its
 // capture state before returning. It waits for the first configuration
-// from istiod-lite, so that an ambient pod is never acknowledged
-// uncaptured.
+// from istiod-lite, so that a running ambient pod handed over again (a
+// restart) is never acknowledged uncaptured. A new pod's workload is not
+// known yet (its IP reaches the API server after the CNI ADD): it is
+// captured when the workload arrives (docs/architecture.md, known gap).
 func (d *inpod) AddPod(ctx context.Context, p zds.Pod, netns *os.File) error {
 	fd, err := unix.FcntlInt(netns.Fd(), unix.F_DUPFD_CLOEXEC, 0)
 	if err != nil {

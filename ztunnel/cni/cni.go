@@ -8,10 +8,14 @@
 // (K8S_POD_NAME, K8S_POD_NAMESPACE, K8S_POD_UID) and its addresses from
 // prevResult, writes the pod's record to the state directory (so that a
 // restarted ztunnel finds the pod), then sends the pod and its netns to
-// ztunnel and waits for the acknowledgement that capture is in place. If
-// ztunnel does not acknowledge (it is down, or refuses), ADD fails and the
-// record is removed: the runtime tears the sandbox down and retries, and
-// the pod never runs uncaptured. ADD then prints prevResult unchanged.
+// ztunnel and waits for its acknowledgement. If ztunnel does not
+// acknowledge (it is down, or refuses), ADD fails and the record is
+// removed: the runtime tears the sandbox down and retries, and no pod
+// starts while ztunnel is down. (ztunnel acknowledges once it has applied
+// the pod's capture state as its configuration stands; a new pod's
+// workload reaches it only later, so a new ambient pod is captured shortly
+// after it starts: docs/architecture.md, known gap.) ADD then prints
+// prevResult unchanged.
 // Invocations without K8S_POD_NAME are not pods, and pods of the
 // configuration's excludeNamespaces are not captured: they pass through.
 //
