@@ -126,11 +126,23 @@ func TestDirectDeliveryClosedDuringWrite(t *testing.T) {
 		h.mu.Unlock()
 	})
 	srv := <-srvc
+	// Only DATA that arrives while WriteTo waits is delivered by the
+	// reader (and runs the hook); earlier DATA is buffered.
+	waitFor(t, "WriteTo to wait", func() bool {
+		srv.s.c.mu.Lock()
+		defer srv.s.c.mu.Unlock()
+		return srv.s.sink != nil
+	})
 	msg := bytes.Repeat([]byte("y"), 1<<10)
 	if _, err := c.Write(msg); err != nil {
 		t.Fatal(err)
 	}
-	<-inWrite
+	select {
+	case <-inWrite:
+	case <-time.After(10 * time.Second):
+		close(release)
+		t.Fatal("the reader did not deliver the DATA to WriteTo's socket")
+	}
 	srv.Close()
 	select {
 	case r := <-res:
