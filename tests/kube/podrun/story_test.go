@@ -12,8 +12,6 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
-	"path/filepath"
-	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -224,7 +222,9 @@ func TestDeployedUserStory(t *testing.T) {
 				// istiod pod's network namespace are signalled.
 				if pods, err := kc.Clientset.CoreV1().Pods("istio-system").List(t.Context(), metav1.ListOptions{LabelSelector: "app=istiod-lite"}); err == nil {
 					for _, p := range pods.Items {
-						quitInNetns(d.podNS(t, p.Namespace, p.Name).NS.Path(), "istiod-lite")
+						for _, pid := range procsInNetns(t, d.podNS(t, p.Namespace, p.Name).NS.Path(), "istiod-lite") {
+							syscall.Kill(pid, syscall.SIGQUIT)
+						}
 					}
 				}
 				time.Sleep(2 * time.Second)
@@ -635,26 +635,4 @@ func TestDeployedUserStory(t *testing.T) {
 			t.Errorf("the new ztunnel of node-2 logged src.identity %q, want the client's", id)
 		}
 	})
-}
-
-// quitInNetns sends SIGQUIT to the processes named comm whose network
-// namespace is the one at nsPath.
-func quitInNetns(nsPath, comm string) {
-	var want syscall.Stat_t
-	if syscall.Stat(nsPath, &want) != nil {
-		return
-	}
-	procs, _ := filepath.Glob("/proc/[0-9]*")
-	for _, dir := range procs {
-		var st syscall.Stat_t
-		if syscall.Stat(filepath.Join(dir, "ns", "net"), &st) != nil || st.Ino != want.Ino || st.Dev != want.Dev {
-			continue
-		}
-		if b, err := os.ReadFile(filepath.Join(dir, "comm")); err != nil || strings.TrimSpace(string(b)) != comm {
-			continue
-		}
-		if pid, err := strconv.Atoi(filepath.Base(dir)); err == nil {
-			syscall.Kill(pid, syscall.SIGQUIT)
-		}
-	}
 }

@@ -479,7 +479,7 @@ func TestDeployedWaypoint(t *testing.T) {
 		// arguments as a kubelet expands them (downward API variables),
 		// as the non-root user 1337 without capabilities, and holds its
 		// pod's projected token for the CA's audience.
-		pids := wpProcsInNetns(t, d.podNS(t, "wp", s.wpPod).NS.Path(), "waypoint")
+		pids := procsInNetns(t, d.podNS(t, "wp", s.wpPod).NS.Path(), "waypoint")
 		if len(pids) != 1 {
 			t.Fatalf("%d waypoint processes in the waypoint pod's network namespace, want 1", len(pids))
 		}
@@ -663,9 +663,9 @@ func TestDeployedWaypoint(t *testing.T) {
 	})
 }
 
-// wpProcsInNetns returns the processes named comm whose network namespace
+// procsInNetns returns the processes named comm whose network namespace
 // is the one at nsPath.
-func wpProcsInNetns(t *testing.T, nsPath, comm string) []int {
+func procsInNetns(t *testing.T, nsPath, comm string) []int {
 	t.Helper()
 	var want syscall.Stat_t
 	if err := syscall.Stat(nsPath, &want); err != nil {
