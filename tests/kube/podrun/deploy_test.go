@@ -97,6 +97,25 @@ func (o *output) wait(from int, timeout time.Duration, match func(outputLine) bo
 	}
 }
 
+// waitJSON waits (timeout at most) for a JSON line after from of
+// container ctr of pod namespace/name that match accepts, and returns it
+// decoded.
+func (o *output) waitJSON(from int, timeout time.Duration, namespace, name, ctr string, match func(map[string]any) bool) (map[string]any, bool) {
+	var got map[string]any
+	_, ok := o.wait(from, timeout, func(l outputLine) bool {
+		if l.pod.Namespace != namespace || l.pod.Name != name || l.ctr != ctr {
+			return false
+		}
+		var m map[string]any
+		if json.Unmarshal([]byte(l.line), &m) != nil || !match(m) {
+			return false
+		}
+		got = m
+		return true
+	})
+	return got, ok
+}
+
 func (o *output) String() string {
 	o.mu.Lock()
 	defer o.mu.Unlock()

@@ -180,18 +180,7 @@ func TestDeployedUserStory(t *testing.T) {
 	}
 	ztunnelLog := func(t *testing.T, node string, from int, what string, match func(map[string]any) bool) map[string]any {
 		t.Helper()
-		var got map[string]any
-		_, ok := d.out.wait(from, logWait, func(l outputLine) bool {
-			if l.pod.Namespace != "istio-system" || l.pod.Name != ztunnelOn[node] || l.ctr != "ztunnel" {
-				return false
-			}
-			var m map[string]any
-			if json.Unmarshal([]byte(l.line), &m) != nil || !match(m) {
-				return false
-			}
-			got = m
-			return true
-		})
+		got, ok := d.out.waitJSON(from, logWait, "istio-system", ztunnelOn[node], "ztunnel", match)
 		if !ok {
 			dumpCaptures(t)
 			t.Logf("ztunnel of %s, admin:\n%s", node, adminOf(t, node, "/debug/pprof/goroutine?debug=2"))

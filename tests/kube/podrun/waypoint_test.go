@@ -214,28 +214,10 @@ func (s *wpStory) get(ctx context.Context, path string) (int, string, error) {
 	return resp.StatusCode, string(b), err
 }
 
-// logOf waits (timeout) for a JSON line after from of container ctr of pod
-// namespace/name that match accepts.
-func (s *wpStory) logOf(from int, timeout time.Duration, namespace, name, ctr string, match func(map[string]any) bool) (map[string]any, bool) {
-	var got map[string]any
-	_, ok := s.d.out.wait(from, timeout, func(l outputLine) bool {
-		if l.pod.Namespace != namespace || l.pod.Name != name || l.ctr != ctr {
-			return false
-		}
-		var m map[string]any
-		if json.Unmarshal([]byte(l.line), &m) != nil || !match(m) {
-			return false
-		}
-		got = m
-		return true
-	})
-	return got, ok
-}
-
 // waypointRecord waits (timeout) for the waypoint's access-log record of
 // a request for path after from.
 func (s *wpStory) waypointRecord(from int, timeout time.Duration, path string) (map[string]any, bool) {
-	return s.logOf(from, timeout, "wp", s.wpPod, "waypoint", func(m map[string]any) bool {
+	return s.d.out.waitJSON(from, timeout, "wp", s.wpPod, "waypoint", func(m map[string]any) bool {
 		return wpStr(m, "msg") == accesslog.RequestMessage && wpStr(m, accesslog.KeyPath) == path
 	})
 }
@@ -243,7 +225,7 @@ func (s *wpStory) waypointRecord(from int, timeout time.Duration, path string) (
 // serverInbound waits (timeout) for an inbound connection record of the
 // server's ztunnel (node-2) from src after from.
 func (s *wpStory) serverInbound(from int, timeout time.Duration, src netip.Addr) (map[string]any, bool) {
-	return s.logOf(from, timeout, "istio-system", s.ztunnelOn["node-2"], "ztunnel", func(m map[string]any) bool {
+	return s.d.out.waitJSON(from, timeout, "istio-system", s.ztunnelOn["node-2"], "ztunnel", func(m map[string]any) bool {
 		return wpStr(m, "msg") == accesslog.Message && wpStr(m, accesslog.KeyDirection) == accesslog.Inbound &&
 			strings.HasPrefix(wpStr(m, accesslog.KeySrcAddr), src.String()+":")
 	})
@@ -522,12 +504,12 @@ func TestDeployedWaypoint(t *testing.T) {
 		}
 		// Its pod is not captured (dataplane-mode none): its node's
 		// ztunnel got the CNI ADD and let it be.
-		if _, captured := s.logOf(0, 0, "istio-system", s.ztunnelOn[pod.Spec.NodeName], "ztunnel", func(m map[string]any) bool {
+		if _, captured := s.d.out.waitJSON(0, 0, "istio-system", s.ztunnelOn[pod.Spec.NodeName], "ztunnel", func(m map[string]any) bool {
 			return wpStr(m, "msg") == "pod captured" && wpStr(m, "pod") == "wp/"+s.wpPod
 		}); captured {
 			t.Errorf("the ztunnel of %s captured the waypoint pod", pod.Spec.NodeName)
 		}
-		if _, captured := s.logOf(0, 0, "istio-system", s.ztunnelOn["node-1"], "ztunnel", func(m map[string]any) bool {
+		if _, captured := s.d.out.waitJSON(0, 0, "istio-system", s.ztunnelOn["node-1"], "ztunnel", func(m map[string]any) bool {
 			return wpStr(m, "msg") == "pod captured" && wpStr(m, "pod") == "wp/client"
 		}); !captured {
 			t.Error("node-1's ztunnel never logged the client captured: the check above could not fail")
