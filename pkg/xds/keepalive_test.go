@@ -2,106 +2,13 @@ package xds
 
 import (
 	"context"
-	"io"
-	"net"
-	"sync"
+	"net/netip"
 	"testing"
 	"time"
 
+	"github.com/ambient-go/mesh/pkg/hbone/hbonetest"
 	"github.com/ambient-go/mesh/pkg/workloadapi"
 )
-
-// silencer forwards TCP connections to target. silence makes the
-// connections open at that moment forward nothing more, in either
-// direction, and close nothing: the client's connection stays established
-// with a peer that never answers again (a node gone without FIN or RST, a
-// path that drops everything). Later connections are forwarded.
-type silencer struct {
-	l      net.Listener
-	target string
-
-	mu    sync.Mutex
-	conns []net.Conn
-	flags []*bool // per connection pair: silenced
-	wg    sync.WaitGroup
-}
-
-func startSilencer(t *testing.T, target string) *silencer {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := &silencer{l: l, target: target}
-	s.wg.Add(1)
-	go s.serve()
-	t.Cleanup(func() {
-		l.Close()
-		s.mu.Lock()
-		for _, c := range s.conns {
-			c.Close()
-		}
-		s.mu.Unlock()
-		s.wg.Wait()
-	})
-	return s
-}
-
-func (s *silencer) serve() {
-	defer s.wg.Done()
-	for {
-		c, err := s.l.Accept()
-		if err != nil {
-			return
-		}
-		up, err := net.Dial("tcp", s.target)
-		if err != nil {
-			c.Close()
-			continue
-		}
-		silent := new(bool)
-		s.mu.Lock()
-		s.conns = append(s.conns, c, up)
-		s.flags = append(s.flags, silent)
-		s.mu.Unlock()
-		s.wg.Add(2)
-		go s.pipe(up, c, silent)
-		go s.pipe(c, up, silent)
-	}
-}
-
-// pipe copies from src to dst until silenced (then it keeps reading and
-// drops what it reads) or until either side is closed.
-func (s *silencer) pipe(dst, src net.Conn, silenced *bool) {
-	defer s.wg.Done()
-	buf := make([]byte, 32<<10)
-	for {
-		n, err := src.Read(buf)
-		if err != nil {
-			if err == io.EOF {
-				dst.(*net.TCPConn).CloseWrite()
-			}
-			return
-		}
-		s.mu.Lock()
-		silent := *silenced
-		s.mu.Unlock()
-		if silent {
-			continue
-		}
-		if _, err := dst.Write(buf[:n]); err != nil {
-			return
-		}
-	}
-}
-
-func (s *silencer) silence() {
-	s.mu.Lock()
-	for _, f := range s.flags {
-		*f = true
-	}
-	s.mu.Unlock()
-}
 
 // TestClientRedialsSilentServer: a connection to istiod-lite whose other
 // end goes silent (no FIN, no RST) is noticed by the keepalive and
@@ -114,9 +21,12 @@ func TestClientRedialsSilentServer(t *testing.T) {
 	t.Cleanup(func() { keepaliveTime = KeepaliveTime })
 
 	ads, target := startScripted(t)
-	sil := startSilencer(t, target)
+	// The connection open when blocked goes silent in both directions and
+	// stays established (a peer gone without FIN or RST); later ones are
+	// forwarded again.
+	bh := hbonetest.NewBlackhole(t, netip.MustParseAddrPort("127.0.0.1:0"), netip.MustParseAddrPort(target))
 	c, err := NewClient(ClientConfig{
-		Target: sil.l.Addr().String(), Node: testNode, TypeURLs: []string{workloadapi.AddressTypeURL}, Handler: &recorder{},
+		Target: bh.Addr().String(), Node: testNode, TypeURLs: []string{workloadapi.AddressTypeURL}, Handler: &recorder{},
 		MinBackoff: 5 * time.Millisecond, MaxBackoff: 20 * time.Millisecond,
 	})
 	if err != nil {
@@ -131,7 +41,8 @@ func TestClientRedialsSilentServer(t *testing.T) {
 	}()
 	ss := ads.accept(t)
 	recvRequest(t, ss)
-	sil.silence()
+	bh.Block()
+	bh.Unblock()
 	start := time.Now()
 	// The next stream can only come through a new connection: the silenced
 	// one carries nothing any more. Ping after 10 s, 10 s to answer.
