@@ -165,8 +165,28 @@ func TestBuild(t *testing.T) {
 			want: addresses(wl(workload("ns1", "p1", "10.0.0.1"), nil)),
 		},
 		{
-			name: "pod without IP is not a workload",
-			in:   Inputs{Pods: []*corev1.Pod{pod("ns1", "p1", nil)}},
+			// Its node's ztunnel waits for it during the CNI ADD, which
+			// runs before the kubelet writes the IP (issue 14).
+			name: "scheduled pod without IP: published without addresses, unhealthy",
+			in: Inputs{
+				Namespaces: []*corev1.Namespace{namespace("mesh", map[string]string{"istio.io/dataplane-mode": "ambient"})},
+				Pods:       []*corev1.Pod{pod("mesh", "new", nil), pod("ns1", "plain", nil)},
+			},
+			want: addresses(
+				wl(workload("mesh", "new"), func(w *workloadapi.Workload) {
+					w.TunnelProtocol = workloadapi.TunnelProtocol_HBONE
+					w.Status = workloadapi.WorkloadStatus_UNHEALTHY
+				}),
+				wl(workload("ns1", "plain"), func(w *workloadapi.Workload) { w.Status = workloadapi.WorkloadStatus_UNHEALTHY }),
+			),
+		},
+		{
+			name: "unscheduled or host-network pod without IP is not a workload",
+			in: Inputs{Pods: []*corev1.Pod{
+				with(pod("ns1", "pending", nil), nodeName("")),
+				with(pod("ns1", "host", nil), hostNetwork()),
+				with(pod("ns1", "done", nil), phase(corev1.PodSucceeded)),
+			}},
 			want: map[string]*workloadapi.Address{},
 		},
 		{

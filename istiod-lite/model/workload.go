@@ -81,14 +81,22 @@ func NodeIdentities(in *Inputs, opt Options) map[string]map[string]struct{} {
 }
 
 // buildWorkload translates a pod, or returns nil when the pod is not a
-// workload: it has no IP yet or has terminated. services are the services of
-// the pod's namespace.
+// workload: it has terminated, or it has no IP and is not scheduled either.
+// services are the services of the pod's namespace.
+//
+// A pod scheduled on a node (spec.nodeName) is published before it has an
+// IP, without addresses and UNHEALTHY: the node's ztunnel waits for it
+// during the pod's CNI ADD, which runs before the kubelet writes the IP, to
+// decide whether to capture the pod, so that an ambient pod is captured
+// from its first packet. The same resource (its name is the uid) gets the
+// addresses when the IP arrives. A host-network pod has no sandbox to
+// capture and is published only with its IP, as before.
 func buildWorkload(pod *corev1.Pod, ns *corev1.Namespace, services *serviceIndex, opt Options) *workloadapi.Workload {
 	if terminal(pod) {
 		return nil
 	}
 	addrs := podAddresses(pod)
-	if len(addrs) == 0 {
+	if len(addrs) == 0 && (pod.Spec.NodeName == "" || pod.Spec.HostNetwork) {
 		return nil
 	}
 	kind, workloadName := workloadNameAndType(pod)
@@ -117,7 +125,7 @@ func buildWorkload(pod *corev1.Pod, ns *corev1.Namespace, services *serviceIndex
 	} else if Ambient(ns, pod) {
 		w.TunnelProtocol = workloadapi.TunnelProtocol_HBONE
 	}
-	if podReady(pod) && pod.DeletionTimestamp == nil {
+	if podReady(pod) && pod.DeletionTimestamp == nil && len(addrs) > 0 {
 		w.Status = workloadapi.WorkloadStatus_HEALTHY
 	}
 	return w
