@@ -189,6 +189,12 @@ func (s *Store) updateAddresses(updated []*discoveryv3.Resource, removed []strin
 		for _, a := range w.Addrs {
 			s.byAddr.add(a, w)
 		}
+		// A workload without addresses (a pod scheduled before it has an
+		// IP) is found by uid only: it is no endpoint of its services
+		// until its addresses arrive.
+		if len(w.Addrs) == 0 {
+			continue
+		}
 		for key := range w.Services {
 			eps := s.endpoints[key]
 			if eps == nil {
@@ -340,6 +346,14 @@ func newService(svc *workloadapi.Service) (*Service, error) {
 	}
 	out.WaypointRef = wp
 	return out, nil
+}
+
+// WorkloadByUID returns the workload with this uid, or nil. It finds a
+// workload that has no addresses yet, which the address lookups do not.
+func (s *Store) WorkloadByUID(uid string) *Workload {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.workloads[uid]
 }
 
 // WorkloadByAddr returns the workload that has IP a, or nil.
