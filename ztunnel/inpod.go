@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -37,14 +38,21 @@ type inpod struct {
 	// before): when the path holds another, a successor started
 	// (handover.go).
 	zdsInode atomic.Uint64
+
+	// changed is closed and replaced after every store update: AddPod
+	// waits on it for a new pod's workload (waitWorkload).
+	changedMu sync.Mutex
+	changed   chan struct{}
 }
 
 type inpodPod struct {
 	pod   zds.Pod
 	netns *os.File
-	// Set while captured: the workload's uid and address, and the
+	// Set while captured: the workload's uid and the pod's address (from
+	// its CNI result: the workload may not have it yet), and the
 	// listeners inside the netns (nil once handed over at shutdown, while
-	// uid and addr stay for the drain).
+	// uid and addr stay for the drain). The pod is found in the store by
+	// uid, never by addr.
 	uid       string
 	addr      netip.Addr
 	listeners []net.Listener
@@ -59,7 +67,26 @@ var (
 )
 
 func newInpod(z *Ztunnel) *inpod {
-	return &inpod{z: z, pods: map[string]*inpodPod{}}
+	d := &inpod{z: z, pods: map[string]*inpodPod{}, changed: make(chan struct{})}
+	if z.store != nil {
+		z.store.OnChange(d.storeChanged)
+	}
+	return d
+}
+
+// storeChanged wakes the AddPods waiting for a workload.
+func (d *inpod) storeChanged() {
+	d.changedMu.Lock()
+	close(d.changed)
+	d.changed = make(chan struct{})
+	d.changedMu.Unlock()
+}
+
+// nextChange returns a channel closed by the next store update.
+func (d *inpod) nextChange() <-chan struct{} {
+	d.changedMu.Lock()
+	defer d.changedMu.Unlock()
+	return d.changed
 }
 
 // runners: the ZDS server the CNI plugin hands pods to.
@@ -70,23 +97,76 @@ func (d *inpod) runners() []runner { return []runner{{"zds", d.start}} }
 func (d *inpod) listeners() []listenerDump { return nil }
 
 // AddPod implements zds.Handler: it keeps the pod's netns and applies its
-// capture state before returning. It waits for the first configuration
-// from istiod-lite, so that a running ambient pod handed over again (a
-// restart) is never acknowledged uncaptured. A new pod's workload is not
-// known yet (its IP reaches the API server after the CNI ADD): it is
-// captured when the workload arrives (docs/architecture.md, known gap).
+// capture state before returning, so that the CNI plugin's ADD, which
+// waits for this, never lets an ambient pod start uncaptured.
+//
+// It waits for the first configuration from istiod-lite, then for the
+// pod's workload, at most Config.PodWorkloadTimeout: istiod-lite publishes
+// a pod's workload once the pod is scheduled, before it has an IP (the
+// kubelet writes the IP after the ADD returns), and whether the pod is
+// ambient is known only from it (TunnelProtocol HBONE). An ambient pod is
+// captured with the IPs of its CNI result; another pod is acknowledged
+// without capture. When the workload does not come in time (istiod-lite
+// unreachable or slow), AddPod fails and forgets the pod: the ADD fails
+// with that error and the kubelet retries the sandbox later. Running pods
+// are not affected.
 func (d *inpod) AddPod(ctx context.Context, p zds.Pod, netns *os.File) error {
 	fd, err := unix.FcntlInt(netns.Fd(), unix.F_DUPFD_CLOEXEC, 0)
 	if err != nil {
 		return fmt.Errorf("keeping netns: %w", err)
 	}
-	d.addPod(p, os.NewFile(uintptr(fd), p.Netns))
+	ip := d.addPod(p, os.NewFile(uintptr(fd), p.Netns))
 	select {
 	case <-d.z.xds.Synced():
 	case <-ctx.Done():
+		d.forget(p.Key(), ip)
 		return fmt.Errorf("waiting for configuration from istiod-lite: %w", ctx.Err())
 	}
-	return d.reconcilePods(ctx, p.Key())
+	if err := d.waitWorkload(ctx, p); err != nil {
+		d.forget(p.Key(), ip)
+		return err
+	}
+	if err := d.reconcilePods(ctx, p.Key()); err != nil {
+		return err
+	}
+	// Ztunnel's reconcile fetches the certificate of the pod's identity
+	// ahead of its first connection.
+	select {
+	case d.z.kick <- struct{}{}:
+	default:
+	}
+	return nil
+}
+
+// waitWorkload returns once the store holds pod p's workload (workloadOf),
+// or an error after Config.PodWorkloadTimeout.
+func (d *inpod) waitWorkload(ctx context.Context, p zds.Pod) error {
+	ctx, cancel := context.WithTimeout(ctx, d.z.cfg.PodWorkloadTimeout)
+	defer cancel()
+	for {
+		next := d.nextChange() // before the lookup: no update is missed
+		if d.workloadOf(p, d.nodeWorkloads()) != nil {
+			return nil
+		}
+		select {
+		case <-next:
+		case <-ctx.Done():
+			return fmt.Errorf("no workload for pod %s/%s on node %s from istiod-lite after %v, cannot tell whether to capture it: %w",
+				p.Namespace, p.Name, d.z.cfg.Node, d.z.cfg.PodWorkloadTimeout, ctx.Err())
+		}
+	}
+}
+
+// forget drops ip, pod key's entry, unless another add replaced it.
+func (d *inpod) forget(key string, ip *inpodPod) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.pods[key] != ip {
+		return
+	}
+	delete(d.pods, key)
+	d.uncapture(ip, ip.listeners != nil)
+	ip.netns.Close()
 }
 
 // DelPod implements zds.Handler: it uncaptures the pod and forgets it.
@@ -103,14 +183,16 @@ func (d *inpod) DelPod(ctx context.Context, p zds.Pod) error {
 	return nil
 }
 
-func (d *inpod) addPod(p zds.Pod, ns *os.File) {
+func (d *inpod) addPod(p zds.Pod, ns *os.File) *inpodPod {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if old := d.pods[p.Key()]; old != nil {
 		d.uncapture(old, true)
 		old.netns.Close()
 	}
-	d.pods[p.Key()] = &inpodPod{pod: p, netns: ns}
+	ip := &inpodPod{pod: p, netns: ns}
+	d.pods[p.Key()] = ip
+	return ip
 }
 
 // loadRecords re-opens the netns of every pod the CNI plugin recorded, so
@@ -131,20 +213,69 @@ func (d *inpod) loadRecords() {
 	}
 }
 
-// workloadOf returns the ambient workload of this node that is the pod, or
-// nil when the pod is not to be captured.
-func (d *inpod) workloadOf(p zds.Pod) *state.Workload {
-	for _, a := range p.IPs {
-		w := d.z.store.WorkloadByAddr(a)
-		if w == nil || w.Node != d.z.cfg.Node || w.TunnelProtocol != workloadapi.TunnelProtocol_HBONE {
-			continue
-		}
-		if (p.Name != "" && w.Name != p.Name) || (p.Namespace != "" && w.Namespace != p.Namespace) {
-			continue
-		}
-		return w
+// nodeWorkloads returns the workloads of this node by namespace/name.
+func (d *inpod) nodeWorkloads() map[string][]*state.Workload {
+	m := map[string][]*state.Workload{}
+	for _, w := range d.z.store.NodeWorkloads(d.z.cfg.Node) {
+		k := w.Namespace + "/" + w.Name
+		m[k] = append(m[k], w)
 	}
-	return nil
+	return m
+}
+
+// workloadOf returns pod p's workload among this node's (nodeWorkloads),
+// ambient or not, or nil when the store has none (yet).
+//
+// A pod is matched by namespace and name, not by IP: its workload is
+// published before its IP is known (the uid, "<cluster>//Pod/<ns>/<name>",
+// names the pod too; the Kubernetes UID is not in the Workload API). A
+// workload whose addresses do not include the pod's IPs (from its CNI
+// result) belongs to an earlier pod of that name — a StatefulSet's pod
+// recreated on this node before the old pod's removal reached ztunnel —
+// and does not match: the new pod waits for its own. Among several
+// matching, one holding the pod's IP comes first, then one without
+// addresses, then the lowest uid. A pod without a name (not from
+// Kubernetes) is matched by IP only.
+func (d *inpod) workloadOf(p zds.Pod, node map[string][]*state.Workload) *state.Workload {
+	if p.Name == "" {
+		for _, a := range p.IPs {
+			if w := d.z.store.WorkloadByAddr(a); w != nil && w.Node == d.z.cfg.Node {
+				return w
+			}
+		}
+		return nil
+	}
+	rank := func(w *state.Workload) int {
+		switch {
+		case len(w.Addrs) == 0:
+			return 1
+		case len(p.IPs) == 0 || slices.ContainsFunc(p.IPs, func(a netip.Addr) bool { return slices.Contains(w.Addrs, a) }):
+			return 0
+		}
+		return -1 // an earlier pod's
+	}
+	var best *state.Workload
+	for _, w := range node[p.Namespace+"/"+p.Name] { // sorted by uid
+		if r := rank(w); r >= 0 && (best == nil || r < rank(best)) {
+			best = w
+		}
+	}
+	return best
+}
+
+// podAddr is the address a captured pod is served as: its first IP from
+// its CNI result that the workload has (the first one if the workload has
+// none yet), else the workload's first.
+func podAddr(p zds.Pod, w *state.Workload) (netip.Addr, bool) {
+	for _, a := range p.IPs {
+		if len(w.Addrs) == 0 || slices.Contains(w.Addrs, a) {
+			return a, true
+		}
+	}
+	if len(w.Addrs) > 0 {
+		return w.Addrs[0], true
+	}
+	return netip.Addr{}, false
 }
 
 // reconcilePods captures every known pod whose workload is ambient and
@@ -153,9 +284,13 @@ func (d *inpod) workloadOf(p zds.Pod) *state.Workload {
 func (d *inpod) reconcilePods(ctx context.Context, only string) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	node := d.nodeWorkloads()
 	var errs []error
 	for key, ip := range d.pods {
-		w := d.workloadOf(ip.pod)
+		w := d.workloadOf(ip.pod, node)
+		if w != nil && w.TunnelProtocol != workloadapi.TunnelProtocol_HBONE {
+			w = nil // not ambient: not captured
+		}
 		var err error
 		switch {
 		case w == nil:
@@ -163,6 +298,8 @@ func (d *inpod) reconcilePods(ctx context.Context, only string) error {
 				d.uncapture(ip, true)
 			}
 		case ip.listeners != nil && ip.uid == w.Uid:
+			// Captured already; the workload's addresses arriving after
+			// the capture (or changing) change nothing.
 		default:
 			if ip.listeners != nil {
 				d.uncapture(ip, false)
@@ -187,7 +324,10 @@ func (d *inpod) capture(ip *inpodPod, w *state.Workload) error {
 		// the old ztunnel's listeners when it closed them.
 		d.z.log.Warn("no lossless handover for pod", "pod", name, "error", err)
 	}
-	addr := w.Addrs[0]
+	addr, ok := podAddr(ip.pod, w)
+	if !ok {
+		return fmt.Errorf("capturing %s: the pod has no IP, neither in its CNI result nor in its workload", name)
+	}
 	var ls []net.Listener
 	for _, a := range []struct {
 		addr        netip.AddrPort
@@ -216,7 +356,12 @@ func (d *inpod) capture(ip *inpodPod, w *state.Workload) error {
 			}
 		}()
 	}
-	serve("outbound", func() error { return d.z.proxy.ServeOutboundCapture(ls[0], addr) })
+	// Outbound finds the pod's workload by uid, so that it works while
+	// istiod-lite does not know the pod's IP yet. Inbound (plaintext and
+	// HBONE) looks the destination up by address: until the workload has
+	// it, inbound connections are refused (fail closed); a peer cannot
+	// know the pod's IP before the store does anyway.
+	serve("outbound", func() error { return d.z.proxy.ServeOutboundCaptureFor(ls[0], addr, w.Uid) })
 	serve("inbound plaintext", func() error { return d.z.proxy.ServePlaintextInbound(ls[1], addr) })
 	serve("hbone", func() error { return d.z.server.Serve(ls[2]) })
 	d.z.quic.listen(ip.netns, addr) // UDP 15008 when QUIC is on
@@ -334,7 +479,7 @@ func (d *inpod) reconcile(ctx context.Context) (map[spiffeid.ID]bool, error) {
 		if ip.listeners == nil {
 			continue
 		}
-		if w := d.z.store.WorkloadByAddr(ip.addr); w != nil {
+		if w := d.z.store.WorkloadByUID(ip.uid); w != nil {
 			ids[w.ID] = true
 		}
 	}

@@ -122,6 +122,13 @@ type Config struct {
 	// PodStateDir holds the CNI plugin's pod records; default
 	// zds.DefaultStateDir.
 	PodStateDir string
+	// PodWorkloadTimeout bounds how long in-pod mode's AddPod waits for a
+	// new pod's workload from istiod-lite (published when the pod is
+	// scheduled, before it has an IP) to decide whether to capture it;
+	// past it the CNI ADD fails and the kubelet retries the sandbox.
+	// Default 5s: it must stay below the CNI plugin's ack timeout (10s,
+	// cni.Plugin.Timeout), so that the plugin receives ztunnel's error.
+	PodWorkloadTimeout time.Duration
 
 	// Logger receives ztunnel's logs and access logs; LogLevel, if set, is
 	// the level /logging changes.
@@ -231,6 +238,9 @@ func New(cfg Config) (*Ztunnel, error) {
 	}
 	if cfg.PodStateDir == "" {
 		cfg.PodStateDir = zds.DefaultStateDir
+	}
+	if cfg.PodWorkloadTimeout == 0 {
+		cfg.PodWorkloadTimeout = 5 * time.Second
 	}
 	if cfg.LogLevel == nil {
 		cfg.LogLevel = new(slog.LevelVar)

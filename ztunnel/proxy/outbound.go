@@ -21,6 +21,14 @@ import (
 // workload whose address is src, and carries each to its original
 // destination (SO_ORIGINAL_DST), until l is closed.
 func (p *Proxy) ServeOutboundCapture(l net.Listener, src netip.Addr) error {
+	return p.ServeOutboundCaptureFor(l, src, "")
+}
+
+// ServeOutboundCaptureFor is ServeOutboundCapture for the local workload
+// with this uid (found by src when uid is empty). A pod is captured during
+// its CNI ADD, before istiod-lite knows its IP: while its workload has no
+// address, src, the pod's IP from its CNI result, stands in for it.
+func (p *Proxy) ServeOutboundCaptureFor(l net.Listener, src netip.Addr, uid string) error {
 	return p.serve(l, ListenerOutbound, func(c net.Conn) {
 		defer c.Close()
 		target, err := capture.OriginalDst(c)
@@ -28,7 +36,7 @@ func (p *Proxy) ServeOutboundCapture(l net.Listener, src netip.Addr) error {
 			p.log.Warn("reading original destination", "src", c.RemoteAddr().String(), "error", err)
 			return
 		}
-		w := p.cfg.Store.WorkloadByAddr(src)
+		w := p.localWorkload(src, uid)
 		if w == nil {
 			p.log.Warn("captured connection from an unknown workload", "src", src.String(), "dst", target.String())
 			return
@@ -37,6 +45,21 @@ func (p *Proxy) ServeOutboundCapture(l net.Listener, src netip.Addr) error {
 		defer cancel()
 		p.Outbound(ctx, c, w, target, "", nil)
 	})
+}
+
+// localWorkload returns the captured local workload: by uid, with src as
+// its address while the store has none, or by src when uid is empty.
+func (p *Proxy) localWorkload(src netip.Addr, uid string) *state.Workload {
+	if uid == "" {
+		return p.cfg.Store.WorkloadByAddr(src)
+	}
+	w := p.cfg.Store.WorkloadByUID(uid)
+	if w == nil || len(w.Addrs) > 0 {
+		return w
+	}
+	c := *w
+	c.Addrs = []netip.Addr{src}
+	return &c
 }
 
 // Outbound carries the connection c of the local workload src to target,

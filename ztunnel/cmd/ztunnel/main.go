@@ -3,6 +3,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -10,7 +11,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/ambient-go/mesh/pkg/admin"
 	"github.com/ambient-go/mesh/pkg/identity"
@@ -26,47 +27,13 @@ func main() {
 		level  string
 		proc   admin.Process
 	)
-	cmd := &cobra.Command{
-		Use:           "ztunnel",
-		Short:         "Per-node proxy of the ambient mesh",
-		SilenceUsage:  true,
-		SilenceErrors: true,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			defLevel := new(slog.LevelVar)
-			if err := defLevel.UnmarshalText([]byte(level)); err != nil {
-				return fmt.Errorf("--log-level: %w", err)
-			}
-			// One level per component, set at run time through the admin
-			// server's /logging (which finds them in cfg.Logger's handler);
-			// cfg.LogLevel is the level the access log is written at.
-			levels := logging.NewLevels(defLevel)
-			cfg.LogLevel = levels.Var(logging.Access)
-			logOut := proc.Apply(os.Stderr, cmd.Flags().Changed("worker-threads"))
-			defer proc.Close()
-			cfg.Logger = slog.New(levels.Handler(slog.NewJSONHandler(logOut, &slog.HandlerOptions{Level: levels})))
-			cfg.AccessLog = logOut
-			if cfg.TokenFile != "" {
-				if _, err := identity.ReadToken(cfg.TokenFile); err != nil {
-					return fmt.Errorf("--token-file: %w", err)
-				}
-			}
-			if caRoot != "" {
-				b, err := os.ReadFile(caRoot)
-				if err != nil {
-					return fmt.Errorf("--ca-root: %w", err)
-				}
-				cfg.CARoot = b
-			}
-			z, err := ztunnel.New(cfg)
-			if err != nil {
-				return err
-			}
-			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
-			defer stop()
-			return z.Start(ctx)
-		},
+	// pflag, not cobra: cobra links text/template, whose reflective method
+	// calls keep every exported method of every linked type in the binary
+	// (docs/optimisations.md, "Binary size"). The flags are the same.
+	f := pflag.NewFlagSet("ztunnel", pflag.ContinueOnError)
+	f.Usage = func() {
+		fmt.Fprintf(os.Stderr, "Per-node proxy of the ambient mesh\n\nUsage:\n  ztunnel [flags]\n\nFlags:\n%s", f.FlagUsages())
 	}
-	f := cmd.Flags()
 	f.StringVar(&cfg.Node, "node", os.Getenv("NODE_NAME"), "name of this node (default $NODE_NAME)")
 	f.StringVar(&cfg.XDSAddress, "xds-address", "127.0.0.1:15012", "istiod-lite gRPC address (xDS and CA)")
 	f.StringVar(&caRoot, "ca-root", "", "PEM root to verify istiod-lite's TLS; empty: plaintext gRPC (istiod-lite serves it only on loopback, for tests)")
@@ -84,6 +51,7 @@ func main() {
 	f.StringVar(&cfg.Mode, "mode", ztunnel.ModeLocal, "local (loopback pods, SOCKS5) or inpod (capture inside each pod's netns; needs root)")
 	f.StringVar(&cfg.ZDSSocket, "zds-socket", zds.DefaultSocket, "inpod: unix socket the CNI plugin hands pods to")
 	f.StringVar(&cfg.PodStateDir, "pod-state-dir", zds.DefaultStateDir, "inpod: directory of the CNI plugin's pod records, read at start")
+	f.DurationVar(&cfg.PodWorkloadTimeout, "pod-workload-timeout", 5*time.Second, "inpod: how long a new pod's CNI ADD waits for its workload from istiod-lite before failing it (keep it below the CNI plugin's 10s ack timeout)")
 	f.StringVar(&cfg.QUIC, "quic", "off", "HBONE over QUIC (UDP 15008): off; on (also serve it); prefer (also dial it first, TCP fallback). docs/quic.md")
 	f.DurationVar(&cfg.QUICTimeout, "quic-timeout", 0, "prefer: QUIC handshake time before falling back to TCP (default 1s)")
 	f.DurationVar(&cfg.QUICHold, "quic-hold", 0, "prefer: how long a failed QUIC destination goes over TCP (default 5m)")
@@ -102,8 +70,51 @@ func main() {
 	f.DurationVar(&l.TCPUserTimeout, "tcp-user-timeout", 0, "TCP_USER_TIMEOUT of every socket: unacknowledged data this old closes the connection; 0: off")
 	f.IntVar(&l.MaxConnsPerPod, "max-conns-per-pod", 10000, "outbound connections of one pod open at once; past it a new one is reset; negative: no limit")
 	f.IntVar(&l.MaxPendingHandshakes, "max-pending-handshakes", 1024, "HBONE server: accepted connections still in their TLS handshake; past it a new one is closed")
-	if err := cmd.ExecuteContext(context.Background()); err != nil {
+	if err := f.Parse(os.Args[1:]); err != nil {
+		if errors.Is(err, pflag.ErrHelp) {
+			return
+		}
 		fmt.Fprintln(os.Stderr, "ztunnel:", err)
 		os.Exit(1)
 	}
+	if err := run(cfg, caRoot, level, &proc, f.Changed("worker-threads")); err != nil {
+		fmt.Fprintln(os.Stderr, "ztunnel:", err)
+		os.Exit(1)
+	}
+}
+
+// run starts the ztunnel configured by the flags and returns when it stops.
+func run(cfg ztunnel.Config, caRoot, level string, proc *admin.Process, threadsSet bool) error {
+	defLevel := new(slog.LevelVar)
+	if err := defLevel.UnmarshalText([]byte(level)); err != nil {
+		return fmt.Errorf("--log-level: %w", err)
+	}
+	// One level per component, set at run time through the admin
+	// server's /logging (which finds them in cfg.Logger's handler);
+	// cfg.LogLevel is the level the access log is written at.
+	levels := logging.NewLevels(defLevel)
+	cfg.LogLevel = levels.Var(logging.Access)
+	logOut := proc.Apply(os.Stderr, threadsSet)
+	defer proc.Close()
+	cfg.Logger = slog.New(levels.Handler(slog.NewJSONHandler(logOut, &slog.HandlerOptions{Level: levels})))
+	cfg.AccessLog = logOut
+	if cfg.TokenFile != "" {
+		if _, err := identity.ReadToken(cfg.TokenFile); err != nil {
+			return fmt.Errorf("--token-file: %w", err)
+		}
+	}
+	if caRoot != "" {
+		b, err := os.ReadFile(caRoot)
+		if err != nil {
+			return fmt.Errorf("--ca-root: %w", err)
+		}
+		cfg.CARoot = b
+	}
+	z, err := ztunnel.New(cfg)
+	if err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	return z.Start(ctx)
 }
