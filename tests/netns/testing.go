@@ -3,6 +3,7 @@ package netns
 import (
 	"os"
 	"testing"
+	"time"
 )
 
 // RequireRoot skips the test when the process cannot create network
@@ -35,4 +36,34 @@ func New(t testing.TB, opts Options) *Topology {
 		}
 	})
 	return topo
+}
+
+// CaptureUnderlay captures the frames on every node's underlay link while f
+// runs (AF_PACKET), to see what crosses the network between nodes.
+func (t *Topology) CaptureUnderlay(tb testing.TB, f func()) []Frame {
+	tb.Helper()
+	var caps []*Capture
+	for _, n := range t.Nodes {
+		cp, err := t.Underlay.Capture(n.UnderlayLink, 30*time.Second)
+		if err != nil {
+			for _, cp := range caps {
+				cp.Stop()
+			}
+			tb.Fatal(err)
+		}
+		caps = append(caps, cp)
+	}
+	func() {
+		defer func() {
+			for _, cp := range caps {
+				cp.Stop()
+			}
+		}()
+		f()
+	}()
+	var frames []Frame
+	for _, cp := range caps {
+		frames = append(frames, cp.Stop()...)
+	}
+	return frames
 }

@@ -3,7 +3,6 @@ package cluster
 import (
 	"net/netip"
 	"testing"
-	"time"
 
 	"github.com/ambient-go/mesh/tests/netns"
 )
@@ -12,27 +11,7 @@ import (
 // runs (AF_PACKET), to see what crosses the network between nodes.
 func (c *Cluster) CaptureUnderlay(t testing.TB, f func()) []netns.Frame {
 	t.Helper()
-	var caps []*netns.Capture
-	for _, n := range c.Nodes {
-		cp, err := c.Topo.Underlay.Capture(n.UnderlayLink, 30*time.Second)
-		if err != nil {
-			t.Fatal(err)
-		}
-		caps = append(caps, cp)
-	}
-	func() {
-		defer func() {
-			for _, cp := range caps {
-				cp.Stop()
-			}
-		}()
-		f()
-	}()
-	var frames []netns.Frame
-	for _, cp := range caps {
-		frames = append(frames, cp.Stop()...)
-	}
-	return frames
+	return c.Topo.CaptureUnderlay(t, f)
 }
 
 // PodSegments are the TCP segments among frames that pods exchange: not
