@@ -22,6 +22,7 @@ import (
 
 	"github.com/ambient-go/mesh/pkg/accesslog"
 	"github.com/ambient-go/mesh/tests/netns"
+	"github.com/ambient-go/mesh/tests/netns/cluster"
 )
 
 // storyObjects are the demo namespace's client (node-1) and server
@@ -75,25 +76,119 @@ spec:
   - from: [{source: {principals: ["cluster.local/ns/demo/sa/client"]}}]
 `
 
+// keptAlive is one TCP connection from a pod to the server (through the
+// pods' ztunnels and the HBONE connection between them when they are
+// captured), carrying an HTTP/1.1 request and its answer on the same
+// connection: one at a time with exchange, or every 100 ms (at most 10000)
+// between run and stop.
+type keptAlive struct {
+	conn net.Conn
+	r    *bufio.Reader
+	n    int
+	stop chan struct{}
+	done chan keptAliveResult
+}
+
+type keptAliveResult struct {
+	ok      []time.Time // when each request of run was answered
+	err     error       // what ended run, nil if stop did
+	brokeAt time.Time
+}
+
+func dialKeptAlive(t *testing.T, p *netns.Pod, target netip.AddrPort) *keptAlive {
+	t.Helper()
+	c, err := p.Dial(t.Context(), "tcp", target.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return &keptAlive{conn: c, r: bufio.NewReader(c)}
+}
+
+// exchange sends one request and reads its answer, which must be 200 "ok",
+// within 10 s.
+func (k *keptAlive) exchange(path string) error {
+	k.n++
+	k.conn.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := fmt.Fprintf(k.conn, "GET %s/%d HTTP/1.1\r\nHost: server\r\n\r\n", path, k.n); err != nil {
+		return err
+	}
+	resp, err := http.ReadResponse(k.r, nil)
+	if err != nil {
+		return err
+	}
+	b, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err == nil && (resp.StatusCode != http.StatusOK || string(b) != "ok") {
+		err = fmt.Errorf("status %d, body %q", resp.StatusCode, b)
+	}
+	return err
+}
+
+// run exchanges every 100 ms in the background until the first error or
+// stop.
+func (k *keptAlive) run(path string) {
+	k.stop, k.done = make(chan struct{}), make(chan keptAliveResult, 1)
+	go func() {
+		var r keptAliveResult
+		defer func() { k.done <- r }()
+		for range 10000 {
+			select {
+			case <-k.stop:
+				return
+			case <-time.After(100 * time.Millisecond):
+			}
+			if err := k.exchange(path); err != nil {
+				r.err, r.brokeAt = err, time.Now()
+				return
+			}
+			r.ok = append(r.ok, time.Now())
+		}
+	}()
+}
+
+// stopRun ends run and returns what it saw.
+func (k *keptAlive) stopRun() keptAliveResult {
+	close(k.stop)
+	return <-k.done
+}
+
 // TestDeployedUserStory is issue 14's user story on what deploy/
 // installed, every mesh component run by the harness kubelet from the
-// images: the client and server pods talk in plain text; `kubectl label
-// namespace demo istio.io/dataplane-mode=ambient` has both ztunnels
-// capture them and the server's ztunnel logs the client's SPIFFE identity;
-// a DENY AuthorizationPolicy for the client then refuses its requests, and
-// the server's ztunnel logs the denial by that policy; `kubectl delete
-// pod client` ends its process, the runtime's CNI DEL has node-1's ztunnel
-// uncapture it, and node-2's ztunnel forgets the workload. The client's
-// requests come from the test, dialing inside the client pod's network
-// namespace (as an application of the pod would); the server is the test
-// image's process. Then, the policy deleted and a new client started,
-// `kubectl rollout restart daemonset/ztunnel` (maxSurge) under traffic:
-// the successors find the running pods by the CNI plugin's records
-// (deploy/ mounts /var/run/netns for that) and capture them, the old ones
-// hand their listeners over and drain; no new connection (one every
-// 100 ms) fails, a connection opened before the restart carries requests
-// until the old ztunnel's drain deadline, and the next request goes
-// through the new ztunnels.
+// images. The client's requests come from the test, dialing inside the
+// client pod's network namespace (as an application of the pod would); the
+// server is the test image's process. The story:
+//
+//   - the client and server pods talk in plain text: the request crosses
+//     the underlay between the nodes in clear;
+//   - `kubectl label namespace demo istio.io/dataplane-mode=ambient` has
+//     both ztunnels capture them: only HBONE crosses the underlay (the
+//     request never in clear) and the server's ztunnel logs the client's
+//     SPIFFE identity;
+//   - `kubectl label namespace demo istio.io/dataplane-mode-` has both
+//     ztunnels uncapture them (their rules removed): plain text again;
+//     labelled again, through the mesh again;
+//   - `kubectl rollout restart deployment/istiod-lite` under traffic: a
+//     connection opened before it carries a request every 100 ms
+//     throughout, no new connection (one every 100 ms) fails, both
+//     ztunnels open a stream to the new replica (its log names their
+//     nodes) and the config changes that follow reach them from it;
+//   - a DENY AuthorizationPolicy for the client refuses its requests (the
+//     server's ztunnel logs the denial by that policy); deleted, they are
+//     allowed again;
+//   - `kubectl delete pod client` ends its process, the runtime's CNI DEL
+//     has node-1's ztunnel uncapture it, and both ztunnels forget the
+//     workload;
+//   - with a new client, `kubectl rollout restart daemonset/ztunnel`
+//     (maxSurge) under traffic: the successors find the running pods by
+//     the CNI plugin's records (deploy/ mounts /var/run/netns for that)
+//     and capture them, the old ones hand their listeners over and drain;
+//     no new connection (one every 100 ms) fails, a connection opened
+//     before the restart carries requests until the old ztunnel's drain
+//     deadline, and the next request goes through the new ztunnels.
+//
+// A Deployment's new pod captured from its first packet is the story of
+// firstpacket_test.go.
 func TestDeployedUserStory(t *testing.T) {
 	netns.RequireRoot(t)
 	app := buildAppImage(t)
@@ -235,7 +330,9 @@ func TestDeployedUserStory(t *testing.T) {
 	}
 	str := func(m map[string]any, k string) string { s, _ := m[k].(string); return s }
 
-	get := func(path string) (string, error) {
+	// getWithin GETs path from the server on a new connection from the
+	// client pod, within timeout.
+	getWithin := func(path string, timeout time.Duration) (string, error) {
 		tr := &http.Transport{
 			DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
 				return client.Dial(ctx, network, addr)
@@ -243,7 +340,7 @@ func TestDeployedUserStory(t *testing.T) {
 			DisableKeepAlives: true,
 		}
 		defer tr.CloseIdleConnections()
-		c := &http.Client{Transport: tr, Timeout: 5 * time.Second}
+		c := &http.Client{Transport: tr, Timeout: timeout}
 		resp, err := c.Get("http://" + target.String() + path)
 		if err != nil {
 			return "", err
@@ -258,36 +355,244 @@ func TestDeployedUserStory(t *testing.T) {
 		}
 		return string(b), nil
 	}
-
-	t.Run("outside the mesh the client reaches the server", func(t *testing.T) {
-		if got, err := get("/plain"); err != nil || got != "ok" {
-			t.Fatalf("GET /plain = %q, %v; want ok", got, err)
+	get := func(path string) (string, error) { return getWithin(path, 5*time.Second) }
+	// getNew is get on a new connection that must be answered "ok", given
+	// 15 s: on this busy machine (load average above 20 on 2 cores) a
+	// response the ztunnels had delivered once sat in the client's socket
+	// for 5 s, unread by this process (the client's close then reset the
+	// connection with the response unread); a refused, reset or lost
+	// connection still fails.
+	getNew := func(path string) error {
+		got, err := getWithin(path, 15*time.Second)
+		if err == nil && got != "ok" {
+			err = fmt.Errorf("body %q", got)
 		}
-	})
-
-	t.Run("kubectl label namespace ambient: both ztunnels capture, mTLS with the client's identity", func(t *testing.T) {
-		from := d.out.mark()
-		kc.MustKubectl(t, "label", "namespace", "demo", "istio.io/dataplane-mode=ambient")
-		ztunnelLog(t, "node-1", from, "pod captured for demo/client", func(m map[string]any) bool {
-			return str(m, "msg") == "pod captured" && str(m, "pod") == "demo/client"
-		})
-		ztunnelLog(t, "node-2", from, "pod captured for demo/server", func(m map[string]any) bool {
-			return str(m, "msg") == "pod captured" && str(m, "pod") == "demo/server"
-		})
-		from = d.out.mark()
-		if got, err := get("/mesh"); err != nil || got != "ok" {
-			t.Fatalf("GET /mesh = %q, %v; want ok", got, err)
+		return err
+	}
+	// underlay runs f and returns the frames that crossed the underlay
+	// between the nodes while it ran, less the control plane's: in this
+	// topology the ztunnels and istiod-lite are pods too (not
+	// hostNetwork), so their xDS and CA connections are pod to pod.
+	underlay := func(t *testing.T, f func()) []netns.Frame {
+		t.Helper()
+		pods, err := kc.Clientset.CoreV1().Pods("istio-system").List(t.Context(), metav1.ListOptions{})
+		if err != nil {
+			t.Fatal(err)
 		}
+		controlPlane := map[netip.Addr]bool{}
+		for _, p := range pods.Items {
+			for _, ip := range p.Status.PodIPs {
+				if a, err := netip.ParseAddr(ip.IP); err == nil {
+					controlPlane[a] = true
+				}
+			}
+		}
+		var out []netns.Frame
+		for _, f := range d.topo.CaptureUnderlay(t, f) {
+			if s, ok := f.TCP(); ok && (controlPlane[s.Src.Addr()] || controlPlane[s.Dst.Addr()]) {
+				continue
+			}
+			out = append(out, f)
+		}
+		return out
+	}
+	// assertPlain has the client send a marker to the server, which must
+	// cross the underlay in clear and not over HBONE.
+	assertPlain := func(t *testing.T, what string) {
+		t.Helper()
+		marker := fmt.Sprintf("/PLAIN-%d", time.Now().UnixNano())
+		var got string
+		var err error
+		frames := underlay(t, func() { got, err = get(marker) })
+		if err != nil || got != "ok" {
+			t.Fatalf("%s: GET %s = %q, %v; want ok", what, marker, got, err)
+		}
+		if netns.Contains(frames, []byte(marker)) == 0 {
+			t.Errorf("%s: the marker is not in clear on the underlay (%d frames)", what, len(frames))
+		}
+		for _, s := range netns.Segments(frames) {
+			if s.Dst.Port() == 15008 || s.Src.Port() == 15008 {
+				t.Errorf("%s: HBONE on the underlay: %v", what, s)
+				break
+			}
+		}
+	}
+	// inboundFromClient waits for node-2's ztunnel's access log of a
+	// connection from the client after from, with the client's identity.
+	inboundFromClient := func(t *testing.T, from int) {
+		t.Helper()
 		l := ztunnelLog(t, "node-2", from, "inbound access log for the client", func(m map[string]any) bool {
 			return str(m, "msg") == accesslog.Message && str(m, accesslog.KeyDirection) == accesslog.Inbound &&
 				strings.HasPrefix(str(m, accesslog.KeySrcAddr), client.IP.String()+":")
 		})
 		if id := str(l, accesslog.KeySrcIdentity); id != "spiffe://cluster.local/ns/demo/sa/client" {
-			t.Errorf("server's ztunnel logged src.identity %q, want the client's", id)
+			t.Errorf("the ztunnel of node-2 (%s) logged src.identity %q, want the client's", ztunnelOn["node-2"], id)
 		}
+	}
+	// viaMesh has the client GET path through the mesh.
+	viaMesh := func(t *testing.T, path string) {
+		t.Helper()
+		from := d.out.mark()
+		if got, err := get(path); err != nil || got != "ok" {
+			t.Fatalf("GET %s = %q, %v; want ok", path, got, err)
+		}
+		inboundFromClient(t, from)
+	}
+	// captured waits for both ztunnels to log msg ("pod captured", "pod
+	// uncaptured") for the client and the server after from.
+	captured := func(t *testing.T, from int, msg string) {
+		t.Helper()
+		for node, pod := range map[string]string{"node-1": "demo/client", "node-2": "demo/server"} {
+			ztunnelLog(t, node, from, msg+" for "+pod, func(m map[string]any) bool {
+				return str(m, "msg") == msg && str(m, "pod") == pod && (msg != "pod uncaptured" || m["rules_removed"] == true)
+			})
+		}
+	}
+
+	t.Run("outside the mesh the client reaches the server in plain text", func(t *testing.T) {
+		assertPlain(t, "before labelling")
 	})
 
-	t.Run("kubectl apply a DENY policy: the client is refused", func(t *testing.T) {
+	t.Run("kubectl label namespace ambient: both ztunnels capture, mTLS with the client's identity", func(t *testing.T) {
+		from := d.out.mark()
+		kc.MustKubectl(t, "label", "namespace", "demo", "istio.io/dataplane-mode=ambient")
+		captured(t, from, "pod captured")
+		// The first request through the mesh: only HBONE between the
+		// nodes (a new connection, its TLS handshake seen), the marker
+		// never in clear.
+		from = d.out.mark()
+		marker := fmt.Sprintf("/MESH-%d", time.Now().UnixNano())
+		var got string
+		var err error
+		frames := underlay(t, func() { got, err = get(marker) })
+		if err != nil || got != "ok" {
+			t.Fatalf("GET %s = %q, %v; want ok", marker, got, err)
+		}
+		cluster.AssertOnlyHBONE(t, frames, marker)
+		inboundFromClient(t, from)
+	})
+
+	t.Run("kubectl label namespace dataplane-mode-: both ztunnels uncapture, plain again; labelled again, mTLS again", func(t *testing.T) {
+		from := d.out.mark()
+		kc.MustKubectl(t, "label", "namespace", "demo", "istio.io/dataplane-mode-")
+		captured(t, from, "pod uncaptured")
+		assertPlain(t, "after removing the label")
+		from = d.out.mark()
+		kc.MustKubectl(t, "label", "namespace", "demo", "istio.io/dataplane-mode=ambient")
+		captured(t, from, "pod captured")
+		viaMesh(t, "/mesh-again")
+	})
+
+	t.Run("kubectl rollout restart deployment/istiod-lite under traffic: the established connection keeps flowing, both ztunnels reconnect to the new replica", func(t *testing.T) {
+		istiods := func() map[string]bool { // the istiod-lite pods not terminating
+			pods, err := kc.Clientset.CoreV1().Pods("istio-system").List(t.Context(), metav1.ListOptions{LabelSelector: "app=istiod-lite"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			names := map[string]bool{}
+			for _, p := range pods.Items {
+				if p.DeletionTimestamp == nil {
+					names[p.Name] = true
+				}
+			}
+			return names
+		}
+		old := istiods()
+		long := dialKeptAlive(t, client, target)
+		if err := long.exchange("/istiod-long"); err != nil {
+			t.Fatalf("the established connection before the restart: %v", err)
+		}
+		long.run("/istiod-long")
+
+		from := d.out.mark()
+		kc.MustKubectl(t, "rollout", "restart", "-n", "istio-system", "deployment/istiod-lite")
+		rolled := make(chan error, 1)
+		go func() {
+			c, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
+			defer cancel()
+			_, err := kc.Kubectl(c, "rollout", "status", "-n", "istio-system", "deployment/istiod-lite", "--timeout=170s")
+			rolled <- err
+		}()
+		oldGone := func() bool {
+			for pod := range old {
+				if _, err := kc.Clientset.CoreV1().Pods("istio-system").Get(t.Context(), pod, metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+					return false
+				}
+			}
+			return true
+		}
+		// New connections every 100 ms until the new replica is ready and
+		// the old one has ended: the ztunnels keep the config they have.
+		// At most 4 minutes.
+		var ok, failed int
+		var errs []string
+		rolledOut := false
+		for end := time.Now().Add(4 * time.Minute); time.Now().Before(end); {
+			select {
+			case err := <-rolled:
+				if err != nil {
+					t.Errorf("the restarted Deployment did not roll out: %v", err)
+				}
+				rolledOut = true
+			case <-time.After(100 * time.Millisecond):
+			}
+			start := time.Now()
+			if err := getNew("/istiod-rolling"); err != nil {
+				failed++
+				errs = append(errs, start.Format("15:04:05.000")+" "+err.Error())
+			} else {
+				ok++
+			}
+			if rolledOut && oldGone() {
+				break
+			}
+		}
+		lr := long.stopRun()
+		t.Logf("during the restart: %d new connections answered, %d failed; the established one answered %d requests, then: %v",
+			ok, failed, len(lr.ok), lr.err)
+		if !rolledOut || !oldGone() {
+			t.Fatalf("the rollout did not end within 4 minutes (rolled out %v; old istiod-lite %v)", rolledOut, old)
+		}
+		if failed > 0 {
+			t.Errorf("%d of %d new connections failed during the restart, want 0: %s", failed, ok+failed, strings.Join(errs, "; "))
+		}
+		if lr.err != nil {
+			t.Errorf("the established connection broke at %s during the restart: %v", lr.brokeAt.Format("15:04:05.000"), lr.err)
+		}
+		if err := long.exchange("/istiod-long"); err != nil {
+			t.Errorf("the established connection after the old istiod-lite ended: %v", err)
+		}
+
+		// Each ztunnel opened a stream to the new replica: the new
+		// istiod-lite logs it with the node of the ztunnel's token, and
+		// the ztunnel logs its stream connected again.
+		var replica string
+		for pod := range istiods() {
+			if !old[pod] {
+				replica = pod
+			}
+		}
+		if replica == "" {
+			t.Fatalf("no new istiod-lite pod after the restart (old %v)", old)
+		}
+		for _, node := range []string{"node-1", "node-2"} {
+			if _, ok := d.out.waitJSON(from, logWait, "istio-system", replica, "discovery", func(m map[string]any) bool {
+				return str(m, "msg") == "xds stream opened" && str(m, "caller_node") == node &&
+					str(m, "caller_identity") == "spiffe://cluster.local/ns/istio-system/sa/ztunnel"
+			}); !ok {
+				t.Errorf("the new istiod-lite %s logged no xds stream opened by the ztunnel of %s within %v", replica, node, logWait)
+			}
+			ztunnelLog(t, node, from, "xds stream connected", func(m map[string]any) bool {
+				return str(m, "msg") == "xds stream connected"
+			})
+		}
+		// A new connection after the restart; the config changes that
+		// follow (the policy, the deleted pod, the new client) reach the
+		// ztunnels from the new replica.
+		viaMesh(t, "/after-istiod-restart")
+	})
+
+	t.Run("kubectl apply a DENY policy, then delete it: the client is refused, then allowed again", func(t *testing.T) {
 		from := d.out.mark()
 		if _, err := kc.KubectlStdin(t.Context(), strings.NewReader(storyDeny), "apply", "-f", "-"); err != nil {
 			t.Fatal(err)
@@ -308,14 +613,28 @@ func TestDeployedUserStory(t *testing.T) {
 				str(m, accesslog.KeySrcIdentity) == "spiffe://cluster.local/ns/demo/sa/client" &&
 				str(m, accesslog.KeyPolicy) == "demo/deny-client"
 		})
+
+		kc.MustKubectl(t, "delete", "authorizationpolicies.security.istio.io", "-n", "demo", "deny-client")
+		deadline = time.Now().Add(15 * time.Second)
+		for {
+			_, err := get("/allowed-again")
+			if err == nil {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("GET /allowed-again still fails 15s after the DENY policy was deleted: %v", err)
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
 	})
 
-	t.Run("kubectl delete pod: its process ends, CNI DEL uncaptures it, the other ztunnel forgets it", func(t *testing.T) {
-		zt2 := d.podNS(t, "istio-system", ztunnelOn["node-2"])
+	t.Run("kubectl delete pod: its process ends, CNI DEL uncaptures it, both ztunnels forget it", func(t *testing.T) {
 		var dump string
-		knows := func() (bool, error) {
+		// knows reports whether node's ztunnel has the client's workload.
+		knows := func(node string) (bool, error) {
+			zt := d.podNS(t, "istio-system", ztunnelOn[node])
 			tr := &http.Transport{DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-				return zt2.Dial(ctx, network, addr)
+				return zt.Dial(ctx, network, addr)
 			}}
 			defer tr.CloseIdleConnections()
 			resp, err := (&http.Client{Transport: tr, Timeout: 5 * time.Second}).Get("http://127.0.0.1:15000/config_dump")
@@ -327,11 +646,36 @@ func TestDeployedUserStory(t *testing.T) {
 			dump = string(b)
 			return strings.Contains(dump, `"`+client.IP.String()+`"`), err
 		}
-		if ok, err := knows(); !ok {
-			t.Fatalf("node-2's ztunnel does not know the client before the delete: %v", err)
+		for _, node := range []string{"node-1", "node-2"} {
+			if ok, err := knows(node); !ok {
+				t.Fatalf("the ztunnel of %s does not know the client before the delete: %v", node, err)
+			}
 		}
 		from := d.out.mark()
 		kc.MustKubectl(t, "delete", "pod", "-n", "demo", "client", "--timeout=30s")
+		// kubectl returns once the pod is gone from the API server: by
+		// then, or within a second, both ztunnels have forgotten it
+		// (issue 4).
+		returned := time.Now()
+		for _, node := range []string{"node-1", "node-2"} {
+			deadline := time.Now().Add(10 * time.Second)
+			for {
+				ok, err := knows(node)
+				if err == nil && !ok {
+					break
+				}
+				if time.Now().After(deadline) {
+					i := strings.Index(dump, `"`+client.IP.String()+`"`)
+					t.Fatalf("the ztunnel of %s still knows the deleted client after 10s (%v): ...%s...", node, err, dump[max(0, i-600):min(len(dump), i+200)])
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
+		}
+		gone := time.Since(returned)
+		t.Logf("the deleted pod left both ztunnels %v after kubectl delete returned", gone.Round(time.Millisecond))
+		if gone > time.Second {
+			t.Errorf("the deleted pod left the ztunnels %v after kubectl delete returned, want within 1s", gone.Round(time.Millisecond))
+		}
 		var stopped bool
 		for _, e := range d.runner.Exits() {
 			stopped = stopped || (e.Pod.Namespace == "demo" && e.Pod.Name == "client" && e.Stopped)
@@ -342,23 +686,10 @@ func TestDeployedUserStory(t *testing.T) {
 		ztunnelLog(t, "node-1", from, "pod uncaptured for demo/client", func(m map[string]any) bool {
 			return str(m, "msg") == "pod uncaptured" && str(m, "pod") == "demo/client" && m["rules_removed"] == true
 		})
-		deadline := time.Now().Add(10 * time.Second)
-		for {
-			ok, err := knows()
-			if err == nil && !ok {
-				break
-			}
-			if time.Now().After(deadline) {
-				i := strings.Index(dump, `"`+client.IP.String()+`"`)
-				t.Fatalf("node-2's ztunnel still knows the deleted client after 10s (%v): ...%s...", err, dump[max(0, i-600):min(len(dump), i+200)])
-			}
-			time.Sleep(100 * time.Millisecond)
-		}
 	})
 
 	t.Run("kubectl rollout restart daemonset/ztunnel under traffic: no new connection fails, established ones run until the drain deadline", func(t *testing.T) {
-		// A new client, the policy gone: the story's client was deleted.
-		kc.MustKubectl(t, "delete", "authorizationpolicies.security.istio.io", "-n", "demo", "deny-client")
+		// A new client: the story's client was deleted.
 		from := d.out.mark()
 		if _, err := kc.KubectlStdin(t.Context(), strings.NewReader(strings.ReplaceAll(clientPod, "name: client,", "name: client2,")), "apply", "-f", "-"); err != nil {
 			t.Fatal(err)
@@ -404,57 +735,12 @@ func TestDeployedUserStory(t *testing.T) {
 			old[node] = pod
 		}
 
-		// The established connection: one TCP connection from the client
-		// pod to the server (through node-1's and node-2's ztunnels and the
-		// HBONE connection between them), carrying an HTTP/1.1 request and
-		// its answer every 100 ms on the same connection.
-		long, err := client.Dial(t.Context(), "tcp", target.String())
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer long.Close()
-		longR := bufio.NewReader(long)
-		exchange := func(i int) error {
-			long.SetDeadline(time.Now().Add(10 * time.Second))
-			if _, err := fmt.Fprintf(long, "GET /long/%d HTTP/1.1\r\nHost: server\r\n\r\n", i); err != nil {
-				return err
-			}
-			resp, err := http.ReadResponse(longR, nil)
-			if err != nil {
-				return err
-			}
-			b, err := io.ReadAll(resp.Body)
-			resp.Body.Close()
-			if err == nil && (resp.StatusCode != http.StatusOK || string(b) != "ok") {
-				err = fmt.Errorf("status %d, body %q", resp.StatusCode, b)
-			}
-			return err
-		}
-		if err := exchange(0); err != nil {
+		// The established connection, carrying a request every 100 ms.
+		long := dialKeptAlive(t, client, target)
+		if err := long.exchange("/long"); err != nil {
 			t.Fatalf("the established connection before the rollout: %v", err)
 		}
-		type longResult struct {
-			ok      []time.Time // when each exchange was answered
-			err     error       // what ended it
-			brokeAt time.Time
-		}
-		stopLong, longDone := make(chan struct{}), make(chan longResult, 1)
-		go func() {
-			var r longResult
-			defer func() { longDone <- r }()
-			for i := 1; i <= 10000; i++ {
-				select {
-				case <-stopLong:
-					return
-				case <-time.After(100 * time.Millisecond):
-				}
-				if err := exchange(i); err != nil {
-					r.err, r.brokeAt = err, time.Now()
-					return
-				}
-				r.ok = append(r.ok, time.Now())
-			}
-		}()
+		long.run("/long")
 
 		from = d.out.mark()
 		kc.MustKubectl(t, "rollout", "restart", "-n", "istio-system", "daemonset/ztunnel")
@@ -475,31 +761,6 @@ func TestDeployedUserStory(t *testing.T) {
 				}
 			}
 			return true
-		}
-		// Each request on a new connection, as get, but given 15 s: on
-		// this busy machine (load average above 20 on 2 cores) a response
-		// the ztunnels had delivered once sat in the client's socket for
-		// 5 s, unread by this process (the client's close then reset the
-		// connection with the response unread); a refused, reset or lost
-		// connection still fails.
-		getNew := func(path string) error {
-			tr := &http.Transport{
-				DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-					return client.Dial(ctx, network, addr)
-				},
-				DisableKeepAlives: true,
-			}
-			defer tr.CloseIdleConnections()
-			resp, err := (&http.Client{Transport: tr, Timeout: 15 * time.Second}).Get("http://" + target.String() + path)
-			if err != nil {
-				return err
-			}
-			defer resp.Body.Close()
-			b, err := io.ReadAll(resp.Body)
-			if err == nil && (resp.StatusCode != http.StatusOK || string(b) != "ok") {
-				err = fmt.Errorf("status %d, body %q", resp.StatusCode, b)
-			}
-			return err
 		}
 		var ok, failed int
 		var slowest time.Duration
@@ -526,8 +787,7 @@ func TestDeployedUserStory(t *testing.T) {
 				break
 			}
 		}
-		close(stopLong)
-		lr := <-longDone
+		lr := long.stopRun()
 		t.Logf("during the rollout: %d new connections answered, %d failed (slowest %v); the established one answered %d requests, then: %v",
 			ok, failed, slowest.Round(time.Millisecond), len(lr.ok), lr.err)
 		if !rolledOut || !oldGone() {
@@ -612,16 +872,6 @@ func TestDeployedUserStory(t *testing.T) {
 				return str(m, "msg") == "pod captured" && str(m, "pod") == pod
 			})
 		}
-		from = d.out.mark()
-		if got, err := get("/after-rollout"); err != nil || got != "ok" {
-			t.Fatalf("GET /after-rollout = %q, %v; want ok", got, err)
-		}
-		l := ztunnelLog(t, "node-2", from, "inbound access log for the client", func(m map[string]any) bool {
-			return str(m, "msg") == accesslog.Message && str(m, accesslog.KeyDirection) == accesslog.Inbound &&
-				strings.HasPrefix(str(m, accesslog.KeySrcAddr), client.IP.String()+":")
-		})
-		if id := str(l, accesslog.KeySrcIdentity); id != "spiffe://cluster.local/ns/demo/sa/client" {
-			t.Errorf("the new ztunnel of node-2 logged src.identity %q, want the client's", id)
-		}
+		viaMesh(t, "/after-rollout")
 	})
 }
