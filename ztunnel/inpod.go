@@ -109,7 +109,8 @@ func (d *inpod) listeners() []listenerDump { return nil }
 // without capture. When the workload does not come in time (istiod-lite
 // unreachable or slow), AddPod fails and forgets the pod: the ADD fails
 // with that error and the kubelet retries the sandbox later. Running pods
-// are not affected.
+// are not affected. With a negative PodWorkloadTimeout (Istio's istiod)
+// AddPod does not wait: a new pod is captured when its workload arrives.
 func (d *inpod) AddPod(ctx context.Context, p zds.Pod, netns *os.File) error {
 	fd, err := unix.FcntlInt(netns.Fd(), unix.F_DUPFD_CLOEXEC, 0)
 	if err != nil {
@@ -141,6 +142,9 @@ func (d *inpod) AddPod(ctx context.Context, p zds.Pod, netns *os.File) error {
 // waitWorkload returns once the store holds pod p's workload (workloadOf),
 // or an error after Config.PodWorkloadTimeout.
 func (d *inpod) waitWorkload(ctx context.Context, p zds.Pod) error {
+	if d.z.cfg.PodWorkloadTimeout < 0 {
+		return nil // not waiting (Istio's istiod): captured when it comes
+	}
 	ctx, cancel := context.WithTimeout(ctx, d.z.cfg.PodWorkloadTimeout)
 	defer cancel()
 	for {

@@ -427,3 +427,30 @@ func TestAddPodCapturesBeforeIP(t *testing.T) {
 		}
 	})
 }
+
+// TestAddPodNoWait: with a negative PodWorkloadTimeout (for Istio's
+// istiod, which publishes a pod only once it has an IP) AddPod does not
+// wait for the workload; the pod is captured when it arrives.
+func TestAddPodNoWait(t *testing.T) {
+	capturetest.RequireRoot(t)
+	istiod := newFakeIstiod(t, identitytest.New(t, "cluster.local"))
+	_, sock := startInpod(t, istiod, -1)
+	ns := capturetest.NewNetns(t, nsName("nowait"))
+	p := zds.Pod{UID: "k8s-uid-late", Name: "late", Namespace: "mesh", Netns: ns.Name(), IPs: []netip.Addr{netip.MustParseAddr("198.18.201.3")}}
+	if err := (&zds.Client{Socket: sock}).Add(context.Background(), p); err != nil {
+		t.Fatalf("ADD = %v, want nil without waiting", err)
+	}
+	if ok, _ := capture.Installed(ns); ok {
+		t.Fatal("captured before its workload was known")
+	}
+	istiod.Set(t, podWorkload("late", workloadapi.TunnelProtocol_HBONE, "node-a", "198.18.201.3"))
+	for i := 0; ; i++ {
+		if ok, _ := capture.Installed(ns); ok {
+			break
+		}
+		if i == 500 {
+			t.Fatal("not captured within 5s of its workload's arrival")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}

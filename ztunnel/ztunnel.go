@@ -128,6 +128,10 @@ type Config struct {
 	// past it the CNI ADD fails and the kubelet retries the sandbox.
 	// Default 5s: it must stay below the CNI plugin's ack timeout (10s,
 	// cni.Plugin.Timeout), so that the plugin receives ztunnel's error.
+	// Negative: AddPod does not wait, and a new pod is captured only once
+	// its workload arrives, after its containers started — for Istio's
+	// istiod, which publishes a pod only once it has an IP (with it,
+	// waiting would fail every new pod).
 	PodWorkloadTimeout time.Duration
 
 	// Logger receives ztunnel's logs and access logs; LogLevel, if set, is

@@ -51,7 +51,7 @@ func main() {
 	f.StringVar(&cfg.Mode, "mode", ztunnel.ModeLocal, "local (loopback pods, SOCKS5) or inpod (capture inside each pod's netns; needs root)")
 	f.StringVar(&cfg.ZDSSocket, "zds-socket", zds.DefaultSocket, "inpod: unix socket the CNI plugin hands pods to")
 	f.StringVar(&cfg.PodStateDir, "pod-state-dir", zds.DefaultStateDir, "inpod: directory of the CNI plugin's pod records, read at start")
-	f.DurationVar(&cfg.PodWorkloadTimeout, "pod-workload-timeout", 5*time.Second, "inpod: how long a new pod's CNI ADD waits for its workload from istiod-lite before failing it (keep it below the CNI plugin's 10s ack timeout)")
+	f.DurationVar(&cfg.PodWorkloadTimeout, "pod-workload-timeout", 5*time.Second, "inpod: how long a new pod's CNI ADD waits for its workload from istiod-lite before failing it (keep it below the CNI plugin's 10s ack timeout); negative: do not wait, capture when the workload comes (needed with Istio's istiod, which publishes pods only once they have an IP)")
 	f.StringVar(&cfg.QUIC, "quic", "off", "HBONE over QUIC (UDP 15008): off; on (also serve it); prefer (also dial it first, TCP fallback). docs/quic.md")
 	f.DurationVar(&cfg.QUICTimeout, "quic-timeout", 0, "prefer: QUIC handshake time before falling back to TCP (default 1s)")
 	f.DurationVar(&cfg.QUICHold, "quic-hold", 0, "prefer: how long a failed QUIC destination goes over TCP (default 5m)")
