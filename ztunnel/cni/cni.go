@@ -11,10 +11,12 @@
 // ztunnel and waits for its acknowledgement. If ztunnel does not
 // acknowledge (it is down, or refuses), ADD fails and the record is
 // removed: the runtime tears the sandbox down and retries, and no pod
-// starts while ztunnel is down. (ztunnel acknowledges once it has applied
-// the pod's capture state as its configuration stands; a new pod's
-// workload reaches it only later, so a new ambient pod is captured shortly
-// after it starts: docs/architecture.md, known gap.) ADD then prints
+// starts while ztunnel is down. ztunnel acknowledges once it has applied
+// the pod's capture state: it waits for the pod's workload from
+// istiod-lite (published once the pod is scheduled, before it has an IP)
+// and captures an ambient pod before answering, so the pod is captured from
+// its first packet; when the workload does not come in time it refuses,
+// and ADD fails (docs/architecture.md, In-pod mode). ADD then prints
 // prevResult unchanged.
 // Invocations without K8S_POD_NAME are not pods, and pods of the
 // configuration's excludeNamespaces are not captured: they pass through.
