@@ -24,7 +24,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -42,6 +41,7 @@ import (
 	"github.com/ambient-go/mesh/pkg/telemetry"
 	"github.com/ambient-go/mesh/pkg/workloadapi"
 	"github.com/ambient-go/mesh/pkg/xds"
+	"github.com/ambient-go/mesh/pkg/xds/adspb"
 	"github.com/ambient-go/mesh/waypoint/proxy"
 )
 
@@ -271,7 +271,7 @@ func New(cfg Config) (*Waypoint, error) {
 		Target:      cfg.XDSAddress,
 		DialOptions: []grpc.DialOption{grpc.WithTransportCredentials(creds)},
 		Token:       token,
-		Node:        &corev3.Node{Id: NodeID(cfg), Cluster: cfg.ClusterID},
+		Node:        &adspb.Node{Id: NodeID(cfg), Cluster: cfg.ClusterID},
 		TypeURLs:    []string{workloadapi.AddressTypeURL, workloadapi.WaypointAuthorizationTypeURL},
 		Handler:     w.l7,
 		Logger:      log,

@@ -7,12 +7,11 @@ import (
 	"sync"
 	"sync/atomic"
 
-	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
-
 	"github.com/ambient-go/mesh/pkg/authz"
 	"github.com/ambient-go/mesh/pkg/state"
 	"github.com/ambient-go/mesh/pkg/workloadapi"
 	"github.com/ambient-go/mesh/pkg/workloadapi/waypoint"
+	"github.com/ambient-go/mesh/pkg/xds/adspb"
 )
 
 // policies is the xDS handler of the waypoint: Workload API addresses go
@@ -37,7 +36,7 @@ func (p *policies) current() *authz.L7Policies { return p.compiled.Load() }
 
 // OnUpdate applies one xDS response. A response with an undecodable
 // resource is rejected whole (NACK) and the previous policies stay.
-func (p *policies) OnUpdate(typeURL string, updated []*discoveryv3.Resource, removed []string) error {
+func (p *policies) OnUpdate(typeURL string, updated []*adspb.Resource, removed []string) error {
 	if typeURL != workloadapi.WaypointAuthorizationTypeURL {
 		return p.store.OnUpdate(typeURL, updated, removed)
 	}

@@ -32,7 +32,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -51,6 +50,7 @@ import (
 	"github.com/ambient-go/mesh/pkg/telemetry"
 	"github.com/ambient-go/mesh/pkg/workloadapi"
 	"github.com/ambient-go/mesh/pkg/xds"
+	"github.com/ambient-go/mesh/pkg/xds/adspb"
 	"github.com/ambient-go/mesh/ztunnel/capture"
 	"github.com/ambient-go/mesh/ztunnel/proxy"
 	"github.com/ambient-go/mesh/ztunnel/zds"
@@ -345,7 +345,7 @@ func New(cfg Config) (*Ztunnel, error) {
 		Target:      cfg.XDSAddress,
 		DialOptions: []grpc.DialOption{grpc.WithTransportCredentials(creds)},
 		Token:       identity.TokenSource(cfg.Token, cfg.TokenFile),
-		Node: &corev3.Node{
+		Node: &adspb.Node{
 			Id:      "ztunnel~127.0.0.1~ztunnel-" + cfg.Node + ".istio-system~istio-system.svc.cluster.local",
 			Cluster: cfg.ClusterID,
 		},

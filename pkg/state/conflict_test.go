@@ -10,12 +10,12 @@ import (
 	"strings"
 	"testing"
 
-	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/google/go-cmp/cmp"
 	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/ambient-go/mesh/pkg/workloadapi"
+	"github.com/ambient-go/mesh/pkg/xds/adspb"
 )
 
 // op is one xDS delta in a conflict scenario: a workload (re)sent with
@@ -50,7 +50,7 @@ func (o op) apply(t *testing.T, s *Store) {
 		if st == 0 {
 			st = workloadapi.WorkloadStatus_HEALTHY
 		}
-		err = s.OnUpdate(workloadapi.AddressTypeURL, []*discoveryv3.Resource{res(t, o.uid, workloadIPs(o.uid, st, o.ips...))}, nil)
+		err = s.OnUpdate(workloadapi.AddressTypeURL, []*adspb.Resource{res(t, o.uid, workloadIPs(o.uid, st, o.ips...))}, nil)
 	}
 	if err != nil {
 		t.Fatalf("OnUpdate(%+v) = %v", o, err)
@@ -152,7 +152,7 @@ func TestAddressIndexRandomOrder(t *testing.T) {
 // TestServiceVIPConflicts: two services claiming one VIP, then one leaving,
 // leave the VIP to the other.
 func TestServiceVIPConflicts(t *testing.T) {
-	svc := func(ns, vip string) *discoveryv3.Resource {
+	svc := func(ns, vip string) *adspb.Resource {
 		a := service(vip, 80, 8080)
 		a.GetService().Namespace = ns
 		a.GetService().Hostname = "svc." + ns + ".svc.cluster.local"
@@ -164,7 +164,7 @@ func TestServiceVIPConflicts(t *testing.T) {
 			t.Run(fmt.Sprintf("add %v, remove %s", order, gone), func(t *testing.T) {
 				s := NewStore()
 				for _, ns := range order {
-					if err := s.OnUpdate(workloadapi.AddressTypeURL, []*discoveryv3.Resource{svc(ns, vip.String())}, nil); err != nil {
+					if err := s.OnUpdate(workloadapi.AddressTypeURL, []*adspb.Resource{svc(ns, vip.String())}, nil); err != nil {
 						t.Fatal(err)
 					}
 				}
@@ -189,7 +189,7 @@ func TestServiceVIPConflicts(t *testing.T) {
 func TestMalformedInputIsRejected(t *testing.T) {
 	s := NewStore()
 	good := res(t, "w1", workload("w1", "127.1.0.1", workloadapi.WorkloadStatus_HEALTHY))
-	if err := s.OnUpdate(workloadapi.AddressTypeURL, []*discoveryv3.Resource{good}, nil); err != nil {
+	if err := s.OnUpdate(workloadapi.AddressTypeURL, []*adspb.Resource{good}, nil); err != nil {
 		t.Fatal(err)
 	}
 	badTD := workload("w2", "127.1.0.2", workloadapi.WorkloadStatus_HEALTHY)
@@ -198,7 +198,7 @@ func TestMalformedInputIsRejected(t *testing.T) {
 	badNS.GetWorkload().Namespace = "a/b"
 	nilWorkload := &workloadapi.Address{Type: &workloadapi.Address_Workload{}}
 	nilService := &workloadapi.Address{Type: &workloadapi.Address_Service{}}
-	for name, r := range map[string]*discoveryv3.Resource{
+	for name, r := range map[string]*adspb.Resource{
 		"malformed trust domain": res(t, "w2", badTD),
 		"namespace with a slash": res(t, "w3", badNS),
 		"nil workload":           {Name: "x", Resource: mustAny(t, nilWorkload)},
@@ -206,7 +206,7 @@ func TestMalformedInputIsRejected(t *testing.T) {
 		"wrong type":             {Name: "z", Resource: mustAny(t, &workloadapi.Workload{Uid: "z"})},
 	} {
 		t.Run(name, func(t *testing.T) {
-			err := s.OnUpdate(workloadapi.AddressTypeURL, []*discoveryv3.Resource{r}, []string{"w1"})
+			err := s.OnUpdate(workloadapi.AddressTypeURL, []*adspb.Resource{r}, []string{"w1"})
 			if err == nil {
 				t.Errorf("OnUpdate(%s) = nil, want an error (NACK)", name)
 			}

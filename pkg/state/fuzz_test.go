@@ -5,12 +5,12 @@ import (
 	"net/netip"
 	"testing"
 
-	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/ambient-go/mesh/pkg/workloadapi"
 	"github.com/ambient-go/mesh/pkg/workloadapi/security"
+	"github.com/ambient-go/mesh/pkg/xds/adspb"
 )
 
 // FuzzOnUpdate feeds OnUpdate any bytes as an Address or an Authorization
@@ -38,7 +38,7 @@ func FuzzOnUpdate(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, value []byte, policy bool, name string) {
 		s := NewStore()
-		seed := []*discoveryv3.Resource{
+		seed := []*adspb.Resource{
 			res(t, "w0", workload("w0", "127.1.0.1", workloadapi.WorkloadStatus_HEALTHY, 80, 8080)),
 			res(t, "ns/svc.ns.svc.cluster.local", service("127.1.100.1", 80, 0)),
 		}
@@ -49,12 +49,12 @@ func FuzzOnUpdate(f *testing.F) {
 		if policy {
 			typeURL = workloadapi.AuthorizationTypeURL
 		}
-		r := &discoveryv3.Resource{Name: name, Resource: &anypb.Any{TypeUrl: typeURL, Value: value}}
+		r := &adspb.Resource{Name: name, Resource: &anypb.Any{TypeUrl: typeURL, Value: value}}
 		// Added, then removed by name: both must leave a consistent index.
 		for _, removed := range [][]string{nil, {name}} {
-			var updated []*discoveryv3.Resource
+			var updated []*adspb.Resource
 			if removed == nil {
-				updated = []*discoveryv3.Resource{r}
+				updated = []*adspb.Resource{r}
 			}
 			_ = s.OnUpdate(typeURL, updated, removed)
 			d := s.Dump()

@@ -5,9 +5,8 @@ import (
 	"net/netip"
 	"testing"
 
-	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
-
 	"github.com/ambient-go/mesh/pkg/workloadapi"
+	"github.com/ambient-go/mesh/pkg/xds/adspb"
 )
 
 // TestWorkloadWithoutAddresses: istiod-lite publishes a scheduled pod's
@@ -19,7 +18,7 @@ func TestWorkloadWithoutAddresses(t *testing.T) {
 	s := NewStore()
 	noAddr := workload("w1", "127.1.0.1", workloadapi.WorkloadStatus_HEALTHY, 80, 8080)
 	noAddr.GetWorkload().Addresses = nil
-	apply := func(rs ...*discoveryv3.Resource) {
+	apply := func(rs ...*adspb.Resource) {
 		t.Helper()
 		if err := s.OnUpdate(workloadapi.AddressTypeURL, rs, nil); err != nil {
 			t.Fatal(err)

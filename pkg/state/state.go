@@ -18,11 +18,11 @@ import (
 	"sync"
 	"sync/atomic"
 
-	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/ambient-go/mesh/pkg/workloadapi"
 	"github.com/ambient-go/mesh/pkg/workloadapi/security"
+	"github.com/ambient-go/mesh/pkg/xds/adspb"
 )
 
 // Workload is a workload as the data path uses it: the proto plus what is
@@ -131,7 +131,7 @@ func (s *Store) Version() uint64 { return s.version.Load() }
 // OnUpdate applies one xDS response. It decodes every resource first and
 // changes nothing if any of them is invalid, so a bad push is NACKed and the
 // last good state is kept.
-func (s *Store) OnUpdate(typeURL string, updated []*discoveryv3.Resource, removed []string) error {
+func (s *Store) OnUpdate(typeURL string, updated []*adspb.Resource, removed []string) error {
 	switch typeURL {
 	case workloadapi.AddressTypeURL:
 		return s.updateAddresses(updated, removed)
@@ -142,7 +142,7 @@ func (s *Store) OnUpdate(typeURL string, updated []*discoveryv3.Resource, remove
 	}
 }
 
-func (s *Store) updateAddresses(updated []*discoveryv3.Resource, removed []string) error {
+func (s *Store) updateAddresses(updated []*adspb.Resource, removed []string) error {
 	var (
 		workloads []*Workload
 		services  []*Service
@@ -256,7 +256,7 @@ func (s *Store) removeService(key string) {
 	s.byHost.remove(old.Hostname, old)
 }
 
-func (s *Store) updatePolicies(updated []*discoveryv3.Resource, removed []string) error {
+func (s *Store) updatePolicies(updated []*adspb.Resource, removed []string) error {
 	policies := make([]*security.Authorization, 0, len(updated))
 	for _, r := range updated {
 		p := &security.Authorization{}

@@ -5,21 +5,21 @@ import (
 	"strconv"
 	"testing"
 
-	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/google/go-cmp/cmp"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/ambient-go/mesh/pkg/workloadapi"
+	"github.com/ambient-go/mesh/pkg/xds/adspb"
 )
 
-func res(t *testing.T, name string, m proto.Message) *discoveryv3.Resource {
+func res(t *testing.T, name string, m proto.Message) *adspb.Resource {
 	t.Helper()
 	a, err := anypb.New(m)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &discoveryv3.Resource{Name: name, Resource: a}
+	return &adspb.Resource{Name: name, Resource: a}
 }
 
 func workload(uid, ip string, status workloadapi.WorkloadStatus, svcPorts ...uint32) *workloadapi.Address {
@@ -52,7 +52,7 @@ func service(vip string, ports ...uint32) *workloadapi.Address {
 
 func TestStoreLookupsAndRoundRobin(t *testing.T) {
 	s := NewStore()
-	err := s.OnUpdate(workloadapi.AddressTypeURL, []*discoveryv3.Resource{
+	err := s.OnUpdate(workloadapi.AddressTypeURL, []*adspb.Resource{
 		res(t, "w1", workload("w1", "127.1.0.1", workloadapi.WorkloadStatus_HEALTHY, 80, 8080)),
 		res(t, "w2", workload("w2", "127.1.0.2", workloadapi.WorkloadStatus_HEALTHY, 80, 9090)),
 		res(t, "w3", workload("w3", "127.1.0.3", workloadapi.WorkloadStatus_UNHEALTHY, 80, 8080)),
@@ -100,8 +100,8 @@ func TestStoreLookupsAndRoundRobin(t *testing.T) {
 	if s.WorkloadByAddr(netip.MustParseAddr("127.1.0.1")) != nil {
 		t.Error("w1 still found after removal")
 	}
-	bad := &discoveryv3.Resource{Name: "x", Resource: &anypb.Any{TypeUrl: workloadapi.AddressTypeURL, Value: []byte{0xff, 0xff}}}
-	if err := s.OnUpdate(workloadapi.AddressTypeURL, []*discoveryv3.Resource{bad}, []string{"w2"}); err == nil {
+	bad := &adspb.Resource{Name: "x", Resource: &anypb.Any{TypeUrl: workloadapi.AddressTypeURL, Value: []byte{0xff, 0xff}}}
+	if err := s.OnUpdate(workloadapi.AddressTypeURL, []*adspb.Resource{bad}, []string{"w2"}); err == nil {
 		t.Error("OnUpdate accepted an undecodable resource")
 	}
 	if s.WorkloadByAddr(netip.MustParseAddr("127.1.0.2")) == nil {
@@ -118,7 +118,7 @@ func TestStoreLookupsAndRoundRobin(t *testing.T) {
 // round robin: the cached candidates follow every address update.
 func TestPickEndpointFollowsUpdates(t *testing.T) {
 	s := NewStore()
-	update := func(rs ...*discoveryv3.Resource) {
+	update := func(rs ...*adspb.Resource) {
 		t.Helper()
 		if err := s.OnUpdate(workloadapi.AddressTypeURL, rs, nil); err != nil {
 			t.Fatal(err)
@@ -145,13 +145,13 @@ func TestPickEndpointFollowsUpdates(t *testing.T) {
 	svc := s.ServiceByVIP(netip.MustParseAddr("127.1.100.1"))
 	steps := []struct {
 		name   string
-		update []*discoveryv3.Resource
+		update []*adspb.Resource
 		want   []string
 	}{
 		{"two healthy, uid order", nil, []string{"w1:8080", "w2:9090", "w1:8080", "w2:9090"}},
-		{"w1 unhealthy", []*discoveryv3.Resource{res(t, "w1", workload("w1", "127.1.0.1", workloadapi.WorkloadStatus_UNHEALTHY, 80, 8080))},
+		{"w1 unhealthy", []*adspb.Resource{res(t, "w1", workload("w1", "127.1.0.1", workloadapi.WorkloadStatus_UNHEALTHY, 80, 8080))},
 			[]string{"w2:9090", "w2:9090"}},
-		{"w0 added, new port for w2", []*discoveryv3.Resource{
+		{"w0 added, new port for w2", []*adspb.Resource{
 			res(t, "w0", workload("w0", "127.1.0.3", workloadapi.WorkloadStatus_HEALTHY, 80, 7070)),
 			res(t, "w2", workload("w2", "127.1.0.2", workloadapi.WorkloadStatus_HEALTHY, 80, 9191)),
 		}, nil},
@@ -181,7 +181,7 @@ func TestPickEndpointFollowsUpdates(t *testing.T) {
 
 func TestPickEndpointAllocations(t *testing.T) {
 	s := NewStore()
-	if err := s.OnUpdate(workloadapi.AddressTypeURL, []*discoveryv3.Resource{
+	if err := s.OnUpdate(workloadapi.AddressTypeURL, []*adspb.Resource{
 		res(t, "ns/svc.ns.svc.cluster.local", service("127.1.100.1", 80, 0)),
 		res(t, "w1", workload("w1", "127.1.0.1", workloadapi.WorkloadStatus_HEALTHY, 80, 8080)),
 		res(t, "w2", workload("w2", "127.1.0.2", workloadapi.WorkloadStatus_HEALTHY, 80, 9090)),

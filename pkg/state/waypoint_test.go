@@ -5,11 +5,11 @@ import (
 	"net/netip"
 	"testing"
 
-	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/google/go-cmp/cmp"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/ambient-go/mesh/pkg/workloadapi"
+	"github.com/ambient-go/mesh/pkg/xds/adspb"
 )
 
 func hostnameWaypoint(ns, host string) *workloadapi.GatewayAddress {
@@ -74,7 +74,7 @@ func waypointStore(t *testing.T) *Store {
 	t.Helper()
 	s := NewStore()
 	wpPorts := map[string][2]uint32{wpKey: {15008, 15008}}
-	err := s.OnUpdate(workloadapi.AddressTypeURL, []*discoveryv3.Resource{
+	err := s.OnUpdate(workloadapi.AddressTypeURL, []*adspb.Resource{
 		res(t, wpKey, wpService("ns", "waypoint", "127.2.100.1", [][2]uint32{{15021, 15021}, {15008, 0}}, []string{"spiffe://cluster.local/ns/ns/sa/extra", "not-a-spiffe-id"}, nil)),
 		res(t, "wp-a", wpWorkload("wp-a", "ns", "waypoint", healthy, []string{"127.2.0.1", "fd00::1"}, wpPorts, nil)),
 		res(t, "wp-b", wpWorkload("wp-b", "ns", "waypoint", healthy, []string{"127.2.0.2"}, wpPorts, nil)),
@@ -134,13 +134,13 @@ func TestWaypointParsing(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			for _, kind := range []string{"workload", "service"} {
 				s := NewStore()
-				var r *discoveryv3.Resource
+				var r *adspb.Resource
 				if kind == "workload" {
 					r = res(t, "w", wpWorkload("w", "ns", "sa", healthy, []string{"127.2.0.1"}, nil, tc.waypoint))
 				} else {
 					r = res(t, "ns/s.ns.svc.cluster.local", wpService("ns", "s", "127.2.100.1", nil, nil, tc.waypoint))
 				}
-				err := s.OnUpdate(workloadapi.AddressTypeURL, []*discoveryv3.Resource{r}, nil)
+				err := s.OnUpdate(workloadapi.AddressTypeURL, []*adspb.Resource{r}, nil)
 				if (err != nil) != tc.wantErr {
 					t.Fatalf("%s: OnUpdate = %v, want error %v", kind, err, tc.wantErr)
 				}
@@ -258,7 +258,7 @@ func TestResolveWaypoint(t *testing.T) {
 			s := waypointStore(t)
 			for _, a := range tc.extra {
 				name := a.GetWorkload().GetUid()
-				if err := s.OnUpdate(workloadapi.AddressTypeURL, []*discoveryv3.Resource{res(t, name, a)}, nil); err != nil {
+				if err := s.OnUpdate(workloadapi.AddressTypeURL, []*adspb.Resource{res(t, name, a)}, nil); err != nil {
 					t.Fatal(err)
 				}
 			}
@@ -350,7 +350,7 @@ func TestIsFromWaypoint(t *testing.T) {
 	}
 
 	// A workload waypoint named by the pod's address.
-	if err := s.OnUpdate(workloadapi.AddressTypeURL, []*discoveryv3.Resource{
+	if err := s.OnUpdate(workloadapi.AddressTypeURL, []*adspb.Resource{
 		res(t, "plain", wpWorkload("plain", "ns", "plain", healthy, []string{"127.2.0.11"}, nil, addressWaypoint("127.2.0.2"))),
 	}, nil); err != nil {
 		t.Fatal(err)
@@ -366,7 +366,7 @@ func TestIsFromWaypoint(t *testing.T) {
 
 func TestIsWaypointFor(t *testing.T) {
 	s := waypointStore(t)
-	if err := s.OnUpdate(workloadapi.AddressTypeURL, []*discoveryv3.Resource{
+	if err := s.OnUpdate(workloadapi.AddressTypeURL, []*adspb.Resource{
 		// A pod whose waypoint is named by a pod's address.
 		res(t, "byip", wpWorkload("byip", "ns", "byip", healthy, []string{"127.2.0.12"}, nil, addressWaypoint("127.2.0.2"))),
 	}, nil); err != nil {

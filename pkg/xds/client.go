@@ -8,6 +8,10 @@
 // it has ACKed and sends them as initial_resource_versions when it reconnects, so the server only sends what
 // changed while it was away. Disconnects never touch the Handler's state: the ztunnel keeps serving its last
 // configuration while the control plane is unreachable, and the client retries with exponential backoff.
+//
+// The messages are the adspb package's, wire-compatible subsets of Envoy's, not go-control-plane's: a
+// proxy that links go-control-plane links Envoy's whole configuration API and its descriptors
+// (docs/optimisations.md, "Binary size"). Servers may use either; the bytes are the same.
 package xds
 
 import (
@@ -20,13 +24,12 @@ import (
 	"sync/atomic"
 	"time"
 
-	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
-	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
-	"google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
+
+	"github.com/ambient-go/mesh/pkg/xds/adspb"
 )
 
 // Handler applies updates; returning an error NACKs the response (the client keeps its previous state for
@@ -34,18 +37,23 @@ import (
 type Handler interface {
 	// OnUpdate is called once per response, serially. updated resources carry Name, Version and Resource
 	// (*anypb.Any whose type URL equals typeURL); removed holds resource names.
-	OnUpdate(typeURL string, updated []*discoveryv3.Resource, removed []string) error
+	OnUpdate(typeURL string, updated []*adspb.Resource, removed []string) error
 }
 
 // HandlerFunc adapts a function to a Handler.
-type HandlerFunc func(typeURL string, updated []*discoveryv3.Resource, removed []string) error
+type HandlerFunc func(typeURL string, updated []*adspb.Resource, removed []string) error
 
 // OnUpdate calls f.
-func (f HandlerFunc) OnUpdate(typeURL string, updated []*discoveryv3.Resource, removed []string) error {
+func (f HandlerFunc) OnUpdate(typeURL string, updated []*adspb.Resource, removed []string) error {
 	return f(typeURL, updated, removed)
 }
 
 var _ Handler = HandlerFunc(nil)
+
+// DeltaADSMethod is the gRPC method the client calls: Envoy's, which istiod-lite and Istio's istiod serve.
+const DeltaADSMethod = "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources"
+
+var deltaADSStream = grpc.StreamDesc{StreamName: "DeltaAggregatedResources", ServerStreams: true, ClientStreams: true}
 
 // DefaultMaxRecvMsgSize is the largest response the client accepts unless DialOptions say otherwise. It is
 // far above gRPC's 4 MiB default because an initial response may hold every workload of a cluster.
@@ -67,7 +75,7 @@ type ClientConfig struct {
 	DialOptions []grpc.DialOption
 	// Node identifies the proxy; Node.Id is required
 	// (`ztunnel~<ip>~<pod>.<ns>~<ns>.svc.cluster.local`).
-	Node *corev3.Node
+	Node *adspb.Node
 	// TypeURLs are subscribed as wildcards, in this order. Required.
 	TypeURLs []string
 	// Handler applies every response. Required.
@@ -210,12 +218,13 @@ func (c *Client) runStream(ctx context.Context) (gotResponse bool, err error) {
 		}
 		ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+tok)
 	}
-	stream, err := discoveryv3.NewAggregatedDiscoveryServiceClient(conn).DeltaAggregatedResources(ctx)
+	cs, err := conn.NewStream(ctx, &deltaADSStream, DeltaADSMethod)
 	if err != nil {
 		return false, fmt.Errorf("open delta ads stream: %w", err)
 	}
+	stream := &grpc.GenericClientStream[adspb.DeltaDiscoveryRequest, adspb.DeltaDiscoveryResponse]{ClientStream: cs}
 	for _, typeURL := range c.cfg.TypeURLs {
-		req := &discoveryv3.DeltaDiscoveryRequest{
+		req := &adspb.DeltaDiscoveryRequest{
 			Node:                    c.cfg.Node,
 			TypeUrl:                 typeURL,
 			InitialResourceVersions: c.versions[typeURL],
@@ -241,9 +250,9 @@ func (c *Client) runStream(ctx context.Context) (gotResponse bool, err error) {
 }
 
 // handle applies one response and returns the ACK or NACK to send.
-func (c *Client) handle(resp *discoveryv3.DeltaDiscoveryResponse) *discoveryv3.DeltaDiscoveryRequest {
+func (c *Client) handle(resp *adspb.DeltaDiscoveryResponse) *adspb.DeltaDiscoveryRequest {
 	typeURL := resp.GetTypeUrl()
-	ack := &discoveryv3.DeltaDiscoveryRequest{TypeUrl: typeURL, ResponseNonce: resp.GetNonce()}
+	ack := &adspb.DeltaDiscoveryRequest{TypeUrl: typeURL, ResponseNonce: resp.GetNonce()}
 	err := validate(resp)
 	if err == nil {
 		err = c.cfg.Handler.OnUpdate(typeURL, resp.GetResources(), resp.GetRemovedResources())
@@ -251,7 +260,7 @@ func (c *Client) handle(resp *discoveryv3.DeltaDiscoveryResponse) *discoveryv3.D
 	c.markAnswered(typeURL)
 	if err != nil {
 		c.log.Warn("xds nack", "type_url", typeURL, "nonce", resp.GetNonce(), "error", err)
-		ack.ErrorDetail = &status.Status{Code: int32(codes.InvalidArgument), Message: err.Error()}
+		ack.ErrorDetail = &adspb.Status{Code: int32(codes.InvalidArgument), Message: err.Error()}
 		return ack
 	}
 	versions := c.versions[typeURL]
@@ -271,7 +280,7 @@ func (c *Client) handle(resp *discoveryv3.DeltaDiscoveryResponse) *discoveryv3.D
 }
 
 // validate rejects responses the Handler must never see.
-func validate(resp *discoveryv3.DeltaDiscoveryResponse) error {
+func validate(resp *adspb.DeltaDiscoveryResponse) error {
 	if resp.GetTypeUrl() == "" {
 		return errors.New("response without type url")
 	}

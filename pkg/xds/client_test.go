@@ -19,16 +19,23 @@ import (
 	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/ambient-go/mesh/pkg/workloadapi"
+	"github.com/ambient-go/mesh/pkg/xds/adspb"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 const waitLimit = 10 * time.Second
 
-var testNode = &corev3.Node{Id: "ztunnel~10.0.0.1~ztunnel-abc.istio-system~istio-system.svc.cluster.local"}
+const testNodeID = "ztunnel~10.0.0.1~ztunnel-abc.istio-system~istio-system.svc.cluster.local"
+
+// testNode is what the client is configured with; wantNode is what the go-control-plane server decodes.
+var (
+	testNode = &adspb.Node{Id: testNodeID}
+	wantNode = &corev3.Node{Id: testNodeID}
+)
 
 func TestNewClient(t *testing.T) {
-	h := HandlerFunc(func(string, []*discoveryv3.Resource, []string) error { return nil })
+	h := HandlerFunc(func(string, []*adspb.Resource, []string) error { return nil })
 	valid := func() ClientConfig {
 		return ClientConfig{Target: "127.0.0.1:1", Node: testNode, TypeURLs: []string{workloadapi.AddressTypeURL}, Handler: h}
 	}
@@ -40,7 +47,7 @@ func TestNewClient(t *testing.T) {
 		{name: "valid", mutate: func(*ClientConfig) {}},
 		{name: "no target", mutate: func(c *ClientConfig) { c.Target = "" }, wantErr: true},
 		{name: "no node", mutate: func(c *ClientConfig) { c.Node = nil }, wantErr: true},
-		{name: "node without id", mutate: func(c *ClientConfig) { c.Node = &corev3.Node{} }, wantErr: true},
+		{name: "node without id", mutate: func(c *ClientConfig) { c.Node = &adspb.Node{} }, wantErr: true},
 		{name: "no types", mutate: func(c *ClientConfig) { c.TypeURLs = nil }, wantErr: true},
 		{name: "duplicate type", mutate: func(c *ClientConfig) { c.TypeURLs = append(c.TypeURLs, c.TypeURLs[0]) }, wantErr: true},
 		{name: "no handler", mutate: func(c *ClientConfig) { c.Handler = nil }, wantErr: true},
@@ -144,7 +151,7 @@ type recorder struct {
 	fail    error
 }
 
-func (r *recorder) OnUpdate(typeURL string, updated []*discoveryv3.Resource, removed []string) error {
+func (r *recorder) OnUpdate(typeURL string, updated []*adspb.Resource, removed []string) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	u := update{TypeURL: typeURL, Removed: removed}
@@ -190,7 +197,7 @@ func TestClientProtocol(t *testing.T) {
 
 	ss := ads.accept(t)
 	for _, typeURL := range []string{addr, authz} {
-		want := &discoveryv3.DeltaDiscoveryRequest{Node: testNode, TypeUrl: typeURL}
+		want := &discoveryv3.DeltaDiscoveryRequest{Node: wantNode, TypeUrl: typeURL}
 		if diff := cmp.Diff(want, recvRequest(t, ss), protocmp.Transform()); diff != "" {
 			t.Errorf("first request for %s (-want +got):\n%s", typeURL, diff)
 		}
@@ -268,8 +275,8 @@ func TestClientProtocol(t *testing.T) {
 	ads.end <- struct{}{}
 	ss = ads.accept(t)
 	want := []*discoveryv3.DeltaDiscoveryRequest{
-		{Node: testNode, TypeUrl: addr, InitialResourceVersions: map[string]string{"a": "v1"}},
-		{Node: testNode, TypeUrl: authz},
+		{Node: wantNode, TypeUrl: addr, InitialResourceVersions: map[string]string{"a": "v1"}},
+		{Node: wantNode, TypeUrl: authz},
 	}
 	for _, w := range want {
 		if diff := cmp.Diff(w, recvRequest(t, ss), protocmp.Transform()); diff != "" {
@@ -295,7 +302,7 @@ func TestClientSendsToken(t *testing.T) {
 	var mu sync.Mutex
 	c, err := NewClient(ClientConfig{
 		Target: target, Node: testNode, TypeURLs: []string{workloadapi.AddressTypeURL},
-		Handler: HandlerFunc(func(string, []*discoveryv3.Resource, []string) error { return nil }),
+		Handler: HandlerFunc(func(string, []*adspb.Resource, []string) error { return nil }),
 		Token: func(context.Context) (string, error) {
 			mu.Lock()
 			defer mu.Unlock()

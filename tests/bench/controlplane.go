@@ -14,12 +14,10 @@ import (
 	"sync/atomic"
 	"time"
 
-	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
-	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
-
 	"github.com/ambient-go/mesh/pkg/state"
 	"github.com/ambient-go/mesh/pkg/workloadapi"
 	"github.com/ambient-go/mesh/pkg/xds"
+	"github.com/ambient-go/mesh/pkg/xds/adspb"
 )
 
 // ControlPlaneConfig sizes the control-plane figure: istiod-lite (a
@@ -144,7 +142,7 @@ func RunControlPlane(ctx context.Context, cfg ControlPlaneConfig) (*ControlPlane
 		cc := &countingClient{}
 		c, err := xds.NewClient(xds.ClientConfig{
 			Target:   target,
-			Node:     &corev3.Node{Id: fmt.Sprintf("ztunnel~127.0.0.1~ztunnel-node-%d.istio-system~istio-system.svc.cluster.local", i)},
+			Node:     &adspb.Node{Id: fmt.Sprintf("ztunnel~127.0.0.1~ztunnel-node-%d.istio-system~istio-system.svc.cluster.local", i)},
 			TypeURLs: []string{workloadapi.AddressTypeURL, workloadapi.AuthorizationTypeURL},
 			Token:    nodeToken,
 			Handler:  cc,
@@ -256,10 +254,10 @@ func fullSync(ctx context.Context, target, name string) (time.Duration, int, err
 	var n atomic.Int64
 	c, err := xds.NewClient(xds.ClientConfig{
 		Target:   target,
-		Node:     &corev3.Node{Id: "ztunnel~127.0.0.1~ztunnel-" + name + ".istio-system~istio-system.svc.cluster.local"},
+		Node:     &adspb.Node{Id: "ztunnel~127.0.0.1~ztunnel-" + name + ".istio-system~istio-system.svc.cluster.local"},
 		TypeURLs: []string{workloadapi.AddressTypeURL, workloadapi.AuthorizationTypeURL},
 		Token:    nodeToken,
-		Handler: xds.HandlerFunc(func(typeURL string, updated []*discoveryv3.Resource, removed []string) error {
+		Handler: xds.HandlerFunc(func(typeURL string, updated []*adspb.Resource, removed []string) error {
 			n.Add(int64(len(updated)))
 			return store.OnUpdate(typeURL, updated, removed)
 		}),
@@ -296,7 +294,7 @@ func (cc *countingClient) arm() {
 	cc.mu.Unlock()
 }
 
-func (cc *countingClient) OnUpdate(_ string, updated []*discoveryv3.Resource, removed []string) error {
+func (cc *countingClient) OnUpdate(_ string, updated []*adspb.Resource, removed []string) error {
 	cc.resources.Add(int64(len(updated)))
 	if len(updated)+len(removed) == 0 {
 		return nil

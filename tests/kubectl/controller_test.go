@@ -21,8 +21,6 @@ import (
 	"testing"
 	"time"
 
-	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
-	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -35,6 +33,7 @@ import (
 	"github.com/ambient-go/mesh/pkg/identity"
 	"github.com/ambient-go/mesh/pkg/workloadapi"
 	"github.com/ambient-go/mesh/pkg/xds"
+	"github.com/ambient-go/mesh/pkg/xds/adspb"
 	"github.com/ambient-go/mesh/tests/kube"
 )
 
@@ -400,7 +399,7 @@ func startXDS(t *testing.T, c *kube.Cluster, target string, log *slog.Logger) *x
 	cl, err := xds.NewClient(xds.ClientConfig{
 		Target:   target,
 		Token:    func(context.Context) (string, error) { return token, nil },
-		Node:     &corev3.Node{Id: "ztunnel~198.18.1.2~ztunnel-a.istio-system~istio-system.svc.cluster.local"},
+		Node:     &adspb.Node{Id: "ztunnel~198.18.1.2~ztunnel-a.istio-system~istio-system.svc.cluster.local"},
 		TypeURLs: []string{workloadapi.AddressTypeURL, workloadapi.AuthorizationTypeURL},
 		Logger:   log.With("component", "xds-client"),
 		Handler:  xds.HandlerFunc(st.handle),
@@ -419,7 +418,7 @@ func startXDS(t *testing.T, c *kube.Cluster, target string, log *slog.Logger) *x
 }
 
 // handle keeps the Address resources an xDS client receives.
-func (s *xdsState) handle(typeURL string, updated []*discoveryv3.Resource, removed []string) error {
+func (s *xdsState) handle(typeURL string, updated []*adspb.Resource, removed []string) error {
 	if typeURL != workloadapi.AddressTypeURL {
 		return nil
 	}

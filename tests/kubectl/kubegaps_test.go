@@ -14,7 +14,6 @@ import (
 	"testing"
 	"time"
 
-	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	corev1 "k8s.io/api/core/v1"
@@ -22,6 +21,7 @@ import (
 
 	"github.com/ambient-go/mesh/pkg/workloadapi"
 	"github.com/ambient-go/mesh/pkg/xds"
+	"github.com/ambient-go/mesh/pkg/xds/adspb"
 	"github.com/ambient-go/mesh/tests/kube"
 )
 
@@ -262,7 +262,7 @@ func TestZtunnelSwitchesReplica(t *testing.T) {
 				return (&net.Dialer{}).DialContext(ctx, "tcp", addr)
 			}),
 		},
-		Node:       &corev3.Node{Id: "ztunnel~198.18.1.2~ztunnel-a.istio-system~istio-system.svc.cluster.local"},
+		Node:       &adspb.Node{Id: "ztunnel~198.18.1.2~ztunnel-a.istio-system~istio-system.svc.cluster.local"},
 		TypeURLs:   []string{workloadapi.AddressTypeURL},
 		MaxBackoff: 500 * time.Millisecond,
 		Logger:     log.With("component", "xds-client"),

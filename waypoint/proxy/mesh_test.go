@@ -14,7 +14,6 @@ import (
 	"testing"
 	"time"
 
-	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
@@ -31,6 +30,7 @@ import (
 	"github.com/ambient-go/mesh/pkg/telemetry"
 	"github.com/ambient-go/mesh/pkg/workloadapi"
 	"github.com/ambient-go/mesh/pkg/workloadapi/waypoint"
+	"github.com/ambient-go/mesh/pkg/xds/adspb"
 )
 
 // The test mesh, all on loopback: a client pod (played by a real HBONE
@@ -278,13 +278,13 @@ func (m *mesh) setPolicies(ps ...*waypoint.Authorization) {
 	m.policies = authz.CompileL7(ps)
 }
 
-func resource(t testing.TB, name string, msg proto.Message) *discoveryv3.Resource {
+func resource(t testing.TB, name string, msg proto.Message) *adspb.Resource {
 	t.Helper()
 	a, err := anypb.New(msg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &discoveryv3.Resource{Name: name, Version: "1", Resource: a}
+	return &adspb.Resource{Name: name, Version: "1", Resource: a}
 }
 
 func waypointRef() *workloadapi.GatewayAddress {
@@ -315,7 +315,7 @@ func (m *mesh) fillStore(t testing.TB) {
 			Addresses: [][]byte{ip.AsSlice()}, TunnelProtocol: workloadapi.TunnelProtocol_HBONE, Services: services,
 		}}}
 	}
-	updated := []*discoveryv3.Resource{
+	updated := []*adspb.Resource{
 		resource(t, "default/"+echoHost, svc("echo", echoVIP, waypointRef(), ports...)),
 		resource(t, "default/other.default.svc.cluster.local", svc("other", otherVIP, nil, ports...)),
 		resource(t, "default/empty.default.svc.cluster.local", svc("empty", emptyVIP, waypointRef(), ports...)),

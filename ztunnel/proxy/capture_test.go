@@ -12,7 +12,6 @@ import (
 	"testing"
 	"time"
 
-	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/google/go-cmp/cmp"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -26,6 +25,7 @@ import (
 	"github.com/ambient-go/mesh/pkg/telemetry"
 	"github.com/ambient-go/mesh/pkg/workloadapi"
 	"github.com/ambient-go/mesh/pkg/workloadapi/security"
+	"github.com/ambient-go/mesh/pkg/xds/adspb"
 	"github.com/ambient-go/mesh/ztunnel/capture"
 	"github.com/ambient-go/mesh/ztunnel/capture/capturetest"
 )
@@ -101,7 +101,7 @@ func TestCapturedTraffic(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := store.OnUpdate(workloadapi.AddressTypeURL, []*discoveryv3.Resource{{Name: "pod-uid", Resource: a}}, nil); err != nil {
+	if err := store.OnUpdate(workloadapi.AddressTypeURL, []*adspb.Resource{{Name: "pod-uid", Resource: a}}, nil); err != nil {
 		t.Fatal(err)
 	}
 	pool := hbone.NewPool(hbone.PoolConfig{TLSConfig: func(context.Context, spiffeid.ID, []spiffeid.ID) (*tls.Config, error) {
@@ -203,7 +203,7 @@ func TestCapturedTraffic(t *testing.T) {
 			t.Fatal(err)
 		}
 		const name = "istio-system/istio_converted_static_strict"
-		if err := store.OnUpdate(workloadapi.AuthorizationTypeURL, []*discoveryv3.Resource{{Name: name, Resource: strict}}, nil); err != nil {
+		if err := store.OnUpdate(workloadapi.AuthorizationTypeURL, []*adspb.Resource{{Name: name, Resource: strict}}, nil); err != nil {
 			t.Fatal(err)
 		}
 		defer store.OnUpdate(workloadapi.AuthorizationTypeURL, nil, []string{name})

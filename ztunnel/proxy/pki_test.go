@@ -9,7 +9,6 @@ import (
 	"testing"
 	"time"
 
-	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/protobuf/types/known/anypb"
@@ -20,6 +19,7 @@ import (
 	"github.com/ambient-go/mesh/pkg/state"
 	"github.com/ambient-go/mesh/pkg/telemetry"
 	"github.com/ambient-go/mesh/pkg/workloadapi"
+	"github.com/ambient-go/mesh/pkg/xds/adspb"
 )
 
 // testAddrBase returns a random 127.X.Y.0 base for one test's addresses,
@@ -54,7 +54,7 @@ func addWorkload(t testing.TB, store *state.Store, uid, ns, sa string, addr neti
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := store.OnUpdate(workloadapi.AddressTypeURL, []*discoveryv3.Resource{{Name: uid, Resource: a}}, nil); err != nil {
+	if err := store.OnUpdate(workloadapi.AddressTypeURL, []*adspb.Resource{{Name: uid, Resource: a}}, nil); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -12,7 +12,6 @@ import (
 	"testing"
 	"time"
 
-	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/google/go-cmp/cmp"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
@@ -27,6 +26,7 @@ import (
 	"github.com/ambient-go/mesh/pkg/telemetry"
 	"github.com/ambient-go/mesh/pkg/workloadapi"
 	"github.com/ambient-go/mesh/pkg/workloadapi/security"
+	"github.com/ambient-go/mesh/pkg/xds/adspb"
 )
 
 // quicMesh is two proxies on loopback: the source ztunnel of client (.1)
@@ -291,7 +291,7 @@ func TestQUICInboundAnswers(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := m.Store.OnUpdate(workloadapi.AuthorizationTypeURL, []*discoveryv3.Resource{{Name: "demo/deny-8081", Resource: deny}}, nil); err != nil {
+	if err := m.Store.OnUpdate(workloadapi.AuthorizationTypeURL, []*adspb.Resource{{Name: "demo/deny-8081", Resource: deny}}, nil); err != nil {
 		t.Fatal(err)
 	}
 	other := netip.AddrFrom4([4]byte{127, 0, 0, 99})

@@ -13,7 +13,6 @@ import (
 	"testing"
 	"time"
 
-	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/google/go-cmp/cmp"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -27,6 +26,7 @@ import (
 	"github.com/ambient-go/mesh/pkg/telemetry"
 	"github.com/ambient-go/mesh/pkg/workloadapi"
 	"github.com/ambient-go/mesh/pkg/workloadapi/security"
+	"github.com/ambient-go/mesh/pkg/xds/adspb"
 )
 
 // connectInfo is what a fake HBONE server saw of one CONNECT.
@@ -139,7 +139,7 @@ func waypointRef(host string) *workloadapi.GatewayAddress {
 
 func (m *waypointMesh) apply(t *testing.T, addrs ...*workloadapi.Address) {
 	t.Helper()
-	var rs []*discoveryv3.Resource
+	var rs []*adspb.Resource
 	for _, a := range addrs {
 		name := a.GetWorkload().GetUid()
 		if s := a.GetService(); s != nil {
@@ -149,7 +149,7 @@ func (m *waypointMesh) apply(t *testing.T, addrs ...*workloadapi.Address) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		rs = append(rs, &discoveryv3.Resource{Name: name, Resource: r})
+		rs = append(rs, &adspb.Resource{Name: name, Resource: r})
 	}
 	if err := m.Store.OnUpdate(workloadapi.AddressTypeURL, rs, nil); err != nil {
 		t.Fatal(err)
@@ -642,7 +642,7 @@ func TestInboundFromWaypoint(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := f.Proxy.cfg.Store.OnUpdate(workloadapi.AuthorizationTypeURL, []*discoveryv3.Resource{{Name: "demo/only-waypoint", Resource: pol}}, nil); err != nil {
+	if err := f.Proxy.cfg.Store.OnUpdate(workloadapi.AuthorizationTypeURL, []*adspb.Resource{{Name: "demo/only-waypoint", Resource: pol}}, nil); err != nil {
 		t.Fatal(err)
 	}
 	l, err := net.Listen("tcp", netip.AddrPortFrom(f.Pod, 0).String())
