@@ -88,25 +88,34 @@ func main() {
 // [/usr/local/bin/app from-entrypoint]); it returns the images directory.
 func buildAppImage(t *testing.T) string {
 	t.Helper()
+	return buildGoImage(t, "app", appSource, "from-entrypoint")
+}
+
+// buildGoImage compiles source, one main package of the standard library
+// only, statically and makes an image of it with tests/images, as
+// ambient-go/<name>:test with entrypoint [/usr/local/bin/<name> args...];
+// it returns the images directory.
+func buildGoImage(t *testing.T, name, source string, args ...string) string {
+	t.Helper()
 	src := t.TempDir()
-	if err := os.WriteFile(filepath.Join(src, "main.go"), []byte(appSource), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(src, "main.go"), []byte(source), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	bins := t.TempDir()
 	plat := podrun.Platform.OS + "-" + podrun.Platform.Architecture
-	build := exec.Command("go", "build", "-o", filepath.Join(bins, plat, "app"), "main.go")
+	build := exec.Command("go", "build", "-o", filepath.Join(bins, plat, name), "main.go")
 	build.Dir = src
 	build.Env = append(os.Environ(), "CGO_ENABLED=0", "GOWORK=off", "GO111MODULE=off")
 	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("building the test app: %v\n%s", err, out)
+		t.Fatalf("building %s: %v\n%s", name, err, out)
 	}
 	out := t.TempDir()
 	_, err := images.Build(t.Context(), images.Config{
 		Out: out, Tag: "test", Prebuilt: bins, Platforms: []v1.Platform{podrun.Platform},
 		Images: []images.Image{{
-			Name:       "app",
-			Binaries:   []images.Binary{{Package: "example.test/app"}},
-			Entrypoint: []string{images.BinDir + "/app", "from-entrypoint"},
+			Name:       name,
+			Binaries:   []images.Binary{{Package: "example.test/" + name}},
+			Entrypoint: append([]string{images.BinDir + "/" + name}, args...),
 		}},
 		Log: slog.New(slog.DiscardHandler),
 	})

@@ -5,12 +5,10 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"net/http"
 	"net/netip"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -19,7 +17,6 @@ import (
 	"testing"
 	"time"
 
-	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/vishvananda/netlink"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
@@ -53,36 +50,11 @@ func main() {
 }
 `
 
-// buildEchoImage builds ambient-go/echo:test from wpEchoSource, as
-// buildAppImage does, and returns its images directory.
+// buildEchoImage builds ambient-go/echo:test from wpEchoSource and returns
+// its images directory.
 func buildEchoImage(t *testing.T) string {
 	t.Helper()
-	src := t.TempDir()
-	if err := os.WriteFile(filepath.Join(src, "main.go"), []byte(wpEchoSource), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	bins := t.TempDir()
-	plat := podrun.Platform.OS + "-" + podrun.Platform.Architecture
-	build := exec.Command("go", "build", "-o", filepath.Join(bins, plat, "echo"), "main.go")
-	build.Dir = src
-	build.Env = append(os.Environ(), "CGO_ENABLED=0", "GOWORK=off", "GO111MODULE=off")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("building the echo app: %v\n%s", err, out)
-	}
-	out := t.TempDir()
-	_, err := images.Build(t.Context(), images.Config{
-		Out: out, Tag: "test", Prebuilt: bins, Platforms: []v1.Platform{podrun.Platform},
-		Images: []images.Image{{
-			Name:       "echo",
-			Binaries:   []images.Binary{{Package: "example.test/echo"}},
-			Entrypoint: []string{images.BinDir + "/echo"},
-		}},
-		Log: slog.New(slog.DiscardHandler),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return out
+	return buildGoImage(t, "echo", wpEchoSource)
 }
 
 // wpAnswer parses the echo app's answer: the address it saw the request
