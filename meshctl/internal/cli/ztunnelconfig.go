@@ -192,7 +192,7 @@ func printWorkloads(w io.Writer, zo *ztunnelConfigOptions, d *configDump) error 
 		if !zo.selected(wl.GetNamespace()) {
 			continue
 		}
-		t.row(wl.GetNamespace(), wl.GetName(), addrList(wl.GetAddresses()), wl.GetNode(), orNone(waypointName(wl.GetWaypoint())), protocolName(wl.GetTunnelProtocol()))
+		t.row(wl.GetNamespace(), wl.GetName(), orNone(addrList(wl.GetAddresses())), wl.GetNode(), orNone(waypointName(wl.GetWaypoint())), protocolName(wl.GetTunnelProtocol()))
 	}
 	return t.flush()
 }
