@@ -12,7 +12,10 @@ import (
 // goFlags make the binaries static and reproducible: no cgo, no file
 // system paths, no VCS stamp, no build id (it hashes the inputs' paths),
 // no symbol table or DWARF (stack traces keep function names and lines).
-var goFlags = []string{"-trimpath", "-buildvcs=false", "-ldflags=-s -w -buildid="}
+// grpcnotrace: no binary serves gRPC's /debug/requests, and the
+// html/template behind it keeps every exported method linked (a fifth of
+// ztunnel's size; docs/optimisations.md, "Binary size").
+var goFlags = []string{"-trimpath", "-buildvcs=false", "-tags=grpcnotrace", "-ldflags=-s -w -buildid="}
 
 // compile builds every image's binaries for every platform into
 // dir/<os>-<arch>/, one `go build` per platform.

@@ -482,7 +482,8 @@ func build(pkgs ...string) (string, error) {
 		tmp.Close()
 		// Static, as the images' (tests/images): no libc mapped into
 		// every proxy.
-		build := exec.Command("go", "build", "-o", tmp.Name(), "github.com/ambient-go/mesh/"+pkg)
+		// grpcnotrace, as the images' and `make build`'s ztunnel.
+		build := exec.Command("go", "build", "-tags=grpcnotrace", "-o", tmp.Name(), "github.com/ambient-go/mesh/"+pkg)
 		build.Env = append(os.Environ(), "CGO_ENABLED=0")
 		out, err := build.CombinedOutput()
 		if err != nil {
