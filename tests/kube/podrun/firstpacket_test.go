@@ -41,7 +41,8 @@ func main() {
 }
 `
 
-// fpObjects: the ambient namespace fp with the echo app's pod on node-2.
+// fpObjects: the ambient namespace fp with the echo app's pod on node-2,
+// and a pod of fp out of the mesh on node-1 (a plain-text client).
 const fpObjects = `
 apiVersion: v1
 kind: Namespace
@@ -65,6 +66,13 @@ spec:
   - name: app
     image: ambient-go/echo:test
     readinessProbe: {tcpSocket: {port: 8080}, periodSeconds: 1}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: stranger, namespace: fp, labels: {istio.io/dataplane-mode: none}}
+spec:
+  nodeName: node-1
+  containers: [{name: app, image: ambient-go/echo:test}]
 `
 
 // fpStrict makes fp refuse plain text.
@@ -117,7 +125,7 @@ func TestFirstPacketCaptured(t *testing.T) {
 	if _, err := kc.KubectlStdin(ctx, strings.NewReader(fpObjects), "apply", "-f", "-"); err != nil {
 		t.Fatal(err)
 	}
-	kc.MustKubectl(t, "wait", "-n", "fp", "--for=condition=Ready", "pod/server", "--timeout=60s")
+	kc.MustKubectl(t, "wait", "-n", "fp", "--for=condition=Ready", "pod/server", "pod/stranger", "--timeout=60s")
 	server := netip.AddrPortFrom(d.podNS(t, "fp", "server").IP, 8080)
 	zpods, err := kc.Clientset.CoreV1().Pods("istio-system").List(ctx, metav1.ListOptions{LabelSelector: "app=ztunnel"})
 	if err != nil {
@@ -133,13 +141,13 @@ func TestFirstPacketCaptured(t *testing.T) {
 		t.Fatal("no ztunnel pod on node-2")
 	}
 
-	// A plain request from node-1's own namespace (out of the mesh)
-	// reaches the server, and is refused once STRICT is in force.
-	node := d.topo.Node(1)
+	// A plain request from the pod out of the mesh reaches the server,
+	// and is refused once STRICT is in force.
+	stranger := d.podNS(t, "fp", "stranger")
 	plainGet := func() (int, error) {
 		tr := &http.Transport{
 			DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-				return node.NS.Dial(ctx, network, addr)
+				return stranger.Dial(ctx, network, addr)
 			},
 			DisableKeepAlives: true,
 		}
@@ -151,18 +159,18 @@ func TestFirstPacketCaptured(t *testing.T) {
 		resp.Body.Close()
 		return resp.StatusCode, nil
 	}
-	wpEventually(t, wpWait, "a plain request from node-1 answered before STRICT", func() error {
+	wpEventually(t, wpWait, "a plain request from outside the mesh answered before STRICT", func() error {
 		if code, err := plainGet(); err != nil || code != http.StatusOK {
-			return fmt.Errorf("GET from node-1 = %d, %v, want 200", code, err)
+			return fmt.Errorf("GET from outside the mesh = %d, %v, want 200", code, err)
 		}
 		return nil
 	})
 	if _, err := kc.KubectlStdin(ctx, strings.NewReader(fpStrict), "apply", "-f", "-"); err != nil {
 		t.Fatal(err)
 	}
-	wpEventually(t, wpWait, "a plain request from node-1 refused (STRICT)", func() error {
+	wpEventually(t, wpWait, "a plain request from outside the mesh refused (STRICT)", func() error {
 		if code, err := plainGet(); err == nil {
-			return fmt.Errorf("GET from node-1 = %d, want it refused", code)
+			return fmt.Errorf("GET from outside the mesh = %d, want it refused", code)
 		}
 		return nil
 	})
