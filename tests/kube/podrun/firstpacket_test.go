@@ -72,6 +72,7 @@ kind: Pod
 metadata: {name: stranger, namespace: fp, labels: {istio.io/dataplane-mode: none}}
 spec:
   nodeName: node-1
+  serviceAccountName: default # no ServiceAccount admission plugin defaults it
   containers: [{name: app, image: ambient-go/echo:test}]
 `
 
