@@ -98,6 +98,9 @@ spec:
     spec:
       nodeSelector: {kubernetes.io/hostname: node-1}
       serviceAccountName: client
+      # No token to request before the container starts: it starts as
+      # soon as the pod has its IP, racing the mesh's configuration.
+      automountServiceAccountToken: false
       containers:
       - name: app
         image: ambient-go/firstreq:test
@@ -105,7 +108,7 @@ spec:
 `
 
 const (
-	fpReplicas = 3
+	fpReplicas = 6
 	fpClientID = "spiffe://cluster.local/ns/fp/sa/client"
 )
 
