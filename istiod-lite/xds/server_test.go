@@ -27,6 +27,7 @@ import (
 	"github.com/ambient-go/mesh/pkg/workloadapi"
 	"github.com/ambient-go/mesh/pkg/workloadapi/security"
 	xdsclient "github.com/ambient-go/mesh/pkg/xds"
+	"github.com/ambient-go/mesh/pkg/xds/adspb"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -121,7 +122,7 @@ type store struct {
 	received  int // resources received
 	removed   int // removals received
 	badTypes  []string
-	reject    func(typeURL string, updated []*discoveryv3.Resource) error
+	reject    func(typeURL string, updated []*adspb.Resource) error
 	decode    bool          // unmarshal resources into state (off for large fan-out tests)
 	updates   chan struct{} // signalled after every response
 }
@@ -130,7 +131,7 @@ func newStore() *store {
 	return &store{state: map[string]map[string]*workloadapi.Address{}, versions: map[string]string{}, decode: true, updates: make(chan struct{}, 1)}
 }
 
-func (s *store) OnUpdate(typeURL string, updated []*discoveryv3.Resource, removed []string) error {
+func (s *store) OnUpdate(typeURL string, updated []*adspb.Resource, removed []string) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	defer func() {
@@ -218,7 +219,7 @@ func startClientWith(t testing.TB, target string, h xdsclient.Handler, token fun
 	c, err := xdsclient.NewClient(xdsclient.ClientConfig{
 		Token:      tok,
 		Target:     target,
-		Node:       &corev3.Node{Id: "ztunnel~10.0.0.1~ztunnel-abc.istio-system~istio-system.svc.cluster.local"},
+		Node:       &adspb.Node{Id: "ztunnel~10.0.0.1~ztunnel-abc.istio-system~istio-system.svc.cluster.local"},
 		TypeURLs:   types,
 		Handler:    h,
 		MinBackoff: 10 * time.Millisecond,
@@ -391,7 +392,7 @@ func TestNackKeepsState(t *testing.T) {
 	srv.Set(addrType, messages(want))
 	_, addr := serve(t, srv, "127.0.0.1:0")
 	st := newStore()
-	st.reject = func(_ string, updated []*discoveryv3.Resource) error {
+	st.reject = func(_ string, updated []*adspb.Resource) error {
 		for _, r := range updated {
 			if r.GetName() == "bad" {
 				return errors.New("workload bad is not acceptable")
@@ -460,7 +461,7 @@ type blockingHandler struct {
 	release chan struct{}
 }
 
-func (h *blockingHandler) OnUpdate(typeURL string, _ []*discoveryv3.Resource, _ []string) error {
+func (h *blockingHandler) OnUpdate(typeURL string, _ []*adspb.Resource, _ []string) error {
 	if typeURL == h.block {
 		<-h.release
 	}

@@ -11,14 +11,13 @@ import (
 	"testing"
 	"time"
 
-	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
-	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/ambient-go/mesh/istiod-lite/server"
 	"github.com/ambient-go/mesh/pkg/workloadapi"
 	"github.com/ambient-go/mesh/pkg/xds"
+	"github.com/ambient-go/mesh/pkg/xds/adspb"
 	"github.com/ambient-go/mesh/tests/kube"
 )
 
@@ -195,9 +194,9 @@ func startXDSClient(t *testing.T, target, token, nodeID string) {
 	cl, err := xds.NewClient(xds.ClientConfig{
 		Target:   target,
 		Token:    func(context.Context) (string, error) { return token, nil },
-		Node:     &corev3.Node{Id: nodeID},
+		Node:     &adspb.Node{Id: nodeID},
 		TypeURLs: []string{workloadapi.AddressTypeURL, workloadapi.AuthorizationTypeURL},
-		Handler:  xds.HandlerFunc(func(string, []*discoveryv3.Resource, []string) error { return nil }),
+		Handler:  xds.HandlerFunc(func(string, []*adspb.Resource, []string) error { return nil }),
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -6,13 +6,13 @@ import (
 	"fmt"
 	"net/netip"
 
-	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/ambient-go/mesh/pkg/state"
 	"github.com/ambient-go/mesh/pkg/workloadapi"
 	"github.com/ambient-go/mesh/pkg/workloadapi/security"
+	"github.com/ambient-go/mesh/pkg/xds/adspb"
 )
 
 // meshConfig is a ztunnel's configuration decoded into the Workload API
@@ -90,31 +90,31 @@ func ipBase64(s string) string {
 // lookups (services by VIP or hostname, waypoints) are the ztunnel's.
 func (c *meshConfig) store() (*state.Store, error) {
 	s := state.NewStore()
-	var addrs []*discoveryv3.Resource
+	var addrs []*adspb.Resource
 	for _, w := range c.Workloads {
 		a, err := anypb.New(&workloadapi.Address{Type: &workloadapi.Address_Workload{Workload: w}})
 		if err != nil {
 			return nil, err
 		}
-		addrs = append(addrs, &discoveryv3.Resource{Name: w.GetUid(), Resource: a})
+		addrs = append(addrs, &adspb.Resource{Name: w.GetUid(), Resource: a})
 	}
 	for _, svc := range c.Services {
 		a, err := anypb.New(&workloadapi.Address{Type: &workloadapi.Address_Service{Service: svc}})
 		if err != nil {
 			return nil, err
 		}
-		addrs = append(addrs, &discoveryv3.Resource{Name: svc.GetNamespace() + "/" + svc.GetHostname(), Resource: a})
+		addrs = append(addrs, &adspb.Resource{Name: svc.GetNamespace() + "/" + svc.GetHostname(), Resource: a})
 	}
 	if err := s.OnUpdate(workloadapi.AddressTypeURL, addrs, nil); err != nil {
 		return nil, fmt.Errorf("loading addresses: %w", err)
 	}
-	var pols []*discoveryv3.Resource
+	var pols []*adspb.Resource
 	for _, p := range c.Policies {
 		a, err := anypb.New(p)
 		if err != nil {
 			return nil, err
 		}
-		pols = append(pols, &discoveryv3.Resource{Name: p.GetNamespace() + "/" + p.GetName(), Resource: a})
+		pols = append(pols, &adspb.Resource{Name: p.GetNamespace() + "/" + p.GetName(), Resource: a})
 	}
 	if err := s.OnUpdate(workloadapi.AuthorizationTypeURL, pols, nil); err != nil {
 		return nil, fmt.Errorf("loading policies: %w", err)
