@@ -153,6 +153,44 @@ func (k *keptAlive) stopRun() keptAliveResult {
 	return <-k.done
 }
 
+// rolloutDials is what dialDuringRollout saw.
+type rolloutDials struct {
+	ok, failed int
+	slowest    time.Duration
+	errs       []string // failed dials, each with its time
+	rolledOut  bool
+}
+
+// dialDuringRollout opens a new connection (dial) every 100 ms until the
+// restarted kind (Deployment, DaemonSet) has rolled out (rolled) and its
+// old pods are gone (oldGone), for at most 4 minutes.
+func dialDuringRollout(t *testing.T, kind string, rolled <-chan error, oldGone func() bool, dial func() error) rolloutDials {
+	t.Helper()
+	var r rolloutDials
+	for end := time.Now().Add(4 * time.Minute); time.Now().Before(end); {
+		select {
+		case err := <-rolled:
+			if err != nil {
+				t.Errorf("the restarted %s did not roll out: %v", kind, err)
+			}
+			r.rolledOut = true
+		case <-time.After(100 * time.Millisecond):
+		}
+		start := time.Now()
+		if err := dial(); err != nil {
+			r.failed++
+			r.errs = append(r.errs, start.Format("15:04:05.000")+" "+err.Error())
+		} else {
+			r.ok++
+		}
+		r.slowest = max(r.slowest, time.Since(start))
+		if r.rolledOut && oldGone() {
+			break
+		}
+	}
+	return r
+}
+
 // TestDeployedUserStory is issue 14's user story on what deploy/
 // installed, every mesh component run by the harness kubelet from the
 // images. The client's requests come from the test, dialing inside the
@@ -524,29 +562,8 @@ func TestDeployedUserStory(t *testing.T) {
 		// New connections every 100 ms until the new replica is ready and
 		// the old one has ended: the ztunnels keep the config they have.
 		// At most 4 minutes.
-		var ok, failed int
-		var errs []string
-		rolledOut := false
-		for end := time.Now().Add(4 * time.Minute); time.Now().Before(end); {
-			select {
-			case err := <-rolled:
-				if err != nil {
-					t.Errorf("the restarted Deployment did not roll out: %v", err)
-				}
-				rolledOut = true
-			case <-time.After(100 * time.Millisecond):
-			}
-			start := time.Now()
-			if err := getNew("/istiod-rolling"); err != nil {
-				failed++
-				errs = append(errs, start.Format("15:04:05.000")+" "+err.Error())
-			} else {
-				ok++
-			}
-			if rolledOut && oldGone() {
-				break
-			}
-		}
+		rd := dialDuringRollout(t, "Deployment", rolled, oldGone, func() error { return getNew("/istiod-rolling") })
+		ok, failed, errs, rolledOut := rd.ok, rd.failed, rd.errs, rd.rolledOut
 		lr := long.stopRun()
 		t.Logf("during the restart: %d new connections answered, %d failed; the established one answered %d requests, then: %v",
 			ok, failed, len(lr.ok), lr.err)
@@ -762,31 +779,8 @@ func TestDeployedUserStory(t *testing.T) {
 			}
 			return true
 		}
-		var ok, failed int
-		var slowest time.Duration
-		var errs []string
-		rolledOut := false
-		for end := time.Now().Add(4 * time.Minute); time.Now().Before(end); {
-			select {
-			case err := <-rolled:
-				if err != nil {
-					t.Errorf("the restarted DaemonSet did not roll out: %v", err)
-				}
-				rolledOut = true
-			case <-time.After(100 * time.Millisecond):
-			}
-			start := time.Now()
-			if err := getNew("/rolling"); err != nil {
-				failed++
-				errs = append(errs, start.Format("15:04:05.000")+" "+err.Error())
-			} else {
-				ok++
-			}
-			slowest = max(slowest, time.Since(start))
-			if rolledOut && oldGone() {
-				break
-			}
-		}
+		rd := dialDuringRollout(t, "DaemonSet", rolled, oldGone, func() error { return getNew("/rolling") })
+		ok, failed, slowest, errs, rolledOut := rd.ok, rd.failed, rd.slowest, rd.errs, rd.rolledOut
 		lr := long.stopRun()
 		t.Logf("during the rollout: %d new connections answered, %d failed (slowest %v); the established one answered %d requests, then: %v",
 			ok, failed, slowest.Round(time.Millisecond), len(lr.ok), lr.err)
