@@ -76,6 +76,101 @@ func (Action) EnumDescriptor() ([]byte, []int) {
 	return file_waypoint_proto_rawDescGZIP(), []int{0}
 }
 
+type StringMatch_Type int32
+
+const (
+	StringMatch_EXACT  StringMatch_Type = 0
+	StringMatch_PREFIX StringMatch_Type = 1 // PathPrefix: element-wise ("/foo" matches "/foo/bar", not "/foobar")
+	StringMatch_REGEX  StringMatch_Type = 2 // RE2, the whole value must match
+)
+
+// Enum value maps for StringMatch_Type.
+var (
+	StringMatch_Type_name = map[int32]string{
+		0: "EXACT",
+		1: "PREFIX",
+		2: "REGEX",
+	}
+	StringMatch_Type_value = map[string]int32{
+		"EXACT":  0,
+		"PREFIX": 1,
+		"REGEX":  2,
+	}
+)
+
+func (x StringMatch_Type) Enum() *StringMatch_Type {
+	p := new(StringMatch_Type)
+	*p = x
+	return p
+}
+
+func (x StringMatch_Type) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (StringMatch_Type) Descriptor() protoreflect.EnumDescriptor {
+	return file_waypoint_proto_enumTypes[1].Descriptor()
+}
+
+func (StringMatch_Type) Type() protoreflect.EnumType {
+	return &file_waypoint_proto_enumTypes[1]
+}
+
+func (x StringMatch_Type) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use StringMatch_Type.Descriptor instead.
+func (StringMatch_Type) EnumDescriptor() ([]byte, []int) {
+	return file_waypoint_proto_rawDescGZIP(), []int{9, 0}
+}
+
+type PathModifier_Type int32
+
+const (
+	PathModifier_FULL   PathModifier_Type = 0
+	PathModifier_PREFIX PathModifier_Type = 1
+)
+
+// Enum value maps for PathModifier_Type.
+var (
+	PathModifier_Type_name = map[int32]string{
+		0: "FULL",
+		1: "PREFIX",
+	}
+	PathModifier_Type_value = map[string]int32{
+		"FULL":   0,
+		"PREFIX": 1,
+	}
+)
+
+func (x PathModifier_Type) Enum() *PathModifier_Type {
+	p := new(PathModifier_Type)
+	*p = x
+	return p
+}
+
+func (x PathModifier_Type) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (PathModifier_Type) Descriptor() protoreflect.EnumDescriptor {
+	return file_waypoint_proto_enumTypes[2].Descriptor()
+}
+
+func (PathModifier_Type) Type() protoreflect.EnumType {
+	return &file_waypoint_proto_enumTypes[2]
+}
+
+func (x PathModifier_Type) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use PathModifier_Type.Descriptor instead.
+func (PathModifier_Type) EnumDescriptor() ([]byte, []int) {
+	return file_waypoint_proto_rawDescGZIP(), []int{15, 0}
+}
+
 // Authorization is one security.istio.io AuthorizationPolicy with
 // targetRefs, as the waypoints it binds to apply it. Resource name
 // "namespace/name". Values are the policy's own strings (Istio's matching
@@ -620,6 +715,1180 @@ func (x *Condition) GetNotValues() []string {
 	return nil
 }
 
+// Routes is the routing of one Service at the waypoints that serve it:
+// every HTTPRoute, GRPCRoute and TCPRoute (gateway.networking.k8s.io/v1,
+// GAMMA: parentRef kind Service) attached to it, translated and ordered by
+// istiod-lite. Resource name "namespace/hostname", the Workload API's
+// Service key. A Service without a Routes resource is served as today:
+// every request to its own endpoints.
+type Routes struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The Service's key, "namespace/hostname".
+	Service string `protobuf:"bytes,1,opt,name=service,proto3" json:"service,omitempty"`
+	// HTTP (and gRPC) routes, in the Gateway API's precedence order: the
+	// waypoint takes the first entry whose port and match fit the request.
+	// A request no entry matches is answered 404 when the Service has any
+	// HTTP entry for its port (the spec: a route's matches are the whole of
+	// what it accepts).
+	Http []*HTTPRouteEntry `protobuf:"bytes,2,rep,name=http,proto3" json:"http,omitempty"`
+	// TCP routes: the first entry whose port fits a TCP stream picks its
+	// backend.
+	Tcp           []*TCPRouteEntry `protobuf:"bytes,3,rep,name=tcp,proto3" json:"tcp,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Routes) Reset() {
+	*x = Routes{}
+	mi := &file_waypoint_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Routes) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Routes) ProtoMessage() {}
+
+func (x *Routes) ProtoReflect() protoreflect.Message {
+	mi := &file_waypoint_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Routes.ProtoReflect.Descriptor instead.
+func (*Routes) Descriptor() ([]byte, []int) {
+	return file_waypoint_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *Routes) GetService() string {
+	if x != nil {
+		return x.Service
+	}
+	return ""
+}
+
+func (x *Routes) GetHttp() []*HTTPRouteEntry {
+	if x != nil {
+		return x.Http
+	}
+	return nil
+}
+
+func (x *Routes) GetTcp() []*TCPRouteEntry {
+	if x != nil {
+		return x.Tcp
+	}
+	return nil
+}
+
+// HTTPRouteEntry is one match of one rule of one route, with the rule's
+// action. A rule with several matches gives several entries (each at its
+// own place in the precedence order); a rule without matches gives one
+// entry matching every request (path prefix "/").
+type HTTPRouteEntry struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The route, "namespace/name", its kind ("HTTPRoute" or "GRPCRoute") and
+	// the index of the rule: for the access log and explain.
+	Route string `protobuf:"bytes,1,opt,name=route,proto3" json:"route,omitempty"`
+	Kind  string `protobuf:"bytes,2,opt,name=kind,proto3" json:"kind,omitempty"`
+	Rule  uint32 `protobuf:"varint,3,opt,name=rule,proto3" json:"rule,omitempty"`
+	// The Service port the parentRef names (port or sectionName); 0 for
+	// every port of the Service.
+	Port  uint32     `protobuf:"varint,4,opt,name=port,proto3" json:"port,omitempty"`
+	Match *HTTPMatch `protobuf:"bytes,5,opt,name=match,proto3" json:"match,omitempty"`
+	// What the rule does: filters on the request, then either a redirect
+	// (answered by the waypoint) or a backend chosen by weight.
+	Filters  []*HTTPFilter `protobuf:"bytes,6,rep,name=filters,proto3" json:"filters,omitempty"`
+	Backends []*Backend    `protobuf:"bytes,7,rep,name=backends,proto3" json:"backends,omitempty"`
+	// timeouts.request: the whole request, retries included; 0: none.
+	RequestTimeoutMs uint32 `protobuf:"varint,8,opt,name=request_timeout_ms,json=requestTimeoutMs,proto3" json:"request_timeout_ms,omitempty"`
+	// timeouts.backendRequest: each try; 0: none.
+	BackendRequestTimeoutMs uint32 `protobuf:"varint,9,opt,name=backend_request_timeout_ms,json=backendRequestTimeoutMs,proto3" json:"backend_request_timeout_ms,omitempty"`
+	Retry                   *Retry `protobuf:"bytes,10,opt,name=retry,proto3" json:"retry,omitempty"`
+	// Set when the rule cannot be served as written (e.g. an unsupported
+	// filter): the waypoint answers 500 with this message, as the spec asks
+	// of an implementation that drops a rule.
+	Invalid       string `protobuf:"bytes,11,opt,name=invalid,proto3" json:"invalid,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HTTPRouteEntry) Reset() {
+	*x = HTTPRouteEntry{}
+	mi := &file_waypoint_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HTTPRouteEntry) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HTTPRouteEntry) ProtoMessage() {}
+
+func (x *HTTPRouteEntry) ProtoReflect() protoreflect.Message {
+	mi := &file_waypoint_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HTTPRouteEntry.ProtoReflect.Descriptor instead.
+func (*HTTPRouteEntry) Descriptor() ([]byte, []int) {
+	return file_waypoint_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *HTTPRouteEntry) GetRoute() string {
+	if x != nil {
+		return x.Route
+	}
+	return ""
+}
+
+func (x *HTTPRouteEntry) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *HTTPRouteEntry) GetRule() uint32 {
+	if x != nil {
+		return x.Rule
+	}
+	return 0
+}
+
+func (x *HTTPRouteEntry) GetPort() uint32 {
+	if x != nil {
+		return x.Port
+	}
+	return 0
+}
+
+func (x *HTTPRouteEntry) GetMatch() *HTTPMatch {
+	if x != nil {
+		return x.Match
+	}
+	return nil
+}
+
+func (x *HTTPRouteEntry) GetFilters() []*HTTPFilter {
+	if x != nil {
+		return x.Filters
+	}
+	return nil
+}
+
+func (x *HTTPRouteEntry) GetBackends() []*Backend {
+	if x != nil {
+		return x.Backends
+	}
+	return nil
+}
+
+func (x *HTTPRouteEntry) GetRequestTimeoutMs() uint32 {
+	if x != nil {
+		return x.RequestTimeoutMs
+	}
+	return 0
+}
+
+func (x *HTTPRouteEntry) GetBackendRequestTimeoutMs() uint32 {
+	if x != nil {
+		return x.BackendRequestTimeoutMs
+	}
+	return 0
+}
+
+func (x *HTTPRouteEntry) GetRetry() *Retry {
+	if x != nil {
+		return x.Retry
+	}
+	return nil
+}
+
+func (x *HTTPRouteEntry) GetInvalid() string {
+	if x != nil {
+		return x.Invalid
+	}
+	return ""
+}
+
+type HTTPMatch struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Path          *StringMatch           `protobuf:"bytes,1,opt,name=path,proto3" json:"path,omitempty"` // unset: every path
+	Headers       []*HeaderMatch         `protobuf:"bytes,2,rep,name=headers,proto3" json:"headers,omitempty"`
+	QueryParams   []*HeaderMatch         `protobuf:"bytes,3,rep,name=query_params,json=queryParams,proto3" json:"query_params,omitempty"`
+	Method        string                 `protobuf:"bytes,4,opt,name=method,proto3" json:"method,omitempty"` // empty: every method
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HTTPMatch) Reset() {
+	*x = HTTPMatch{}
+	mi := &file_waypoint_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HTTPMatch) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HTTPMatch) ProtoMessage() {}
+
+func (x *HTTPMatch) ProtoReflect() protoreflect.Message {
+	mi := &file_waypoint_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HTTPMatch.ProtoReflect.Descriptor instead.
+func (*HTTPMatch) Descriptor() ([]byte, []int) {
+	return file_waypoint_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *HTTPMatch) GetPath() *StringMatch {
+	if x != nil {
+		return x.Path
+	}
+	return nil
+}
+
+func (x *HTTPMatch) GetHeaders() []*HeaderMatch {
+	if x != nil {
+		return x.Headers
+	}
+	return nil
+}
+
+func (x *HTTPMatch) GetQueryParams() []*HeaderMatch {
+	if x != nil {
+		return x.QueryParams
+	}
+	return nil
+}
+
+func (x *HTTPMatch) GetMethod() string {
+	if x != nil {
+		return x.Method
+	}
+	return ""
+}
+
+type StringMatch struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Type          StringMatch_Type       `protobuf:"varint,1,opt,name=type,proto3,enum=ambientgo.waypoint.StringMatch_Type" json:"type,omitempty"`
+	Value         string                 `protobuf:"bytes,2,opt,name=value,proto3" json:"value,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StringMatch) Reset() {
+	*x = StringMatch{}
+	mi := &file_waypoint_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StringMatch) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StringMatch) ProtoMessage() {}
+
+func (x *StringMatch) ProtoReflect() protoreflect.Message {
+	mi := &file_waypoint_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StringMatch.ProtoReflect.Descriptor instead.
+func (*StringMatch) Descriptor() ([]byte, []int) {
+	return file_waypoint_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *StringMatch) GetType() StringMatch_Type {
+	if x != nil {
+		return x.Type
+	}
+	return StringMatch_EXACT
+}
+
+func (x *StringMatch) GetValue() string {
+	if x != nil {
+		return x.Value
+	}
+	return ""
+}
+
+type HeaderMatch struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`   // header names compare case-insensitively; query params exactly
+	Value         *StringMatch           `protobuf:"bytes,2,opt,name=value,proto3" json:"value,omitempty"` // EXACT or REGEX
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HeaderMatch) Reset() {
+	*x = HeaderMatch{}
+	mi := &file_waypoint_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HeaderMatch) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HeaderMatch) ProtoMessage() {}
+
+func (x *HeaderMatch) ProtoReflect() protoreflect.Message {
+	mi := &file_waypoint_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HeaderMatch.ProtoReflect.Descriptor instead.
+func (*HeaderMatch) Descriptor() ([]byte, []int) {
+	return file_waypoint_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *HeaderMatch) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *HeaderMatch) GetValue() *StringMatch {
+	if x != nil {
+		return x.Value
+	}
+	return nil
+}
+
+// Backend is one backendRef, resolved. service empty (or invalid set): a
+// reference the waypoint cannot serve; requests given to it by weight get
+// 500 (the spec's answer for an invalid backendRef).
+type Backend struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Service       string                 `protobuf:"bytes,1,opt,name=service,proto3" json:"service,omitempty"` // "namespace/hostname"
+	Port          uint32                 `protobuf:"varint,2,opt,name=port,proto3" json:"port,omitempty"`
+	Weight        uint32                 `protobuf:"varint,3,opt,name=weight,proto3" json:"weight,omitempty"`
+	Filters       []*HTTPFilter          `protobuf:"bytes,4,rep,name=filters,proto3" json:"filters,omitempty"` // backend-level filters
+	Invalid       string                 `protobuf:"bytes,5,opt,name=invalid,proto3" json:"invalid,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Backend) Reset() {
+	*x = Backend{}
+	mi := &file_waypoint_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Backend) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Backend) ProtoMessage() {}
+
+func (x *Backend) ProtoReflect() protoreflect.Message {
+	mi := &file_waypoint_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Backend.ProtoReflect.Descriptor instead.
+func (*Backend) Descriptor() ([]byte, []int) {
+	return file_waypoint_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *Backend) GetService() string {
+	if x != nil {
+		return x.Service
+	}
+	return ""
+}
+
+func (x *Backend) GetPort() uint32 {
+	if x != nil {
+		return x.Port
+	}
+	return 0
+}
+
+func (x *Backend) GetWeight() uint32 {
+	if x != nil {
+		return x.Weight
+	}
+	return 0
+}
+
+func (x *Backend) GetFilters() []*HTTPFilter {
+	if x != nil {
+		return x.Filters
+	}
+	return nil
+}
+
+func (x *Backend) GetInvalid() string {
+	if x != nil {
+		return x.Invalid
+	}
+	return ""
+}
+
+type HTTPFilter struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Types that are valid to be assigned to Kind:
+	//
+	//	*HTTPFilter_RequestHeaderModifier
+	//	*HTTPFilter_ResponseHeaderModifier
+	//	*HTTPFilter_RequestRedirect
+	//	*HTTPFilter_UrlRewrite
+	//	*HTTPFilter_RequestMirror
+	//	*HTTPFilter_Cors
+	Kind          isHTTPFilter_Kind `protobuf_oneof:"kind"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HTTPFilter) Reset() {
+	*x = HTTPFilter{}
+	mi := &file_waypoint_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HTTPFilter) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HTTPFilter) ProtoMessage() {}
+
+func (x *HTTPFilter) ProtoReflect() protoreflect.Message {
+	mi := &file_waypoint_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HTTPFilter.ProtoReflect.Descriptor instead.
+func (*HTTPFilter) Descriptor() ([]byte, []int) {
+	return file_waypoint_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *HTTPFilter) GetKind() isHTTPFilter_Kind {
+	if x != nil {
+		return x.Kind
+	}
+	return nil
+}
+
+func (x *HTTPFilter) GetRequestHeaderModifier() *HeaderModifier {
+	if x != nil {
+		if x, ok := x.Kind.(*HTTPFilter_RequestHeaderModifier); ok {
+			return x.RequestHeaderModifier
+		}
+	}
+	return nil
+}
+
+func (x *HTTPFilter) GetResponseHeaderModifier() *HeaderModifier {
+	if x != nil {
+		if x, ok := x.Kind.(*HTTPFilter_ResponseHeaderModifier); ok {
+			return x.ResponseHeaderModifier
+		}
+	}
+	return nil
+}
+
+func (x *HTTPFilter) GetRequestRedirect() *RequestRedirect {
+	if x != nil {
+		if x, ok := x.Kind.(*HTTPFilter_RequestRedirect); ok {
+			return x.RequestRedirect
+		}
+	}
+	return nil
+}
+
+func (x *HTTPFilter) GetUrlRewrite() *URLRewrite {
+	if x != nil {
+		if x, ok := x.Kind.(*HTTPFilter_UrlRewrite); ok {
+			return x.UrlRewrite
+		}
+	}
+	return nil
+}
+
+func (x *HTTPFilter) GetRequestMirror() *RequestMirror {
+	if x != nil {
+		if x, ok := x.Kind.(*HTTPFilter_RequestMirror); ok {
+			return x.RequestMirror
+		}
+	}
+	return nil
+}
+
+func (x *HTTPFilter) GetCors() *CORS {
+	if x != nil {
+		if x, ok := x.Kind.(*HTTPFilter_Cors); ok {
+			return x.Cors
+		}
+	}
+	return nil
+}
+
+type isHTTPFilter_Kind interface {
+	isHTTPFilter_Kind()
+}
+
+type HTTPFilter_RequestHeaderModifier struct {
+	RequestHeaderModifier *HeaderModifier `protobuf:"bytes,1,opt,name=request_header_modifier,json=requestHeaderModifier,proto3,oneof"`
+}
+
+type HTTPFilter_ResponseHeaderModifier struct {
+	ResponseHeaderModifier *HeaderModifier `protobuf:"bytes,2,opt,name=response_header_modifier,json=responseHeaderModifier,proto3,oneof"`
+}
+
+type HTTPFilter_RequestRedirect struct {
+	RequestRedirect *RequestRedirect `protobuf:"bytes,3,opt,name=request_redirect,json=requestRedirect,proto3,oneof"`
+}
+
+type HTTPFilter_UrlRewrite struct {
+	UrlRewrite *URLRewrite `protobuf:"bytes,4,opt,name=url_rewrite,json=urlRewrite,proto3,oneof"`
+}
+
+type HTTPFilter_RequestMirror struct {
+	RequestMirror *RequestMirror `protobuf:"bytes,5,opt,name=request_mirror,json=requestMirror,proto3,oneof"`
+}
+
+type HTTPFilter_Cors struct {
+	Cors *CORS `protobuf:"bytes,6,opt,name=cors,proto3,oneof"`
+}
+
+func (*HTTPFilter_RequestHeaderModifier) isHTTPFilter_Kind() {}
+
+func (*HTTPFilter_ResponseHeaderModifier) isHTTPFilter_Kind() {}
+
+func (*HTTPFilter_RequestRedirect) isHTTPFilter_Kind() {}
+
+func (*HTTPFilter_UrlRewrite) isHTTPFilter_Kind() {}
+
+func (*HTTPFilter_RequestMirror) isHTTPFilter_Kind() {}
+
+func (*HTTPFilter_Cors) isHTTPFilter_Kind() {}
+
+type HeaderModifier struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Set           []*Header              `protobuf:"bytes,1,rep,name=set,proto3" json:"set,omitempty"`
+	Add           []*Header              `protobuf:"bytes,2,rep,name=add,proto3" json:"add,omitempty"`
+	Remove        []string               `protobuf:"bytes,3,rep,name=remove,proto3" json:"remove,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HeaderModifier) Reset() {
+	*x = HeaderModifier{}
+	mi := &file_waypoint_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HeaderModifier) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HeaderModifier) ProtoMessage() {}
+
+func (x *HeaderModifier) ProtoReflect() protoreflect.Message {
+	mi := &file_waypoint_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HeaderModifier.ProtoReflect.Descriptor instead.
+func (*HeaderModifier) Descriptor() ([]byte, []int) {
+	return file_waypoint_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *HeaderModifier) GetSet() []*Header {
+	if x != nil {
+		return x.Set
+	}
+	return nil
+}
+
+func (x *HeaderModifier) GetAdd() []*Header {
+	if x != nil {
+		return x.Add
+	}
+	return nil
+}
+
+func (x *HeaderModifier) GetRemove() []string {
+	if x != nil {
+		return x.Remove
+	}
+	return nil
+}
+
+type Header struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Value         string                 `protobuf:"bytes,2,opt,name=value,proto3" json:"value,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Header) Reset() {
+	*x = Header{}
+	mi := &file_waypoint_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Header) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Header) ProtoMessage() {}
+
+func (x *Header) ProtoReflect() protoreflect.Message {
+	mi := &file_waypoint_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Header.ProtoReflect.Descriptor instead.
+func (*Header) Descriptor() ([]byte, []int) {
+	return file_waypoint_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *Header) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *Header) GetValue() string {
+	if x != nil {
+		return x.Value
+	}
+	return ""
+}
+
+// PathModifier: ReplaceFullPath or ReplacePrefixMatch (with the entry's
+// path prefix as the prefix replaced).
+type PathModifier struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Type          PathModifier_Type      `protobuf:"varint,1,opt,name=type,proto3,enum=ambientgo.waypoint.PathModifier_Type" json:"type,omitempty"`
+	Value         string                 `protobuf:"bytes,2,opt,name=value,proto3" json:"value,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PathModifier) Reset() {
+	*x = PathModifier{}
+	mi := &file_waypoint_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PathModifier) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PathModifier) ProtoMessage() {}
+
+func (x *PathModifier) ProtoReflect() protoreflect.Message {
+	mi := &file_waypoint_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PathModifier.ProtoReflect.Descriptor instead.
+func (*PathModifier) Descriptor() ([]byte, []int) {
+	return file_waypoint_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *PathModifier) GetType() PathModifier_Type {
+	if x != nil {
+		return x.Type
+	}
+	return PathModifier_FULL
+}
+
+func (x *PathModifier) GetValue() string {
+	if x != nil {
+		return x.Value
+	}
+	return ""
+}
+
+type RequestRedirect struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Scheme        string                 `protobuf:"bytes,1,opt,name=scheme,proto3" json:"scheme,omitempty"`     // empty: the request's
+	Hostname      string                 `protobuf:"bytes,2,opt,name=hostname,proto3" json:"hostname,omitempty"` // empty: the request's
+	Path          *PathModifier          `protobuf:"bytes,3,opt,name=path,proto3" json:"path,omitempty"`
+	Port          uint32                 `protobuf:"varint,4,opt,name=port,proto3" json:"port,omitempty"`                               // 0: the spec's rule (the scheme's well-known port, omitted)
+	StatusCode    uint32                 `protobuf:"varint,5,opt,name=status_code,json=statusCode,proto3" json:"status_code,omitempty"` // 301, 302 (default), 303, 307, 308
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RequestRedirect) Reset() {
+	*x = RequestRedirect{}
+	mi := &file_waypoint_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RequestRedirect) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RequestRedirect) ProtoMessage() {}
+
+func (x *RequestRedirect) ProtoReflect() protoreflect.Message {
+	mi := &file_waypoint_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RequestRedirect.ProtoReflect.Descriptor instead.
+func (*RequestRedirect) Descriptor() ([]byte, []int) {
+	return file_waypoint_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *RequestRedirect) GetScheme() string {
+	if x != nil {
+		return x.Scheme
+	}
+	return ""
+}
+
+func (x *RequestRedirect) GetHostname() string {
+	if x != nil {
+		return x.Hostname
+	}
+	return ""
+}
+
+func (x *RequestRedirect) GetPath() *PathModifier {
+	if x != nil {
+		return x.Path
+	}
+	return nil
+}
+
+func (x *RequestRedirect) GetPort() uint32 {
+	if x != nil {
+		return x.Port
+	}
+	return 0
+}
+
+func (x *RequestRedirect) GetStatusCode() uint32 {
+	if x != nil {
+		return x.StatusCode
+	}
+	return 0
+}
+
+type URLRewrite struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Hostname      string                 `protobuf:"bytes,1,opt,name=hostname,proto3" json:"hostname,omitempty"`
+	Path          *PathModifier          `protobuf:"bytes,2,opt,name=path,proto3" json:"path,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *URLRewrite) Reset() {
+	*x = URLRewrite{}
+	mi := &file_waypoint_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *URLRewrite) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*URLRewrite) ProtoMessage() {}
+
+func (x *URLRewrite) ProtoReflect() protoreflect.Message {
+	mi := &file_waypoint_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use URLRewrite.ProtoReflect.Descriptor instead.
+func (*URLRewrite) Descriptor() ([]byte, []int) {
+	return file_waypoint_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *URLRewrite) GetHostname() string {
+	if x != nil {
+		return x.Hostname
+	}
+	return ""
+}
+
+func (x *URLRewrite) GetPath() *PathModifier {
+	if x != nil {
+		return x.Path
+	}
+	return nil
+}
+
+type RequestMirror struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Backend *Backend               `protobuf:"bytes,1,opt,name=backend,proto3" json:"backend,omitempty"`
+	// Share of requests mirrored, in millionths (1e6 = every request;
+	// percent and fraction both translate to this).
+	PerMillion    uint32 `protobuf:"varint,2,opt,name=per_million,json=perMillion,proto3" json:"per_million,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RequestMirror) Reset() {
+	*x = RequestMirror{}
+	mi := &file_waypoint_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RequestMirror) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RequestMirror) ProtoMessage() {}
+
+func (x *RequestMirror) ProtoReflect() protoreflect.Message {
+	mi := &file_waypoint_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RequestMirror.ProtoReflect.Descriptor instead.
+func (*RequestMirror) Descriptor() ([]byte, []int) {
+	return file_waypoint_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *RequestMirror) GetBackend() *Backend {
+	if x != nil {
+		return x.Backend
+	}
+	return nil
+}
+
+func (x *RequestMirror) GetPerMillion() uint32 {
+	if x != nil {
+		return x.PerMillion
+	}
+	return 0
+}
+
+type CORS struct {
+	state            protoimpl.MessageState `protogen:"open.v1"`
+	AllowOrigins     []string               `protobuf:"bytes,1,rep,name=allow_origins,json=allowOrigins,proto3" json:"allow_origins,omitempty"`
+	AllowMethods     []string               `protobuf:"bytes,2,rep,name=allow_methods,json=allowMethods,proto3" json:"allow_methods,omitempty"`
+	AllowHeaders     []string               `protobuf:"bytes,3,rep,name=allow_headers,json=allowHeaders,proto3" json:"allow_headers,omitempty"`
+	ExposeHeaders    []string               `protobuf:"bytes,4,rep,name=expose_headers,json=exposeHeaders,proto3" json:"expose_headers,omitempty"`
+	AllowCredentials bool                   `protobuf:"varint,5,opt,name=allow_credentials,json=allowCredentials,proto3" json:"allow_credentials,omitempty"`
+	MaxAgeSeconds    uint32                 `protobuf:"varint,6,opt,name=max_age_seconds,json=maxAgeSeconds,proto3" json:"max_age_seconds,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *CORS) Reset() {
+	*x = CORS{}
+	mi := &file_waypoint_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CORS) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CORS) ProtoMessage() {}
+
+func (x *CORS) ProtoReflect() protoreflect.Message {
+	mi := &file_waypoint_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CORS.ProtoReflect.Descriptor instead.
+func (*CORS) Descriptor() ([]byte, []int) {
+	return file_waypoint_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *CORS) GetAllowOrigins() []string {
+	if x != nil {
+		return x.AllowOrigins
+	}
+	return nil
+}
+
+func (x *CORS) GetAllowMethods() []string {
+	if x != nil {
+		return x.AllowMethods
+	}
+	return nil
+}
+
+func (x *CORS) GetAllowHeaders() []string {
+	if x != nil {
+		return x.AllowHeaders
+	}
+	return nil
+}
+
+func (x *CORS) GetExposeHeaders() []string {
+	if x != nil {
+		return x.ExposeHeaders
+	}
+	return nil
+}
+
+func (x *CORS) GetAllowCredentials() bool {
+	if x != nil {
+		return x.AllowCredentials
+	}
+	return false
+}
+
+func (x *CORS) GetMaxAgeSeconds() uint32 {
+	if x != nil {
+		return x.MaxAgeSeconds
+	}
+	return 0
+}
+
+// Retry: the rule's retry, or Istio's default (2 attempts on
+// connect-failure, refused-stream, unavailable, cancelled) when the route
+// sets none; attempts 0 turns retries off.
+type Retry struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Attempts      uint32                 `protobuf:"varint,1,opt,name=attempts,proto3" json:"attempts,omitempty"`
+	Codes         []uint32               `protobuf:"varint,2,rep,packed,name=codes,proto3" json:"codes,omitempty"` // HTTP status codes that are retried
+	BackoffMs     uint32                 `protobuf:"varint,3,opt,name=backoff_ms,json=backoffMs,proto3" json:"backoff_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Retry) Reset() {
+	*x = Retry{}
+	mi := &file_waypoint_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Retry) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Retry) ProtoMessage() {}
+
+func (x *Retry) ProtoReflect() protoreflect.Message {
+	mi := &file_waypoint_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Retry.ProtoReflect.Descriptor instead.
+func (*Retry) Descriptor() ([]byte, []int) {
+	return file_waypoint_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *Retry) GetAttempts() uint32 {
+	if x != nil {
+		return x.Attempts
+	}
+	return 0
+}
+
+func (x *Retry) GetCodes() []uint32 {
+	if x != nil {
+		return x.Codes
+	}
+	return nil
+}
+
+func (x *Retry) GetBackoffMs() uint32 {
+	if x != nil {
+		return x.BackoffMs
+	}
+	return 0
+}
+
+// TCPRouteEntry is one TCPRoute rule: its weighted backends.
+type TCPRouteEntry struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Route         string                 `protobuf:"bytes,1,opt,name=route,proto3" json:"route,omitempty"`
+	Rule          uint32                 `protobuf:"varint,2,opt,name=rule,proto3" json:"rule,omitempty"`
+	Port          uint32                 `protobuf:"varint,3,opt,name=port,proto3" json:"port,omitempty"` // 0: every port
+	Backends      []*Backend             `protobuf:"bytes,4,rep,name=backends,proto3" json:"backends,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TCPRouteEntry) Reset() {
+	*x = TCPRouteEntry{}
+	mi := &file_waypoint_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TCPRouteEntry) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TCPRouteEntry) ProtoMessage() {}
+
+func (x *TCPRouteEntry) ProtoReflect() protoreflect.Message {
+	mi := &file_waypoint_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TCPRouteEntry.ProtoReflect.Descriptor instead.
+func (*TCPRouteEntry) Descriptor() ([]byte, []int) {
+	return file_waypoint_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *TCPRouteEntry) GetRoute() string {
+	if x != nil {
+		return x.Route
+	}
+	return ""
+}
+
+func (x *TCPRouteEntry) GetRule() uint32 {
+	if x != nil {
+		return x.Rule
+	}
+	return 0
+}
+
+func (x *TCPRouteEntry) GetPort() uint32 {
+	if x != nil {
+		return x.Port
+	}
+	return 0
+}
+
+func (x *TCPRouteEntry) GetBackends() []*Backend {
+	if x != nil {
+		return x.Backends
+	}
+	return nil
+}
+
 var File_waypoint_proto protoreflect.FileDescriptor
 
 const file_waypoint_proto_rawDesc = "" +
@@ -671,7 +1940,102 @@ const file_waypoint_proto_rawDesc = "" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x16\n" +
 	"\x06values\x18\x02 \x03(\tR\x06values\x12\x1d\n" +
 	"\n" +
-	"not_values\x18\x03 \x03(\tR\tnotValues*(\n" +
+	"not_values\x18\x03 \x03(\tR\tnotValues\"\x8f\x01\n" +
+	"\x06Routes\x12\x18\n" +
+	"\aservice\x18\x01 \x01(\tR\aservice\x126\n" +
+	"\x04http\x18\x02 \x03(\v2\".ambientgo.waypoint.HTTPRouteEntryR\x04http\x123\n" +
+	"\x03tcp\x18\x03 \x03(\v2!.ambientgo.waypoint.TCPRouteEntryR\x03tcp\"\xc0\x03\n" +
+	"\x0eHTTPRouteEntry\x12\x14\n" +
+	"\x05route\x18\x01 \x01(\tR\x05route\x12\x12\n" +
+	"\x04kind\x18\x02 \x01(\tR\x04kind\x12\x12\n" +
+	"\x04rule\x18\x03 \x01(\rR\x04rule\x12\x12\n" +
+	"\x04port\x18\x04 \x01(\rR\x04port\x123\n" +
+	"\x05match\x18\x05 \x01(\v2\x1d.ambientgo.waypoint.HTTPMatchR\x05match\x128\n" +
+	"\afilters\x18\x06 \x03(\v2\x1e.ambientgo.waypoint.HTTPFilterR\afilters\x127\n" +
+	"\bbackends\x18\a \x03(\v2\x1b.ambientgo.waypoint.BackendR\bbackends\x12,\n" +
+	"\x12request_timeout_ms\x18\b \x01(\rR\x10requestTimeoutMs\x12;\n" +
+	"\x1abackend_request_timeout_ms\x18\t \x01(\rR\x17backendRequestTimeoutMs\x12/\n" +
+	"\x05retry\x18\n" +
+	" \x01(\v2\x19.ambientgo.waypoint.RetryR\x05retry\x12\x18\n" +
+	"\ainvalid\x18\v \x01(\tR\ainvalid\"\xd7\x01\n" +
+	"\tHTTPMatch\x123\n" +
+	"\x04path\x18\x01 \x01(\v2\x1f.ambientgo.waypoint.StringMatchR\x04path\x129\n" +
+	"\aheaders\x18\x02 \x03(\v2\x1f.ambientgo.waypoint.HeaderMatchR\aheaders\x12B\n" +
+	"\fquery_params\x18\x03 \x03(\v2\x1f.ambientgo.waypoint.HeaderMatchR\vqueryParams\x12\x16\n" +
+	"\x06method\x18\x04 \x01(\tR\x06method\"\x87\x01\n" +
+	"\vStringMatch\x128\n" +
+	"\x04type\x18\x01 \x01(\x0e2$.ambientgo.waypoint.StringMatch.TypeR\x04type\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value\"(\n" +
+	"\x04Type\x12\t\n" +
+	"\x05EXACT\x10\x00\x12\n" +
+	"\n" +
+	"\x06PREFIX\x10\x01\x12\t\n" +
+	"\x05REGEX\x10\x02\"X\n" +
+	"\vHeaderMatch\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x125\n" +
+	"\x05value\x18\x02 \x01(\v2\x1f.ambientgo.waypoint.StringMatchR\x05value\"\xa3\x01\n" +
+	"\aBackend\x12\x18\n" +
+	"\aservice\x18\x01 \x01(\tR\aservice\x12\x12\n" +
+	"\x04port\x18\x02 \x01(\rR\x04port\x12\x16\n" +
+	"\x06weight\x18\x03 \x01(\rR\x06weight\x128\n" +
+	"\afilters\x18\x04 \x03(\v2\x1e.ambientgo.waypoint.HTTPFilterR\afilters\x12\x18\n" +
+	"\ainvalid\x18\x05 \x01(\tR\ainvalid\"\xe3\x03\n" +
+	"\n" +
+	"HTTPFilter\x12\\\n" +
+	"\x17request_header_modifier\x18\x01 \x01(\v2\".ambientgo.waypoint.HeaderModifierH\x00R\x15requestHeaderModifier\x12^\n" +
+	"\x18response_header_modifier\x18\x02 \x01(\v2\".ambientgo.waypoint.HeaderModifierH\x00R\x16responseHeaderModifier\x12P\n" +
+	"\x10request_redirect\x18\x03 \x01(\v2#.ambientgo.waypoint.RequestRedirectH\x00R\x0frequestRedirect\x12A\n" +
+	"\vurl_rewrite\x18\x04 \x01(\v2\x1e.ambientgo.waypoint.URLRewriteH\x00R\n" +
+	"urlRewrite\x12J\n" +
+	"\x0erequest_mirror\x18\x05 \x01(\v2!.ambientgo.waypoint.RequestMirrorH\x00R\rrequestMirror\x12.\n" +
+	"\x04cors\x18\x06 \x01(\v2\x18.ambientgo.waypoint.CORSH\x00R\x04corsB\x06\n" +
+	"\x04kind\"\x84\x01\n" +
+	"\x0eHeaderModifier\x12,\n" +
+	"\x03set\x18\x01 \x03(\v2\x1a.ambientgo.waypoint.HeaderR\x03set\x12,\n" +
+	"\x03add\x18\x02 \x03(\v2\x1a.ambientgo.waypoint.HeaderR\x03add\x12\x16\n" +
+	"\x06remove\x18\x03 \x03(\tR\x06remove\"2\n" +
+	"\x06Header\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value\"}\n" +
+	"\fPathModifier\x129\n" +
+	"\x04type\x18\x01 \x01(\x0e2%.ambientgo.waypoint.PathModifier.TypeR\x04type\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value\"\x1c\n" +
+	"\x04Type\x12\b\n" +
+	"\x04FULL\x10\x00\x12\n" +
+	"\n" +
+	"\x06PREFIX\x10\x01\"\xb0\x01\n" +
+	"\x0fRequestRedirect\x12\x16\n" +
+	"\x06scheme\x18\x01 \x01(\tR\x06scheme\x12\x1a\n" +
+	"\bhostname\x18\x02 \x01(\tR\bhostname\x124\n" +
+	"\x04path\x18\x03 \x01(\v2 .ambientgo.waypoint.PathModifierR\x04path\x12\x12\n" +
+	"\x04port\x18\x04 \x01(\rR\x04port\x12\x1f\n" +
+	"\vstatus_code\x18\x05 \x01(\rR\n" +
+	"statusCode\"^\n" +
+	"\n" +
+	"URLRewrite\x12\x1a\n" +
+	"\bhostname\x18\x01 \x01(\tR\bhostname\x124\n" +
+	"\x04path\x18\x02 \x01(\v2 .ambientgo.waypoint.PathModifierR\x04path\"g\n" +
+	"\rRequestMirror\x125\n" +
+	"\abackend\x18\x01 \x01(\v2\x1b.ambientgo.waypoint.BackendR\abackend\x12\x1f\n" +
+	"\vper_million\x18\x02 \x01(\rR\n" +
+	"perMillion\"\xf1\x01\n" +
+	"\x04CORS\x12#\n" +
+	"\rallow_origins\x18\x01 \x03(\tR\fallowOrigins\x12#\n" +
+	"\rallow_methods\x18\x02 \x03(\tR\fallowMethods\x12#\n" +
+	"\rallow_headers\x18\x03 \x03(\tR\fallowHeaders\x12%\n" +
+	"\x0eexpose_headers\x18\x04 \x03(\tR\rexposeHeaders\x12+\n" +
+	"\x11allow_credentials\x18\x05 \x01(\bR\x10allowCredentials\x12&\n" +
+	"\x0fmax_age_seconds\x18\x06 \x01(\rR\rmaxAgeSeconds\"X\n" +
+	"\x05Retry\x12\x1a\n" +
+	"\battempts\x18\x01 \x01(\rR\battempts\x12\x14\n" +
+	"\x05codes\x18\x02 \x03(\rR\x05codes\x12\x1d\n" +
+	"\n" +
+	"backoff_ms\x18\x03 \x01(\rR\tbackoffMs\"\x86\x01\n" +
+	"\rTCPRouteEntry\x12\x14\n" +
+	"\x05route\x18\x01 \x01(\tR\x05route\x12\x12\n" +
+	"\x04rule\x18\x02 \x01(\rR\x04rule\x12\x12\n" +
+	"\x04port\x18\x03 \x01(\rR\x04port\x127\n" +
+	"\bbackends\x18\x04 \x03(\v2\x1b.ambientgo.waypoint.BackendR\bbackends*(\n" +
 	"\x06Action\x12\t\n" +
 	"\x05ALLOW\x10\x00\x12\b\n" +
 	"\x04DENY\x10\x01\x12\t\n" +
@@ -689,29 +2053,72 @@ func file_waypoint_proto_rawDescGZIP() []byte {
 	return file_waypoint_proto_rawDescData
 }
 
-var file_waypoint_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_waypoint_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
+var file_waypoint_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
+var file_waypoint_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
 var file_waypoint_proto_goTypes = []any{
-	(Action)(0),           // 0: ambientgo.waypoint.Action
-	(*Authorization)(nil), // 1: ambientgo.waypoint.Authorization
-	(*Target)(nil),        // 2: ambientgo.waypoint.Target
-	(*Rule)(nil),          // 3: ambientgo.waypoint.Rule
-	(*Source)(nil),        // 4: ambientgo.waypoint.Source
-	(*Operation)(nil),     // 5: ambientgo.waypoint.Operation
-	(*Condition)(nil),     // 6: ambientgo.waypoint.Condition
+	(Action)(0),             // 0: ambientgo.waypoint.Action
+	(StringMatch_Type)(0),   // 1: ambientgo.waypoint.StringMatch.Type
+	(PathModifier_Type)(0),  // 2: ambientgo.waypoint.PathModifier.Type
+	(*Authorization)(nil),   // 3: ambientgo.waypoint.Authorization
+	(*Target)(nil),          // 4: ambientgo.waypoint.Target
+	(*Rule)(nil),            // 5: ambientgo.waypoint.Rule
+	(*Source)(nil),          // 6: ambientgo.waypoint.Source
+	(*Operation)(nil),       // 7: ambientgo.waypoint.Operation
+	(*Condition)(nil),       // 8: ambientgo.waypoint.Condition
+	(*Routes)(nil),          // 9: ambientgo.waypoint.Routes
+	(*HTTPRouteEntry)(nil),  // 10: ambientgo.waypoint.HTTPRouteEntry
+	(*HTTPMatch)(nil),       // 11: ambientgo.waypoint.HTTPMatch
+	(*StringMatch)(nil),     // 12: ambientgo.waypoint.StringMatch
+	(*HeaderMatch)(nil),     // 13: ambientgo.waypoint.HeaderMatch
+	(*Backend)(nil),         // 14: ambientgo.waypoint.Backend
+	(*HTTPFilter)(nil),      // 15: ambientgo.waypoint.HTTPFilter
+	(*HeaderModifier)(nil),  // 16: ambientgo.waypoint.HeaderModifier
+	(*Header)(nil),          // 17: ambientgo.waypoint.Header
+	(*PathModifier)(nil),    // 18: ambientgo.waypoint.PathModifier
+	(*RequestRedirect)(nil), // 19: ambientgo.waypoint.RequestRedirect
+	(*URLRewrite)(nil),      // 20: ambientgo.waypoint.URLRewrite
+	(*RequestMirror)(nil),   // 21: ambientgo.waypoint.RequestMirror
+	(*CORS)(nil),            // 22: ambientgo.waypoint.CORS
+	(*Retry)(nil),           // 23: ambientgo.waypoint.Retry
+	(*TCPRouteEntry)(nil),   // 24: ambientgo.waypoint.TCPRouteEntry
 }
 var file_waypoint_proto_depIdxs = []int32{
-	0, // 0: ambientgo.waypoint.Authorization.action:type_name -> ambientgo.waypoint.Action
-	2, // 1: ambientgo.waypoint.Authorization.targets:type_name -> ambientgo.waypoint.Target
-	3, // 2: ambientgo.waypoint.Authorization.rules:type_name -> ambientgo.waypoint.Rule
-	4, // 3: ambientgo.waypoint.Rule.from:type_name -> ambientgo.waypoint.Source
-	5, // 4: ambientgo.waypoint.Rule.to:type_name -> ambientgo.waypoint.Operation
-	6, // 5: ambientgo.waypoint.Rule.when:type_name -> ambientgo.waypoint.Condition
-	6, // [6:6] is the sub-list for method output_type
-	6, // [6:6] is the sub-list for method input_type
-	6, // [6:6] is the sub-list for extension type_name
-	6, // [6:6] is the sub-list for extension extendee
-	0, // [0:6] is the sub-list for field type_name
+	0,  // 0: ambientgo.waypoint.Authorization.action:type_name -> ambientgo.waypoint.Action
+	4,  // 1: ambientgo.waypoint.Authorization.targets:type_name -> ambientgo.waypoint.Target
+	5,  // 2: ambientgo.waypoint.Authorization.rules:type_name -> ambientgo.waypoint.Rule
+	6,  // 3: ambientgo.waypoint.Rule.from:type_name -> ambientgo.waypoint.Source
+	7,  // 4: ambientgo.waypoint.Rule.to:type_name -> ambientgo.waypoint.Operation
+	8,  // 5: ambientgo.waypoint.Rule.when:type_name -> ambientgo.waypoint.Condition
+	10, // 6: ambientgo.waypoint.Routes.http:type_name -> ambientgo.waypoint.HTTPRouteEntry
+	24, // 7: ambientgo.waypoint.Routes.tcp:type_name -> ambientgo.waypoint.TCPRouteEntry
+	11, // 8: ambientgo.waypoint.HTTPRouteEntry.match:type_name -> ambientgo.waypoint.HTTPMatch
+	15, // 9: ambientgo.waypoint.HTTPRouteEntry.filters:type_name -> ambientgo.waypoint.HTTPFilter
+	14, // 10: ambientgo.waypoint.HTTPRouteEntry.backends:type_name -> ambientgo.waypoint.Backend
+	23, // 11: ambientgo.waypoint.HTTPRouteEntry.retry:type_name -> ambientgo.waypoint.Retry
+	12, // 12: ambientgo.waypoint.HTTPMatch.path:type_name -> ambientgo.waypoint.StringMatch
+	13, // 13: ambientgo.waypoint.HTTPMatch.headers:type_name -> ambientgo.waypoint.HeaderMatch
+	13, // 14: ambientgo.waypoint.HTTPMatch.query_params:type_name -> ambientgo.waypoint.HeaderMatch
+	1,  // 15: ambientgo.waypoint.StringMatch.type:type_name -> ambientgo.waypoint.StringMatch.Type
+	12, // 16: ambientgo.waypoint.HeaderMatch.value:type_name -> ambientgo.waypoint.StringMatch
+	15, // 17: ambientgo.waypoint.Backend.filters:type_name -> ambientgo.waypoint.HTTPFilter
+	16, // 18: ambientgo.waypoint.HTTPFilter.request_header_modifier:type_name -> ambientgo.waypoint.HeaderModifier
+	16, // 19: ambientgo.waypoint.HTTPFilter.response_header_modifier:type_name -> ambientgo.waypoint.HeaderModifier
+	19, // 20: ambientgo.waypoint.HTTPFilter.request_redirect:type_name -> ambientgo.waypoint.RequestRedirect
+	20, // 21: ambientgo.waypoint.HTTPFilter.url_rewrite:type_name -> ambientgo.waypoint.URLRewrite
+	21, // 22: ambientgo.waypoint.HTTPFilter.request_mirror:type_name -> ambientgo.waypoint.RequestMirror
+	22, // 23: ambientgo.waypoint.HTTPFilter.cors:type_name -> ambientgo.waypoint.CORS
+	17, // 24: ambientgo.waypoint.HeaderModifier.set:type_name -> ambientgo.waypoint.Header
+	17, // 25: ambientgo.waypoint.HeaderModifier.add:type_name -> ambientgo.waypoint.Header
+	2,  // 26: ambientgo.waypoint.PathModifier.type:type_name -> ambientgo.waypoint.PathModifier.Type
+	18, // 27: ambientgo.waypoint.RequestRedirect.path:type_name -> ambientgo.waypoint.PathModifier
+	18, // 28: ambientgo.waypoint.URLRewrite.path:type_name -> ambientgo.waypoint.PathModifier
+	14, // 29: ambientgo.waypoint.RequestMirror.backend:type_name -> ambientgo.waypoint.Backend
+	14, // 30: ambientgo.waypoint.TCPRouteEntry.backends:type_name -> ambientgo.waypoint.Backend
+	31, // [31:31] is the sub-list for method output_type
+	31, // [31:31] is the sub-list for method input_type
+	31, // [31:31] is the sub-list for extension type_name
+	31, // [31:31] is the sub-list for extension extendee
+	0,  // [0:31] is the sub-list for field type_name
 }
 
 func init() { file_waypoint_proto_init() }
@@ -724,13 +2131,21 @@ func file_waypoint_proto_init() {
 		(*Target_Gateway)(nil),
 		(*Target_AllWaypoints)(nil),
 	}
+	file_waypoint_proto_msgTypes[12].OneofWrappers = []any{
+		(*HTTPFilter_RequestHeaderModifier)(nil),
+		(*HTTPFilter_ResponseHeaderModifier)(nil),
+		(*HTTPFilter_RequestRedirect)(nil),
+		(*HTTPFilter_UrlRewrite)(nil),
+		(*HTTPFilter_RequestMirror)(nil),
+		(*HTTPFilter_Cors)(nil),
+	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_waypoint_proto_rawDesc), len(file_waypoint_proto_rawDesc)),
-			NumEnums:      1,
-			NumMessages:   6,
+			NumEnums:      3,
+			NumMessages:   22,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
