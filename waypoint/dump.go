@@ -21,9 +21,12 @@ type configDump struct {
 	// Authorizations the same policies as received
 	// (ambientgo.waypoint.Authorization in the protos' JSON form), which
 	// meshctl explain evaluates with the waypoint's own evaluator.
-	Policies       []string                   `json:"waypointPolicies"`
-	Authorizations []json.RawMessage          `json:"waypointAuthorizations"`
-	Certificates   []identity.CertificateInfo `json:"certificates"`
+	Policies       []string          `json:"waypointPolicies"`
+	Authorizations []json.RawMessage `json:"waypointAuthorizations"`
+	// Routes are the Services' routes held (ambientgo.waypoint.Routes in
+	// the protos' JSON form), sorted by Service key.
+	Routes       []json.RawMessage          `json:"waypointRoutes"`
+	Certificates []identity.CertificateInfo `json:"certificates"`
 }
 
 // configDump is what /config_dump shows: the state from istiod-lite, the L7
@@ -36,6 +39,7 @@ func (w *Waypoint) configDump() any {
 		Pod:            w.cfg.PodName,
 		State:          w.store.Dump(),
 		Authorizations: []json.RawMessage{},
+		Routes:         []json.RawMessage{},
 		Certificates:   identity.Infos(w.certs.Certificates()),
 	}
 	w.l7.mu.Lock()
@@ -43,6 +47,11 @@ func (w *Waypoint) configDump() any {
 	for _, name := range out.Policies {
 		if b, err := protojson.Marshal(w.l7.raw[name]); err == nil {
 			out.Authorizations = append(out.Authorizations, b)
+		}
+	}
+	for _, name := range w.l7.sortedRoutesLocked() {
+		if b, err := protojson.Marshal(w.l7.routesRaw[name]); err == nil {
+			out.Routes = append(out.Routes, b)
 		}
 	}
 	w.l7.mu.Unlock()

@@ -1,6 +1,6 @@
 // Package waypoint assembles the mesh's L7 proxy: it obtains the
 // waypoint's own certificate from istiod-lite's CA, learns the mesh
-// (Workload API) and its L7 policies over delta xDS, terminates HBONE on
+// (Workload API), its L7 policies and the Services' routes over delta xDS, terminates HBONE on
 // :15008 and serves the data path of package proxy, with Istio's metrics
 // on :15020 and readiness on :15021.
 //
@@ -244,6 +244,7 @@ func New(cfg Config) (*Waypoint, error) {
 	w.proxy, err = proxy.New(proxy.Config{
 		Store:          w.store,
 		Policies:       w.l7.current,
+		Routes:         w.l7.currentRoutes,
 		Pool:           w.pool,
 		Identity:       id,
 		SourceAddr:     sourceAddr,
@@ -272,7 +273,7 @@ func New(cfg Config) (*Waypoint, error) {
 		DialOptions: []grpc.DialOption{grpc.WithTransportCredentials(creds)},
 		Token:       token,
 		Node:        &adspb.Node{Id: NodeID(cfg), Cluster: cfg.ClusterID},
-		TypeURLs:    []string{workloadapi.AddressTypeURL, workloadapi.WaypointAuthorizationTypeURL},
+		TypeURLs:    []string{workloadapi.AddressTypeURL, workloadapi.WaypointAuthorizationTypeURL, workloadapi.WaypointRoutesTypeURL},
 		Handler:     w.l7,
 		Logger:      log,
 	})

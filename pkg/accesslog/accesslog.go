@@ -58,6 +58,7 @@ const (
 	KeyPath         = "path"
 	KeyAuthority    = "authority"
 	KeyProtocol     = "protocol"
+	KeyRoute        = "route_name" // the HTTPRoute or GRPCRoute that took the request, namespace/name
 	KeyResponseCode = "response_code"
 	KeyUpstreamHost = "upstream_host"
 	KeyTraceID      = "trace_id"
@@ -111,6 +112,7 @@ type Record struct {
 	ResponseCode int
 	UpstreamHost netip.AddrPort // the endpoint the request was sent to
 	TraceID      string         // W3C trace id (32 hex digits)
+	Route        string         // the route that took the request (namespace/name); optional
 }
 
 // Logger writes access log records. Log and Dropped on a nil *Logger do
@@ -258,6 +260,7 @@ func eachField(r *Record, dur time.Duration, str func(key, v string), num func(k
 		optStr(KeyPath, r.Path)
 		optStr(KeyAuthority, r.Authority)
 		optStr(KeyProtocol, r.Protocol)
+		optStr(KeyRoute, r.Route)
 		if r.ResponseCode != 0 {
 			num(KeyResponseCode, int64(r.ResponseCode))
 		}

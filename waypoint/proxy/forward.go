@@ -89,7 +89,15 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, rq *request) {
 		out.Body = nil
 	}
 
-	res, err := p.up.fast.roundTrip(out, rq.upstream, w)
+	var (
+		res *http.Response
+		err error
+	)
+	if rq.retry != nil { // a route's tries (retry.go)
+		res, err = rq.retry.roundTrip(out, rq, func(o *http.Request) (*http.Response, error) { return p.up.fast.roundTrip(o, rq.upstream, w) })
+	} else {
+		res, err = p.up.fast.roundTrip(out, rq.upstream, w)
+	}
 	if err != nil {
 		code, flags, body := upstreamError(r.Context(), err)
 		rq.flags = flags

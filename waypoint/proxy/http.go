@@ -102,6 +102,7 @@ type request struct {
 	client   netip.Addr     // appended to x-forwarded-for
 	clientIP string         // client as text
 	flags    string         // response flags set by the error handler
+	retry    *retryState    // a routed request's tries (retry.go); nil: one try
 }
 
 // serveHTTP serves one request: policy, endpoint, forward, then metrics
@@ -169,6 +170,7 @@ func (p *Proxy) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	case !dec.Allow:
 		labels.ResponseFlags = telemetry.FlagDeny
 		localReply(rw, grpc, http.StatusForbidden, DeniedBody)
+	case p.serveRoute(rw, r, st, &labels, rec, grpc): // routed.go: the Service's HTTPRoutes
 	default:
 		w, port, err := p.endpoint(b)
 		if err != nil {
@@ -290,6 +292,8 @@ func upstreamError(ctx context.Context, err error) (code int, flags, body string
 	var de *dialError
 	var ne net.Error
 	switch {
+	case ctx.Err() != nil && errors.Is(context.Cause(ctx), errRouteTimeout):
+		return http.StatusGatewayTimeout, telemetry.FlagUpstreamTimeout, upstreamTimeoutBody
 	case ctx.Err() != nil:
 		// The client went away; Envoy logs 0 with DC. 499 is what we
 		// count, as nginx; nothing reaches the client anyway.
@@ -371,16 +375,23 @@ type responseWriter struct {
 	http.ResponseWriter
 	status int
 	n      int64
+	route  *routeResponse // a route's changes to the answer's headers (routed.go)
 }
 
 func (w *responseWriter) WriteHeader(code int) {
 	if w.status == 0 && code >= 200 {
 		w.status = code
+		if w.route != nil {
+			w.route.apply(w.Header())
+		}
 	}
 	w.ResponseWriter.WriteHeader(code)
 }
 
 func (w *responseWriter) Write(b []byte) (int, error) {
+	if w.status == 0 && w.route != nil {
+		w.WriteHeader(http.StatusOK)
+	}
 	if w.status == 0 {
 		w.status = http.StatusOK
 	}

@@ -51,6 +51,9 @@ type Config struct {
 	// Policies returns the compiled L7 policies in force; nil (or a nil
 	// result) allows everything.
 	Policies func() *authz.L7Policies
+	// Routes returns the compiled routes in force (CompileRoutes); nil (or
+	// a nil result) serves every Service without routes.
+	Routes func() *Routes
 	// Pool opens HBONE tunnels to endpoints; its TLS config must present
 	// Identity.
 	Pool *hbone.Pool
@@ -102,6 +105,7 @@ type Proxy struct {
 	httpLn   *streamListener
 	httpDone chan struct{} // closed when httpSrv.Serve returned
 	up       *upstream
+	mirrors  *mirrors // RequestMirror copies in flight (mirror.go)
 
 	mu        sync.Mutex
 	conns     map[net.Conn]struct{}
@@ -138,6 +142,9 @@ func New(cfg Config) (*Proxy, error) {
 	if cfg.Policies == nil {
 		cfg.Policies = func() *authz.L7Policies { return nil }
 	}
+	if cfg.Routes == nil {
+		cfg.Routes = func() *Routes { return nil }
+	}
 	log := cfg.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -151,6 +158,7 @@ func New(cfg Config) (*Proxy, error) {
 		httpDone: make(chan struct{}),
 	}
 	p.up = newUpstream(p)
+	p.mirrors = newMirrors(p)
 	p.httpLn = newStreamListener()
 	p.httpSrv = p.newHTTPServer()
 	go func() {
@@ -222,6 +230,7 @@ func (p *Proxy) Close() error {
 	p.httpSrv.Close()
 	<-p.httpDone
 	p.wg.Wait()
+	p.mirrors.close()
 	p.up.close()
 	return nil
 }

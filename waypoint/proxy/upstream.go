@@ -58,6 +58,14 @@ func newUpstream(p *Proxy) *upstream {
 // RoundTrip sends r over HTTP/2 or HTTP/1.1, as its request state says.
 func (u *upstream) RoundTrip(r *http.Request) (*http.Response, error) {
 	rq, _ := r.Context().Value(requestKey{}).(*request)
+	if rq != nil && rq.retry != nil { // a route's tries (retry.go)
+		return rq.retry.roundTrip(r, rq, func(o *http.Request) (*http.Response, error) { return u.roundTripOnce(o, rq) })
+	}
+	return u.roundTripOnce(r, rq)
+}
+
+// roundTripOnce sends r once to rq's endpoint.
+func (u *upstream) roundTripOnce(r *http.Request, rq *request) (*http.Response, error) {
 	switch {
 	case rq == nil:
 	case rq.h2:
