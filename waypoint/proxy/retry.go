@@ -10,9 +10,7 @@ import (
 	"slices"
 	"time"
 
-	"github.com/ambient-go/mesh/pkg/accesslog"
 	"github.com/ambient-go/mesh/pkg/state"
-	"github.com/ambient-go/mesh/pkg/telemetry"
 	"github.com/ambient-go/mesh/pkg/workloadapi/waypoint"
 )
 
@@ -38,8 +36,8 @@ func compileRetry(r *waypoint.Retry) retryPolicy {
 }
 
 // retryState is a routed request's tries: its backend, its replayable
-// body and where its access log record and labels are, so that they
-// show the final try's endpoint.
+// body and the endpoint of the last try (for the access log record and
+// labels).
 type retryState struct {
 	p          *Proxy
 	policy     *retryPolicy
@@ -48,8 +46,7 @@ type retryState struct {
 	port       uint16
 	replayable bool
 	body       []byte
-	rec        *accesslog.Record
-	labels     *telemetry.Labels
+	last       *state.Workload // the endpoint of the last try when it is not the first's
 }
 
 // roundTrip sends out with retries: each try (after the first, on another
@@ -111,12 +108,7 @@ func (rs *retryState) roundTrip(out *http.Request, rq *request, once func(*http.
 		}
 		rq.upstream = netip.AddrPortFrom(w.Addrs[0], port)
 		rq.hbone = rs.p.up.tunnelled(w)
-		var hboneAddr netip.AddrPort
-		if rq.hbone {
-			hboneAddr = netip.AddrPortFrom(w.Addrs[0], rs.p.cfg.HBONEPort)
-		}
-		rs.rec.DstHBONEAddr = netip.AddrPort{}
-		setEndpoint(rs.rec, rs.labels, w, rq.upstream, hboneAddr)
+		rs.last = w
 	}
 }
 

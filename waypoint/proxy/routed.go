@@ -137,7 +137,7 @@ func (p *Proxy) serveRoute(rw *responseWriter, r *http.Request, st *stream, labe
 		body []byte
 	)
 	if hr.retry.attempts > 0 || hr.backendTimeout > 0 {
-		rs = &retryState{p: p, policy: &hr.retry, perTry: time.Duration(hr.backendTimeout) * time.Millisecond, svc: svc, port: bport, rec: rec, labels: &labels.Labels}
+		rs = &retryState{p: p, policy: &hr.retry, perTry: time.Duration(hr.backendTimeout) * time.Millisecond, svc: svc, port: bport}
 	}
 	mirrors := f.mirrors
 	if len(bf.mirrors) > 0 {
@@ -187,6 +187,14 @@ func (p *Proxy) serveRoute(rw *responseWriter, r *http.Request, st *stream, labe
 		r = r.WithContext(ctx)
 	}
 	p.send(rw, r, rq)
+	if rs != nil && rs.last != nil { // the access log shows the last try
+		hboneAddr = netip.AddrPort{}
+		if rq.hbone {
+			hboneAddr = netip.AddrPortFrom(rs.last.Addrs[0], p.cfg.HBONEPort)
+		}
+		rec.DstHBONEAddr = hboneAddr
+		setEndpoint(rec, &labels.Labels, rs.last, rq.upstream, hboneAddr)
+	}
 	if rq.flags != "" {
 		labels.ResponseFlags = rq.flags
 	}
