@@ -78,7 +78,13 @@ type Inputs struct {
 	// EndpointSlices give Services without a selector their endpoints
 	// (endpointslice.go).
 	EndpointSlices []*discoveryv1.EndpointSlice
-	// later: HTTPRoutes
+	// HTTPRoutes, GRPCRoutes and TCPRoutes attached to Services (GAMMA)
+	// become Output.WaypointRoutes; ReferenceGrants permit their
+	// backendRefs to other namespaces (route.go).
+	HTTPRoutes      []*gatewayv1.HTTPRoute
+	GRPCRoutes      []*gatewayv1.GRPCRoute
+	TCPRoutes       []*gatewayv1.TCPRoute
+	ReferenceGrants []*gatewayv1.ReferenceGrant
 }
 
 // Output is every resource the control plane serves, keyed by xDS resource name.
@@ -103,6 +109,13 @@ type Output struct {
 	// GatewayStatuses holds the status of each waypoint Gateway, keyed by
 	// "namespace/name" (waypoint.go).
 	GatewayStatuses map[string]*GatewayStatus
+	// WaypointRoutes holds the routing of each Service bound to a
+	// waypoint that has routes attached, keyed by "namespace/hostname"
+	// (route.go).
+	WaypointRoutes map[string]*waypoint.Routes
+	// RouteStatuses holds the status of each route with a parentRef we
+	// own, keyed by RouteStatus.Key() (route.go).
+	RouteStatuses map[string]*RouteStatus
 }
 
 // Build translates a snapshot of Kubernetes objects into Workload API
@@ -124,6 +137,8 @@ func build(in *Inputs, opt Options, prev *memo) (*Output, *memo) {
 
 		WaypointAuthorizations: map[string]*waypoint.Authorization{},
 		GatewayStatuses:        map[string]*GatewayStatus{},
+		WaypointRoutes:         map[string]*waypoint.Routes{},
+		RouteStatuses:          map[string]*RouteStatus{},
 	}
 	if in == nil {
 		return out, nil
@@ -132,6 +147,7 @@ func build(in *Inputs, opt Options, prev *memo) (*Output, *memo) {
 	waypoints := indexWaypoints(in, opt)
 	waypoints.output(out)
 	buildWaypointAuthorizations(in, opt, out, waypoints)
+	buildRoutes(in, opt, out, waypoints)
 	namespaces := namespacesByName(in.Namespaces)
 	var services map[string]*serviceIndex
 	if prev != nil && slices.Equal(prev.serviceObjs, in.Services) {
