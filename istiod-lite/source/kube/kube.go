@@ -1,9 +1,9 @@
 // Package kube is istiod-lite's cluster-mode configuration source: the
 // informer caches of a controller-runtime manager watching the objects the
 // model reads (Namespaces, Pods, Services, ServiceAccounts, Istio's
-// AuthorizationPolicy and PeerAuthentication, Gateway API Gateways and
-// GatewayClasses) and those it will read (EndpointSlices, Nodes,
-// HTTPRoutes).
+// AuthorizationPolicy and PeerAuthentication, Gateway API Gateways,
+// GatewayClasses, HTTPRoutes, GRPCRoutes, TCPRoutes and ReferenceGrants,
+// EndpointSlices) and Nodes, which it will read.
 //
 // It is level-based: any event on any watched kind schedules a rebuild,
 // and a rebuild lists every kind from the caches into one Snapshot, whose
@@ -62,8 +62,8 @@ func NewScheme() (*runtime.Scheme, error) {
 type Snapshot struct {
 	// Inputs is what the model translates.
 	Inputs *model.Inputs
-	// Nodes and HTTPRoutes are watched but not used by the model yet.
-	// Gateways and EndpointSlices are Inputs' (also here for the
+	// Nodes are watched but not used by the model yet. Gateways,
+	// EndpointSlices and HTTPRoutes are Inputs' (also here for the
 	// waypoint deployer and tests).
 	Nodes          []*corev1.Node
 	EndpointSlices []*discoveryv1.EndpointSlice
@@ -133,6 +133,9 @@ var watched = []struct {
 	{&gatewayv1.Gateway{}, true},
 	{&gatewayv1.GatewayClass{}, true},
 	{&gatewayv1.HTTPRoute{}, true},
+	{&gatewayv1.GRPCRoute{}, true},
+	{&gatewayv1.TCPRoute{}, true},
+	{&gatewayv1.ReferenceGrant{}, true},
 }
 
 // New registers an informer for every watched kind with mgr's cache and
@@ -308,6 +311,16 @@ func (s *Source) Snapshot(ctx context.Context) (*Snapshot, error) {
 		return nil, err
 	}
 	if snap.HTTPRoutes, err = list[gatewayv1.HTTPRoute](ctx, s, "HTTPRoute", &gatewayv1.HTTPRouteList{}, func(l *gatewayv1.HTTPRouteList) []gatewayv1.HTTPRoute { return l.Items }); err != nil {
+		return nil, err
+	}
+	in.HTTPRoutes = snap.HTTPRoutes
+	if in.GRPCRoutes, err = list[gatewayv1.GRPCRoute](ctx, s, "GRPCRoute", &gatewayv1.GRPCRouteList{}, func(l *gatewayv1.GRPCRouteList) []gatewayv1.GRPCRoute { return l.Items }); err != nil {
+		return nil, err
+	}
+	if in.TCPRoutes, err = list[gatewayv1.TCPRoute](ctx, s, "TCPRoute", &gatewayv1.TCPRouteList{}, func(l *gatewayv1.TCPRouteList) []gatewayv1.TCPRoute { return l.Items }); err != nil {
+		return nil, err
+	}
+	if in.ReferenceGrants, err = list[gatewayv1.ReferenceGrant](ctx, s, "ReferenceGrant", &gatewayv1.ReferenceGrantList{}, func(l *gatewayv1.ReferenceGrantList) []gatewayv1.ReferenceGrant { return l.Items }); err != nil {
 		return nil, err
 	}
 	return snap, nil

@@ -73,6 +73,8 @@ func FuzzParse(f *testing.F) {
 		"apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d, namespace: ns1}\n---\napiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: waypoint}\n",
 		// Gateway API kinds, valid and not.
 		waypointYAML,
+		routesYAML,
+		"apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r}\nspec:\n  rules: [{backendRefs: [{name: x, weight: ten}]}]\n",
 		"apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: w}\nspec:\n  gatewayClassName: istio-waypoint\n  listeners:\n  - {name: mesh, port: 0, protocol: HBONE}\n",
 		// A Secret with node tokens.
 		"apiVersion: v1\nkind: Secret\nmetadata:\n  name: ztunnel-node-tokens\n  namespace: istio-system\ndata:\n  node-1: dG9rZW4tMQ==\nstringData:\n  node-2: token-2\n  node-5: \"\"\n",

@@ -218,6 +218,14 @@ func assemble(states map[string]*fileState) (*Snapshot, []error) {
 				snap.Inputs.Gateways = append(snap.Inputs.Gateways, obj)
 			case *gatewayv1.GatewayClass:
 				snap.Inputs.GatewayClasses = append(snap.Inputs.GatewayClasses, obj)
+			case *gatewayv1.HTTPRoute:
+				snap.Inputs.HTTPRoutes = append(snap.Inputs.HTTPRoutes, obj)
+			case *gatewayv1.GRPCRoute:
+				snap.Inputs.GRPCRoutes = append(snap.Inputs.GRPCRoutes, obj)
+			case *gatewayv1.TCPRoute:
+				snap.Inputs.TCPRoutes = append(snap.Inputs.TCPRoutes, obj)
+			case *gatewayv1.ReferenceGrant:
+				snap.Inputs.ReferenceGrants = append(snap.Inputs.ReferenceGrants, obj)
 			case *RawObject:
 				snap.Raw = append(snap.Raw, obj)
 			}

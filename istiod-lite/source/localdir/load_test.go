@@ -263,14 +263,14 @@ kind: Deployment
 metadata: {name: d, namespace: ns1}
 ---
 apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
+kind: TLSRoute
 metadata: {name: route}
 ---
 apiVersion: v1
 kind: ConfigMap
 metadata: {name: cm}
 `},
-			want: summary{Raw: []string{"Deployment ns1/d", "HTTPRoute /route", "ConfigMap /cm"}},
+			want: summary{Raw: []string{"Deployment ns1/d", "TLSRoute /route", "ConfigMap /cm"}},
 		},
 		{
 			name: "duplicates across files name both; the first is kept",

@@ -36,7 +36,7 @@ func (e *ParseError) Error() string {
 func (e *ParseError) Unwrap() error { return e.Err }
 
 // RawObject is an object of a kind this package does not decode yet (for
-// example an HTTPRoute), kept as JSON for the readers of later kinds.
+// example a TLSRoute), kept as JSON for the readers of later kinds.
 type RawObject struct {
 	APIVersion string
 	Kind       string
@@ -223,6 +223,16 @@ func parseDocument(file string, doc document) (*object, error) {
 		if tm.Kind == "GatewayClass" {
 			key.namespace = ""
 		} else if key.namespace == "" {
+			key.namespace = DefaultNamespace
+		}
+		return &object{key: key, line: doc.line, obj: obj}, nil
+	}
+	if isRouteKind(tm.APIVersion, tm.Kind) {
+		obj, err := decodeRouteKind(js, tm.Kind)
+		if err != nil {
+			return nil, &ParseError{File: file, Line: policyErrorLine(doc, err), Err: err}
+		}
+		if key.namespace == "" {
 			key.namespace = DefaultNamespace
 		}
 		return &object{key: key, line: doc.line, obj: obj}, nil
