@@ -29,6 +29,15 @@ const (
 	resetBackOff = 10 * time.Minute
 )
 
+// A sandbox that could not be created is retried after sandboxBackOff,
+// doubling up to maxSandboxBackOff, at most maxSandboxAttempts times (about
+// two hours).
+const (
+	sandboxBackOff     = time.Second
+	maxSandboxBackOff  = 10 * time.Second
+	maxSandboxAttempts = 720
+)
+
 type containerKind int
 
 const (
@@ -52,12 +61,14 @@ type pod struct {
 	volumes map[string]string
 	tokens  []*token
 
-	ctx    context.Context
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
-	notify chan struct{}
+	ctx     context.Context
+	cancel  context.CancelFunc
+	wg      sync.WaitGroup
+	notify  chan struct{}
+	created chan struct{} // closed when startPod is done with the sandbox
 
 	mu          sync.Mutex
+	sandboxErr  error // the last failed sandbox attempt's, nil once made
 	ctrs        []*container
 	mainStarted bool
 	hostsText   string
@@ -86,13 +97,14 @@ func allContainers(pod *corev1.Pod) []corev1.Container {
 	return append(append([]corev1.Container(nil), pod.Spec.InitContainers...), pod.Spec.Containers...)
 }
 
-// newPod creates the pod's directory, sandbox, API server forwarder and
-// hosts files, and publishes its IPs.
-func (r *Runner) newPod(ctx context.Context, kc *kube.Cluster, obj *corev1.Pod) (*pod, error) {
+// newPod returns the pod's containers, waiting to be created; its sandbox
+// comes from createSandbox.
+func (r *Runner) newPod(kc *kube.Cluster, obj *corev1.Pod) *pod {
 	p := &pod{
 		r: r, kc: kc, obj: obj,
-		key:    types.NamespacedName{Namespace: obj.Namespace, Name: obj.Name},
-		notify: make(chan struct{}, 1),
+		key:     types.NamespacedName{Namespace: obj.Namespace, Name: obj.Name},
+		notify:  make(chan struct{}, 1),
+		created: make(chan struct{}),
 	}
 	p.log = r.log.With("pod", p.key.String(), "node", obj.Spec.NodeName)
 	p.ctx, p.cancel = context.WithCancel(r.ctx)
@@ -109,31 +121,80 @@ func (r *Runner) newPod(ctx context.Context, kc *kube.Cluster, obj *corev1.Pod) 
 	for _, c := range p.ctrs {
 		c.waiting = &corev1.ContainerStateWaiting{Reason: "ContainerCreating"}
 	}
-	var err error
-	if p.dir, err = os.MkdirTemp(r.cfg.Dir, "pod-"+obj.Namespace+"-"+obj.Name+"-"); err != nil {
-		return nil, err
+	return p
+}
+
+// createSandbox makes the pod's sandbox (makeSandbox) as a kubelet does:
+// a failed attempt (the network plugin's ADD failing, say) is recorded as
+// a FailedCreatePodSandBox event of the pod and in its status (Pending,
+// PodReadyToStartContainers False with the error), and retried after
+// sandboxBackOff, doubling up to maxSandboxBackOff, until the pod stops
+// (deleted, or the Runner closed) or maxSandboxAttempts failed.
+func (p *pod) createSandbox() error {
+	backOff := sandboxBackOff
+	for attempt := 1; ; attempt++ {
+		err := p.makeSandbox(p.ctx)
+		if err == nil || p.ctx.Err() != nil {
+			return err
+		}
+		p.r.recorder(p.obj.Spec.NodeName).Eventf(p.obj, corev1.EventTypeWarning, "FailedCreatePodSandBox", "Failed to create pod sandbox: %v", err)
+		p.mu.Lock()
+		p.sandboxErr = err
+		p.mu.Unlock()
+		sctx, cancel := context.WithTimeout(p.ctx, 10*time.Second)
+		if serr := p.writeStatus(sctx); serr != nil && p.ctx.Err() == nil {
+			p.log.Warn("writing pod status failed", "err", serr)
+		}
+		cancel()
+		if attempt == maxSandboxAttempts {
+			return fmt.Errorf("pod %s: no sandbox after %d attempts: %w", p.key, attempt, err)
+		}
+		p.log.Warn("creating the pod sandbox failed; retrying", "attempt", attempt, "retry_in", backOff, "err", err)
+		if !p.sleep(backOff) {
+			return p.ctx.Err()
+		}
+		backOff = min(2*backOff, maxSandboxBackOff)
 	}
+}
+
+// makeSandbox creates the pod's directory, sandbox, API server forwarder
+// and hosts files, and publishes its IPs; it releases what it made when
+// it fails.
+func (p *pod) makeSandbox(ctx context.Context) error {
+	r, kc, obj := p.r, p.kc, p.obj
+	dir, err := os.MkdirTemp(r.cfg.Dir, "pod-"+obj.Namespace+"-"+obj.Name+"-")
+	if err != nil {
+		return err
+	}
+	p.dir = dir
 	if err := os.Chmod(p.dir, 0o755); err != nil {
-		return nil, errors.Join(err, p.cleanup())
+		return errors.Join(err, p.release())
 	}
-	if p.sb, err = r.cfg.Network(ctx, obj); err != nil {
-		return nil, errors.Join(fmt.Errorf("pod %s: sandbox: %w", p.key, err), p.cleanup())
+	sb, err := r.cfg.Network(ctx, obj)
+	if err != nil {
+		return errors.Join(fmt.Errorf("pod %s: sandbox: %w", p.key, err), p.release())
 	}
+	p.mu.Lock()
+	p.sb = sb
+	p.mu.Unlock()
 	if len(p.sb.IPs) == 0 {
-		return nil, errors.Join(fmt.Errorf("pod %s: the sandbox has no IP", p.key), p.cleanup())
+		return errors.Join(fmt.Errorf("pod %s: the sandbox has no IP", p.key), p.release())
 	}
 	if p.fwd, err = r.acquireForwarder(p.sb, kc); err != nil {
-		return nil, errors.Join(fmt.Errorf("pod %s: API server forwarder: %w", p.key, err), p.cleanup())
+		return errors.Join(fmt.Errorf("pod %s: API server forwarder: %w", p.key, err), p.release())
 	}
 	if err := p.writeNetworkFiles(); err != nil {
-		return nil, errors.Join(err, p.cleanup())
+		return errors.Join(err, p.release())
 	}
+	p.mu.Lock()
+	p.sandboxErr = nil
+	p.mu.Unlock()
 	sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	if err := p.writeStatus(sctx); err != nil {
-		return nil, errors.Join(fmt.Errorf("pod %s: publishing its IP: %w", p.key, err), p.cleanup())
+		return errors.Join(fmt.Errorf("pod %s: publishing its IP: %w", p.key, err), p.release())
 	}
-	return p, nil
+	return nil
 }
 
 func (p *pod) podIP() string { return p.sb.IPs[0].String() }
@@ -630,9 +691,16 @@ func (p *pod) signal(sig syscall.Signal) {
 	}
 }
 
-// cleanup releases what newPod made; safe on a half-made pod.
+// cleanup stops the pod's context and releases what makeSandbox made;
+// safe on a half-made pod.
 func (p *pod) cleanup() error {
 	p.cancel()
+	return p.release()
+}
+
+// release removes the pod's forwarder, sandbox and directory, whichever
+// exist.
+func (p *pod) release() error {
 	var errs []error
 	if p.fwd != nil {
 		p.r.releaseForwarder(p.fwd)
@@ -640,10 +708,13 @@ func (p *pod) cleanup() error {
 	}
 	if p.sb.Release != nil {
 		errs = append(errs, p.sb.Release())
-		p.sb.Release = nil
 	}
+	p.mu.Lock()
+	p.sb = Sandbox{}
+	p.mu.Unlock()
 	if p.dir != "" {
 		errs = append(errs, os.RemoveAll(p.dir))
+		p.dir = ""
 	}
 	return errors.Join(errs...)
 }

@@ -88,6 +88,9 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/kubernetes/scheme"
+	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
+	"k8s.io/client-go/tools/record"
 
 	"github.com/ambient-go/mesh/tests/kube"
 	"github.com/ambient-go/mesh/tests/netns"
@@ -156,14 +159,15 @@ type Runner struct {
 	log     *slog.Logger
 	tmpDir  string // Dir when it was made by New
 	kc      atomic.Pointer[kube.Cluster]
+	events  record.EventBroadcaster // set by Attach
 	images  *imageStore
 	hostsMu sync.Mutex
 	hosts   []serviceHosts // the last Services and endpoints read
 
 	mu       sync.Mutex
 	pods     map[types.UID]*pod
-	starting map[types.UID]bool    // in RunPod, not yet in pods
-	stopped  map[types.UID]bool    // StopPod came while RunPod was starting it
+	starting map[types.UID]*pod    // creating their sandbox, not yet in pods
+	stopped  map[types.UID]bool    // StopPod came while the sandbox was created
 	fwds     map[string]*forwarder // by network namespace name
 	exits    []Exit
 	closed   bool
@@ -195,7 +199,7 @@ func New(cfg Config) (*Runner, error) {
 	if cfg.Network == nil {
 		return nil, errors.New("podrun: Config.Network is required")
 	}
-	r := &Runner{cfg: cfg, pods: map[types.UID]*pod{}, starting: map[types.UID]bool{}, stopped: map[types.UID]bool{}, fwds: map[string]*forwarder{}}
+	r := &Runner{cfg: cfg, pods: map[types.UID]*pod{}, starting: map[types.UID]*pod{}, stopped: map[types.UID]bool{}, fwds: map[string]*forwarder{}}
 	r.log = cmp.Or(cfg.Log, slog.New(slog.DiscardHandler)).With("component", "podrun")
 	if r.cfg.Dir == "" {
 		d, err := os.MkdirTemp("", "podrun-")
@@ -218,14 +222,23 @@ func New(cfg Config) (*Runner, error) {
 // Attach gives the Runner the cluster whose pods it runs, and starts
 // refreshing the pods' /etc/hosts. RunPod fails before it.
 func (r *Runner) Attach(kc *kube.Cluster) {
-	if !r.kc.CompareAndSwap(nil, kc) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closed || !r.kc.CompareAndSwap(nil, kc) {
 		return
 	}
+	r.events = record.NewBroadcaster(record.WithContext(r.ctx))
+	r.events.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: kc.Clientset.CoreV1().Events("")})
 	r.wg.Add(1)
 	go func() {
 		defer r.wg.Done()
 		r.refreshHosts()
 	}()
+}
+
+// recorder records events as node's kubelet.
+func (r *Runner) recorder(node string) record.EventRecorder {
+	return r.events.NewRecorder(scheme.Scheme, corev1.EventSource{Component: "kubelet", Host: node})
 }
 
 // NodeDir returns the directory holding node's host paths.
@@ -252,6 +265,9 @@ func (r *Runner) Close() error {
 	}
 	r.cancel()
 	r.wg.Wait()
+	if r.events != nil {
+		r.events.Shutdown()
+	}
 	if r.tmpDir != "" {
 		errs = append(errs, os.RemoveAll(r.tmpDir))
 	}
@@ -288,11 +304,14 @@ func (r *Runner) Logs(namespace, name, container string) string {
 	return ""
 }
 
-// RunPod is kube.Config.RunPod: it creates the pod's sandbox, publishes
-// its IPs (the pod stays Pending) and starts its containers in the
-// background; status changes follow as containers start, become ready and
-// exit. It returns no IPs, which tells the harness kubelet that the Runner
-// writes the pod's status itself. An error leaves nothing behind.
+// RunPod is kube.Config.RunPod: it starts the pod in the background and
+// returns: the sandbox is created (retried with back-off while that fails,
+// the failure in the pod's status and a FailedCreatePodSandBox event, as
+// a kubelet does), its IPs are published (the pod stays Pending), then its
+// containers start; status changes follow as they start, become ready and
+// exit. It returns no IPs, which tells the harness kubelet that the
+// Runner writes the pod's status itself. ctx ending stops the sandbox's
+// retries, not a started pod (StopPod does).
 func (r *Runner) RunPod(ctx context.Context, obj *corev1.Pod) ([]netip.Addr, error) {
 	kc := r.kc.Load()
 	if kc == nil {
@@ -302,47 +321,69 @@ func (r *Runner) RunPod(ctx context.Context, obj *corev1.Pod) ([]netip.Addr, err
 		return nil, errors.New("podrun: running containers needs root (mount namespaces, chroot)")
 	}
 	r.mu.Lock()
+	defer r.mu.Unlock()
 	if r.closed {
-		r.mu.Unlock()
 		return nil, errors.New("podrun: runner closed")
 	}
-	if _, ok := r.pods[obj.UID]; ok || r.starting[obj.UID] {
-		r.mu.Unlock()
+	if _, ok := r.pods[obj.UID]; ok || r.starting[obj.UID] != nil {
 		return nil, fmt.Errorf("podrun: pod %s/%s already runs", obj.Namespace, obj.Name)
 	}
-	r.starting[obj.UID] = true
-	r.mu.Unlock()
-
-	p, err := r.newPod(ctx, kc, obj.DeepCopy())
-	r.mu.Lock()
-	delete(r.starting, obj.UID)
-	stopped := r.stopped[obj.UID]
-	delete(r.stopped, obj.UID)
-	if err != nil {
-		r.mu.Unlock()
-		return nil, err
-	}
-	if r.closed || stopped {
-		r.mu.Unlock()
-		return nil, errors.Join(fmt.Errorf("podrun: pod %s/%s stopped while starting", obj.Namespace, obj.Name), p.cleanup())
-	}
-	r.pods[obj.UID] = p
-	r.mu.Unlock()
-	p.start()
+	p := r.newPod(kc, obj.DeepCopy())
+	r.starting[obj.UID] = p
+	r.wg.Add(1)
+	go func() {
+		defer r.wg.Done()
+		r.startPod(ctx, p)
+	}()
 	return nil, nil
+}
+
+// startPod creates p's sandbox, then runs p, unless it stopped meanwhile.
+func (r *Runner) startPod(ctx context.Context, p *pod) {
+	defer close(p.created)
+	stop := context.AfterFunc(ctx, p.cancel)
+	err := p.createSandbox()
+	stop()
+	r.mu.Lock()
+	delete(r.starting, p.obj.UID)
+	stopped := r.stopped[p.obj.UID]
+	delete(r.stopped, p.obj.UID)
+	if err == nil && !r.closed && !stopped {
+		r.pods[p.obj.UID] = p
+		p.start()
+		r.mu.Unlock()
+		return
+	}
+	r.mu.Unlock()
+	if err != nil && p.ctx.Err() == nil {
+		p.log.Warn("giving up on the pod's sandbox; the pod stays Pending", "err", err)
+	}
+	if cerr := p.cleanup(); cerr != nil {
+		p.log.Warn("removing the pod's sandbox failed", "err", cerr)
+	}
 }
 
 // StopPod is kube.Config.StopPod: it stops the pod's containers (SIGTERM,
 // SIGKILL after the grace period), records their exits and removes the
-// sandbox.
+// sandbox; for a pod whose sandbox is still being created, it ends the
+// attempts and waits (at most Config.MaxGrace) until what they made is
+// removed.
 func (r *Runner) StopPod(_ context.Context, obj *corev1.Pod) {
 	r.mu.Lock()
-	p := r.pods[obj.UID]
-	if p == nil && r.starting[obj.UID] {
-		// RunPod removes what it made once it returns.
+	p, starting := r.pods[obj.UID], r.starting[obj.UID]
+	if p == nil && starting != nil {
 		r.stopped[obj.UID] = true
 	}
 	r.mu.Unlock()
+	if p == nil && starting != nil {
+		starting.cancel()
+		select {
+		case <-starting.created:
+		case <-time.After(r.cfg.MaxGrace):
+			r.log.Warn("the pod's sandbox attempt did not end", "pod", starting.key.String(), "wait", r.cfg.MaxGrace)
+		}
+		return
+	}
 	if p == nil {
 		return
 	}

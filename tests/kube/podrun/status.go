@@ -44,8 +44,11 @@ func (p *pod) fillStatus(st *corev1.PodStatus, now time.Time) {
 	if st.StartTime == nil {
 		st.StartTime = &metav1.Time{Time: now}
 	}
-	st.PodIP, st.PodIPs = p.sb.IPs[0].String(), nil
+	st.PodIP, st.PodIPs = "", nil
 	for _, ip := range p.sb.IPs {
+		if st.PodIP == "" {
+			st.PodIP = ip.String()
+		}
 		st.PodIPs = append(st.PodIPs, corev1.PodIP{IP: ip.String()})
 	}
 	if h := p.hostIP(); h != "" {
@@ -109,24 +112,32 @@ func (p *pod) fillStatus(st *corev1.PodStatus, now time.Time) {
 		st.Phase = corev1.PodPending
 	}
 	ready = ready && initDone && p.mainStarted
-	cond := func(t corev1.PodConditionType, ok bool, reason string) {
+	cond := func(t corev1.PodConditionType, ok bool, reason, msg string) {
 		s := corev1.ConditionFalse
 		if ok {
-			s, reason = corev1.ConditionTrue, ""
+			s, reason, msg = corev1.ConditionTrue, "", ""
 		}
 		for i := range st.Conditions {
 			if st.Conditions[i].Type == t {
 				if st.Conditions[i].Status != s {
 					st.Conditions[i].LastTransitionTime = metav1.Time{Time: now}
 				}
-				st.Conditions[i].Status, st.Conditions[i].Reason = s, reason
+				st.Conditions[i].Status, st.Conditions[i].Reason, st.Conditions[i].Message = s, reason, msg
 				return
 			}
 		}
-		st.Conditions = append(st.Conditions, corev1.PodCondition{Type: t, Status: s, Reason: reason, LastTransitionTime: metav1.Time{Time: now}})
+		st.Conditions = append(st.Conditions, corev1.PodCondition{Type: t, Status: s, Reason: reason, Message: msg, LastTransitionTime: metav1.Time{Time: now}})
 	}
-	cond(corev1.PodScheduled, true, "")
-	cond(corev1.PodInitialized, initDone, "ContainersNotInitialized")
-	cond(corev1.ContainersReady, ready, "ContainersNotReady")
-	cond(corev1.PodReady, ready, "ContainersNotReady")
+	cond(corev1.PodScheduled, true, "", "")
+	// The kubelet's PodReadyToStartContainers: the sandbox exists. While
+	// its creation fails the kubelet leaves the reason empty (the error is
+	// in the FailedCreatePodSandBox event); the Runner also puts it here.
+	var sandboxReason, sandboxMsg string
+	if p.sandboxErr != nil {
+		sandboxReason, sandboxMsg = "FailedCreatePodSandBox", p.sandboxErr.Error()
+	}
+	cond(corev1.PodReadyToStartContainers, len(p.sb.IPs) > 0, sandboxReason, sandboxMsg)
+	cond(corev1.PodInitialized, initDone, "ContainersNotInitialized", "")
+	cond(corev1.ContainersReady, ready, "ContainersNotReady", "")
+	cond(corev1.PodReady, ready, "ContainersNotReady", "")
 }
