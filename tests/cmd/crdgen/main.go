@@ -48,6 +48,10 @@ var sources = []source{
 		names: []string{"httproutes.gateway.networking.k8s.io"}},
 	{module: "sigs.k8s.io/gateway-api", file: "config/crd/standard/gateway.networking.k8s.io_referencegrants.yaml",
 		names: []string{"referencegrants.gateway.networking.k8s.io"}},
+	{module: "sigs.k8s.io/gateway-api", file: "config/crd/standard/gateway.networking.k8s.io_grpcroutes.yaml",
+		names: []string{"grpcroutes.gateway.networking.k8s.io"}},
+	{module: "sigs.k8s.io/gateway-api", file: "config/crd/standard/gateway.networking.k8s.io_tcproutes.yaml",
+		names: []string{"tcproutes.gateway.networking.k8s.io"}},
 }
 
 func main() {
