@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -78,6 +79,7 @@ type mesh struct {
 	connects                     chan *hbone.Request // CONNECTs the endpoint's ztunnel received
 	appRequests                  chan appRequest
 	policiesMu                   sync.Mutex
+	routes                       atomic.Pointer[Routes] // route_mesh_test.go
 	hbonePort                    uint16
 	baggage                      string
 	closeFns                     []func()
@@ -232,6 +234,7 @@ func newMeshLogged(t testing.TB, l *slog.Logger) *mesh {
 	p, err := New(Config{
 		Store:     m.store,
 		Policies:  m.currentPolicies,
+		Routes:    m.routes.Load,
 		Pool:      pool,
 		Identity:  m.waypointID,
 		Gateway:   "waypoint",
