@@ -332,7 +332,7 @@ func TestRouteFilters(t *testing.T) {
 func TestRouteCORS(t *testing.T) {
 	m, v1, _ := routeMesh(t)
 	m.setRoutes([]*wp.HTTPRouteEntry{{Route: "default/cors", Port: portHTTP, Match: &wp.HTTPMatch{Path: prefix("/")},
-		Filters: []*wp.HTTPFilter{{Kind: &wp.HTTPFilter_Cors{Cors: &wp.CORS{AllowOrigins: []string{"https://app.example"}, AllowMethods: []string{"GET", "POST"}, MaxAgeSeconds: 60}}}},
+		Filters:  []*wp.HTTPFilter{{Kind: &wp.HTTPFilter_Cors{Cors: &wp.CORS{AllowOrigins: []string{"https://app.example"}, AllowMethods: []string{"GET", "POST"}, MaxAgeSeconds: 60}}}},
 		Backends: []*wp.Backend{backend("v1", 1)}}})
 	c := m.client(t, echoHTTP, false)
 	resp, _ := do(t, c, http.MethodOptions, "/", http.Header{"Origin": {"https://app.example"}, "Access-Control-Request-Method": {"POST"}}, "")
