@@ -482,3 +482,33 @@ func layerDigests(t *testing.T, im v1.Image) []string {
 	}
 	return out
 }
+
+// TestConformanceEchoImage checks the echo image's files: the binary as
+// the entrypoint echo and again as client (the suite execs `client`).
+func TestConformanceEchoImage(t *testing.T) {
+	img := ConformanceEcho()
+	bins := fakeBinaries(t, []Image{img}, amd64)
+	built, err := Build(t.Context(), Config{Out: t.TempDir(), Prebuilt: bins, Platforms: []v1.Platform{amd64}, Images: []Image{img}, Log: discard()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	files, contents := listFiles(t, built[0].Images["linux-amd64"])
+	for _, bin := range []string{"usr/local/bin/echo", "usr/local/bin/client"} {
+		if got, want := files[bin], (entry{Mode: 0o755}); got != want {
+			t.Errorf("%s: %+v, want %+v", bin, got, want)
+		}
+		if got, want := string(contents[bin]), "binary echo for linux-amd64"; got != want {
+			t.Errorf("%s holds %q, want %q", bin, got, want)
+		}
+	}
+	cf, err := built[0].Images["linux-amd64"].ConfigFile()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff([]string{"/usr/local/bin/echo"}, cf.Config.Entrypoint); diff != "" {
+		t.Errorf("entrypoint (-want +got):\n%s", diff)
+	}
+	if got := built[0].Ref.String(); got != "ambient-go/conformance-echo:dev" {
+		t.Errorf("ref = %s, want ambient-go/conformance-echo:dev", got)
+	}
+}

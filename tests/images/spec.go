@@ -41,3 +41,18 @@ func Mesh() []Image {
 		},
 	}
 }
+
+// ConformanceEcho is the image of tests/cmd/echo, standing in for the
+// Gateway API conformance suite's echo (registry.k8s.io/gateway-api/echo-advanced):
+// the server as entrypoint, and the same binary as client, the command
+// the suite execs in its pods. It runs as istio-proxy like the mesh's.
+func ConformanceEcho() Image {
+	return Image{
+		Name: "conformance-echo",
+		Binaries: []Binary{
+			{Package: module + "/tests/cmd/echo"},
+			{Package: module + "/tests/cmd/echo", Path: BinDir + "/client"},
+		},
+		Entrypoint: []string{BinDir + "/echo"},
+	}
+}

@@ -1,15 +1,9 @@
 package podrun_test
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
-	"fmt"
-	"log/slog"
-	"net/netip"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -26,18 +20,19 @@ import (
 	"github.com/ambient-go/mesh/tests/netns"
 )
 
-// deployed is deploy/ running on the harness: a two-node network namespace
-// topology, the harness API server, and the Runner as the nodes' container
-// runtime.
+// deployed is deploy/ running on the harness (podrun.Mesh), with the
+// containers' output kept; tests that run their own Runner use its
+// sandbox alone (topo, pods).
 type deployed struct {
 	kc     *kube.Cluster
 	runner *podrun.Runner
 	topo   *netns.Topology
 	built  map[string]images.Built // by image name
 	out    *output
+	mesh   *podrun.Mesh
 
 	mu   sync.Mutex
-	pods map[types.UID]*netns.Pod // the sandboxes of non-hostNetwork pods
+	pods map[types.UID]*netns.Pod // the sandboxes of non-hostNetwork pods, without mesh
 }
 
 // output keeps the containers' lines, for waiting on a log and for
@@ -126,225 +121,41 @@ func (o *output) String() string {
 	return b.String()
 }
 
-// primaryConflist is the network configuration the node's primary CNI
-// would have written; install-cni chains the mesh's plugin into it.
-const primaryConflist = `{"cniVersion": "1.0.0", "name": "harness", "plugins": [{"type": "ptp", "ipam": {"type": "host-local"}}]}`
-
-// startDeployed builds the images, starts the topology, the API server
-// (with the DaemonSet controller) and the Runner, and applies crds/ and
-// deploy/ rendered by kustomize with its images set to the built ones (by
-// digest).
+// startDeployed is podrun.StartMesh with moreImages, keeping the
+// containers' output.
 func startDeployed(t *testing.T, moreImages ...string) *deployed {
 	t.Helper()
-	netns.RequireRoot(t)
-	root, err := kube.RepoRoot()
-	if err != nil {
-		t.Fatal(err)
-	}
-	assets, err := kube.AssetsDir()
-	if err != nil || len(kube.MissingBinaries(assets)) > 0 {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("kube binaries missing (run make kube-binaries): %v", err)
-		}
-		t.Skipf("kube binaries missing (run make kube-binaries): %v", err)
-	}
-	log := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo}))
-
-	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Minute)
-	defer cancel()
-	start := time.Now()
-	dir, built, err := podrun.BuildImages(ctx, slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatalf("building the images: %v", err)
-	}
-	t.Logf("images built in %v into %s", time.Since(start).Round(time.Millisecond), dir)
-	d := &deployed{built: map[string]images.Built{}, out: &output{}, pods: map[types.UID]*netns.Pod{}}
-	for _, b := range built {
-		d.built[b.Ref.RepositoryStr()[strings.LastIndex(b.Ref.RepositoryStr(), "/")+1:]] = b
-	}
-
-	d.topo = netns.New(t, netns.Options{Nodes: 2})
-	d.runner, err = podrun.New(podrun.Config{
-		Images:  append([]string{dir}, moreImages...),
-		Network: d.sandbox,
-		// The pods' namespaces are the machine's (package netns).
-		SharedHostPaths: []string{netns.Dir},
-		BackOff:         time.Second,
-		Output:          d.out.add,
-		Log:             log,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	closeRunner := func() {
-		if err := d.runner.Close(); err != nil {
-			t.Errorf("closing the runner: %v", err)
-		}
-	}
-	// Runs last if kube.Start fails; a no-op after the Close below.
-	t.Cleanup(closeRunner)
-	crds, err := kube.CRDDir()
-	if err != nil {
-		t.Fatal(err)
-	}
-	d.kc = kube.Start(t, kube.Config{
-		Nodes:       []kube.Node{{Name: "node-1", IP: netns.NodeIP(1)}, {Name: "node-2", IP: netns.NodeIP(2)}},
-		CRDDirs:     []string{crds},
-		Controllers: append(append([]string(nil), kube.DefaultControllers...), "daemonset"),
-		RunPod:      d.runner.RunPod,
-		StopPod:     d.runner.StopPod,
-		Log:         log.With("component", "harness"),
-	})
-	// Stops the pods while the API server still runs (cleanups run last
-	// first).
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("containers' output (last lines):\n%s", d.out)
-		}
-		closeRunner()
-	})
-	d.runner.Attach(d.kc)
-	for _, n := range d.kc.Nodes() {
-		conf := filepath.Join(d.runner.NodeDir(n.Name), "etc", "cni", "net.d")
-		if err := os.MkdirAll(conf, 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(filepath.Join(conf, "10-harness.conflist"), []byte(primaryConflist), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-
-	// deploy/ with its images pinned to what was built, as a user's
-	// overlay would after pushing them.
-	overlay := t.TempDir()
-	rel, err := filepath.Rel(overlay, filepath.Join(root, "deploy"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	k := "resources: [" + rel + "]\nimages:\n"
-	for _, name := range []string{"istiod-lite", "ztunnel"} {
-		b, ok := d.built[name]
-		if !ok {
-			t.Fatalf("image %s was not built", name)
-		}
-		k += fmt.Sprintf("- {name: ambient-go/%s, digest: %s}\n", name, b.Digest)
-	}
-	if err := os.WriteFile(filepath.Join(overlay, "kustomization.yaml"), []byte(k), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	rendered := d.kc.MustKubectl(t, "kustomize", overlay)
-	d.kc.MustKubectl(t, "wait", "crd", "--all", "--for=condition=Established", "--timeout=30s")
-	if _, err := d.kc.KubectlStdin(ctx, strings.NewReader(rendered), "apply", "-f", "-"); err != nil {
-		t.Fatalf("applying deploy/: %v", err)
-	}
-	return d
+	out := &output{}
+	m := podrun.StartMesh(t, podrun.MeshConfig{Images: moreImages, Output: out.add, FailureReport: out.String})
+	return &deployed{kc: m.Cluster, runner: m.Runner, topo: m.Topo, built: m.Built, out: out, mesh: m}
 }
 
-// sandbox is podrun.Config.Network, played as a container runtime with
-// the node's CNI configuration: a pod gets a namespace on its node's
-// bridge (the primary plugin's part, which the topology does), then every
-// chained ztunnel-cni plugin of the node's conflist runs ADD (DEL when the
-// sandbox goes); a hostNetwork pod runs in the node's namespace.
+// sandbox is podrun.NetnsSandbox on the topology, with the CNI of
+// d.runner's nodes, for tests that run their own Runner.
 func (d *deployed) sandbox(ctx context.Context, pod *corev1.Pod) (podrun.Sandbox, error) {
-	var i int
-	if _, err := fmt.Sscanf(pod.Spec.NodeName, "node-%d", &i); err != nil || d.topo.Node(i) == nil {
-		return podrun.Sandbox{}, fmt.Errorf("node %q is not a topology node", pod.Spec.NodeName)
-	}
-	n := d.topo.Node(i)
-	if pod.Spec.HostNetwork {
-		return podrun.Sandbox{NS: n.NS, IPs: []netip.Addr{n.IP}}, nil
-	}
-	p, err := n.AddPod(string(pod.UID)[:8])
-	if err != nil {
-		return podrun.Sandbox{}, err
-	}
-	if err := d.cni(ctx, "ADD", pod, p); err != nil {
-		return podrun.Sandbox{}, errors.Join(err, p.Remove())
+	sb, p, err := podrun.NetnsSandbox(ctx, d.topo, func(node string) string { return d.runner.NodeDir(node) }, pod)
+	if err != nil || p == nil {
+		return sb, err
 	}
 	d.mu.Lock()
 	d.pods[pod.UID] = p
 	d.mu.Unlock()
-	release := func() error {
+	release := sb.Release
+	sb.Release = func() error {
 		d.mu.Lock()
 		delete(d.pods, pod.UID)
 		d.mu.Unlock()
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		return errors.Join(d.cni(ctx, "DEL", pod, p), p.Remove())
+		return release()
 	}
-	return podrun.Sandbox{NS: p.NS, IPs: []netip.Addr{p.IP}, Release: release}, nil
-}
-
-// cni runs the node's chained ztunnel-cni plugin, if install-cni put it
-// there, as a runtime would: the binary from the node's /opt/cni/bin,
-// the plugin's entry of the conflist with prevResult, in the node's
-// namespace. The plugin runs on the machine, whose node root is
-// Runner.NodeDir: its host paths (zdsSocket, podStateDir) are rewritten
-// under it.
-func (d *deployed) cni(ctx context.Context, command string, pod *corev1.Pod, p *netns.Pod) error {
-	root := d.runner.NodeDir(pod.Spec.NodeName)
-	b, err := os.ReadFile(filepath.Join(root, "etc", "cni", "net.d", "10-harness.conflist"))
-	if errors.Is(err, os.ErrNotExist) {
-		return nil // the topology is the only network plugin
-	}
-	if err != nil {
-		return err
-	}
-	var list struct {
-		CNIVersion string           `json:"cniVersion"`
-		Name       string           `json:"name"`
-		Plugins    []map[string]any `json:"plugins"`
-	}
-	if err := json.Unmarshal(b, &list); err != nil {
-		return fmt.Errorf("conflist: %w", err)
-	}
-	for _, conf := range list.Plugins {
-		if conf["type"] != "ztunnel-cni" {
-			continue
-		}
-		for _, k := range []string{"zdsSocket", "podStateDir"} {
-			if v, ok := conf[k].(string); ok {
-				conf[k] = filepath.Join(root, v)
-			}
-		}
-		conf["cniVersion"], conf["name"] = list.CNIVersion, list.Name
-		conf["prevResult"] = map[string]any{
-			"cniVersion": list.CNIVersion,
-			"interfaces": []any{map[string]any{"name": "eth0", "sandbox": p.Path()}},
-			"ips":        []any{map[string]any{"address": p.IP.String() + "/24", "gateway": p.Node.Gateway.String(), "interface": 0}},
-		}
-		stdin, err := json.Marshal(conf)
-		if err != nil {
-			return err
-		}
-		ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-		defer cancel()
-		cmd := exec.CommandContext(ctx, filepath.Join(root, "opt", "cni", "bin", "ztunnel-cni"))
-		cmd.Env = []string{
-			"CNI_COMMAND=" + command,
-			"CNI_CONTAINERID=" + string(pod.UID),
-			"CNI_NETNS=" + p.Path(),
-			"CNI_IFNAME=eth0",
-			fmt.Sprintf("CNI_ARGS=IgnoreUnknown=1;K8S_POD_NAMESPACE=%s;K8S_POD_NAME=%s;K8S_POD_INFRA_CONTAINER_ID=%s;K8S_POD_UID=%s",
-				pod.Namespace, pod.Name, pod.UID, pod.UID),
-			"CNI_PATH=" + filepath.Join(root, "opt", "cni", "bin"),
-		}
-		cmd.Stdin = bytes.NewReader(stdin)
-		var out bytes.Buffer
-		cmd.Stdout, cmd.Stderr = &out, &out
-		if err := p.Node.Start(cmd); err != nil {
-			return err
-		}
-		if err := cmd.Wait(); err != nil {
-			return fmt.Errorf("CNI %s of %s/%s: %w: %s", command, pod.Namespace, pod.Name, err, strings.TrimSpace(out.String()))
-		}
-	}
-	return nil
+	return sb, nil
 }
 
 // podNS returns the sandbox of namespace/name.
 func (d *deployed) podNS(t *testing.T, namespace, name string) *netns.Pod {
 	t.Helper()
+	if d.mesh != nil {
+		return d.mesh.PodNS(t, namespace, name)
+	}
 	pod, err := d.kc.Clientset.CoreV1().Pods(namespace).Get(t.Context(), name, metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
@@ -361,21 +172,7 @@ func (d *deployed) podNS(t *testing.T, namespace, name string) *netns.Pod {
 // rollout waits until deploy/'s Deployment and DaemonSet rolled out.
 func (d *deployed) rollout(t *testing.T) {
 	t.Helper()
-	for _, what := range []string{"deployment/istiod-lite", "daemonset/ztunnel"} {
-		c, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
-		_, err := d.kc.Kubectl(c, "rollout", "status", "-n", "istio-system", what, "--timeout=170s")
-		cancel()
-		if err != nil {
-			t.Fatalf("%s did not roll out: %v", what, err)
-		}
-	}
-}
-
-type testWriter struct{ t *testing.T }
-
-func (w testWriter) Write(b []byte) (int, error) {
-	w.t.Log(strings.TrimSuffix(string(b), "\n"))
-	return len(b), nil
+	d.mesh.Rollout(t)
 }
 
 // TestDeployRunsFromImages applies deploy/ (rendered by kustomize, images

@@ -121,8 +121,12 @@ func (r *Runner) refreshHosts() {
 		cancel()
 		if err == nil {
 			hosts := serviceAddrs(svcs.Items, eps.Items)
+			var vips []serviceHosts
+			if r.cfg.ServiceVIPs != nil {
+				vips = serviceAddrs(svcs.Items, nil)
+			}
 			r.hostsMu.Lock()
-			r.hosts = hosts
+			r.hosts, r.vips = hosts, vips
 			r.hostsMu.Unlock()
 			r.mu.Lock()
 			pods := make([]*pod, 0, len(r.pods))
@@ -131,7 +135,7 @@ func (r *Runner) refreshHosts() {
 			}
 			r.mu.Unlock()
 			for _, p := range pods {
-				if err := p.writeHosts(hosts); err != nil {
+				if err := p.writeHosts(p.services(hosts, vips)); err != nil {
 					r.log.Warn("writing /etc/hosts failed", "pod", p.key.String(), "err", err)
 				}
 			}
@@ -149,13 +153,22 @@ func (r *Runner) refreshHosts() {
 // writeNetworkFiles writes the pod's /etc/hosts and /etc/resolv.conf.
 func (p *pod) writeNetworkFiles() error {
 	p.r.hostsMu.Lock()
-	hosts := p.r.hosts
+	hosts := p.services(p.r.hosts, p.r.vips)
 	p.r.hostsMu.Unlock()
 	if err := p.writeHosts(hosts); err != nil {
 		return err
 	}
 	resolv := fmt.Sprintf("search %s.svc.cluster.local svc.cluster.local cluster.local\noptions ndots:5\n", p.obj.Namespace)
 	return os.WriteFile(filepath.Join(p.dir, "resolv.conf"), []byte(resolv), 0o644)
+}
+
+// services is the Services' entries p's /etc/hosts names: by endpoints,
+// or by ClusterIP (vips) if Config.ServiceVIPs says so for p.
+func (p *pod) services(hosts, vips []serviceHosts) []serviceHosts {
+	if p.r.cfg.ServiceVIPs != nil && p.r.cfg.ServiceVIPs(p.obj) {
+		return vips
+	}
+	return hosts
 }
 
 // writeHosts rewrites the pod's /etc/hosts in place (the containers

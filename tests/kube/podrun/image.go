@@ -2,6 +2,7 @@ package podrun
 
 import (
 	"archive/tar"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -108,9 +109,10 @@ type image struct {
 }
 
 type imageStore struct {
-	dirs  []string
-	cache string
-	log   *slog.Logger
+	dirs    []string
+	aliases map[string]string // Config.ImageAliases
+	cache   string
+	log     *slog.Logger
 
 	mu       sync.Mutex
 	unpacked map[string]*unpackOnce // by manifest digest
@@ -135,7 +137,7 @@ func (s *imageStore) get(ctx context.Context, ref string) (*image, error) {
 	var img v1.Image
 	var err error
 	for _, dir := range dirs {
-		if img, err = resolve(dir, ref, Platform); !errors.Is(err, errImageNotFound) {
+		if img, err = resolve(dir, cmp.Or(s.aliases[ref], ref), Platform); !errors.Is(err, errImageNotFound) {
 			break
 		}
 	}

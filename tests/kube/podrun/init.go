@@ -141,31 +141,37 @@ func containerInit(path string) error {
 			return fmt.Errorf("no_new_privs: %w", err)
 		}
 	}
+	return execAs(argv0, s.Argv, s.Env, s.UID, s.GID, s.Groups)
+}
+
+// execAs takes the user, group and supplementary groups, then executes
+// argv0; it only returns on error.
+func execAs(argv0 string, argv, env []string, uid, gid int, groups []int) error {
 	// Credentials of this thread only: it is the one that executes, and
 	// the process becomes single-threaded.
-	groups := make([]uint32, len(s.Groups))
-	for i, g := range s.Groups {
-		groups[i] = uint32(g)
+	gs := make([]uint32, len(groups))
+	for i, g := range groups {
+		gs[i] = uint32(g)
 	}
 	var gp unsafe.Pointer
-	if len(groups) > 0 {
-		gp = unsafe.Pointer(&groups[0])
+	if len(gs) > 0 {
+		gp = unsafe.Pointer(&gs[0])
 	}
-	if _, _, e := unix.RawSyscall(unix.SYS_SETGROUPS, uintptr(len(groups)), uintptr(gp), 0); e != 0 {
+	if _, _, e := unix.RawSyscall(unix.SYS_SETGROUPS, uintptr(len(gs)), uintptr(gp), 0); e != 0 {
 		return fmt.Errorf("setgroups: %w", e)
 	}
-	if _, _, e := unix.RawSyscall(unix.SYS_SETRESGID, uintptr(s.GID), uintptr(s.GID), uintptr(s.GID)); e != 0 {
-		return fmt.Errorf("setresgid %d: %w", s.GID, e)
+	if _, _, e := unix.RawSyscall(unix.SYS_SETRESGID, uintptr(gid), uintptr(gid), uintptr(gid)); e != 0 {
+		return fmt.Errorf("setresgid %d: %w", gid, e)
 	}
-	if _, _, e := unix.RawSyscall(unix.SYS_SETRESUID, uintptr(s.UID), uintptr(s.UID), uintptr(s.UID)); e != 0 {
-		return fmt.Errorf("setresuid %d: %w", s.UID, e)
+	if _, _, e := unix.RawSyscall(unix.SYS_SETRESUID, uintptr(uid), uintptr(uid), uintptr(uid)); e != 0 {
+		return fmt.Errorf("setresuid %d: %w", uid, e)
 	}
 	// A change of user clears the parent-death signal: set it again, so
 	// that the process dies with the test.
 	if _, _, e := unix.RawSyscall(unix.SYS_PRCTL, unix.PR_SET_PDEATHSIG, uintptr(unix.SIGKILL), 0); e != 0 {
 		return fmt.Errorf("pdeathsig: %w", e)
 	}
-	return fmt.Errorf("exec %s: %w", argv0, unix.Exec(argv0, s.Argv, s.Env))
+	return fmt.Errorf("exec %s: %w", argv0, unix.Exec(argv0, argv, env))
 }
 
 // mountPoint creates target (a directory, or an empty file) below root,

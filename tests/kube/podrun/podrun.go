@@ -144,6 +144,14 @@ type Config struct {
 	// HostsInterval is how often the pods' /etc/hosts are refreshed from
 	// Services and EndpointSlices; default 1s.
 	HostsInterval time.Duration
+	// ServiceVIPs, if set, tells for which pods /etc/hosts names every
+	// Service by its ClusterIP, as cluster DNS does (a mesh's capture
+	// answers there); default none: the addresses of its endpoints.
+	ServiceVIPs func(pod *corev1.Pod) bool
+	// ImageAliases maps an image reference a pod names to the one looked
+	// up in Images (e.g. a conformance suite's image to the harness's
+	// build of it); default none.
+	ImageAliases map[string]string
 	// Output, if set, receives every container's output line by line,
 	// prefixed with namespace/pod/container. Default: kept only in
 	// Runner.Logs.
@@ -163,6 +171,7 @@ type Runner struct {
 	images  *imageStore
 	hostsMu sync.Mutex
 	hosts   []serviceHosts // the last Services and endpoints read
+	vips    []serviceHosts // the same Services by ClusterIP (Config.ServiceVIPs)
 
 	mu       sync.Mutex
 	pods     map[types.UID]*pod
@@ -214,7 +223,7 @@ func New(cfg Config) (*Runner, error) {
 	r.cfg.BackOff = cmp.Or(r.cfg.BackOff, 10*time.Second)
 	r.cfg.MaxGrace = cmp.Or(r.cfg.MaxGrace, 30*time.Second)
 	r.cfg.HostsInterval = cmp.Or(r.cfg.HostsInterval, time.Second)
-	r.images = &imageStore{dirs: cfg.Images, cache: cfg.Cache, log: r.log, unpacked: map[string]*unpackOnce{}}
+	r.images = &imageStore{dirs: cfg.Images, aliases: cfg.ImageAliases, cache: cfg.Cache, log: r.log, unpacked: map[string]*unpackOnce{}}
 	r.ctx, r.cancel = context.WithCancel(context.Background())
 	return r, nil
 }
