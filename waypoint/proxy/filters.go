@@ -3,6 +3,7 @@ package proxy
 import (
 	"net"
 	"net/http"
+	neturl "net/url"
 	"strconv"
 	"strings"
 
@@ -181,14 +182,17 @@ func (pm *pathModifier) replace(path string) string {
 	return out
 }
 
-// setPath replaces r's path, keeping its query.
+// setPath replaces r's path (escaped, as in the request line), keeping
+// its query.
 func setPath(r *http.Request, path string) {
-	_, q, hasQuery := strings.Cut(r.RequestURI, "?")
-	r.URL.Path, r.URL.RawPath = path, ""
-	if p := r.URL.EscapedPath(); p != path {
-		r.URL.RawPath = path // keep escapes as written
+	u, err := neturl.ParseRequestURI(path)
+	if err != nil || u.RawQuery != "" || u.Opaque != "" {
+		r.URL.Path, r.URL.RawPath = path, "" // not a plain path: sent as given, escaped where needed
+	} else {
+		r.URL.Path, r.URL.RawPath = u.Path, u.RawPath
 	}
-	r.RequestURI = path
+	_, q, hasQuery := strings.Cut(r.RequestURI, "?")
+	r.RequestURI = r.URL.EscapedPath()
 	if hasQuery {
 		r.RequestURI += "?" + q
 	}

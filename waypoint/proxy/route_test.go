@@ -275,3 +275,17 @@ func TestHeaderModifier(t *testing.T) {
 		t.Errorf("apply() (-want +got):\n%s", diff)
 	}
 }
+
+func TestSetPath(t *testing.T) {
+	for _, tt := range []struct{ target, path, want string }{
+		{"/a?x=1", "/b", "/b?x=1"},
+		{"/a", "/b%2Fc", "/b%2Fc"},
+		{"/a", "/b c", "/b%20c"},
+	} {
+		r := httptest.NewRequest(http.MethodGet, tt.target, nil)
+		setPath(r, tt.path)
+		if got := r.URL.RequestURI(); got != tt.want || r.RequestURI != tt.want {
+			t.Errorf("setPath(%s, %q): URL %q, RequestURI %q, want %q", tt.target, tt.path, got, r.RequestURI, tt.want)
+		}
+	}
+}
