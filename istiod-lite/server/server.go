@@ -168,6 +168,10 @@ type Server struct {
 	// apply's goroutine).
 	gatewayStatuses atomic.Pointer[map[string]*model.GatewayStatus]
 	gatewayLogged   map[string]string
+	// routeStatuses are the latest route statuses; routeLogged holds
+	// what was last logged per route (owned by apply's goroutine).
+	routeStatuses atomic.Pointer[map[string]*model.RouteStatus]
+	routeLogged   map[string]string
 
 	// logUsers are local mode's meshctl tokens (user → token), and
 	// namespaces every namespace, for the log relay's authorizer.
@@ -608,6 +612,9 @@ func (s *Server) applyKube(snap *kube.Snapshot) {
 		if gw := s.gatewayStatuses.Load(); gw != nil {
 			s.status.UpdateGateways(*gw)
 		}
+		if rs := s.routeStatuses.Load(); rs != nil {
+			s.status.UpdateRoutes(*rs)
+		}
 	}
 	s.rootCM.Trigger() // namespaces may have changed
 }
@@ -637,11 +644,17 @@ func (s *Server) applyInputs(in *model.Inputs, tokens map[string]string) map[str
 	for k, v := range out.WaypointAuthorizations {
 		wpols[k] = v
 	}
+	routes := make(map[string]proto.Message, len(out.WaypointRoutes))
+	for k, v := range out.WaypointRoutes {
+		routes[k] = v
+	}
 	s.logPolicyStatuses(out.PolicyStatuses)
 	s.logGatewayStatuses(out.GatewayStatuses)
+	s.logRouteStatuses(out.RouteStatuses)
 	s.xds.Set(workloadapi.AddressTypeURL, addrs)
 	s.xds.Set(workloadapi.AuthorizationTypeURL, pols)
 	s.xds.Set(workloadapi.WaypointAuthorizationTypeURL, wpols)
+	s.xds.Set(workloadapi.WaypointRoutesTypeURL, routes)
 	s.once.Do(func() { close(s.synced) })
 	s.log.Info("configuration applied", "addresses", len(addrs), "policies", len(pols), "took", time.Since(start).String())
 	return out.PolicyStatuses
@@ -688,7 +701,8 @@ func (c *servingCert) get() (*tls.Certificate, error) {
 // Errors are the configuration source's current parse errors (file and
 // line), whose files' last good content stays served, the policies that
 // are not applied and the Services whose waypoint does not bind (status
-// condition False), and the Gateways that are not accepted.
+// condition False), the Gateways that are not accepted, and the routes
+// not accepted, with unresolved references or rules not served.
 func (s *Server) Errors() []error {
 	var errs []error
 	if s.watcher != nil {
@@ -707,6 +721,11 @@ func (s *Server) Errors() []error {
 	for _, st := range s.GatewayStatuses() {
 		for _, r := range st.Rejected() {
 			errs = append(errs, fmt.Errorf("%s %s/%s: %s", model.KindGateway, st.Namespace, st.Name, r))
+		}
+	}
+	for _, st := range s.RouteStatuses() {
+		for _, r := range st.Rejected() {
+			errs = append(errs, fmt.Errorf("%s %s/%s: %s", st.Kind, st.Namespace, st.Name, r))
 		}
 	}
 	return errs
