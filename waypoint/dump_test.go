@@ -23,8 +23,8 @@ import (
 )
 
 // TestConfigDump: /config_dump shows the waypoint's Gateway and pod, the L7
-// policies it holds as received (what meshctl explain evaluates) and its
-// certificate (meshctl proxy-status' expiry).
+// policies and routes it holds as received (what meshctl explain
+// evaluates) and its certificate (meshctl proxy-status' expiry).
 func TestConfigDump(t *testing.T) {
 	ca := identitytest.New(t, "cluster.local")
 	pol := &waypoint.Authorization{
@@ -32,11 +32,16 @@ func TestConfigDump(t *testing.T) {
 		Targets: []*waypoint.Target{{Kind: &waypoint.Target_Service{Service: "default/echo.default.svc.cluster.local"}}},
 		Rules:   []*waypoint.Rule{{To: []*waypoint.Operation{{Paths: []string{"/admin"}}}}},
 	}
+	routes := &waypoint.Routes{Service: "default/echo.default.svc.cluster.local", Http: []*waypoint.HTTPRouteEntry{{
+		Route: "default/echo", Kind: "HTTPRoute", Port: 80,
+		Backends: []*waypoint.Backend{{Service: "default/echo-v2.default.svc.cluster.local", Port: 80, Weight: 1}},
+	}}}
 	srv := &ads{
 		nodes:  make(chan string, 4),
 		tokens: make(chan string, 4),
 		resources: map[string][]*discoveryv3.Resource{
 			workloadapi.WaypointAuthorizationTypeURL: {res(t, "default/deny-admin", pol)},
+			workloadapi.WaypointRoutesTypeURL:        {res(t, "default/echo.default.svc.cluster.local", routes)},
 		},
 	}
 	gs := grpc.NewServer()
@@ -81,6 +86,7 @@ func TestConfigDump(t *testing.T) {
 		Pod            string            `json:"pod"`
 		Policies       []string          `json:"waypointPolicies"`
 		Authorizations []json.RawMessage `json:"waypointAuthorizations"`
+		Routes         []json.RawMessage `json:"waypointRoutes"`
 		Certificates   []struct {
 			Identity string    `json:"identity"`
 			NotAfter time.Time `json:"notAfter"`
@@ -105,6 +111,20 @@ func TestConfigDump(t *testing.T) {
 	}
 	if diff := cmp.Diff([]*waypoint.Authorization{pol}, got, protocmp.Transform()); diff != "" {
 		t.Errorf("/config_dump waypointAuthorizations (-want +got):\n%s", diff)
+	}
+	var gotRoutes []*waypoint.Routes
+	for _, raw := range d.Routes {
+		r := &waypoint.Routes{}
+		if err := protojson.Unmarshal(raw, r); err != nil {
+			t.Fatalf("waypointRoutes entry %s: %v", raw, err)
+		}
+		gotRoutes = append(gotRoutes, r)
+	}
+	if diff := cmp.Diff([]*waypoint.Routes{routes}, gotRoutes, protocmp.Transform()); diff != "" {
+		t.Errorf("/config_dump waypointRoutes (-want +got):\n%s", diff)
+	}
+	if w.l7.currentRoutes() == nil {
+		t.Errorf("routes held but none compiled for the data path")
 	}
 	if len(d.Certificates) != 1 || d.Certificates[0].Identity != "spiffe://cluster.local/ns/default/sa/wp" || !d.Certificates[0].NotAfter.After(time.Now()) {
 		t.Errorf("/config_dump certificates = %+v, want the waypoint's own, not expired", d.Certificates)
