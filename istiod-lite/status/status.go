@@ -13,6 +13,11 @@
 //   - Service: the condition istio.io/WaypointBound in
 //     .status.conditions, and only that one; a Service the model no longer
 //     binds (or refuses to bind) loses it.
+//   - HTTPRoute, GRPCRoute, TCPRoute: .status.parents entries of
+//     controller istio.io/gateway-controller, one per parentRef of kind
+//     Service (or a waypoint Gateway), with Accepted, ResolvedRefs and
+//     PartiallyInvalid (model.RouteStatus); other controllers' entries are
+//     kept (route.go).
 //
 // Every condition keeps its lastTransitionTime while its status does not
 // change, and carries the generation the model saw (observedGeneration).
@@ -50,12 +55,13 @@ const DefaultRetry = time.Second
 
 // Config configures a Writer. Client is required.
 type Config struct {
-	// Client lists AuthorizationPolicies, Gateways and Services (usually
-	// from the manager's cache) and writes their status subresource.
+	// Client lists AuthorizationPolicies, Gateways, Services and routes
+	// (usually from the manager's cache) and writes their status
+	// subresource.
 	Client client.Client
 	// Skip are the kinds (model.KindAuthorizationPolicy,
-	// model.KindGateway) whose CRDs are not installed: their status is not
-	// written. Default: none skipped.
+	// model.KindGateway, model.KindHTTPRoute, ...) whose CRDs are not
+	// installed: their status is not written. Default: none skipped.
 	Skip []string
 	// Watched, if set, is asked instead of Skip at every sync: a kind
 	// for which it is false is skipped (kinds whose CRD is installed after
@@ -79,6 +85,7 @@ type Writer struct {
 	mu       sync.Mutex
 	statuses map[string]*model.PolicyStatus
 	gateways map[string]*model.GatewayStatus
+	routes   map[string]*model.RouteStatus
 	writes   int
 	// evented is the conflict message last recorded as an Event, per
 	// pod status key.
@@ -200,7 +207,7 @@ func (w *Writer) skip(kind string) bool {
 // those that differ. It returns the first error after trying all.
 func (w *Writer) Sync(ctx context.Context) error {
 	w.mu.Lock()
-	statuses, gateways := w.statuses, w.gateways
+	statuses, gateways, routes := w.statuses, w.gateways, w.routes
 	w.mu.Unlock()
 	var first error
 	keep := func(err error) {
@@ -217,6 +224,9 @@ func (w *Writer) Sync(ctx context.Context) error {
 	}
 	if gateways != nil && !w.skip(model.KindGateway) {
 		keep(w.syncGateways(ctx, gateways))
+	}
+	if routes != nil {
+		keep(w.syncRoutes(ctx, routes))
 	}
 	return first
 }
