@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"strconv"
 	"syscall"
 	"testing"
 	"time"
@@ -15,6 +16,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/ambient-go/mesh/pkg/hbone"
+	wp "github.com/ambient-go/mesh/pkg/workloadapi/waypoint"
 )
 
 // benchPath is answered by the echo application with benchBody, without
@@ -33,8 +35,26 @@ var benchBody = bytes.Repeat([]byte("x"), 1024)
 // endpoint's ztunnel (the mesh without waypoint), the baseline whose
 // difference to the same benchmark through the waypoint is the waypoint's
 // cost. cpu-ns/op is the process's user+system CPU time per request.
-func benchmarkRequest(b *testing.B, h2, direct bool) {
+func benchmarkRequest(b *testing.B, h2, direct bool) { benchmarkRouted(b, h2, direct, 0) }
+
+// benchmarkRouted is benchmarkRequest with rules HTTPRoute rules on the
+// echo Service (0: no routes): rules-1 that do not match (exact paths, a
+// header) before the one that sends the request to echo itself, so the
+// figures show the cost of the route decision.
+func benchmarkRouted(b *testing.B, h2, direct bool, rules int) {
 	m := newMeshLogged(b, slog.New(slog.NewJSONHandler(io.Discard, nil)))
+	if rules > 0 {
+		var entries []*wp.HTTPRouteEntry
+		for i := range rules - 1 {
+			entries = append(entries, &wp.HTTPRouteEntry{Route: "default/r" + strconv.Itoa(i), Port: portHTTP,
+				Match:    &wp.HTTPMatch{Path: &wp.StringMatch{Value: "/nomatch/" + strconv.Itoa(i)}, Headers: []*wp.HeaderMatch{{Name: "x-rule", Value: &wp.StringMatch{Value: strconv.Itoa(i)}}}},
+				Backends: []*wp.Backend{{Service: "default/" + echoHost, Port: portHTTP, Weight: 1}}})
+		}
+		entries = append(entries, &wp.HTTPRouteEntry{Route: "default/last", Port: portHTTP,
+			Match:    &wp.HTTPMatch{Path: &wp.StringMatch{Type: wp.StringMatch_PREFIX, Value: "/echo"}},
+			Backends: []*wp.Backend{{Service: "default/" + echoHost, Port: portHTTP, Weight: 1}}})
+		m.routes.Store(CompileRoutes([]*wp.Routes{{Service: "default/" + echoHost, Http: entries}}))
+	}
 	svc := netip.AddrPortFrom(echoVIP, portHTTP)
 	c := m.client(b, svc, h2)
 	if direct {
@@ -101,3 +121,5 @@ func BenchmarkHTTP1Request(b *testing.B)         { benchmarkRequest(b, false, fa
 func BenchmarkH2CRequest(b *testing.B)           { benchmarkRequest(b, true, false) }
 func BenchmarkHTTP1NoWaypoint(b *testing.B)      { benchmarkRequest(b, false, true) }
 func BenchmarkH2CRequestNoWaypoint(b *testing.B) { benchmarkRequest(b, true, true) }
+func BenchmarkHTTP1Route1(b *testing.B)          { benchmarkRouted(b, false, false, 1) }
+func BenchmarkHTTP1Route100(b *testing.B)        { benchmarkRouted(b, false, false, 100) }

@@ -220,11 +220,17 @@ type requestView struct {
 }
 
 func newRequestView(r *http.Request) *requestView {
+	v := new(requestView)
+	v.init(r)
+	return v
+}
+
+func (v *requestView) init(r *http.Request) {
 	path, _, _ := strings.Cut(r.RequestURI, "?")
 	if path == "" || path[0] != '/' {
 		path = r.URL.EscapedPath()
 	}
-	return &requestView{r: r, path: path}
+	*v = requestView{r: r, path: path}
 }
 
 func (v *requestView) queryValue(name string) (string, bool) {

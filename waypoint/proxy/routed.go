@@ -67,7 +67,9 @@ func (p *Proxy) serveRoute(rw *responseWriter, r *http.Request, st *stream, labe
 		return false
 	}
 	port := b.authority.Port()
-	v := newRequestView(r)
+	var view requestView // on the stack: the route decision allocates nothing of its own
+	view.init(r)
+	v := &view
 	hr, routed := sr.routeHTTP(v, port)
 	if !routed {
 		return false
