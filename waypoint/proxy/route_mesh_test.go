@@ -14,6 +14,12 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/status"
+
 	"github.com/ambient-go/mesh/pkg/hbone"
 	"github.com/ambient-go/mesh/pkg/workloadapi"
 	wp "github.com/ambient-go/mesh/pkg/workloadapi/waypoint"
@@ -496,5 +502,35 @@ func TestRoutesOnOtherPort(t *testing.T) {
 	recv(t, m.appRequests, "request at echo")
 	if h := v1.hits.Load(); h != 0 {
 		t.Errorf("v1 got %d requests, want 0", h)
+	}
+}
+
+func TestGRPCRoute(t *testing.T) {
+	// A GRPCRoute as istiod-lite flattens it: the method's path. Check is
+	// routed to echo's own gRPC port; Watch matches nothing: UNIMPLEMENTED.
+	m := newMesh(t)
+	svc := netip.AddrPortFrom(echoVIP, portGRPC)
+	m.setRoutes([]*wp.HTTPRouteEntry{{Route: "default/health", Kind: "GRPCRoute", Port: portGRPC,
+		Match:    &wp.HTTPMatch{Path: exact("/grpc.health.v1.Health/Check")},
+		Backends: []*wp.Backend{{Service: "default/" + echoHost, Port: portGRPC, Weight: 1}}}})
+	cc, err := grpc.NewClient("passthrough:///"+echoHost+":9090",
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return m.dial(ctx, svc) }))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	hc := healthpb.NewHealthClient(cc)
+	if resp, err := hc.Check(ctx, &healthpb.HealthCheckRequest{Service: "echo"}); err != nil || resp.GetStatus() != healthpb.HealthCheckResponse_SERVING {
+		t.Errorf("Check(echo) = %v, %v, want SERVING", resp, err)
+	}
+	stream, err := hc.Watch(ctx, &healthpb.HealthCheckRequest{Service: "echo"})
+	if err == nil {
+		_, err = stream.Recv()
+	}
+	if status.Code(err) != codes.Unimplemented {
+		t.Errorf("Watch(echo) error = %v, want Unimplemented (no route)", err)
 	}
 }
