@@ -51,8 +51,8 @@ type retryState struct {
 
 // roundTrip sends out with retries: each try (after the first, on another
 // endpoint of the backend, after a backoff) bounded by the per-try
-// timeout; a try is retried on a failure to connect or a reset, a per-try
-// timeout, a status the policy lists, and for gRPC the grpc-status
+// timeout; a try is retried on a failure to connect, a reset (idempotent
+// requests), a per-try timeout, a status the policy lists, and for gRPC the grpc-status
 // UNAVAILABLE or CANCELLED of a trailers-only answer (Istio's default
 // retry_on). A request whose body cannot be replayed gets one try. once
 // sends one try to rq.upstream.
@@ -112,10 +112,18 @@ func (rs *retryState) roundTrip(out *http.Request, rq *request, once func(*http.
 	}
 }
 
-// retriable reports whether a try's outcome is retried.
+// retriable reports whether a try's outcome is retried: a failure to
+// connect (the request was not sent) and a per-try timeout always; a
+// reset only for an idempotent request, which the endpoint may have
+// processed before it went away (Istio's default retry_on has no reset
+// at all).
 func (rs *retryState) retriable(req *http.Request, res *http.Response, err error) bool {
 	if err != nil {
-		return true // connect failure, reset, per-try timeout
+		var de *dialError
+		if errors.As(err, &de) || errors.Is(context.Cause(req.Context()), errPerTryTimeout) {
+			return true
+		}
+		return idempotent(req)
 	}
 	if slices.Contains(rs.policy.codes, uint32(res.StatusCode)) {
 		return true

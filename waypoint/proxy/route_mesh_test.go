@@ -40,6 +40,7 @@ type testPod struct {
 	tcpPort  uint16
 	hits     atomic.Int64
 	status   atomic.Int32 // the HTTP answer's status; 0: 200
+	reset    atomic.Bool  // close the connection without an answer
 	reqs     chan podRequest
 }
 
@@ -70,6 +71,12 @@ func (m *mesh) startPod(t *testing.T, ip netip.Addr, name string) *testPod {
 			case <-r.Context().Done():
 			case <-time.After(5 * time.Second):
 			}
+		}
+		if pod.reset.Load() {
+			if c, _, err := http.NewResponseController(w).Hijack(); err == nil {
+				c.Close()
+			}
+			return
 		}
 		w.Header().Set("X-Pod", name)
 		if code := pod.status.Load(); code != 0 {
@@ -532,5 +539,35 @@ func TestGRPCRoute(t *testing.T) {
 	}
 	if status.Code(err) != codes.Unimplemented {
 		t.Errorf("Watch(echo) error = %v, want Unimplemented (no route)", err)
+	}
+}
+
+func TestRouteRetryReset(t *testing.T) {
+	// An endpoint that resets: GETs are retried on the next endpoint,
+	// POSTs (which it may have processed) are not.
+	m := newMesh(t)
+	bad := m.startPod(t, netip.MustParseAddr("127.0.3.13"), "bad")
+	good := m.startPod(t, netip.MustParseAddr("127.0.3.14"), "good")
+	bad.reset.Store(true)
+	m.addService(t, "flaky", netip.MustParseAddr("127.0.9.24"), bad, good)
+	m.setRoutes([]*wp.HTTPRouteEntry{{Route: "default/flaky", Port: portHTTP, Match: &wp.HTTPMatch{Path: prefix("/")},
+		Backends: []*wp.Backend{backend("flaky", 1)}, Retry: &wp.Retry{Attempts: 2, BackoffMs: 1}}})
+	c := m.client(t, echoHTTP, false)
+	for range 6 {
+		if resp, _ := do(t, c, http.MethodGet, "/get", nil, ""); resp.StatusCode != http.StatusOK {
+			t.Errorf("GET /get = %d, want 200 (retried after the reset)", resp.StatusCode)
+		}
+	}
+	if bad.hits.Load() == 0 {
+		t.Fatal("the resetting endpoint got no request: the test shows nothing")
+	}
+	failed := 0
+	for range 6 {
+		if resp, _ := do(t, c, http.MethodPost, "/post", nil, "body"); resp.StatusCode == http.StatusServiceUnavailable {
+			failed++
+		}
+	}
+	if failed == 0 {
+		t.Errorf("POSTs: none failed, want the reset ones answered 503, not retried")
 	}
 }
