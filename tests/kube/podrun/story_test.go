@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
@@ -63,6 +64,21 @@ spec:
   nodeName: node-1
   serviceAccountName: client
   containers: [{name: app, image: ambient-go/app:test}]
+`
+
+// outagePod is created while istiod-lite is down: an ambient pod on node-1
+// whose ServiceAccount the DENY policy does not name.
+const outagePod = `
+apiVersion: v1
+kind: Pod
+metadata: {name: late, namespace: demo, labels: {app: late}}
+spec:
+  nodeName: node-1
+  serviceAccountName: server
+  containers:
+  - name: app
+    image: ambient-go/app:test
+    readinessProbe: {tcpSocket: {port: 8080}, periodSeconds: 1}
 `
 
 const storyDeny = `
@@ -212,8 +228,18 @@ func dialDuringRollout(t *testing.T, kind string, rolled <-chan error, oldGone f
 //     ztunnels open a stream to the new replica (its log names their
 //     nodes) and the config changes that follow reach them from it;
 //   - a DENY AuthorizationPolicy for the client refuses its requests (the
-//     server's ztunnel logs the denial by that policy); deleted, they are
-//     allowed again;
+//     server's ztunnel logs the denial by that policy);
+//   - `kubectl scale deployment/istiod-lite --replicas=0` under traffic
+//     (the server's connections to the client's app): no new connection
+//     fails and the established one keeps flowing; with no istiod-lite
+//     pod left, a new connection goes through the mesh, the DENY policy
+//     still refuses the client, the ztunnels stay up and ready (same pods,
+//     no restart, /healthz/ready 200); a new pod of the namespace waits:
+//     its CNI ADD fails for want of its workload, the harness kubelet
+//     retries the sandbox (FailedCreatePodSandBox). Scaled back to 1, no
+//     new connection fails, both ztunnels reconnect, and the new pod runs,
+//     captured, and reaches the server through the mesh;
+//   - the DENY policy deleted, the client's requests are allowed again;
 //   - `kubectl delete pod client` ends its process, the runtime's CNI DEL
 //     has node-1's ztunnel uncapture it, and both ztunnels forget the
 //     workload;
@@ -295,21 +321,30 @@ func TestDeployedUserStory(t *testing.T) {
 	// ping, answered with a reset, made it redial ~35 s later. A push now
 	// comes within a second or two, slower only under load.
 	const logWait = 20 * time.Second
-	// adminOf reads path from the admin server of node's ztunnel, for a
-	// failure's report.
-	adminOf := func(t *testing.T, node, path string) string {
+	// ztunnelGet GETs path from addr inside the network namespace of
+	// node's ztunnel pod.
+	ztunnelGet := func(t *testing.T, node, addr, path string) (int, string, error) {
 		zt := d.podNS(t, "istio-system", ztunnelOn[node])
-		tr := &http.Transport{DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+		tr := &http.Transport{DialContext: func(ctx context.Context, network, _ string) (net.Conn, error) {
 			return zt.Dial(ctx, network, addr)
 		}}
 		defer tr.CloseIdleConnections()
-		resp, err := (&http.Client{Transport: tr, Timeout: 5 * time.Second}).Get("http://127.0.0.1:15000" + path)
+		resp, err := (&http.Client{Transport: tr, Timeout: 5 * time.Second}).Get("http://" + addr + path)
+		if err != nil {
+			return 0, "", err
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b), err
+	}
+	// adminOf reads path from the admin server of node's ztunnel, for a
+	// failure's report.
+	adminOf := func(t *testing.T, node, path string) string {
+		_, b, err := ztunnelGet(t, node, "127.0.0.1:15000", path)
 		if err != nil {
 			return err.Error()
 		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		return string(b)
+		return b
 	}
 	ztunnelLog := func(t *testing.T, node string, from int, what string, match func(map[string]any) bool) map[string]any {
 		t.Helper()
@@ -368,18 +403,18 @@ func TestDeployedUserStory(t *testing.T) {
 	}
 	str := func(m map[string]any, k string) string { s, _ := m[k].(string); return s }
 
-	// getWithin GETs path from the server on a new connection from the
-	// client pod, within timeout.
-	getWithin := func(path string, timeout time.Duration) (string, error) {
+	// getFromWithin GETs path from to on a new connection from the pod
+	// from, within timeout.
+	getFromWithin := func(from *netns.Pod, to netip.AddrPort, path string, timeout time.Duration) (string, error) {
 		tr := &http.Transport{
 			DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-				return client.Dial(ctx, network, addr)
+				return from.Dial(ctx, network, addr)
 			},
 			DisableKeepAlives: true,
 		}
 		defer tr.CloseIdleConnections()
 		c := &http.Client{Transport: tr, Timeout: timeout}
-		resp, err := c.Get("http://" + target.String() + path)
+		resp, err := c.Get("http://" + to.String() + path)
 		if err != nil {
 			return "", err
 		}
@@ -393,6 +428,11 @@ func TestDeployedUserStory(t *testing.T) {
 		}
 		return string(b), nil
 	}
+	// getWithin GETs path from the server on a new connection from the
+	// client pod, within timeout.
+	getWithin := func(path string, timeout time.Duration) (string, error) {
+		return getFromWithin(client, target, path, timeout)
+	}
 	get := func(path string) (string, error) { return getWithin(path, 5*time.Second) }
 	// getNew is get on a new connection that must be answered "ok", given
 	// 15 s: on this busy machine (load average above 20 on 2 cores) a
@@ -400,13 +440,14 @@ func TestDeployedUserStory(t *testing.T) {
 	// for 5 s, unread by this process (the client's close then reset the
 	// connection with the response unread); a refused, reset or lost
 	// connection still fails.
-	getNew := func(path string) error {
-		got, err := getWithin(path, 15*time.Second)
+	getNewFrom := func(from *netns.Pod, to netip.AddrPort, path string) error {
+		got, err := getFromWithin(from, to, path, 15*time.Second)
 		if err == nil && got != "ok" {
 			err = fmt.Errorf("body %q", got)
 		}
 		return err
 	}
+	getNew := func(path string) error { return getNewFrom(client, target, path) }
 	// underlay runs f and returns the frames that crossed the underlay
 	// between the nodes while it ran, less the control plane's: in this
 	// topology the ztunnels and istiod-lite are pods too (not
@@ -455,17 +496,24 @@ func TestDeployedUserStory(t *testing.T) {
 			}
 		}
 	}
+	// inboundFrom waits for node's ztunnel's access log of a connection
+	// from the pod src after from, with the SPIFFE identity of
+	// ServiceAccount sa of namespace demo.
+	inboundFrom := func(t *testing.T, node string, from int, src *netns.Pod, sa string) {
+		t.Helper()
+		l := ztunnelLog(t, node, from, "inbound access log for "+src.IP.String(), func(m map[string]any) bool {
+			return str(m, "msg") == accesslog.Message && str(m, accesslog.KeyDirection) == accesslog.Inbound &&
+				strings.HasPrefix(str(m, accesslog.KeySrcAddr), src.IP.String()+":")
+		})
+		if id, want := str(l, accesslog.KeySrcIdentity), "spiffe://cluster.local/ns/demo/sa/"+sa; id != want {
+			t.Errorf("the ztunnel of %s (%s) logged src.identity %q, want %q", node, ztunnelOn[node], id, want)
+		}
+	}
 	// inboundFromClient waits for node-2's ztunnel's access log of a
 	// connection from the client after from, with the client's identity.
 	inboundFromClient := func(t *testing.T, from int) {
 		t.Helper()
-		l := ztunnelLog(t, "node-2", from, "inbound access log for the client", func(m map[string]any) bool {
-			return str(m, "msg") == accesslog.Message && str(m, accesslog.KeyDirection) == accesslog.Inbound &&
-				strings.HasPrefix(str(m, accesslog.KeySrcAddr), client.IP.String()+":")
-		})
-		if id := str(l, accesslog.KeySrcIdentity); id != "spiffe://cluster.local/ns/demo/sa/client" {
-			t.Errorf("the ztunnel of node-2 (%s) logged src.identity %q, want the client's", ztunnelOn["node-2"], id)
-		}
+		inboundFrom(t, "node-2", from, client, "client")
 	}
 	// viaMesh has the client GET path through the mesh.
 	viaMesh := func(t *testing.T, path string) {
@@ -521,21 +569,64 @@ func TestDeployedUserStory(t *testing.T) {
 		viaMesh(t, "/mesh-again")
 	})
 
-	t.Run("kubectl rollout restart deployment/istiod-lite under traffic: the established connection keeps flowing, both ztunnels reconnect to the new replica", func(t *testing.T) {
-		istiods := func() map[string]bool { // the istiod-lite pods not terminating
-			pods, err := kc.Clientset.CoreV1().Pods("istio-system").List(t.Context(), metav1.ListOptions{LabelSelector: "app=istiod-lite"})
-			if err != nil {
-				t.Fatal(err)
-			}
-			names := map[string]bool{}
-			for _, p := range pods.Items {
-				if p.DeletionTimestamp == nil {
-					names[p.Name] = true
-				}
-			}
-			return names
+	// istiodPods lists the istiod-lite pods, terminating ones included.
+	istiodPods := func(t *testing.T) []corev1.Pod {
+		t.Helper()
+		pods, err := kc.Clientset.CoreV1().Pods("istio-system").List(t.Context(), metav1.ListOptions{LabelSelector: "app=istiod-lite"})
+		if err != nil {
+			t.Fatal(err)
 		}
-		old := istiods()
+		return pods.Items
+	}
+	// istiods are the names of the istiod-lite pods not terminating.
+	istiods := func(t *testing.T) map[string]bool {
+		names := map[string]bool{}
+		for _, p := range istiodPods(t) {
+			if p.DeletionTimestamp == nil {
+				names[p.Name] = true
+			}
+		}
+		return names
+	}
+	// rolloutStatus starts `kubectl rollout status` of what (in istio-system),
+	// at most 3 minutes; its result comes on the channel.
+	rolloutStatus := func(t *testing.T, what string) <-chan error {
+		rolled := make(chan error, 1)
+		go func() {
+			c, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
+			defer cancel()
+			_, err := kc.Kubectl(c, "rollout", "status", "-n", "istio-system", what, "--timeout=170s")
+			rolled <- err
+		}()
+		return rolled
+	}
+	// reconnected checks that each ztunnel opened a stream to the
+	// istiod-lite pod replica after from: replica logs it with the node of
+	// the ztunnel's token, and the ztunnel logs its stream connected.
+	reconnected := func(t *testing.T, from int, replica string) {
+		t.Helper()
+		for _, node := range []string{"node-1", "node-2"} {
+			if _, ok := d.out.waitJSON(from, logWait, "istio-system", replica, "discovery", func(m map[string]any) bool {
+				return str(m, "msg") == "xds stream opened" && str(m, "caller_node") == node &&
+					str(m, "caller_identity") == "spiffe://cluster.local/ns/istio-system/sa/ztunnel"
+			}); !ok {
+				t.Errorf("istiod-lite %s logged no xds stream opened by the ztunnel of %s within %v", replica, node, logWait)
+			}
+			ztunnelLog(t, node, from, "xds stream connected", func(m map[string]any) bool {
+				return str(m, "msg") == "xds stream connected"
+			})
+		}
+	}
+	// denied matches node-2's ztunnel's access log of the client refused
+	// by the DENY policy.
+	denied := func(m map[string]any) bool {
+		return str(m, "msg") == accesslog.Message && str(m, accesslog.KeyResponseFlags) == "DENY" &&
+			str(m, accesslog.KeySrcIdentity) == "spiffe://cluster.local/ns/demo/sa/client" &&
+			str(m, accesslog.KeyPolicy) == "demo/deny-client"
+	}
+
+	t.Run("kubectl rollout restart deployment/istiod-lite under traffic: the established connection keeps flowing, both ztunnels reconnect to the new replica", func(t *testing.T) {
+		old := istiods(t)
 		long := dialKeptAlive(t, client, target)
 		if err := long.exchange("/istiod-long"); err != nil {
 			t.Fatalf("the established connection before the restart: %v", err)
@@ -544,13 +635,7 @@ func TestDeployedUserStory(t *testing.T) {
 
 		from := d.out.mark()
 		kc.MustKubectl(t, "rollout", "restart", "-n", "istio-system", "deployment/istiod-lite")
-		rolled := make(chan error, 1)
-		go func() {
-			c, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
-			defer cancel()
-			_, err := kc.Kubectl(c, "rollout", "status", "-n", "istio-system", "deployment/istiod-lite", "--timeout=170s")
-			rolled <- err
-		}()
+		rolled := rolloutStatus(t, "deployment/istiod-lite")
 		oldGone := func() bool {
 			for pod := range old {
 				if _, err := kc.Clientset.CoreV1().Pods("istio-system").Get(t.Context(), pod, metav1.GetOptions{}); !apierrors.IsNotFound(err) {
@@ -580,11 +665,9 @@ func TestDeployedUserStory(t *testing.T) {
 			t.Errorf("the established connection after the old istiod-lite ended: %v", err)
 		}
 
-		// Each ztunnel opened a stream to the new replica: the new
-		// istiod-lite logs it with the node of the ztunnel's token, and
-		// the ztunnel logs its stream connected again.
+		// Each ztunnel opened a stream to the new replica.
 		var replica string
-		for pod := range istiods() {
+		for pod := range istiods(t) {
 			if !old[pod] {
 				replica = pod
 			}
@@ -592,24 +675,14 @@ func TestDeployedUserStory(t *testing.T) {
 		if replica == "" {
 			t.Fatalf("no new istiod-lite pod after the restart (old %v)", old)
 		}
-		for _, node := range []string{"node-1", "node-2"} {
-			if _, ok := d.out.waitJSON(from, logWait, "istio-system", replica, "discovery", func(m map[string]any) bool {
-				return str(m, "msg") == "xds stream opened" && str(m, "caller_node") == node &&
-					str(m, "caller_identity") == "spiffe://cluster.local/ns/istio-system/sa/ztunnel"
-			}); !ok {
-				t.Errorf("the new istiod-lite %s logged no xds stream opened by the ztunnel of %s within %v", replica, node, logWait)
-			}
-			ztunnelLog(t, node, from, "xds stream connected", func(m map[string]any) bool {
-				return str(m, "msg") == "xds stream connected"
-			})
-		}
+		reconnected(t, from, replica)
 		// A new connection after the restart; the config changes that
 		// follow (the policy, the deleted pod, the new client) reach the
 		// ztunnels from the new replica.
 		viaMesh(t, "/after-istiod-restart")
 	})
 
-	t.Run("kubectl apply a DENY policy, then delete it: the client is refused, then allowed again", func(t *testing.T) {
+	t.Run("kubectl apply a DENY policy: the client is refused", func(t *testing.T) {
 		from := d.out.mark()
 		if _, err := kc.KubectlStdin(t.Context(), strings.NewReader(storyDeny), "apply", "-f", "-"); err != nil {
 			t.Fatal(err)
@@ -625,14 +698,187 @@ func TestDeployedUserStory(t *testing.T) {
 			}
 			time.Sleep(200 * time.Millisecond)
 		}
-		ztunnelLog(t, "node-2", from, "DENY by demo/deny-client", func(m map[string]any) bool {
-			return str(m, "msg") == accesslog.Message && str(m, accesslog.KeyResponseFlags) == "DENY" &&
-				str(m, accesslog.KeySrcIdentity) == "spiffe://cluster.local/ns/demo/sa/client" &&
-				str(m, accesslog.KeyPolicy) == "demo/deny-client"
-		})
+		ztunnelLog(t, "node-2", from, "DENY by demo/deny-client", denied)
+	})
 
+	t.Run("kubectl scale deployment/istiod-lite --replicas=0: new connections, the DENY policy and the ztunnels carry on, a new pod waits; scaled back, both ztunnels reconnect", func(t *testing.T) {
+		// The ztunnels before the outage: it must not restart them.
+		ztunnels := map[string]corev1.Pod{} // node -> its ztunnel pod
+		for node, name := range ztunnelOn {
+			p, err := kc.Clientset.CoreV1().Pods("istio-system").Get(t.Context(), name, metav1.GetOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			ztunnels[node] = *p
+		}
+		exitsBefore := len(d.runner.Exits())
+		// Traffic established between two ambient pods: the server's
+		// connection to the client's app (the DENY policy refuses the
+		// client's to the server), carrying a request every 100 ms
+		// throughout the outage and after it.
+		clientTarget := netip.AddrPortFrom(client.IP, 8080)
+		long := dialKeptAlive(t, server, clientTarget)
+		if err := long.exchange("/outage-long"); err != nil {
+			t.Fatalf("the established connection before the outage: %v", err)
+		}
+		long.run("/outage-long")
+
+		// Scaled to 0: new connections every 100 ms until no istiod-lite
+		// pod is left, none may fail.
+		from := d.out.mark()
+		kc.MustKubectl(t, "scale", "-n", "istio-system", "deployment/istiod-lite", "--replicas=0")
+		noIstiod := func() bool { return len(istiodPods(t)) == 0 }
+		rd := dialDuringRollout(t, "Deployment", rolloutStatus(t, "deployment/istiod-lite"), noIstiod,
+			func() error { return getNewFrom(server, clientTarget, "/istiod-leaving") })
+		t.Logf("while istiod-lite was scaled down: %d new connections answered, %d failed (slowest %v)",
+			rd.ok, rd.failed, rd.slowest.Round(time.Millisecond))
+		if !rd.rolledOut || !noIstiod() {
+			t.Fatalf("istiod-lite's pods did not end within 4 minutes (scaled down %v): %d left", rd.rolledOut, len(istiodPods(t)))
+		}
+		if rd.failed > 0 {
+			t.Errorf("%d of %d new connections failed while istiod-lite went away, want 0: %s", rd.failed, rd.ok+rd.failed, strings.Join(rd.errs, "; "))
+		}
+		// Both ztunnels lost their xDS stream (and retry it with back-off).
+		for _, node := range []string{"node-1", "node-2"} {
+			ztunnelLog(t, node, from, "xds stream ended", func(m map[string]any) bool { return str(m, "msg") == "xds stream ended" })
+		}
+
+		// (a) A new connection between the ambient pods, through the mesh
+		// on the ztunnels' last configuration and certificates: the
+		// client's ztunnel logs it inbound with the server's identity.
+		from = d.out.mark()
+		if err := getNewFrom(server, clientTarget, "/istiod-down"); err != nil {
+			t.Errorf("a new connection from the server to the client while istiod-lite is down: %v", err)
+		} else {
+			inboundFrom(t, "node-1", from, server, "server")
+		}
+		// (b) The DENY policy still refuses the client.
+		if got, err := get("/denied-while-down"); err == nil {
+			t.Errorf("GET /denied-while-down = %q while istiod-lite is down; want refused by the DENY policy", got)
+		}
+		ztunnelLog(t, "node-2", from, "DENY by demo/deny-client while istiod-lite is down", denied)
+
+		// A new pod of the ambient namespace: its ztunnel cannot learn
+		// its workload, so the CNI ADD fails (after --pod-workload-timeout)
+		// and the harness kubelet retries the sandbox with back-off; the
+		// pod stays Pending, the failure in its status and a
+		// FailedCreatePodSandBox event, counted twice (two attempts, 11 s
+		// or more: the ztunnels' readiness probes, every 5 s, ran during
+		// the outage by then).
+		if _, err := kc.KubectlStdin(t.Context(), strings.NewReader(outagePod), "apply", "-f", "-"); err != nil {
+			t.Fatal(err)
+		}
+		var event string
+		for deadline := time.Now().Add(60 * time.Second); event == ""; time.Sleep(200 * time.Millisecond) {
+			evs, err := kc.Clientset.CoreV1().Events("demo").List(t.Context(), metav1.ListOptions{FieldSelector: "involvedObject.name=late,reason=FailedCreatePodSandBox"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, e := range evs.Items {
+				if e.Type == corev1.EventTypeWarning && e.Source.Component == "kubelet" && e.Source.Host == "node-1" && e.Count >= 2 {
+					event = e.Message
+				}
+			}
+			if event == "" && time.Now().After(deadline) {
+				t.Fatalf("no FailedCreatePodSandBox event counted twice for demo/late within 60s while istiod-lite is down: %+v", evs.Items)
+			}
+		}
+		const noWorkload = "no workload for pod demo/late"
+		if !strings.Contains(event, noWorkload) {
+			t.Errorf("FailedCreatePodSandBox event %q, want it to say %q", event, noWorkload)
+		}
+		late, err := kc.Clientset.CoreV1().Pods("demo").Get(t.Context(), "late", metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var sandboxCond *corev1.PodCondition
+		for i, c := range late.Status.Conditions {
+			if c.Type == corev1.PodReadyToStartContainers {
+				sandboxCond = &late.Status.Conditions[i]
+			}
+		}
+		if late.Status.Phase != corev1.PodPending || late.Status.PodIP != "" || sandboxCond == nil ||
+			sandboxCond.Status != corev1.ConditionFalse || !strings.Contains(sandboxCond.Message, noWorkload) {
+			t.Errorf("demo/late while its sandbox fails: phase %s, IP %q, PodReadyToStartContainers %+v; want Pending, no IP, False saying %q",
+				late.Status.Phase, late.Status.PodIP, sandboxCond, noWorkload)
+		}
+
+		// (c) The ztunnels stayed up and ready: the same pods, no restart,
+		// no exit, /healthz/ready answers 200 and the pods are Ready (the
+		// probe ran every 5 s through the outage).
+		for node, before := range ztunnels {
+			code, body, err := ztunnelGet(t, node, "127.0.0.1:15021", "/healthz/ready")
+			if err != nil || code != http.StatusOK {
+				t.Errorf("the ztunnel of %s while istiod-lite is down: /healthz/ready = %d %q, %v; want 200", node, code, body, err)
+			}
+			now, err := kc.Clientset.CoreV1().Pods("istio-system").Get(t.Context(), before.Name, metav1.GetOptions{})
+			if err != nil {
+				t.Fatalf("the ztunnel of %s: %v", node, err)
+			}
+			if now.UID != before.UID || !podReady(now) || restarts(now) != restarts(&before) {
+				t.Errorf("the ztunnel of %s while istiod-lite is down: uid %s (was %s), ready %v, restarts %d (were %d); want the same pod, ready, not restarted",
+					node, now.UID, before.UID, podReady(now), restarts(now), restarts(&before))
+			}
+		}
+		for _, e := range d.runner.Exits()[exitsBefore:] {
+			if e.Pod.Namespace == "istio-system" && strings.HasPrefix(e.Pod.Name, "ztunnel") {
+				t.Errorf("a ztunnel exited while istiod-lite was down: %+v", e)
+			}
+		}
+
+		// Scaled back to 1, new connections every 100 ms until it is
+		// Ready, none may fail. Both ztunnels open a stream to the new pod
+		// and get what changed meanwhile (the new pod's workload), so the
+		// retried sandbox is made: the new pod runs, captured, and reaches
+		// the server through the mesh with its identity.
+		from = d.out.mark()
+		kc.MustKubectl(t, "scale", "-n", "istio-system", "deployment/istiod-lite", "--replicas=1")
+		rd = dialDuringRollout(t, "Deployment", rolloutStatus(t, "deployment/istiod-lite"), func() bool { return true },
+			func() error { return getNewFrom(server, clientTarget, "/istiod-back") })
+		t.Logf("while istiod-lite was scaled back up: %d new connections answered, %d failed (slowest %v)",
+			rd.ok, rd.failed, rd.slowest.Round(time.Millisecond))
+		if !rd.rolledOut {
+			t.Fatal("istiod-lite scaled back to 1 did not roll out within 4 minutes")
+		}
+		if rd.failed > 0 {
+			t.Errorf("%d of %d new connections failed while istiod-lite came back, want 0: %s", rd.failed, rd.ok+rd.failed, strings.Join(rd.errs, "; "))
+		}
+		var replica string
+		for pod := range istiods(t) {
+			replica = pod
+		}
+		if replica == "" {
+			t.Fatal("no istiod-lite pod after scaling back to 1")
+		}
+		reconnected(t, from, replica)
+		// Its next attempt comes at most 10 s (the back-off's cap) later.
+		wctx, cancel := context.WithTimeout(t.Context(), 75*time.Second)
+		_, err = kc.Kubectl(wctx, "wait", "-n", "demo", "--for=condition=Ready", "pod/late", "--timeout=70s")
+		cancel()
+		if err != nil {
+			t.Fatalf("the pod created while istiod-lite was down is not Ready 70s after it came back: %v", err)
+		}
+		ztunnelLog(t, "node-1", from, "pod captured for demo/late", func(m map[string]any) bool {
+			return str(m, "msg") == "pod captured" && str(m, "pod") == "demo/late"
+		})
+		lateNS := d.podNS(t, "demo", "late")
+		from = d.out.mark()
+		if err := getNewFrom(lateNS, target, "/late"); err != nil {
+			t.Errorf("the new pod to the server after istiod-lite came back: %v", err)
+		} else {
+			inboundFrom(t, "node-2", from, lateNS, "server")
+		}
+		lr := long.stopRun()
+		t.Logf("the established connection answered %d requests through the outage, then: %v", len(lr.ok), lr.err)
+		if lr.err != nil {
+			t.Errorf("the established connection broke at %s: %v", lr.brokeAt.Format("15:04:05.000"), lr.err)
+		}
+		kc.MustKubectl(t, "delete", "pod", "-n", "demo", "late", "--timeout=30s")
+	})
+
+	t.Run("kubectl delete the DENY policy (from the istiod-lite started after the outage): the client is allowed again", func(t *testing.T) {
 		kc.MustKubectl(t, "delete", "authorizationpolicies.security.istio.io", "-n", "demo", "deny-client")
-		deadline = time.Now().Add(15 * time.Second)
+		deadline := time.Now().Add(15 * time.Second)
 		for {
 			_, err := get("/allowed-again")
 			if err == nil {
@@ -761,13 +1007,7 @@ func TestDeployedUserStory(t *testing.T) {
 
 		from = d.out.mark()
 		kc.MustKubectl(t, "rollout", "restart", "-n", "istio-system", "daemonset/ztunnel")
-		rolled := make(chan error, 1)
-		go func() {
-			c, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
-			defer cancel()
-			_, err := kc.Kubectl(c, "rollout", "status", "-n", "istio-system", "daemonset/ztunnel", "--timeout=170s")
-			rolled <- err
-		}()
+		rolled := rolloutStatus(t, "daemonset/ztunnel")
 		// New connections (get dials one per request) every 100 ms until
 		// the rollout is done and the old ztunnels have ended: their
 		// drains are part of it. At most 4 minutes.
@@ -868,4 +1108,13 @@ func TestDeployedUserStory(t *testing.T) {
 		}
 		viaMesh(t, "/after-rollout")
 	})
+}
+
+// restarts is the sum of the restart counts of p's containers.
+func restarts(p *corev1.Pod) int32 {
+	var n int32
+	for _, c := range append(p.Status.InitContainerStatuses, p.Status.ContainerStatuses...) {
+		n += c.RestartCount
+	}
+	return n
 }
