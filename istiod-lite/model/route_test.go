@@ -1,16 +1,20 @@
 package model
 
 import (
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/testing/protocmp"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/utils/ptr"
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
+	"sigs.k8s.io/yaml"
 
 	"github.com/ambient-go/mesh/pkg/workloadapi/waypoint"
 )
@@ -781,4 +785,95 @@ func TestRouteStatus(t *testing.T) {
 			}
 		})
 	}
+}
+
+// FuzzHTTPRoute decodes arbitrary YAML or JSON into the spec of an
+// HTTPRoute and a GRPCRoute (inputs that are not a spec are skipped) and
+// builds them against routeInputs.
+//
+// Property: no panic, and
+//   - the translation is deterministic;
+//   - every Routes resource marshals, belongs to a Service bound to the
+//     waypoint, and each of its entries names its route and kind, has a
+//     match, and has backends, a redirect or an invalid message;
+//   - every route with a Service parentRef has a status with one parent
+//     per such parentRef, each with Accepted and ResolvedRefs.
+func FuzzHTTPRoute(f *testing.F) {
+	for _, s := range []string{
+		`{parentRefs: [{group: "", kind: Service, name: echo}], rules: [{backendRefs: [{name: v1, port: 80}]}]}`,
+		`{parentRefs: [{group: "", kind: Service, name: echo, port: 80}], rules: [{matches: [{path: {type: RegularExpression, value: "/("}}, {headers: [{name: a, value: b}], method: GET}], filters: [{type: RequestMirror, requestMirror: {backendRef: {name: v2, port: 80}, fraction: {numerator: 5, denominator: 0}}}]}]}`,
+		`{parentRefs: [{group: "", kind: Service, name: echo, sectionName: grpc}], rules: [{matches: [{method: {service: a.B}}], backendRefs: [{name: v1, namespace: other, port: 80, weight: 0}]}]}`,
+		`{parentRefs: [{group: "", kind: Service, name: nope}], rules: [{filters: [{type: RequestRedirect, requestRedirect: {path: {type: ReplacePrefixMatch, replacePrefixMatch: /x}}}]}]}`,
+	} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, spec string) {
+		if len(spec) > maxFuzzSpec {
+			return
+		}
+		var hs gatewayv1.HTTPRouteSpec
+		var gs gatewayv1.GRPCRouteSpec
+		errH, errG := yaml.Unmarshal([]byte(spec), &hs), yaml.Unmarshal([]byte(spec), &gs)
+		if errH != nil && errG != nil {
+			return
+		}
+		build := func() *Output {
+			return Build(routeInputs(func(in *Inputs) {
+				if errH == nil {
+					in.HTTPRoutes = []*gatewayv1.HTTPRoute{{ObjectMeta: metav1.ObjectMeta{Namespace: "demo", Name: "h", Generation: 1}, Spec: *hs.DeepCopy()}}
+				}
+				if errG == nil {
+					in.GRPCRoutes = []*gatewayv1.GRPCRoute{{ObjectMeta: metav1.ObjectMeta{Namespace: "demo", Name: "g", Generation: 1}, Spec: *gs.DeepCopy()}}
+				}
+			}), Options{})
+		}
+		out := build()
+		again := build()
+		if diff := cmp.Diff(out.WaypointRoutes, again.WaypointRoutes, protocmp.Transform()); diff != "" {
+			t.Fatalf("Build not deterministic (-first +second):\n%s", diff)
+		}
+		if diff := cmp.Diff(out.RouteStatuses, again.RouteStatuses); diff != "" {
+			t.Fatalf("Build statuses not deterministic (-first +second):\n%s", diff)
+		}
+		for k, rs := range out.WaypointRoutes {
+			if k != echoKey && !strings.HasPrefix(k, "demo/v") {
+				t.Fatalf("Routes for %s, which is not a Service bound to the waypoint", k)
+			}
+			if _, err := proto.Marshal(rs); err != nil {
+				t.Fatalf("Routes %s does not marshal: %v", k, err)
+			}
+			for _, e := range rs.Http {
+				redirect := slices.ContainsFunc(e.Filters, func(f *waypoint.HTTPFilter) bool { return f.GetRequestRedirect() != nil })
+				if e.Route == "" || e.Kind == "" || e.Match == nil || (len(e.Backends) == 0 && !redirect && e.Invalid == "") {
+					t.Fatalf("entry %v lacks a route, kind, match, or something to do", e)
+				}
+			}
+		}
+		check := func(kind, name string, refs []gatewayv1.ParentReference) {
+			n := 0
+			for _, r := range refs {
+				if r.Kind != nil && *r.Kind == "Service" && r.Group != nil && (*r.Group == "" || *r.Group == "core") {
+					n++
+				}
+			}
+			st := out.RouteStatuses[kind+"/demo/"+name]
+			if n == 0 {
+				return // a waypoint Gateway parent may still have one
+			}
+			if st == nil || len(st.Parents) < n {
+				t.Fatalf("%s status %v, want at least %d parents", kind, st, n)
+			}
+			for _, p := range st.Parents {
+				if len(p.Conditions) < 2 || p.Conditions[0].Type != "Accepted" || p.Conditions[1].Type != "ResolvedRefs" {
+					t.Fatalf("%s parent %v lacks Accepted and ResolvedRefs", kind, p)
+				}
+			}
+		}
+		if errH == nil {
+			check(KindHTTPRoute, "h", hs.ParentRefs)
+		}
+		if errG == nil {
+			check(KindGRPCRoute, "g", gs.ParentRefs)
+		}
+	})
 }
