@@ -8,7 +8,10 @@
 //
 //   - creates the pod's sandbox through Config.Network (a network namespace
 //     with the pod's IP; hostNetwork pods get their node's) and publishes
-//     the IP with the pod Pending;
+//     the IP with the pod Pending; a failed attempt (a CNI ADD failing) is
+//     retried after 1 s, doubling up to 10 s, until the pod is deleted,
+//     each failure a FailedCreatePodSandBox event of the node's kubelet
+//     and in the pod's status (PodReadyToStartContainers False);
 //   - finds each container's image in the OCI layouts (by tag, or by the
 //     digest of its index or of a platform's manifest), unpacks its
 //     flattened file system (mutate.Extract) once per manifest digest into
