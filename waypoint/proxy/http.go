@@ -291,6 +291,7 @@ func (copyBuffers) Put(b []byte) {
 func upstreamError(ctx context.Context, err error) (code int, flags, body string) {
 	var de *dialError
 	var ne net.Error
+	var pt *perTryTimeoutError
 	switch {
 	case ctx.Err() != nil && errors.Is(context.Cause(ctx), errRouteTimeout):
 		return http.StatusGatewayTimeout, telemetry.FlagUpstreamTimeout, upstreamTimeoutBody
@@ -298,6 +299,8 @@ func upstreamError(ctx context.Context, err error) (code int, flags, body string
 		// The client went away; Envoy logs 0 with DC. 499 is what we
 		// count, as nginx; nothing reaches the client anyway.
 		return 499, telemetry.FlagDownstreamTerminate, ""
+	case errors.As(err, &pt): // a route's last try timed out (retry.go), connecting or not
+		return http.StatusGatewayTimeout, telemetry.FlagUpstreamTimeout, upstreamTimeoutBody
 	case errors.As(err, &de):
 		return http.StatusServiceUnavailable, telemetry.FlagUpstreamFailure, upstreamFailureBody
 	case errors.As(err, &ne) && ne.Timeout():
