@@ -52,6 +52,7 @@ func benchmarkRouted(b *testing.B, h2, direct bool, rules int) {
 		}
 		entries = append(entries, &wp.HTTPRouteEntry{Route: "default/last", Port: portHTTP,
 			Match:    &wp.HTTPMatch{Path: &wp.StringMatch{Type: wp.StringMatch_PREFIX, Value: "/echo"}},
+			Retry:    &wp.Retry{Attempts: 2, Codes: []uint32{503}}, // what istiod-lite sends for a rule without retry (Istio's default)
 			Backends: []*wp.Backend{{Service: "default/" + echoHost, Port: portHTTP, Weight: 1}}})
 		m.routes.Store(CompileRoutes([]*wp.Routes{{Service: "default/" + echoHost, Http: entries}}))
 	}

@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"io"
@@ -69,9 +68,9 @@ func (rs *retryState) roundTrip(out *http.Request, rq *request, once func(*http.
 			req.URL.Host = rq.upstream.String()
 		}
 		if try > 0 && rs.body != nil {
-			req.Body = io.NopCloser(bytes.NewReader(rs.body))
+			req.Body = newBufferedBody(rs.body)
 		}
-		cancel := func() {}
+		var cancel context.CancelFunc
 		if rs.perTry > 0 {
 			var ctx context.Context
 			ctx, cancel = context.WithTimeoutCause(parent, rs.perTry, errPerTryTimeout)
@@ -84,6 +83,7 @@ func (rs *retryState) roundTrip(out *http.Request, rq *request, once func(*http.
 		}
 		if last {
 			switch {
+			case cancel == nil:
 			case err != nil && errors.Is(context.Cause(req.Context()), errPerTryTimeout) && parent.Err() == nil:
 				cancel()
 				return nil, &perTryTimeoutError{err}
@@ -98,7 +98,9 @@ func (rs *retryState) roundTrip(out *http.Request, rq *request, once func(*http.
 			io.Copy(io.Discard, io.LimitReader(res.Body, 64<<10))
 			res.Body.Close()
 		}
-		cancel()
+		if cancel != nil {
+			cancel()
+		}
 		if !sleepCtx(parent, rs.backoffFor(try)) {
 			return nil, parent.Err()
 		}

@@ -136,10 +136,13 @@ func (p *Proxy) serveRoute(rw *responseWriter, r *http.Request, st *stream, labe
 
 	var (
 		rs   *retryState
+		rr   *routedRequest
 		body []byte
 	)
 	if hr.retry.attempts > 0 || hr.backendTimeout > 0 {
-		rs = &retryState{p: p, policy: &hr.retry, perTry: time.Duration(hr.backendTimeout) * time.Millisecond, svc: svc, port: bport}
+		rr = new(routedRequest) // the request state and its tries in one allocation
+		rs = &rr.tries
+		*rs = retryState{p: p, policy: &hr.retry, perTry: time.Duration(hr.backendTimeout) * time.Millisecond, svc: svc, port: bport}
 	}
 	mirrors := f.mirrors
 	if len(bf.mirrors) > 0 {
@@ -147,7 +150,11 @@ func (p *Proxy) serveRoute(rw *responseWriter, r *http.Request, st *stream, labe
 	}
 	if rs != nil || len(mirrors) > 0 {
 		var ok bool
-		body, ok = bufferBody(r)
+		var bb *bufferedBody
+		if rr != nil {
+			bb = &rr.body
+		}
+		body, ok = bufferBody(r, bb)
 		if rs != nil {
 			rs.replayable, rs.body = ok, body
 		}
@@ -162,7 +169,13 @@ func (p *Proxy) serveRoute(rw *responseWriter, r *http.Request, st *stream, labe
 	if err != nil {
 		return fail(http.StatusServiceUnavailable, telemetry.FlagNoHealthyUpstream, noHealthyUpstreamBody, err)
 	}
-	rq := p.newRequest(r, st, svc, bport, w, tport)
+	var rq *request
+	if rr != nil {
+		rq = &rr.request
+	} else {
+		rq = new(request)
+	}
+	p.initRequest(rq, r, st, svc, bport, w, tport)
 	rq.retry = rs
 	var hboneAddr netip.AddrPort
 	if rq.hbone {
@@ -203,18 +216,22 @@ func (p *Proxy) serveRoute(rw *responseWriter, r *http.Request, st *stream, labe
 	return true
 }
 
-// newRequest returns the request state of r sent to endpoint w of svc.
-func (p *Proxy) newRequest(r *http.Request, st *stream, svc *state.Service, servicePort uint16, w *state.Workload, port uint16) *request {
-	rq := &request{
+// routedRequest is a request's state with its tries.
+type routedRequest struct {
+	request
+	tries retryState
+	body  bufferedBody
+}
+
+// initRequest fills rq, the state of r sent to endpoint w of svc.
+func (p *Proxy) initRequest(rq *request, r *http.Request, st *stream, svc *state.Service, servicePort uint16, w *state.Workload, port uint16) {
+	*rq = request{
 		upstream: netip.AddrPortFrom(w.Addrs[0], port),
 		h2:       r.ProtoMajor == 2 || svc != nil && servicePortProtocol(svc, servicePort) == protoHTTP2,
 		client:   st.client.Addr(),
 		clientIP: st.clientIP,
+		hbone:    p.up.tunnelled(w),
 	}
-	if p.up.tunnelled(w) {
-		rq.hbone = true
-	}
-	return rq
 }
 
 // send forwards r to rq's endpoint: forward for the common request, the
@@ -229,10 +246,11 @@ func (p *Proxy) send(rw http.ResponseWriter, r *http.Request, rq *request) {
 }
 
 // bufferBody reads a body of known length up to maxFastBody into memory
-// and puts it back as r's body, so that it can be sent again (retries,
-// mirrors). It reports false for a body it cannot hold (unknown length or
-// larger), which is left alone; a request without body is replayable.
-func bufferBody(r *http.Request) ([]byte, bool) {
+// and puts it back as r's body (bb, or a new one when nil), so that it can
+// be sent again (retries, mirrors). It reports false for a body it cannot
+// hold (unknown length or larger), which is left alone; a request without
+// body is replayable.
+func bufferBody(r *http.Request, bb *bufferedBody) ([]byte, bool) {
 	if r.Body == nil || r.Body == http.NoBody || r.ContentLength == 0 {
 		return nil, true
 	}
@@ -247,9 +265,24 @@ func bufferBody(r *http.Request) ([]byte, bool) {
 		r.Body = io.NopCloser(io.MultiReader(bytes.NewReader(buf[:n]), errReader{err}))
 		return nil, false
 	}
-	r.Body = io.NopCloser(bytes.NewReader(buf))
+	if bb == nil {
+		bb = new(bufferedBody)
+	}
+	bb.Reset(buf)
+	r.Body = bb
 	return buf, true
 }
+
+// bufferedBody is a request body held in memory.
+type bufferedBody struct{ bytes.Reader }
+
+func newBufferedBody(b []byte) *bufferedBody {
+	bb := new(bufferedBody)
+	bb.Reset(b)
+	return bb
+}
+
+func (*bufferedBody) Close() error { return nil }
 
 type errReader struct{ err error }
 
