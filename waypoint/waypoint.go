@@ -1,8 +1,8 @@
 // Package waypoint assembles the mesh's L7 proxy: it obtains the
 // waypoint's own certificate from istiod-lite's CA, learns the mesh
-// (Workload API), its L7 policies and the Services' routes over delta xDS, terminates HBONE on
-// :15008 and serves the data path of package proxy, with Istio's metrics
-// on :15020 and readiness on :15021.
+// (Workload API), its L7 policies and the Services' routes over delta
+// xDS, terminates HBONE on :15008 and serves the data path of package
+// proxy, with Istio's metrics on :15020 and readiness on :15021.
 //
 // A waypoint runs as the ServiceAccount of its Gateway, in the Gateway's
 // namespace; istiod-lite binds services and workloads to it by the

@@ -12,10 +12,12 @@
 // the stream's own goroutine (h1server.go), and anything else by one
 // net/http server for all streams (HTTP/1.1 and h2c prior knowledge, gRPC
 // included; http.go). Each request is authorized with the waypoint's L7
-// policies and forwarded over pooled HBONE to an endpoint pod's ztunnel
-// under the waypoint's own identity (upstream.go; the common HTTP/1.1
-// request without the reverse proxy, forward.go). Other streams are
-// authorized as TCP and relayed (tcp.go).
+// policies, routed by its Service's HTTPRoutes and GRPCRoutes when it has
+// some (route.go, routed.go) and forwarded over pooled HBONE to an
+// endpoint pod's ztunnel under the waypoint's own identity (upstream.go;
+// the common HTTP/1.1 request without the reverse proxy, forward.go).
+// Other streams are authorized as TCP and relayed (tcp.go), to a backend
+// of the Service's TCPRoutes when it has some.
 //
 // Every request gets one access log record and Istio's request metrics
 // (reporter="waypoint"); TCP streams get Istio's TCP metrics. Every stream
