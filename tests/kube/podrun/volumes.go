@@ -286,7 +286,11 @@ func (p *pod) requestToken(ctx context.Context, tok *token) (string, error) {
 	}
 	sa := p.obj.Spec.ServiceAccountName
 	if sa == "" {
+		// Without the ServiceAccount admission plugin (the harness runs
+		// none) a pod created by a controller names no ServiceAccount;
+		// the API server refuses to bind default's token to it.
 		sa = "default"
+		req.Spec.BoundObjectRef = nil
 	}
 	resp, err := p.kc.Clientset.CoreV1().ServiceAccounts(p.obj.Namespace).CreateToken(ctx, sa, req, metav1.CreateOptions{})
 	if err != nil {
