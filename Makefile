@@ -22,7 +22,7 @@ export KUBE_ASSETS
 ISTIO_ASSETS ?= $(shell tools/istio/build.sh -print)
 export ISTIO_ASSETS
 
-.PHONY: build test demo bench fuzz soak generate lint check-imports check-modules tools kube-binaries istio-binaries crds images
+.PHONY: build test demo bench fuzz soak conformance generate lint check-imports check-modules tools kube-binaries istio-binaries crds images
 
 build:
 	@echo ">> building istiod-lite, ztunnel, ztunnel-cni, waypoint, meshctl and demo into $(BIN)/"
@@ -74,6 +74,15 @@ SOAK_TIMEOUT  ?= 90m
 soak:
 	@echo ">> soak test for $(SOAK_DURATION) (set SOAK_DURATION to change; as root, in network namespaces); writes docs/soak.md and the soak block of docs/performance.md"
 	@SOAK_DURATION=$(SOAK_DURATION) SOAK_REPORT=$(CURDIR)/docs/soak.md SOAK_PERF_DOC=$(CURDIR)/docs/performance.md $(GO) test -count=1 -timeout $(SOAK_TIMEOUT) -run '^TestSoak$$' -v $(MODULE)/tests/soak
+
+# The Gateway API conformance suite's MESH-HTTP and MESH-GRPC profiles
+# (tests/conformance, as root) against the mesh on the tests/kube harness;
+# writes the suite's report to docs/conformance/. `make test` runs only its
+# MeshBasic test. CONFORMANCE_RUN_TEST=<ShortName> runs one test.
+CONFORMANCE_TIMEOUT ?= 60m
+conformance: kube-binaries
+	@echo ">> Gateway API conformance (MESH-HTTP, MESH-GRPC) against istiod-lite, ztunnels and waypoints on the kube harness (as root); writes docs/conformance/ambient-go-mesh-report.yaml"
+	@CONFORMANCE=full $(GO) test -count=1 -timeout $(CONFORMANCE_TIMEOUT) -run '^TestMeshConformance$$' -v $(MODULE)/tests/conformance
 
 # The data plane modules (ztunnel, waypoint) must not depend on any
 # Kubernetes package.

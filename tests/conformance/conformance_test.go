@@ -10,10 +10,13 @@
 // suite's registry.k8s.io/gateway-api/echo-advanced to); the suite execs
 // `client` in them through pods/exec.
 //
-// `make conformance` runs it and writes the suite's report to
-// docs/conformance/. Environment:
+// `make conformance` runs both profiles (CONFORMANCE=full) and writes the
+// suite's report to docs/conformance/; otherwise (`make test`) only
+// MeshBasic runs, which proves the rig: echo pods in the mesh, pods/exec,
+// a request through ztunnel and the waypoint. Environment:
 //
-//	CONFORMANCE_RUN_TEST=MeshBasic   run one test (no report written)
+//	CONFORMANCE=full                 run the profiles and write the report
+//	CONFORMANCE_RUN_TEST=<ShortName> run one test (no report written)
 //	CONFORMANCE_REPORT=path          where the report goes (default docs/conformance/ambient-go-mesh-report.yaml)
 //
 // It needs root and the kube binaries (make kube-binaries); it skips
@@ -188,7 +191,7 @@ func TestMeshConformance(t *testing.T) {
 			CleanupTestResources: true,
 			SupportedFeatures:    meshFeatures(),
 			SkipTests:            slices.Sorted(maps.Keys(skipped)),
-			RunTest:              os.Getenv("CONFORMANCE_RUN_TEST"),
+			RunTest:              runTest(t),
 			ConformanceProfiles:  []suite.ConformanceProfileName{suite.MeshHTTPConformanceProfileName, suite.MeshGRPCConformanceProfileName},
 			Implementation: confv1.Implementation{
 				Organization: "ambient-go",
@@ -219,6 +222,19 @@ func TestMeshConformance(t *testing.T) {
 	if err := cs.Run(t, tests.ConformanceTests); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// runTest is the one test to run: CONFORMANCE_RUN_TEST, else none (all)
+// with CONFORMANCE=full, else MeshBasic.
+func runTest(t *testing.T) string {
+	if rt := os.Getenv("CONFORMANCE_RUN_TEST"); rt != "" {
+		return rt
+	}
+	if os.Getenv("CONFORMANCE") == "full" {
+		return ""
+	}
+	t.Log("running MeshBasic only; CONFORMANCE=full (make conformance) runs the MESH-HTTP and MESH-GRPC profiles")
+	return "MeshBasic"
 }
 
 // timeouts are the suite's defaults, with more time for a namespace's pods
