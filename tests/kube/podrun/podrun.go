@@ -2,7 +2,9 @@
 // its Runner.RunPod and Runner.StopPod are kube.Config.RunPod and StopPod,
 // and run the containers of the pods the API server binds to harness nodes
 // from the OCI images `make images` builds (package tests/images), as a
-// kubelet and its runtime would.
+// kubelet and its runtime would; Runner.ExecPod (kube.Config.ExecPod)
+// serves pods/exec in a running container (exec.go). StartMesh (mesh.go)
+// installs deploy/ on a harness whose nodes it runs.
 //
 // For each pod it:
 //
