@@ -147,6 +147,7 @@ func TestGoldenProxyStatus(t *testing.T) {
 		{Name: "waypoint-0.demo", Type: "waypoint", CertExpiry: &wpExp, Sync: []typeStatus{
 			{Type: "type.googleapis.com/istio.workload.Address", Status: "SYNCED", Version: "7"},
 			{Type: "type.googleapis.com/ambientgo.waypoint.Authorization", Status: "NOT SENT"},
+			{Type: "type.googleapis.com/ambientgo.waypoint.Routes", Status: "SYNCED", Version: "2"},
 		}},
 	}
 	var b bytes.Buffer

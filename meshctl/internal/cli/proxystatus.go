@@ -220,6 +220,7 @@ var typeColumns = map[string]string{
 	workloadapi.AddressTypeURL:               "ADDRESSES",
 	workloadapi.AuthorizationTypeURL:         "AUTHORIZATION",
 	workloadapi.WaypointAuthorizationTypeURL: "L7 AUTHORIZATION",
+	workloadapi.WaypointRoutesTypeURL:        "ROUTES",
 }
 
 func columnOf(typeURL string) string {
@@ -242,7 +243,7 @@ func renderProxyStatus(w io.Writer, rows []proxyRow, now time.Time) error {
 			}
 		}
 	}
-	order := []string{workloadapi.AddressTypeURL, workloadapi.AuthorizationTypeURL, workloadapi.WaypointAuthorizationTypeURL}
+	order := []string{workloadapi.AddressTypeURL, workloadapi.AuthorizationTypeURL, workloadapi.WaypointAuthorizationTypeURL, workloadapi.WaypointRoutesTypeURL}
 	slices.SortStableFunc(types, func(a, b string) int {
 		ia, ib := slices.Index(order, a), slices.Index(order, b)
 		if ia < 0 {
