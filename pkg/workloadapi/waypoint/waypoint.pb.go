@@ -721,18 +721,31 @@ func (x *Condition) GetNotValues() []string {
 // istiod-lite. Resource name "namespace/hostname", the Workload API's
 // Service key. A Service without a Routes resource is served as today:
 // every request to its own endpoints.
+//
+// Producer and consumer routes (GEP-1294, "Namespace boundaries" and
+// "Multiple routes for a Service"): a route in the Service's own namespace
+// is a producer route and applies to every client; a route in another
+// namespace (consumer_namespace set) is a consumer route and applies only
+// to clients in that namespace, instead of the producer routes. The
+// waypoint takes a client's namespace from its HBONE identity
+// (spiffe://<td>/ns/<ns>/sa/<sa>). For a request from namespace N to port
+// p, the entries of group N (consumer_namespace N) are used when one of
+// them names p (or every port); otherwise the producer entries
+// (consumer_namespace empty). HTTP and TCP entries are grouped apart.
 type Routes struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The Service's key, "namespace/hostname".
 	Service string `protobuf:"bytes,1,opt,name=service,proto3" json:"service,omitempty"`
-	// HTTP (and gRPC) routes, in the Gateway API's precedence order: the
-	// waypoint takes the first entry whose port and match fit the request.
-	// A request no entry matches is answered 404 when the Service has any
-	// HTTP entry for its port (the spec: a route's matches are the whole of
-	// what it accepts).
+	// HTTP (and gRPC) routes: the producer entries first, then each
+	// consumer namespace's in name order; within a group, in the Gateway
+	// API's precedence order. The waypoint takes the first entry of the
+	// request's group whose port and match fit the request. A request no
+	// entry of its group matches is answered 404 when the group has an HTTP
+	// entry for its port (the spec: a route's matches are the whole of what
+	// it accepts).
 	Http []*HTTPRouteEntry `protobuf:"bytes,2,rep,name=http,proto3" json:"http,omitempty"`
-	// TCP routes: the first entry whose port fits a TCP stream picks its
-	// backend.
+	// TCP routes, grouped as http: the first entry of the stream's group
+	// whose port fits picks its backend.
 	Tcp           []*TCPRouteEntry `protobuf:"bytes,3,rep,name=tcp,proto3" json:"tcp,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -816,9 +829,13 @@ type HTTPRouteEntry struct {
 	// Set when the rule cannot be served as written (e.g. an unsupported
 	// filter): the waypoint answers 500 with this message, as the spec asks
 	// of an implementation that drops a rule.
-	Invalid       string `protobuf:"bytes,11,opt,name=invalid,proto3" json:"invalid,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Invalid string `protobuf:"bytes,11,opt,name=invalid,proto3" json:"invalid,omitempty"`
+	// The namespace of a consumer route (the route's, when it is not the
+	// Service's): the entry applies only to clients in that namespace (see
+	// Routes). Empty: a producer route, for every client.
+	ConsumerNamespace string `protobuf:"bytes,12,opt,name=consumer_namespace,json=consumerNamespace,proto3" json:"consumer_namespace,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *HTTPRouteEntry) Reset() {
@@ -924,6 +941,13 @@ func (x *HTTPRouteEntry) GetRetry() *Retry {
 func (x *HTTPRouteEntry) GetInvalid() string {
 	if x != nil {
 		return x.Invalid
+	}
+	return ""
+}
+
+func (x *HTTPRouteEntry) GetConsumerNamespace() string {
+	if x != nil {
+		return x.ConsumerNamespace
 	}
 	return ""
 }
@@ -1822,13 +1846,15 @@ func (x *Retry) GetBackoffMs() uint32 {
 
 // TCPRouteEntry is one TCPRoute rule: its weighted backends.
 type TCPRouteEntry struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Route         string                 `protobuf:"bytes,1,opt,name=route,proto3" json:"route,omitempty"`
-	Rule          uint32                 `protobuf:"varint,2,opt,name=rule,proto3" json:"rule,omitempty"`
-	Port          uint32                 `protobuf:"varint,3,opt,name=port,proto3" json:"port,omitempty"` // 0: every port
-	Backends      []*Backend             `protobuf:"bytes,4,rep,name=backends,proto3" json:"backends,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Route    string                 `protobuf:"bytes,1,opt,name=route,proto3" json:"route,omitempty"`
+	Rule     uint32                 `protobuf:"varint,2,opt,name=rule,proto3" json:"rule,omitempty"`
+	Port     uint32                 `protobuf:"varint,3,opt,name=port,proto3" json:"port,omitempty"` // 0: every port
+	Backends []*Backend             `protobuf:"bytes,4,rep,name=backends,proto3" json:"backends,omitempty"`
+	// As HTTPRouteEntry.consumer_namespace.
+	ConsumerNamespace string `protobuf:"bytes,5,opt,name=consumer_namespace,json=consumerNamespace,proto3" json:"consumer_namespace,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *TCPRouteEntry) Reset() {
@@ -1889,6 +1915,13 @@ func (x *TCPRouteEntry) GetBackends() []*Backend {
 	return nil
 }
 
+func (x *TCPRouteEntry) GetConsumerNamespace() string {
+	if x != nil {
+		return x.ConsumerNamespace
+	}
+	return ""
+}
+
 var File_waypoint_proto protoreflect.FileDescriptor
 
 const file_waypoint_proto_rawDesc = "" +
@@ -1944,7 +1977,7 @@ const file_waypoint_proto_rawDesc = "" +
 	"\x06Routes\x12\x18\n" +
 	"\aservice\x18\x01 \x01(\tR\aservice\x126\n" +
 	"\x04http\x18\x02 \x03(\v2\".ambientgo.waypoint.HTTPRouteEntryR\x04http\x123\n" +
-	"\x03tcp\x18\x03 \x03(\v2!.ambientgo.waypoint.TCPRouteEntryR\x03tcp\"\xc0\x03\n" +
+	"\x03tcp\x18\x03 \x03(\v2!.ambientgo.waypoint.TCPRouteEntryR\x03tcp\"\xef\x03\n" +
 	"\x0eHTTPRouteEntry\x12\x14\n" +
 	"\x05route\x18\x01 \x01(\tR\x05route\x12\x12\n" +
 	"\x04kind\x18\x02 \x01(\tR\x04kind\x12\x12\n" +
@@ -1957,7 +1990,8 @@ const file_waypoint_proto_rawDesc = "" +
 	"\x1abackend_request_timeout_ms\x18\t \x01(\rR\x17backendRequestTimeoutMs\x12/\n" +
 	"\x05retry\x18\n" +
 	" \x01(\v2\x19.ambientgo.waypoint.RetryR\x05retry\x12\x18\n" +
-	"\ainvalid\x18\v \x01(\tR\ainvalid\"\xd7\x01\n" +
+	"\ainvalid\x18\v \x01(\tR\ainvalid\x12-\n" +
+	"\x12consumer_namespace\x18\f \x01(\tR\x11consumerNamespace\"\xd7\x01\n" +
 	"\tHTTPMatch\x123\n" +
 	"\x04path\x18\x01 \x01(\v2\x1f.ambientgo.waypoint.StringMatchR\x04path\x129\n" +
 	"\aheaders\x18\x02 \x03(\v2\x1f.ambientgo.waypoint.HeaderMatchR\aheaders\x12B\n" +
@@ -2030,12 +2064,13 @@ const file_waypoint_proto_rawDesc = "" +
 	"\battempts\x18\x01 \x01(\rR\battempts\x12\x14\n" +
 	"\x05codes\x18\x02 \x03(\rR\x05codes\x12\x1d\n" +
 	"\n" +
-	"backoff_ms\x18\x03 \x01(\rR\tbackoffMs\"\x86\x01\n" +
+	"backoff_ms\x18\x03 \x01(\rR\tbackoffMs\"\xb5\x01\n" +
 	"\rTCPRouteEntry\x12\x14\n" +
 	"\x05route\x18\x01 \x01(\tR\x05route\x12\x12\n" +
 	"\x04rule\x18\x02 \x01(\rR\x04rule\x12\x12\n" +
 	"\x04port\x18\x03 \x01(\rR\x04port\x127\n" +
-	"\bbackends\x18\x04 \x03(\v2\x1b.ambientgo.waypoint.BackendR\bbackends*(\n" +
+	"\bbackends\x18\x04 \x03(\v2\x1b.ambientgo.waypoint.BackendR\bbackends\x12-\n" +
+	"\x12consumer_namespace\x18\x05 \x01(\tR\x11consumerNamespace*(\n" +
 	"\x06Action\x12\t\n" +
 	"\x05ALLOW\x10\x00\x12\b\n" +
 	"\x04DENY\x10\x01\x12\t\n" +
