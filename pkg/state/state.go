@@ -399,7 +399,31 @@ func (s *Store) PickEndpoint(svc *Service, servicePort uint16) (*Workload, uint1
 	}
 	n := ps.rr.Add(1) - 1
 	c := ps.cands[n%uint64(len(ps.cands))]
-	return c.w, c.port, nil
+	return c.Workload, c.Port, nil
+}
+
+// Endpoint is a candidate of PickEndpoint: a healthy workload with an
+// address and the port to dial on it.
+type Endpoint struct {
+	Workload *Workload
+	Port     uint16
+}
+
+// Endpoints returns the candidates PickEndpoint chooses from for svc and
+// servicePort (HEALTHY endpoints with an address, sorted by uid), for
+// callers that balance by their own rule (the waypoint). The slice is
+// shared and must not be modified; an update replaces it rather than
+// changes it. Like PickEndpoint, a call allocates nothing once the list is
+// cached.
+func (s *Store) Endpoints(svc *Service, servicePort uint16) ([]Endpoint, error) {
+	ps := s.pickSet(pickKey{svc, servicePort})
+	if ps == nil {
+		return nil, ErrNoPort
+	}
+	if len(ps.cands) == 0 {
+		return nil, ErrNoEndpoints
+	}
+	return ps.cands, nil
 }
 
 // pickKey names a cached candidate list: the service as the caller holds
@@ -412,13 +436,8 @@ type pickKey struct {
 // pickSet is the cached outcome of one pickKey; nil when the service has
 // no such port.
 type pickSet struct {
-	cands []candidate
+	cands []Endpoint
 	rr    *atomic.Uint64 // the service's cursor (s.rr)
-}
-
-type candidate struct {
-	w    *Workload
-	port uint16
 }
 
 // pickSet returns k's candidates, from the cache or built and cached.
@@ -457,7 +476,7 @@ func (s *Store) buildPickSet(k pickKey) *pickSet {
 	if !ok {
 		return nil
 	}
-	cands := make([]candidate, 0, len(s.endpoints[svc.Key]))
+	cands := make([]Endpoint, 0, len(s.endpoints[svc.Key]))
 	for _, w := range s.endpoints[svc.Key] {
 		if w.Status != workloadapi.WorkloadStatus_HEALTHY || len(w.Addrs) == 0 {
 			continue
@@ -473,9 +492,9 @@ func (s *Store) buildPickSet(k pickKey) *pickSet {
 		if port == 0 {
 			continue
 		}
-		cands = append(cands, candidate{w, port})
+		cands = append(cands, Endpoint{w, port})
 	}
-	sort.Slice(cands, func(i, j int) bool { return cands[i].w.Uid < cands[j].w.Uid })
+	sort.Slice(cands, func(i, j int) bool { return cands[i].Workload.Uid < cands[j].Workload.Uid })
 	v, _ := s.rr.LoadOrStore(svc.Key, new(atomic.Uint64))
 	return &pickSet{cands: cands, rr: v.(*atomic.Uint64)}
 }

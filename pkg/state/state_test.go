@@ -194,3 +194,35 @@ func TestPickEndpointAllocations(t *testing.T) {
 		t.Errorf("PickEndpoint allocations = %v, want 0 (cached candidates)", n)
 	}
 }
+
+// Endpoints(svc, 80) = PickEndpoint's candidates: HEALTHY endpoints with
+// their target port, in uid order, without allocating once cached.
+func TestEndpoints(t *testing.T) {
+	s := NewStore()
+	if err := s.OnUpdate(workloadapi.AddressTypeURL, []*adspb.Resource{
+		res(t, "ns/svc.ns.svc.cluster.local", service("127.1.100.1", 80, 0)),
+		res(t, "w2", workload("w2", "127.1.0.2", workloadapi.WorkloadStatus_HEALTHY, 80, 9090)),
+		res(t, "w1", workload("w1", "127.1.0.1", workloadapi.WorkloadStatus_HEALTHY, 80, 8080)),
+		res(t, "w3", workload("w3", "127.1.0.3", workloadapi.WorkloadStatus_UNHEALTHY, 80, 7070)),
+	}, nil); err != nil {
+		t.Fatal(err)
+	}
+	svc := s.ServiceByVIP(netip.MustParseAddr("127.1.100.1"))
+	eps, err := s.Endpoints(svc, 80)
+	if err != nil {
+		t.Fatalf("Endpoints(svc, 80) error = %v", err)
+	}
+	var got []string
+	for _, ep := range eps {
+		got = append(got, ep.Workload.Uid+":"+strconv.Itoa(int(ep.Port)))
+	}
+	if diff := cmp.Diff([]string{"w1:8080", "w2:9090"}, got); diff != "" {
+		t.Errorf("Endpoints(svc, 80) mismatch (-want +got):\n%s", diff)
+	}
+	if _, err := s.Endpoints(svc, 81); err != ErrNoPort {
+		t.Errorf("Endpoints(svc, 81) error = %v, want ErrNoPort", err)
+	}
+	if n := testing.AllocsPerRun(100, func() { s.Endpoints(svc, 80) }); n != 0 {
+		t.Errorf("Endpoints allocations = %v, want 0 (cached candidates)", n)
+	}
+}
