@@ -31,15 +31,20 @@ import (
 //     reason — WaypointIsNotReady, AttachmentDenied, ... — or Istio's
 //     MissingUseWaypointLabel when it asks for none: such a route would
 //     not be respected, since only waypoints apply routes). Only Services
-//     bound to a waypoint get a Routes resource. A parentRef to a Service
-//     of another namespace (a "consumer route") is Accepted=False,
-//     UnsupportedValue: it would apply only to that namespace's clients,
-//     which one resource per Service cannot say. A parentRef to a waypoint
+//     bound to a waypoint get a Routes resource. A parentRef to a waypoint
 //     Gateway is Accepted=False, UnsupportedValue (attach to the Service);
 //     parentRefs to anything else are another controller's and get no
 //     status from us.
-//   - every match of every rule becomes one entry, ordered as the spec
-//     orders them across all the routes of a Service, the way Istio sorts
+//   - a parentRef to a Service of another namespace makes a consumer route
+//     (GEP-1294, "Namespace boundaries"): attached and reported as above,
+//     with no ReferenceGrant needed, its entries carry the route's
+//     namespace as consumer_namespace and apply only to clients of that
+//     namespace, instead of the Service's producer routes (the waypoint
+//     reads the client's namespace from its HBONE identity).
+//   - every match of every rule becomes one entry; the producer entries
+//     come first, then each consumer namespace's, in name order; within
+//     such a group, entries are ordered as the spec orders them across all
+//     the routes of a Service, the way Istio sorts
 //     them (sortHTTPRoutes): path Exact, then PathPrefix (longest first),
 //     then RegularExpression (longest first), then no path; then a method
 //     match; then more header matches; then more query param matches; then
@@ -69,7 +74,14 @@ import (
 //     service only → prefix "/svc/", method only → regex "/[^/]+/method";
 //     RegularExpression types become regexes of the same shapes.
 //   - TCPRoute rules become TCP entries with their weighted backends,
-//     ordered by route age, then "namespace/name", then rule.
+//     grouped as HTTP entries, then ordered by route age, then
+//     "namespace/name", then rule.
+//   - a backendRef to another namespace needs a ReferenceGrant there
+//     (RefNotPermitted), unless it is a Service the route is attached to
+//     (a consumer route sending its clients to the Service they called).
+//     GEP-1294 lets mesh routes skip ReferenceGrants unless the mesh would
+//     reach further than the client could; ours does: the waypoint calls
+//     backends with its own identity, not the client's.
 //
 // hostnames are ignored: a mesh route applies to the Service it is
 // attached to, whatever name the client used.
@@ -219,8 +231,9 @@ func buildRoutes(in *Inputs, opt Options, out *Output, waypoints *waypointIndex)
 
 	type placed struct {
 		e           *waypoint.HTTPRouteEntry
-		length      int // of the match, for precedence
-		route       int // index in routes: age and name order
+		consumer    string // the entry's consumer namespace; "" (producer) first
+		length      int    // of the match, for precedence
+		route       int    // index in routes: age and name order
 		rule, match int
 	}
 	httpBy := map[string][]placed{}
@@ -236,10 +249,14 @@ func buildRoutes(in *Inputs, opt Options, out *Output, waypoints *waypointIndex)
 			if accepted != nil {
 				continue
 			}
+			consumer := "" // a producer route: for every client
+			if ns, _, _ := strings.Cut(svcKey, "/"); ns != r.meta.Namespace {
+				consumer = r.meta.Namespace
+			}
 			for rule, hr := range r.http {
 				for mi, m := range hr.matches {
 					e := entryAction(hr.action)
-					e.Route, e.Kind, e.Rule, e.Port, e.Match = r.key(), r.kind, uint32(rule), port, m
+					e.Route, e.Kind, e.Rule, e.Port, e.Match, e.ConsumerNamespace = r.key(), r.kind, uint32(rule), port, m, consumer
 					if e.Invalid == "" {
 						e.Invalid = prefixRewriteProblem(e)
 					}
@@ -247,11 +264,11 @@ func buildRoutes(in *Inputs, opt Options, out *Output, waypoints *waypointIndex)
 					if hr.lengths != nil {
 						length = hr.lengths[mi]
 					}
-					httpBy[svcKey] = append(httpBy[svcKey], placed{e, length, ri, rule, mi})
+					httpBy[svcKey] = append(httpBy[svcKey], placed{e, consumer, length, ri, rule, mi})
 				}
 			}
 			for rule, backends := range r.tcp {
-				tcpBy[svcKey] = append(tcpBy[svcKey], &waypoint.TCPRouteEntry{Route: r.key(), Rule: uint32(rule), Port: port, Backends: backends})
+				tcpBy[svcKey] = append(tcpBy[svcKey], &waypoint.TCPRouteEntry{Route: r.key(), Rule: uint32(rule), Port: port, Backends: backends, ConsumerNamespace: consumer})
 			}
 		}
 		if len(st.Parents) > 0 {
@@ -261,7 +278,7 @@ func buildRoutes(in *Inputs, opt Options, out *Output, waypoints *waypointIndex)
 	for _, k := range slices.Sorted(maps.Keys(httpBy)) {
 		es := httpBy[k]
 		slices.SortStableFunc(es, func(a, b placed) int {
-			return cmp.Or(compareMatches(a.e.Match, b.e.Match, a.length, b.length), cmp.Compare(a.route, b.route),
+			return cmp.Or(cmp.Compare(a.consumer, b.consumer), compareMatches(a.e.Match, b.e.Match, a.length, b.length), cmp.Compare(a.route, b.route),
 				cmp.Compare(a.rule, b.rule), cmp.Compare(a.match, b.match))
 		})
 		rs := routesFor(out, k)
@@ -270,7 +287,9 @@ func buildRoutes(in *Inputs, opt Options, out *Output, waypoints *waypointIndex)
 		}
 	}
 	for k, es := range tcpBy {
-		routesFor(out, k).Tcp = es // already in route order
+		// Already in route order; producer entries first, then by consumer.
+		slices.SortStableFunc(es, func(a, b *waypoint.TCPRouteEntry) int { return cmp.Compare(a.ConsumerNamespace, b.ConsumerNamespace) })
+		routesFor(out, k).Tcp = es
 	}
 }
 
@@ -361,10 +380,6 @@ func (ctx *routeContext) parent(r *routeObject, ref gatewayv1.ParentReference) (
 			"routes attached to a waypoint Gateway are not supported; attach the route to the Service (parentRef kind Service)"}, true
 	case kind != KindService || (group != "" && group != groupCore):
 		return "", 0, nil, false
-	}
-	if ns != r.meta.Namespace {
-		return "", 0, &routeError{string(gatewayv1.RouteReasonUnsupportedValue),
-			fmt.Sprintf("consumer routes (a parent Service in namespace %q, not the route's) are not supported", ns)}, true
 	}
 	svc := ctx.services[ns+"/"+string(ref.Name)]
 	if svc == nil || svc.Spec.Type == corev1.ServiceTypeExternalName {
@@ -588,7 +603,7 @@ func (ctx *routeContext) backend(r *routeObject, ref gatewayv1.BackendObjectRefe
 	case kind != KindService || (group != "" && group != groupCore):
 		b.Invalid = r.refError(gatewayv1.RouteReasonInvalidKind, fmt.Sprintf("backendRef %s: kind %s of group %q is not supported (only Service)", ref.Name, kind, group))
 		return b
-	case ns != r.meta.Namespace && !ctx.granted(r, ns, string(ref.Name)):
+	case ns != r.meta.Namespace && !r.attachedTo(ns, string(ref.Name)) && !ctx.granted(r, ns, string(ref.Name)):
 		b.Invalid = r.refError(gatewayv1.RouteReasonRefNotPermitted, fmt.Sprintf("backendRef to Service %s/%s not permitted by any ReferenceGrant", ns, ref.Name))
 		return b
 	}
@@ -608,6 +623,18 @@ func (ctx *routeContext) backend(r *routeObject, ref gatewayv1.BackendObjectRefe
 	b.Service = ns + "/" + ServiceHostname(svc.Name, svc.Namespace, ctx.opt.DomainSuffix)
 	b.Port = uint32(*ref.Port)
 	return b
+}
+
+// attachedTo reports whether r has a parentRef to Service ns/name.
+func (r *routeObject) attachedTo(ns, name string) bool {
+	return slices.ContainsFunc(r.parents, func(ref gatewayv1.ParentReference) bool {
+		pns := r.meta.Namespace
+		if ref.Namespace != nil && *ref.Namespace != "" {
+			pns = string(*ref.Namespace)
+		}
+		return ref.Kind != nil && string(*ref.Kind) == KindService && ref.Group != nil && (*ref.Group == "" || *ref.Group == groupCore) &&
+			pns == ns && string(ref.Name) == name
+	})
 }
 
 // granted reports whether a ReferenceGrant in namespace ns lets routes of

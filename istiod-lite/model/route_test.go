@@ -631,6 +631,126 @@ func TestBuildRoutesTCP(t *testing.T) {
 	}
 }
 
+// consumer moves r into namespace ns, keeping its parentRefs on demo's
+// Services: a consumer route of ns.
+func consumer[R *gatewayv1.HTTPRoute | *gatewayv1.TCPRoute](r R, ns string) R {
+	var meta *metav1.ObjectMeta
+	var refs []gatewayv1.ParentReference
+	switch r := any(r).(type) {
+	case *gatewayv1.HTTPRoute:
+		meta, refs = &r.ObjectMeta, r.Spec.ParentRefs
+	case *gatewayv1.TCPRoute:
+		meta, refs = &r.ObjectMeta, r.Spec.ParentRefs
+	}
+	meta.Namespace = ns
+	for i := range refs {
+		refs[i].Namespace = ptr.To[gatewayv1.Namespace]("demo")
+	}
+	return r
+}
+
+// consumerEntry is entry for route ns/route, a consumer route of ns.
+func consumerEntry(ns, route string, rule uint32, m *waypoint.HTTPMatch, opts ...func(*waypoint.HTTPRouteEntry)) *waypoint.HTTPRouteEntry {
+	e := entry(route, rule, m, opts...)
+	e.Route, e.ConsumerNamespace = ns+"/"+route, ns
+	return e
+}
+
+func TestBuildRoutesConsumer(t *testing.T) {
+	toEcho := func(matches ...gatewayv1.HTTPRouteMatch) gatewayv1.HTTPRouteRule {
+		return gatewayv1.HTTPRouteRule{Matches: matches, BackendRefs: []gatewayv1.HTTPBackendRef{backendRef("demo", "echo", 80, nil)}}
+	}
+	echoBE := be("echo", 80, 1)
+	tests := []struct {
+		name   string
+		routes []*gatewayv1.HTTPRoute
+		want   []*waypoint.HTTPRouteEntry
+	}{
+		{
+			name: "a consumer route alone: its entries carry its namespace",
+			routes: []*gatewayv1.HTTPRoute{
+				consumer(httpRoute("c", 0, toEcho()), "shop"),
+			},
+			want: []*waypoint.HTTPRouteEntry{consumerEntry("shop", "c", 0, pathOnly(prefix, "/"), backends(echoBE))},
+		},
+		{
+			name: "producer and consumer routes on one Service: the producer group first, whatever the precedence and age",
+			routes: []*gatewayv1.HTTPRoute{
+				consumer(httpRoute("c", 0, toEcho(pathMatch(gatewayv1.PathMatchExact, "/exact"))), "shop"),
+				httpRoute("p", 5, toV1()),
+			},
+			want: []*waypoint.HTTPRouteEntry{
+				entry("p", 0, pathOnly(prefix, "/")),
+				consumerEntry("shop", "c", 0, pathOnly(exact, "/exact"), backends(echoBE)),
+			},
+		},
+		{
+			name: "two consumer namespaces: grouped by namespace name, by precedence within a group",
+			routes: []*gatewayv1.HTTPRoute{
+				consumer(httpRoute("w", 0, toEcho(pathMatch(gatewayv1.PathMatchExact, "/w"))), "web"),
+				consumer(httpRoute("s1", 1, toEcho()), "shop"),
+				consumer(httpRoute("s2", 2, toEcho(pathMatch(gatewayv1.PathMatchPathPrefix, "/long/prefix"))), "shop"),
+				httpRoute("p", 3, toV1(pathMatch(gatewayv1.PathMatchPathPrefix, "/p"))),
+			},
+			want: []*waypoint.HTTPRouteEntry{
+				entry("p", 0, pathOnly(prefix, "/p")),
+				consumerEntry("shop", "s2", 0, pathOnly(prefix, "/long/prefix"), backends(echoBE)),
+				consumerEntry("shop", "s1", 0, pathOnly(prefix, "/"), backends(echoBE)),
+				consumerEntry("web", "w", 0, pathOnly(exact, "/w"), backends(echoBE)),
+			},
+		},
+		{
+			name: "a consumer route's backends: the parent Service and its own namespace need no ReferenceGrant, another Service of the parent's namespace does",
+			routes: []*gatewayv1.HTTPRoute{consumer(httpRoute("c", 0, gatewayv1.HTTPRouteRule{BackendRefs: []gatewayv1.HTTPBackendRef{
+				backendRef("demo", "echo", 80, nil),
+				backendRef("", "local", 80, nil),
+				backendRef("demo", "v1", 80, nil),
+			}}), "shop")},
+			want: []*waypoint.HTTPRouteEntry{consumerEntry("shop", "c", 0, pathOnly(prefix, "/"), backends(
+				echoBE,
+				&waypoint.Backend{Service: "shop/local.shop.svc.cluster.local", Port: 80, Weight: 1},
+				&waypoint.Backend{Weight: 1, Invalid: "backendRef to Service demo/v1 not permitted by any ReferenceGrant"},
+			))},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			in := routeInputs(func(in *Inputs) {
+				in.Namespaces = append(in.Namespaces, namespace("shop", nil), namespace("web", nil))
+				in.Services = append(in.Services, service("shop", "local", map[string]string{"app": "local"}, []string{"10.96.0.5"}, namedPort("http", 80)))
+				in.HTTPRoutes = tt.routes
+			})
+			out := Build(in, Options{})
+			want := map[string]*waypoint.Routes{echoKey: {Service: echoKey, Http: tt.want}}
+			if diff := cmp.Diff(want, out.WaypointRoutes, protocmp.Transform()); diff != "" {
+				t.Errorf("Build(consumer routes).WaypointRoutes (-want +got):\n%s", diff)
+			}
+			for _, r := range tt.routes {
+				st := out.RouteStatuses["HTTPRoute/"+r.Namespace+"/"+r.Name]
+				if st == nil || len(st.Parents) != 1 || st.Parents[0].Conditions[0] != acceptedOK {
+					t.Errorf("Build().RouteStatuses[HTTPRoute/%s/%s] = %+v, want Accepted=True", r.Namespace, r.Name, st)
+				}
+			}
+		})
+	}
+}
+
+func TestBuildRoutesTCPConsumer(t *testing.T) {
+	routes := []*gatewayv1.TCPRoute{
+		consumer(tcpRoute("c", 0, backendRef("demo", "v1", 80, nil).BackendRef, backendRef("demo", "echo", 9090, nil).BackendRef), "shop"),
+		tcpRoute("p", 5, backendRef("", "v2", 80, nil).BackendRef),
+	}
+	want := map[string]*waypoint.Routes{echoKey: {Service: echoKey, Tcp: []*waypoint.TCPRouteEntry{
+		{Route: "demo/p", Port: 9090, Backends: []*waypoint.Backend{be("v2", 80, 1)}},
+		{Route: "shop/c", Port: 9090, ConsumerNamespace: "shop", Backends: []*waypoint.Backend{
+			{Weight: 1, Invalid: "backendRef to Service demo/v1 not permitted by any ReferenceGrant"}, be("echo", 9090, 1)}},
+	}}}
+	got := Build(routeInputs(func(in *Inputs) { in.TCPRoutes = routes }), Options{}).WaypointRoutes
+	if diff := cmp.Diff(want, got, protocmp.Transform()); diff != "" {
+		t.Errorf("Build(TCPRoutes).WaypointRoutes (-want +got):\n%s", diff)
+	}
+}
+
 // routeCond is a condition of generation 4 (httpRoute's).
 func routeCond(typ string, ok bool, reason, msg string) metav1.Condition {
 	s := metav1.ConditionTrue
@@ -702,10 +822,10 @@ func TestRouteStatus(t *testing.T) {
 				"Service demo/echo has no port matching the parentRef's port or sectionName"), resolvedOK},
 		},
 		{
-			name:  "a consumer route",
+			name:  "a consumer route to a Service without waypoint",
 			route: withParent(httpRoute("r", 0, toV1()), ns(svcParent("remote"), "other")),
-			want: []metav1.Condition{routeCond("Accepted", false, "UnsupportedValue",
-				`consumer routes (a parent Service in namespace "other", not the route's) are not supported`), resolvedOK},
+			want: []metav1.Condition{routeCond("Accepted", false, "MissingUseWaypointLabel",
+				"istio.io/use-waypoint label missing from parent and parent namespace; in ambient mode, route will not be respected"), resolvedOK},
 		},
 		{
 			name: "a waypoint Gateway parent",
