@@ -1,11 +1,15 @@
 package bench
 
 import (
+	"errors"
+	"fmt"
 	"os"
+	"runtime"
 	"testing"
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"golang.org/x/sys/unix"
 )
 
 func TestParseStatCPU(t *testing.T) {
@@ -129,5 +133,73 @@ func TestReadCPUResolution(t *testing.T) {
 	}
 	if after%(10*time.Millisecond) == 0 {
 		t.Errorf("ReadCPU = %v, a whole number of ticks: not the threads' schedstat", after)
+	}
+}
+
+// ReadCPU keeps the time of a thread that has exited: stunnel runs a
+// thread per connection, and the load closes its connections before the
+// second reading.
+func TestReadCPUCountsExitedThreads(t *testing.T) {
+	if _, err := os.Stat("/proc/self/task"); err != nil {
+		t.Skip("no /proc/self/task: not Linux")
+	}
+	pid := os.Getpid()
+	before, err := ReadCPU(pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A goroutine locked to its thread burns 200 ms of that thread's CPU
+	// (10 s of wall time at most) and returns still locked: the runtime
+	// ends the thread with it. The main thread is never ended: a goroutine
+	// that lands on it unlocks and another one tries (10 at most); this
+	// goroutine holds its own thread, so that they cannot all follow it
+	// onto the main thread.
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	const burn = 200 * time.Millisecond
+	tid := 0
+	for range 10 {
+		tids := make(chan int, 1)
+		go func() {
+			runtime.LockOSThread()
+			if unix.Gettid() == pid {
+				runtime.UnlockOSThread()
+				tids <- 0
+				return
+			}
+			tids <- unix.Gettid()
+			var ts unix.Timespec
+			if unix.ClockGettime(unix.CLOCK_THREAD_CPUTIME_ID, &ts) != nil {
+				return
+			}
+			until := time.Duration(ts.Nano()) + burn
+			for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); {
+				if unix.ClockGettime(unix.CLOCK_THREAD_CPUTIME_ID, &ts) != nil || time.Duration(ts.Nano()) >= until {
+					return
+				}
+			}
+		}()
+		if tid = <-tids; tid != 0 {
+			break
+		}
+	}
+	if tid == 0 {
+		t.Fatal("every goroutine ran on the main thread")
+	}
+	task := fmt.Sprintf("/proc/self/task/%d", tid)
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		if _, err := os.Stat(task); errors.Is(err, os.ErrNotExist) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s still there after 5 s", task)
+		}
+	}
+	after, err := ReadCPU(pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := after - before; got < burn {
+		t.Errorf("ReadCPU grew by %v over a thread that burnt %v and exited; want ≥ %v", got, burn, burn)
 	}
 }
