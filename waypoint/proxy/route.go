@@ -8,6 +8,8 @@ import (
 	"strings"
 	"sync/atomic"
 
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
 	"github.com/ambient-go/mesh/pkg/workloadapi/waypoint"
 )
 
@@ -18,13 +20,28 @@ import (
 // swaps a whole new one in on every update (Config.Routes). A Service
 // without an entry is served as without routes: every request to one of
 // its own endpoints.
+//
+// A Service's consumer routes (entries with a consumer namespace: routes
+// of another namespace attached to it, GEP-1294) apply only to clients of
+// that namespace, known by the HBONE peer's identity, and instead of the
+// producer routes, port by port.
 type Routes struct {
 	services map[string]*serviceRoutes // by Service key, namespace/hostname
 }
 
 // serviceRoutes is one Service's routes.
 type serviceRoutes struct {
-	key  string
+	key string
+	// routeGroup holds the producer routes, for every client.
+	routeGroup
+	// consumers holds the consumer routes by client namespace; nil when
+	// the Service has none (then no client's identity is looked at).
+	consumers map[string]*routeGroup
+}
+
+// routeGroup is the routes of one group: a Service's producer routes, or
+// its consumer routes of one namespace.
+type routeGroup struct {
 	http []*httpRoute // in istiod-lite's precedence order
 	tcp  []*tcpRoute
 	// httpPorts are the ports some HTTP entry names; httpAnyPort: an entry
@@ -85,18 +102,20 @@ func CompileRoutes(rs []*waypoint.Routes) *Routes {
 		if r == nil || r.GetService() == "" {
 			continue
 		}
-		sr := &serviceRoutes{key: r.GetService(), httpPorts: map[uint16]bool{}}
+		sr := &serviceRoutes{key: r.GetService(), routeGroup: routeGroup{httpPorts: map[uint16]bool{}}}
 		for _, e := range r.GetHttp() {
 			hr := compileHTTPRoute(e)
-			sr.http = append(sr.http, hr)
+			g := sr.group(e.GetConsumerNamespace())
+			g.http = append(g.http, hr)
 			if hr.port == 0 {
-				sr.httpAnyPort = true
+				g.httpAnyPort = true
 			} else {
-				sr.httpPorts[hr.port] = true
+				g.httpPorts[hr.port] = true
 			}
 		}
 		for _, e := range r.GetTcp() {
-			sr.tcp = append(sr.tcp, &tcpRoute{name: e.GetRoute(), port: uint16(e.GetPort()), backends: compileBackends(e.GetBackends())})
+			g := sr.group(e.GetConsumerNamespace())
+			g.tcp = append(g.tcp, &tcpRoute{name: e.GetRoute(), port: uint16(e.GetPort()), backends: compileBackends(e.GetBackends())})
 		}
 		out.services[sr.key] = sr
 	}
@@ -280,13 +299,81 @@ func (hr *httpRoute) matches(v *requestView, port uint16) bool {
 	return true
 }
 
+// group returns the group of consumer namespace ns ("": the producer
+// routes), making it if need be.
+func (sr *serviceRoutes) group(ns string) *routeGroup {
+	if ns == "" {
+		return &sr.routeGroup
+	}
+	g := sr.consumers[ns]
+	if g == nil {
+		if sr.consumers == nil {
+			sr.consumers = map[string]*routeGroup{}
+		}
+		g = &routeGroup{httpPorts: map[uint16]bool{}}
+		sr.consumers[ns] = g
+	}
+	return g
+}
+
+// consumer returns the consumer routes of the namespace of client src,
+// or nil.
+func (sr *serviceRoutes) consumer(src spiffeid.ID) *routeGroup {
+	if sr.consumers == nil {
+		return nil
+	}
+	return sr.consumers[sourceNamespace(src)]
+}
+
+// httpFor returns the group whose HTTP routes serve a request from client
+// src to port: the consumer routes of src's namespace when they route
+// port, else the producer routes.
+func (sr *serviceRoutes) httpFor(src spiffeid.ID, port uint16) *routeGroup {
+	if g := sr.consumer(src); g != nil && g.routesHTTP(port) {
+		return g
+	}
+	return &sr.routeGroup
+}
+
+// routeTCPFor returns the TCP entry of a stream from client src to port:
+// of src's namespace's consumer routes when one fits, else of the producer
+// routes; nil when none fits.
+func (sr *serviceRoutes) routeTCPFor(src spiffeid.ID, port uint16) *tcpRoute {
+	if g := sr.consumer(src); g != nil {
+		if tr := g.routeTCP(port); tr != nil {
+			return tr
+		}
+	}
+	return sr.routeTCP(port)
+}
+
+// sourceNamespace returns the namespace of a workload identity
+// (spiffe://<td>/ns/<ns>/sa/<sa>), or "" for another kind of ID. It
+// allocates nothing.
+func sourceNamespace(id spiffeid.ID) string {
+	rest, ok := strings.CutPrefix(id.Path(), "/ns/")
+	if !ok {
+		return ""
+	}
+	ns, _, ok := strings.Cut(rest, "/")
+	if !ok {
+		return ""
+	}
+	return ns
+}
+
+// routesHTTP reports whether the group has an HTTP entry for port.
+func (g *routeGroup) routesHTTP(port uint16) bool {
+	return g.httpAnyPort || g.httpPorts[port]
+}
+
 // routeHTTP returns the entry that takes a request to port, and whether
-// the Service routes that port at all (false: serve it without routes).
-func (sr *serviceRoutes) routeHTTP(v *requestView, port uint16) (hr *httpRoute, routed bool) {
-	if !sr.httpAnyPort && !sr.httpPorts[port] {
+// the group routes that port at all (false: serve it without routes).
+func (g *routeGroup) routeHTTP(v *requestView, port uint16) (hr *httpRoute, routed bool) {
+	if !g.routesHTTP(port) {
 		return nil, false
 	}
-	for _, hr := range sr.http {
+	for _, hr := range g.http {
 		if hr.matches(v, port) {
 			return hr, true
 		}
@@ -295,8 +382,8 @@ func (sr *serviceRoutes) routeHTTP(v *requestView, port uint16) (hr *httpRoute, 
 }
 
 // routeTCP returns the first TCP entry for port, or nil.
-func (sr *serviceRoutes) routeTCP(port uint16) *tcpRoute {
-	for _, tr := range sr.tcp {
+func (g *routeGroup) routeTCP(port uint16) *tcpRoute {
+	for _, tr := range g.tcp {
 		if tr.port == 0 || tr.port == port {
 			return tr
 		}

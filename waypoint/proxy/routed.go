@@ -9,6 +9,8 @@ import (
 	"net/netip"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
 	"github.com/ambient-go/mesh/pkg/accesslog"
 	"github.com/ambient-go/mesh/pkg/state"
 	"github.com/ambient-go/mesh/pkg/telemetry"
@@ -63,14 +65,18 @@ func (p *Proxy) serveRoute(rw *responseWriter, r *http.Request, st *stream, labe
 		return false
 	}
 	sr := rt.services[b.service.Key]
-	if sr == nil || len(sr.http) == 0 {
+	if sr == nil {
 		return false
 	}
 	port := b.authority.Port()
+	g := sr.httpFor(st.req.PeerID, port) // the client namespace's consumer routes, or the producer routes
+	if len(g.http) == 0 {
+		return false
+	}
 	var view requestView // on the stack: the route decision allocates nothing of its own
 	view.init(r)
 	v := &view
-	hr, routed := sr.routeHTTP(v, port)
+	hr, routed := g.routeHTTP(v, port)
 	if !routed {
 		return false
 	}
@@ -290,8 +296,9 @@ func (e errReader) Read([]byte) (int, error) { return 0, e.err }
 
 // tcpEndpoint picks the endpoint of a TCP stream: by the Service's
 // TCPRoutes for the port when it has some (a backend by weight, then one
-// of its endpoints), else as without routes.
-func (p *Proxy) tcpEndpoint(b *binding, labels *telemetry.Labels, rec *accesslog.Record) (*state.Workload, uint16, error) {
+// of its endpoints), else as without routes. src is the client's identity
+// (consumer routes apply to its namespace).
+func (p *Proxy) tcpEndpoint(b *binding, src spiffeid.ID, labels *telemetry.Labels, rec *accesslog.Record) (*state.Workload, uint16, error) {
 	rt := p.cfg.Routes()
 	if rt == nil || b.service == nil {
 		return p.endpoint(b)
@@ -301,7 +308,7 @@ func (p *Proxy) tcpEndpoint(b *binding, labels *telemetry.Labels, rec *accesslog
 		return p.endpoint(b)
 	}
 	port := b.authority.Port()
-	tr := sr.routeTCP(port)
+	tr := sr.routeTCPFor(src, port)
 	if tr == nil {
 		return p.endpoint(b)
 	}

@@ -49,7 +49,7 @@ func (p *Proxy) serveTCP(ctx context.Context, st *stream, c net.Conn) {
 		fail(telemetry.FlagDeny, errDenied)
 		return
 	}
-	w, port, err := p.tcpEndpoint(b, &labels, rec) // routed.go: the Service's TCPRoutes
+	w, port, err := p.tcpEndpoint(b, st.req.PeerID, &labels, rec) // routed.go: the Service's TCPRoutes
 	if err != nil {
 		fail(telemetry.FlagNoHealthyUpstream, err)
 		return
