@@ -44,6 +44,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/sets"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/log"
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
@@ -174,14 +175,17 @@ func TestMeshConformance(t *testing.T) {
 	}
 
 	log.SetLogger(logr.Discard())
-	c, err := client.New(kc.REST, client.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, install := range []func(*runtime.Scheme) error{gatewayv1.Install, v1beta1.Install, v1alpha2.Install, v1alpha3.Install, apiextensionsv1.AddToScheme} {
-		if err := install(c.Scheme()); err != nil {
+	// The suite's client gets a scheme of its own: client-go's global one
+	// is read by the harness's informers while this adds to it.
+	sch := runtime.NewScheme()
+	for _, install := range []func(*runtime.Scheme) error{clientgoscheme.AddToScheme, gatewayv1.Install, v1beta1.Install, v1alpha2.Install, v1alpha3.Install, apiextensionsv1.AddToScheme} {
+		if err := install(sch); err != nil {
 			t.Fatal(err)
 		}
+	}
+	c, err := client.New(kc.REST, client.Options{Scheme: sch})
+	if err != nil {
+		t.Fatal(err)
 	}
 	opts := suite.ConformanceOptions{
 		ConfigurableOptions: suite.ConfigurableOptions{
