@@ -24,8 +24,8 @@ func TestApplyCRDsAndDeploy(t *testing.T) {
 	// Server-side apply: the Gateway API CRDs are too large for the
 	// last-applied annotation of a client-side apply.
 	out := c.MustKubectl(t, "apply", "--server-side", "--dry-run=server", "-k", crds)
-	if n := strings.Count(out, "customresourcedefinition.apiextensions.k8s.io/"); n != 7 {
-		t.Errorf("dry-run apply of crds/ reported %d CRDs, want 7:\n%s", n, out)
+	if n := strings.Count(out, "customresourcedefinition.apiextensions.k8s.io/"); n != 9 {
+		t.Errorf("dry-run apply of crds/ reported %d CRDs, want 9 (3 Istio, 6 Gateway API):\n%s", n, out)
 	}
 	if _, err := c.Kubectl(context.Background(), "get", "crd", "authorizationpolicies.security.istio.io"); err == nil {
 		t.Errorf("a server-side dry run stored the CRDs")
