@@ -171,6 +171,9 @@ func run(ctx context.Context, binDir, example, outDir string, once bool, mode st
 			targets = append(targets, h+"/", h+"/admin")
 		}
 	}
+	for _, r := range routedTargets(snap) {
+		targets = append(targets, r.target(r.host))
+	}
 	say("the client pod (demo/client, %s, node-a) calls the echo service through its ztunnel (SOCKS5 %s:%d):", client, client, socksPort)
 	return traffic(ctx, targets, 40, once, func(ctx context.Context, t string) (string, error) {
 		return get(ctx, client, t)
@@ -225,8 +228,15 @@ func explain(client netip.Addr) {
     answers 403 to GET /admin, denied by the AuthorizationPolicy deny-admin
     (targetRefs: Service echo-l7) at the waypoint.
 
+    The waypoint also routes: the HTTPRoute demo/echo-l7-canary of
+    route.yaml (parentRef: Service echo-l7) sends requests carrying
+    x-canary: true to the Service echo-v2 (pod echo-v2-0) and the rest to
+    echo-l7's own pods; the waypoint's record of such a request names the
+    route.
+
     Try more, in another terminal:
       curl --interface %[1]s --socks5-hostname %[1]s:%[2]d http://echo.demo.svc.cluster.local/
+      curl --interface %[1]s --socks5-hostname %[1]s:%[2]d -H 'x-canary: true' http://echo-l7.demo.svc.cluster.local/
       curl -s http://127.10.2.1:15000/config_dump | head -50
       curl -s http://127.10.2.1:15020/metrics | grep istio_tcp
       bin/meshctl --istiod 127.10.0.1:15012 --istiod-ca _out/demo/state/root-cert.pem \
@@ -426,6 +436,9 @@ func printRecords(records <-chan logLine) {
 			}
 			if p := s("policy"); p != "" {
 				line += " policy " + p
+			}
+			if rt := s("route_name"); rt != "" {
+				line += " route " + rt
 			}
 			fmt.Println(line)
 			continue

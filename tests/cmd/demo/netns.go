@@ -218,6 +218,9 @@ func runNetns(ctx context.Context, binDir, configDir, stateDir, logDir, runDir s
 			targets = append(targets, ip+":8080/")
 		}
 	}
+	for _, r := range routedTargets(snap) {
+		targets = append(targets, r.target(addrs[r.clusterIP]))
+	}
 	sort.Strings(targets)
 	c := nsHTTPClient(client.pod.NS)
 	say("the client pod (demo/client, %s, node-a) calls the echo service with a plain HTTP client; its ztunnel captures it:", client.pod.IP)
@@ -229,6 +232,11 @@ func runNetns(ctx context.Context, binDir, configDir, stateDir, logDir, runDir s
     network namespace to ztunnel (nftables rules written by ztunnel when the
     CNI plugin handed it the pod), carried over HBONE (mTLS, port 15008) to
     node-b's ztunnel, and delivered from the client's own address.
+
+    echo-l7's requests go through the waypoint, which applies the
+    HTTPRoute demo/echo-l7-canary (route.yaml): the request sent with
+    x-canary: true is answered by echo-v2-0, and its [waypoint] record names
+    the route.
 
     Try more, in another terminal:
       ip netns exec %[1]s curl -s http://%[2]s
@@ -319,12 +327,17 @@ func httpOKWith(c *http.Client, url string) bool {
 	return resp.StatusCode == http.StatusOK
 }
 
-// getWith sends GET http://<target> (host:port/path) and returns the
-// body, prefixed by the status code unless it is 200.
+// getWith sends GET http://<target> (host:port/path, then optionally
+// " [name: value]", a header to send) and returns the body, prefixed by the
+// status code unless it is 200.
 func getWith(ctx context.Context, c *http.Client, target string) (string, error) {
+	target, header := splitTarget(target)
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+target, nil)
 	if err != nil {
 		return "", err
+	}
+	for k, v := range header {
+		req.Header[k] = v
 	}
 	resp, err := c.Do(req)
 	if err != nil {
