@@ -497,6 +497,8 @@ func TestDemoNetns(t *testing.T) {
 		"[node-a] outbound spiffe://cluster.local/ns/demo/sa/client",
 		"[node-b] inbound  spiffe://cluster.local/ns/demo/sa/client",
 		"via HBONE",
+		"[x-canary: true] -> hello from demo/echo-v2-0",
+		"route demo/echo-l7-canary",
 		"all processes stopped",
 		"removed every namespace",
 	} {

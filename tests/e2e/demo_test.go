@@ -63,6 +63,9 @@ func TestDemo(t *testing.T) {
 		"[waypoint demo/waypoint] GET /admin -> 403 from spiffe://cluster.local/ns/demo/sa/client",
 		"policy demo/deny-admin",
 		"GET http://echo-l7.demo.svc.cluster.local:80/admin  -> 403 RBAC: access denied",
+		// The HTTPRoute of route.yaml: the marked request goes to echo-v2.
+		"GET http://echo-l7.demo.svc.cluster.local:80/ [x-canary: true] -> hello from demo/echo-v2-0",
+		"for echo-v2.demo.svc.cluster.local sent to 127.10.2.12:8080 as spiffe://cluster.local/ns/demo/sa/echo route demo/echo-l7-canary",
 		"all processes stopped",
 	} {
 		if !strings.Contains(string(out), want) {
