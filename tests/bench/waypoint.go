@@ -108,6 +108,13 @@ func (w *Waypoint) Requests(ctx context.Context) (float64, error) {
 	return SumMetric(b, "istio_requests_total")
 }
 
+// ConfigDump is the waypoint's admin /config_dump (JSON): among the rest,
+// the Services' routes it holds ("waypointRoutes", in the order it tries
+// them).
+func (w *Waypoint) ConfigDump(ctx context.Context) ([]byte, error) {
+	return w.cfg.Get(ctx, "http://"+WaypointAdmin+"/config_dump")
+}
+
 // SumMetric sums every sample of the metric name in a Prometheus text
 // exposition.
 func SumMetric(text []byte, name string) (float64, error) {

@@ -11,6 +11,7 @@ import (
 	"context"
 	"fmt"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -22,6 +23,9 @@ var l7Columns = []string{"direct", "mesh", "mesh+waypoint", "peer", "peer+haprox
 
 // l7Rates are the fixed request rates of the open-loop HTTP load.
 var l7Rates = []int{1000, 3000}
+
+// l7RouteRate is the one rate the routed variants (l7routes.go) run at.
+const l7RouteRate = 1000
 
 // l7Conns is the number of persistent HTTP/1.1 connections of each load.
 const l7Conns = 8
@@ -37,8 +41,8 @@ type l7Profile struct{ proc, load, file, top string }
 
 func runL7(ctx context.Context, o options, s *setup, d durations, r *results) error {
 	r.l7 = &l7Results{run: d.latency}
-	say("L7: warming up the HTTP paths (%s)", strings.Join(l7Columns, ", "))
-	for _, v := range s.l7 {
+	say("L7: warming up the HTTP paths (%s, %s)", strings.Join(l7Columns, ", "), strings.Join(l7RouteColumns[1:], ", "))
+	for _, v := range append(slices.Clone(s.l7), s.l7Routes...) {
 		if _, err := bench.HTTPClosedLoop(ctx, v.dial, 2, 300*time.Millisecond); err != nil {
 			return fmt.Errorf("%s: warm-up: %w", v.name, err)
 		}
@@ -61,14 +65,20 @@ func runL7(ctx context.Context, o options, s *setup, d durations, r *results) er
 		for i, p := range peak {
 			r.add(fmt.Sprintf("%s-rss/%d", key, i), v.name, float64(p)/(1<<20))
 		}
-		if v.name == "mesh+waypoint" {
+		if slices.Contains(v.procs, s.waypoint.Proc) {
 			r.l7.sent += float64(res.Requests)
 		}
 	}
 	for _, rate := range l7Rates {
-		say("L7: HTTP 1 KiB POST at %d rps (open loop, %d connections): %d runs × %d variants, %s each", rate, l7Conns, o.runs, len(s.l7), d.latency)
+		// The routed variants run at l7RouteRate only, interleaved with
+		// the others.
+		vs := s.l7
+		if rate == l7RouteRate {
+			vs = append(slices.Clone(s.l7), s.l7Routes...)
+		}
+		say("L7: HTTP 1 KiB POST at %d rps (open loop, %d connections): %d runs × %d variants, %s each", rate, l7Conns, o.runs, len(vs), d.latency)
 		key := fmt.Sprintf("http%d", rate)
-		err := interleave(ctx, o.runs, s.l7, func(v variant) error {
+		err := interleave(ctx, o.runs, vs, func(v variant) error {
 			cpu := cpuBefore(v.procs)
 			stop := bench.PeakRSS(v.procs, 100*time.Millisecond)
 			res, err := bench.HTTPOpenLoop(ctx, v.dial, l7Conns, float64(rate), d.latency)
@@ -320,7 +330,9 @@ GOMAXPROCS (one per core).
 The "middle proxy" is the waypoint or HAProxy; the source and destination
 proxies are the two ztunnels or the two stunnels; "all proxies" sums
 every proxy process of the path. CPU is each process's on-CPU time over
-each run, summed over its threads in nanoseconds (/proc/<pid>/task/*/schedstat).
+each run in nanoseconds: its CPU-time clock (clock_gettime of
+clock_getcpuclockid(pid)), every thread's time, exited threads included
+(stunnel runs a thread per connection).
 System calls (every
 kind, raw_syscalls:sys_enter) and context switches are counted by perf stat
 on the middle proxy during the profiling run (a run of its own, so perf's
@@ -329,12 +341,13 @@ generator (as in the main table) releasing 1 KiB POSTs to %s at 1000 and
 3000 requests per second over %d persistent HTTP/1.1 connections, %s per
 run; and %d connections back to back for the saturation figures. Each
 answer must be a 200 with a 1 KiB body on a kept-alive connection, or the
-run fails. RSS idle is read after start-up and one check request, before
+run fails. RSS idle is read after start-up and the check requests, before
 any load; RSS under load is the largest of samples taken every 100 ms
 during each run (median over the runs). The waypoint counted %.0f
 requests in its istio_requests_total over the figures, for %.0f sent
 through it.
 `, bench.HTTPPath, l7Conns, r.l7.run, l7Conns, r.l7.counted, r.l7.sent)
+	b.WriteString(r.l7RouteDocument(o))
 	if len(r.l7.profiles) > 0 {
 		b.WriteString("\nProfiles of the middle proxies (perf record -g -F 499 during an HTTP saturation run; perf report --children by symbol, each symbol with what it called, entries ≥ 3 %, the first 45; files in _out/bench/):\n")
 		for _, p := range r.l7.profiles {

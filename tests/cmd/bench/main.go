@@ -105,7 +105,10 @@ type setup struct {
 	admin map[string][]adminGet
 	// l7 are the variants of the HTTP figures (direct, mesh,
 	// mesh+waypoint, peer, peer+haproxy); empty: not run (loopback).
-	l7       []variant
+	l7 []variant
+	// l7Routes are mesh+waypoint with an HTTPRoute of 1 and of 100 rules
+	// on the Service, run at 1000 rps only.
+	l7Routes []variant
 	waypoint *bench.Waypoint
 	stop     func() // stops and removes everything
 	describe string
@@ -159,6 +162,17 @@ func run(ctx context.Context, o options) error {
 	}
 	defer s.stop()
 	r := &results{series: map[string]map[string][]float64{}}
+
+	// Idle RSS before any traffic, after a moment to settle: for every
+	// group of figures, -only l7 included (its middle proxies' row).
+	time.Sleep(time.Second)
+	for _, p := range s.idle {
+		smp, err := p.Sample()
+		if err != nil {
+			return err
+		}
+		r.idleRSS = append(r.idleRSS, procRSS{p.Name, smp.RSS})
+	}
 
 	if o.only != "l7" {
 		if err := runL4(ctx, o, s, d, r); err != nil {
@@ -225,6 +239,12 @@ func run(ctx context.Context, o options) error {
 		fmt.Print(l7Table)
 		fmt.Println()
 	}
+	routeRows := r.l7RouteRows()
+	if len(routeRows) > 0 {
+		fmt.Print(bench.Markdown(routeRows, l7RouteColumns))
+		fmt.Println()
+		l7Rows = append(l7Rows, routeRows...)
+	}
 	var pcTable string
 	if pcRows := r.perCallRows(); len(pcRows) > 0 {
 		pcTable = bench.Markdown(pcRows, perCallColumns)
@@ -255,21 +275,11 @@ func run(ctx context.Context, o options) error {
 	return nil
 }
 
-// runL4 measures the data-path figures of every variant (idle and
-// per-connection RSS, throughput, latency, saturation, new connections)
+// runL4 measures the data-path figures of every variant (per-connection
+// RSS, throughput, latency, saturation, new connections)
 // and the per-request counts.
 func runL4(ctx context.Context, o options, s *setup, d durations, r *results) error {
 	variants := s.variants
-	// Idle RSS before any traffic, after a moment to settle.
-	time.Sleep(time.Second)
-	for _, p := range s.idle {
-		smp, err := p.Sample()
-		if err != nil {
-			return err
-		}
-		r.idleRSS = append(r.idleRSS, procRSS{p.Name, smp.RSS})
-	}
-
 	// Per-connection memory first, on idle processes: RSS with the
 	// connections open minus RSS idle.
 	say("RSS with %d open idle connections", d.idleConns)

@@ -297,6 +297,13 @@ func setupNetns(ctx context.Context, o options, localPods int) (s *setup, err er
 		{"peer", peer.Dial, []*bench.Process{peer.Client, peer.Server}},
 		{"peer+haproxy", peer.DialL7, []*bench.Process{peer.Client, peer.Server, l7.Proc}},
 	}
+	for _, rt := range l7Routes {
+		dial := podDialer(meshClient, rt.vip)
+		if err := checkRoutePath(ctx, wp, dial, rt); err != nil {
+			return s, err
+		}
+		s.l7Routes = append(s.l7Routes, variant{rt.variant, dial, []*bench.Process{zt1, zt2, wp.Proc}})
+	}
 	s.idle = append(s.idle, wp.Proc, l7.Proc)
 	return s, nil
 }
@@ -376,7 +383,7 @@ spec:
     port: %[5]d
     targetPort: %[5]d
     appProtocol: http
-`, waypointGateway, waypointVIP, svcVIP, svcWaypointVIP, bench.HTTPPort)
+`, waypointGateway, waypointVIP, svcVIP, svcWaypointVIP, bench.HTTPPort) + l7RoutesYAML()
 )
 
 // checkWaypointPath waits (20 s at most) until a request to the Service

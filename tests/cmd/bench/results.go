@@ -269,7 +269,9 @@ Ratios compare medians measured in the same run; "added" is a variant's
 latency minus direct's, and "added mesh/floor" how many times the floor's
 two plain relays the mesh adds. "—": not applicable (the direct path has
 no proxy) or not measured. CPU is the on-CPU time of each proxy process over
-each run, summed over its threads in nanoseconds (/proc/<pid>/task/*/schedstat);
+each run in nanoseconds: its CPU-time clock (clock_gettime of
+clock_getcpuclockid(pid)), every thread's time, exited threads included
+(stunnel runs a thread per connection);
 the source proxy is
 the client node's ztunnel or the stunnel client, the destination proxy the
 server node's ztunnel or the stunnel server.
