@@ -95,6 +95,9 @@ type Config struct {
 	DrainTimeout time.Duration
 	// SniffTimeout and RequestTimeout: see proxy.Config.
 	SniffTimeout, RequestTimeout time.Duration
+	// LB is how a Service's endpoints are picked: proxy.LeastRequest (the
+	// default, Istio's) or proxy.RoundRobin.
+	LB proxy.LBPolicy
 
 	// AccessLogRing is how many access-log records are kept for `meshctl
 	// logs` (streamed to istiod-lite's relay); default
@@ -257,6 +260,8 @@ func New(cfg Config) (*Waypoint, error) {
 		AccessLog:      w.access,
 		SniffTimeout:   cfg.SniffTimeout,
 		RequestTimeout: cfg.RequestTimeout,
+		LB:             cfg.LB,
+		LBMetrics:      proxy.NewLBMetrics(reg),
 		Logger:         log,
 	})
 	if err != nil {

@@ -103,6 +103,7 @@ type request struct {
 	clientIP string         // client as text
 	flags    string         // response flags set by the error handler
 	retry    *retryState    // a routed request's tries (retry.go); nil: one try
+	lease    lease          // the endpoint's hold on its balancer host (balance.go)
 }
 
 // serveHTTP serves one request: policy, endpoint, forward, then metrics
@@ -172,7 +173,7 @@ func (p *Proxy) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		localReply(rw, grpc, http.StatusForbidden, DeniedBody)
 	case p.serveRoute(rw, r, st, &labels, rec, grpc): // routed.go: the Service's HTTPRoutes
 	default:
-		w, port, err := p.endpoint(b)
+		w, port, l, err := p.endpoint(b)
 		if err != nil {
 			labels.ResponseFlags = telemetry.FlagNoHealthyUpstream
 			rec.Err = err
@@ -184,7 +185,9 @@ func (p *Proxy) serveHTTP(w http.ResponseWriter, r *http.Request) {
 			h2:       r.ProtoMajor == 2 || b.appProtocol == protoHTTP2,
 			client:   st.client.Addr(),
 			clientIP: st.clientIP,
+			lease:    l,
 		}
+		defer p.lb.release(rq) // deferred: forward aborts a broken answer with a panic
 		var hboneAddr netip.AddrPort
 		if p.up.tunnelled(w) {
 			hboneAddr = netip.AddrPortFrom(w.Addrs[0], p.cfg.HBONEPort)
@@ -223,16 +226,17 @@ func (p *Proxy) serveHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 // endpoint picks where a request goes: a healthy endpoint of the service,
-// round robin, or the addressed workload itself.
-func (p *Proxy) endpoint(b *binding) (*state.Workload, uint16, error) {
+// by the balancer (balance.go; the caller releases the lease), or the
+// addressed workload itself.
+func (p *Proxy) endpoint(b *binding) (*state.Workload, uint16, lease, error) {
 	if b.service != nil {
-		return p.cfg.Store.PickEndpoint(b.service, b.authority.Port())
+		return p.lb.pick(b.service, b.authority.Port())
 	}
 	w := b.workload
 	if w.Status != workloadapi.WorkloadStatus_HEALTHY || len(w.Addrs) == 0 {
-		return nil, 0, state.ErrNoEndpoints
+		return nil, 0, lease{}, state.ErrNoEndpoints
 	}
-	return w, b.authority.Port(), nil
+	return w, b.authority.Port(), lease{}, nil
 }
 
 // newReverseProxy returns the proxy that forwards allowed requests to the

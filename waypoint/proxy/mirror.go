@@ -52,7 +52,7 @@ func (ms *mirrors) send(r *http.Request, body []byte, m *mirror, port uint16) {
 		return
 	}
 	bport := m.backend.servicePort(port)
-	w, tport, err := ms.p.cfg.Store.PickEndpoint(svc, bport)
+	w, tport, l, err := ms.p.lb.pick(svc, bport) // balance.go
 	if err != nil {
 		<-ms.sem
 		return
@@ -78,6 +78,7 @@ func (ms *mirrors) send(r *http.Request, body []byte, m *mirror, port uint16) {
 		defer func() { <-ms.sem }()
 		defer cancel()
 		res, err := ms.p.up.roundTripOnce(out, rq)
+		ms.p.lb.done(l, tryOutcome(ctx, err))
 		if err != nil {
 			ms.p.log.Debug("mirror failed", "backend", m.backend.key, "error", err)
 			return

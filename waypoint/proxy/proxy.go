@@ -27,6 +27,7 @@ package proxy
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
@@ -93,6 +94,13 @@ type Config struct {
 	// for this long; default 1h (Envoy's).
 	IdleTimeout time.Duration
 
+	// LB is how a Service's endpoints are picked: LeastRequest (the
+	// default, Istio's) or RoundRobin; either skips endpoints ejected
+	// after failing to connect (balance.go).
+	LB LBPolicy
+	// LBMetrics counts outlier ejections; nil: not counted.
+	LBMetrics *LBMetrics
+
 	Logger *slog.Logger
 }
 
@@ -107,7 +115,8 @@ type Proxy struct {
 	httpLn   *streamListener
 	httpDone chan struct{} // closed when httpSrv.Serve returned
 	up       *upstream
-	mirrors  *mirrors // RequestMirror copies in flight (mirror.go)
+	lb       *balancer // picks endpoints (balance.go)
+	mirrors  *mirrors  // RequestMirror copies in flight (mirror.go)
 
 	mu        sync.Mutex
 	conns     map[net.Conn]struct{}
@@ -141,6 +150,13 @@ func New(cfg Config) (*Proxy, error) {
 	if cfg.IdleTimeout <= 0 {
 		cfg.IdleTimeout = time.Hour
 	}
+	switch cfg.LB {
+	case "":
+		cfg.LB = LeastRequest
+	case LeastRequest, RoundRobin:
+	default:
+		return nil, fmt.Errorf("proxy: unknown load balancing policy %q (want %q or %q)", cfg.LB, LeastRequest, RoundRobin)
+	}
 	if cfg.Policies == nil {
 		cfg.Policies = func() *authz.L7Policies { return nil }
 	}
@@ -159,6 +175,7 @@ func New(cfg Config) (*Proxy, error) {
 		conns:    map[net.Conn]struct{}{},
 		httpDone: make(chan struct{}),
 	}
+	p.lb = newBalancer(cfg.Store, cfg.LB, cfg.LBMetrics, p.log)
 	p.up = newUpstream(p)
 	p.mirrors = newMirrors(p)
 	p.httpLn = newStreamListener()

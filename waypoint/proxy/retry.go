@@ -46,6 +46,8 @@ type retryState struct {
 	replayable bool
 	body       []byte
 	last       *state.Workload // the endpoint of the last try when it is not the first's
+	tried      [4]*host        // the hosts of earlier tries, avoided by the next (balance.go)
+	ntried     int
 }
 
 // roundTrip sends out with retries: each try (after the first, on another
@@ -98,16 +100,25 @@ func (rs *retryState) roundTrip(out *http.Request, rq *request, once func(*http.
 			io.Copy(io.Discard, io.LimitReader(res.Body, 64<<10))
 			res.Body.Close()
 		}
+		// The try's endpoint is released (balance.go) and avoided by the
+		// next try.
+		if rq.lease.h != nil && rs.ntried < len(rs.tried) {
+			rs.tried[rs.ntried] = rq.lease.h
+			rs.ntried++
+		}
+		rs.p.lb.done(rq.lease, tryOutcome(req.Context(), err))
+		rq.lease = lease{}
 		if cancel != nil {
 			cancel()
 		}
 		if !sleepCtx(parent, rs.backoffFor(try)) {
 			return nil, parent.Err()
 		}
-		w, port, perr := rs.p.cfg.Store.PickEndpoint(rs.svc, rs.port)
+		w, port, l, perr := rs.p.lb.pickAvoiding(rs.svc, rs.port, rs.tried[:rs.ntried])
 		if perr != nil {
 			return nil, &dialError{perr}
 		}
+		rq.lease = l
 		rq.upstream = netip.AddrPortFrom(w.Addrs[0], port)
 		rq.hbone = rs.p.up.tunnelled(w)
 		rs.last = w

@@ -171,7 +171,7 @@ func (p *Proxy) serveRoute(rw *responseWriter, r *http.Request, st *stream, labe
 		}
 	}
 
-	w, tport, err := p.cfg.Store.PickEndpoint(svc, bport)
+	w, tport, l, err := p.lb.pick(svc, bport) // balance.go
 	if err != nil {
 		return fail(http.StatusServiceUnavailable, telemetry.FlagNoHealthyUpstream, noHealthyUpstreamBody, err)
 	}
@@ -183,6 +183,8 @@ func (p *Proxy) serveRoute(rw *responseWriter, r *http.Request, st *stream, labe
 	}
 	p.initRequest(rq, r, st, svc, bport, w, tport)
 	rq.retry = rs
+	rq.lease = l
+	defer p.lb.release(rq) // a retry releases its tries' leases (retry.go)
 	var hboneAddr netip.AddrPort
 	if rq.hbone {
 		hboneAddr = netip.AddrPortFrom(w.Addrs[0], p.cfg.HBONEPort)
@@ -298,7 +300,7 @@ func (e errReader) Read([]byte) (int, error) { return 0, e.err }
 // TCPRoutes for the port when it has some (a backend by weight, then one
 // of its endpoints), else as without routes. src is the client's identity
 // (consumer routes apply to its namespace).
-func (p *Proxy) tcpEndpoint(b *binding, src spiffeid.ID, labels *telemetry.Labels, rec *accesslog.Record) (*state.Workload, uint16, error) {
+func (p *Proxy) tcpEndpoint(b *binding, src spiffeid.ID, labels *telemetry.Labels, rec *accesslog.Record) (*state.Workload, uint16, lease, error) {
 	rt := p.cfg.Routes()
 	if rt == nil || b.service == nil {
 		return p.endpoint(b)
@@ -316,18 +318,18 @@ func (p *Proxy) tcpEndpoint(b *binding, src spiffeid.ID, labels *telemetry.Label
 	be := tr.backends.pick()
 	switch {
 	case be == nil:
-		return nil, 0, errNoBackend
+		return nil, 0, lease{}, errNoBackend
 	case be.invalid != "":
-		return nil, 0, errors.New("invalid backend: " + be.invalid)
+		return nil, 0, lease{}, errors.New("invalid backend: " + be.invalid)
 	}
 	svc := b.service
 	if be.key != svc.Key {
 		svc = p.cfg.Store.ServiceByHostname(be.hostname)
 		if svc == nil || svc.Key != be.key {
-			return nil, 0, errUnknownBackend
+			return nil, 0, lease{}, errUnknownBackend
 		}
 		labels.SetService(svc)
 		rec.DstService = svc.Hostname
 	}
-	return p.cfg.Store.PickEndpoint(svc, be.servicePort(port))
+	return p.lb.pick(svc, be.servicePort(port))
 }

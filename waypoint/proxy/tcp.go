@@ -49,7 +49,7 @@ func (p *Proxy) serveTCP(ctx context.Context, st *stream, c net.Conn) {
 		fail(telemetry.FlagDeny, errDenied)
 		return
 	}
-	w, port, err := p.tcpEndpoint(b, st.req.PeerID, &labels, rec) // routed.go: the Service's TCPRoutes
+	w, port, l, err := p.tcpEndpoint(b, st.req.PeerID, &labels, rec) // routed.go: the Service's TCPRoutes
 	if err != nil {
 		fail(telemetry.FlagNoHealthyUpstream, err)
 		return
@@ -62,11 +62,13 @@ func (p *Proxy) serveTCP(ctx context.Context, st *stream, c net.Conn) {
 	setEndpoint(rec, &labels, w, addr, hboneAddr)
 	up, err := p.up.dial(ctx, "tcp", addr.String())
 	if err != nil {
+		p.lb.done(l, tryOutcome(ctx, err))
 		fail(telemetry.FlagUpstreamFailure, fmt.Errorf("endpoint %v: %w", addr, err))
 		return
 	}
 	m := p.cfg.Metrics.Open(&labels)
 	sent, recv, err := hbone.Relay(c, up)
+	p.lb.done(l, outcomeConnected)
 	m.AddReceived(sent)
 	m.AddSent(recv)
 	m.Close()

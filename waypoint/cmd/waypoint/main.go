@@ -33,6 +33,7 @@ import (
 	"github.com/ambient-go/mesh/pkg/identity"
 	"github.com/ambient-go/mesh/pkg/logging"
 	"github.com/ambient-go/mesh/waypoint"
+	"github.com/ambient-go/mesh/waypoint/proxy"
 )
 
 func main() {
@@ -111,6 +112,7 @@ func main() {
 	f.DurationVar(&cfg.DrainTimeout, "drain-timeout", 0, "how long open streams may finish after SIGTERM (default 5s)")
 	f.DurationVar(&cfg.SniffTimeout, "sniff-timeout", 0, "wait for a stream's first bytes on ports of undeclared protocol before carrying it as TCP (default 1s)")
 	f.DurationVar(&cfg.RequestTimeout, "request-timeout", 0, "bound on each request until its response headers (default none)")
+	f.StringVar((*string)(&cfg.LB), "lb", string(proxy.LeastRequest), "how a Service's endpoints are picked: least-request (Istio's default: the less busy of two at random) or round-robin")
 	f.StringVar(&level, "log-level", "info", "debug, info, warn or error")
 	f.DurationVar(&proc.LogFlush, "log-flush", admin.LogFlushDefault, "log lines (access log included) are written in batches, at most this late; 0: each line at once")
 	f.IntVar(&proc.WorkerThreads, "worker-threads", 1, "OS threads running Go code at once (GOMAXPROCS; the GOMAXPROCS variable wins unless this is given); 0: one per CPU of the container's limit. Default 1: a waypoint scales by replicas, and one thread spends the least CPU per request (the runtime wakes a second thread for every hand-off between goroutines; docs/optimisations.md).")
