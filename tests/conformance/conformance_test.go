@@ -72,14 +72,10 @@ const suiteEchoImage = "registry.k8s.io/gateway-api/echo-advanced:v1.5.1"
 var meshNamespaces = []string{suite.MeshNamespace, suite.MeshConsumerNamespace}
 
 // skipped are the tests not run, each with why (docs/conformance/README.md
-// lists them too).
-var skipped = map[string]string{
-	// A consumer route (an HTTPRoute in the client's namespace for a
-	// Service of another) applies to that namespace's clients only: in
-	// ambient the waypoint of the Service's namespace serves every
-	// client, so the route cannot tell them apart. Istio skips it too.
-	"MeshConsumerRoute": "consumer routes need the client side (a sidecar); a waypoint serves every caller",
-}
+// lists them too). None is: MeshConsumerRoute, which Istio's ambient run
+// skips, passes since the waypoint tells a consumer route's clients apart
+// by their HBONE identity.
+var skipped = map[string]string{}
 
 // meshFeatures are the features we claim beyond the profiles' core ones:
 // every mesh extended feature, and the HTTPRoute features the mesh tests
