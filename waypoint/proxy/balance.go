@@ -276,6 +276,7 @@ func (b *balancer) eject(l lease) {
 	nowT := b.now()
 	now := nowT.UnixNano()
 	if h.ejectedUntil.Load() > now {
+		h.failures.Store(0) // requests sent before the ejection: its return starts a new streak
 		return
 	}
 	if eps, err := b.store.Endpoints(l.svc, l.port); err == nil {

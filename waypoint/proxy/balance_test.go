@@ -462,3 +462,16 @@ func TestTryOutcome(t *testing.T) {
 		}
 	}
 }
+
+func TestFailuresWhileEjectedStartNoStreak(t *testing.T) {
+	// Requests sent before the ejection fail after it: once the endpoint
+	// is back, a single failure does not eject it again.
+	s, svc := lbStore(t, healthy("e1", "e2"))
+	b, clock := testBalancer(s, LeastRequest)
+	fail(b, svc, "e1", 2*consecutiveConnectFailures)
+	clock.advance(baseEjectionTime)
+	fail(b, svc, "e1", 1)
+	if got := testutil.ToFloat64(b.metrics.ejections); got != 1 {
+		t.Errorf("%s = %v, want 1 (one failure after the ejection ended)", OutlierEjectionsName, got)
+	}
+}
