@@ -167,8 +167,8 @@ func parseCPUInfo(b []byte, fallback int) (model string, cores int) {
 // proxy's CPU, enough to turn a ratio around. Summing the live threads'
 // /proc/<pid>/task/*/schedstat instead loses the time of every thread that
 // exits between two readings: stunnel runs a thread per connection, which
-// exits when the load closes it, so its CPU over a run read as little or
-// nothing. Where the clock cannot be read it returns that sum, and where
+// exits when the load closes it (in a trial of the L7 figures the
+// stunnels' CPU read about half of this clock's). Where the clock cannot be read it returns that sum, and where
 // schedstat is missing utime+stime.
 func ReadCPU(pid int) (time.Duration, error) {
 	var ts unix.Timespec
