@@ -360,17 +360,7 @@ func prefixRewriteProblem(e *waypoint.HTTPRouteEntry) string {
 // attaches to, or why not (accepted non-nil: Accepted=False). own is false
 // for parents that are not ours to report on.
 func (ctx *routeContext) parent(r *routeObject, ref gatewayv1.ParentReference) (svcKey string, port uint32, accepted *routeError, own bool) {
-	group, kind := "gateway.networking.k8s.io", "Gateway"
-	if ref.Group != nil {
-		group = string(*ref.Group)
-	}
-	if ref.Kind != nil {
-		kind = string(*ref.Kind)
-	}
-	ns := r.meta.Namespace
-	if ref.Namespace != nil && *ref.Namespace != "" {
-		ns = string(*ref.Namespace)
-	}
+	group, kind, ns := refOf(groupGateway, KindGateway, ref.Group, ref.Kind, ref.Namespace, r.meta.Namespace)
 	switch {
 	case kind == KindGateway && group == groupGateway:
 		if _, ok := ctx.waypoints.gateway(ns, string(ref.Name)); !ok {
@@ -588,17 +578,7 @@ func (ctx *routeContext) backend(r *routeObject, ref gatewayv1.BackendObjectRefe
 	if weight != nil {
 		b.Weight = uint32(max(*weight, 0))
 	}
-	group, kind := "", KindService
-	if ref.Group != nil {
-		group = string(*ref.Group)
-	}
-	if ref.Kind != nil {
-		kind = string(*ref.Kind)
-	}
-	ns := r.meta.Namespace
-	if ref.Namespace != nil && *ref.Namespace != "" {
-		ns = string(*ref.Namespace)
-	}
+	group, kind, ns := refOf("", KindService, ref.Group, ref.Kind, ref.Namespace, r.meta.Namespace)
 	switch {
 	case kind != KindService || (group != "" && group != groupCore):
 		b.Invalid = r.refError(gatewayv1.RouteReasonInvalidKind, fmt.Sprintf("backendRef %s: kind %s of group %q is not supported (only Service)", ref.Name, kind, group))
@@ -915,4 +895,21 @@ func retry(r *gatewayv1.HTTPRouteRetry) *waypoint.Retry {
 		out.Codes = append(out.Codes, uint32(c))
 	}
 	return out
+}
+
+// refOf returns the group, kind and namespace a parentRef or backendRef
+// names, with the defaults of its kind of reference for the unset ones
+// (the namespace defaults to the route's).
+func refOf(defGroup, defKind string, g *gatewayv1.Group, k *gatewayv1.Kind, n *gatewayv1.Namespace, routeNS string) (group, kind, ns string) {
+	group, kind, ns = defGroup, defKind, routeNS
+	if g != nil {
+		group = string(*g)
+	}
+	if k != nil {
+		kind = string(*k)
+	}
+	if n != nil && *n != "" {
+		ns = string(*n)
+	}
+	return group, kind, ns
 }
