@@ -19,14 +19,25 @@ type entry struct {
 	rec  accesslog.Record
 }
 
+// chunkLen is how many entries the ring allocates at a time: 64 of 512 B
+// are 32 KiB, the largest size class the Go allocator serves from its
+// per-P caches.
+const chunkLen = 64
+
 // Ring keeps the last records logged. Add never blocks on a reader: readers
 // each hold a position (a sequence number) and read under the same short
 // lock; one that falls behind by more than the ring's size loses the
 // records in between and is told how many.
+//
+// The ring's memory grows as records are written, one chunk of chunkLen
+// entries at a time, up to its size (and is then reused, never freed): an
+// idle proxy with the default 4096 entries (2 MiB) holds only the chunk
+// index until the first record.
 type Ring struct {
-	mu   sync.Mutex
-	buf  []entry
-	next uint64 // sequence number of the next record; the first is 1
+	mu     sync.Mutex
+	size   uint64    // entries kept
+	chunks [][]entry // entry i is chunks[i/chunkLen][i%chunkLen]; nil until first written
+	next   uint64    // sequence number of the next record; the first is 1
 
 	// waiters are woken (without blocking) after every Add; copy on
 	// write under wmu.
@@ -40,11 +51,37 @@ func NewRing(size int) *Ring {
 	if size <= 0 {
 		size = DefaultRingSize
 	}
-	return &Ring{buf: make([]entry, size), next: 1}
+	return &Ring{size: uint64(size), chunks: make([][]entry, (size+chunkLen-1)/chunkLen), next: 1}
 }
 
 // Size is how many records the ring keeps.
-func (r *Ring) Size() int { return len(r.buf) }
+func (r *Ring) Size() int { return int(r.size) }
+
+// slot is the entry that record seq is kept in, allocating its chunk on
+// first use. Called with mu held.
+func (r *Ring) slot(seq uint64) *entry {
+	i := seq % r.size
+	c := r.chunks[i/chunkLen]
+	if c == nil {
+		// The last chunk is short when size is not a multiple of chunkLen.
+		c = make([]entry, min(chunkLen, r.size-i/chunkLen*chunkLen))
+		r.chunks[i/chunkLen] = c
+	}
+	return &c[i%chunkLen]
+}
+
+// allocated is how many chunks the ring has allocated.
+func (r *Ring) allocated() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	n := 0
+	for _, c := range r.chunks {
+		if c != nil {
+			n++
+		}
+	}
+	return n
+}
 
 // Sink is the accesslog.Sink that adds every record to r.
 func (r *Ring) Sink() accesslog.Sink { return r.add }
@@ -55,7 +92,7 @@ func (r *Ring) Add(rec *accesslog.Record, dur time.Duration) { r.add(rec, dur) }
 func (r *Ring) add(rec *accesslog.Record, dur time.Duration) {
 	now := time.Now()
 	r.mu.Lock()
-	e := &r.buf[r.next%uint64(len(r.buf))]
+	e := r.slot(r.next)
 	e.seq, e.time, e.dur, e.rec = r.next, now, dur, *rec
 	r.next++
 	r.mu.Unlock()
@@ -83,16 +120,13 @@ func (r *Ring) Next() uint64 {
 func (r *Ring) read(from uint64, out []entry) (n int, next, lost uint64) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	oldest := uint64(1)
-	if r.next > uint64(len(r.buf)) {
-		oldest = r.next - uint64(len(r.buf))
-	}
+	oldest := r.oldestLocked()
 	if from < oldest {
 		lost = oldest - from
 		from = oldest
 	}
 	for from < r.next && n < len(out) {
-		out[n] = r.buf[from%uint64(len(r.buf))]
+		out[n] = *r.slot(from) // written, so its chunk exists
 		n++
 		from++
 	}
@@ -103,8 +137,12 @@ func (r *Ring) read(from uint64, out []entry) (n int, next, lost uint64) {
 func (r *Ring) oldest() uint64 {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if r.next > uint64(len(r.buf)) {
-		return r.next - uint64(len(r.buf))
+	return r.oldestLocked()
+}
+
+func (r *Ring) oldestLocked() uint64 {
+	if r.next > r.size {
+		return r.next - r.size
 	}
 	return 1
 }
