@@ -178,9 +178,14 @@ func (p *pod) writeHosts(services []serviceHosts) error {
 	if p.obj.Spec.HostNetwork {
 		host = p.obj.Spec.NodeName
 	}
-	text := hostsFile(p.obj.Namespace, host, p.podIP(), services)
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	if len(p.sb.IPs) == 0 || p.dir == "" {
+		// No sandbox: not yet (makeSandbox writes the file once it has
+		// one) or not any more (released while the refresh ran).
+		return nil
+	}
+	text := hostsFile(p.obj.Namespace, host, p.sb.IPs[0].String(), services)
 	if text == p.hostsText {
 		return nil
 	}

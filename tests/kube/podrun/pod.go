@@ -166,7 +166,9 @@ func (p *pod) makeSandbox(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	p.mu.Lock() // the hosts refresher reads dir and sb under mu
 	p.dir = dir
+	p.mu.Unlock()
 	if err := os.Chmod(p.dir, 0o755); err != nil {
 		return errors.Join(err, p.release())
 	}
@@ -711,10 +713,11 @@ func (p *pod) release() error {
 	}
 	p.mu.Lock()
 	p.sb = Sandbox{}
+	dir := p.dir
+	p.dir = ""
 	p.mu.Unlock()
-	if p.dir != "" {
-		errs = append(errs, os.RemoveAll(p.dir))
-		p.dir = ""
+	if dir != "" {
+		errs = append(errs, os.RemoveAll(dir))
 	}
 	return errors.Join(errs...)
 }
