@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"runtime"
+	"sync"
 	"testing"
 	"time"
 
@@ -151,20 +152,26 @@ func TestReadCPUCountsExitedThreads(t *testing.T) {
 	// A goroutine locked to its thread burns 200 ms of that thread's CPU
 	// (10 s of wall time at most) and returns still locked: the runtime
 	// ends the thread with it. The main thread is never ended: a goroutine
-	// that lands on it unlocks and another one tries (10 at most); this
-	// goroutine holds its own thread, so that they cannot all follow it
-	// onto the main thread.
+	// that lands on it keeps it (locked, until the test ends) and another
+	// one tries (10 at most), which then cannot land there too; this
+	// goroutine holds its own thread as well.
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
+	mainHeld := make(chan struct{})
+	var held sync.WaitGroup
+	defer func() { close(mainHeld); held.Wait() }()
 	const burn = 200 * time.Millisecond
 	tid := 0
 	for range 10 {
 		tids := make(chan int, 1)
+		held.Add(1)
 		go func() {
+			defer held.Done()
 			runtime.LockOSThread()
 			if unix.Gettid() == pid {
-				runtime.UnlockOSThread()
 				tids <- 0
+				<-mainHeld
+				runtime.UnlockOSThread()
 				return
 			}
 			tids <- unix.Gettid()
