@@ -209,23 +209,7 @@ func newMeshLogged(t testing.TB, l *slog.Logger) *mesh {
 	// relaying to the application at the CONNECT's authority.
 	zLn := listen(t, netip.AddrPortFrom(echoIP, 0).String())
 	m.hbonePort = uint16(zLn.Addr().(*net.TCPAddr).Port)
-	ztunnel := &hbone.Server{TLSConfig: ca.ServerTLS(t, m.echoID), Handler: hbone.HandlerFunc(func(ctx context.Context, req *hbone.Request, tun *hbone.Tunnel) {
-		m.connects <- req
-		var d net.Dialer
-		up, err := d.DialContext(ctx, "tcp", req.Authority.String())
-		if err != nil {
-			tun.Reject(http.StatusServiceUnavailable, err.Error())
-			return
-		}
-		down, err := tun.Accept()
-		if err != nil {
-			up.Close()
-			return
-		}
-		hbone.Relay(down, up)
-	})}
-	go ztunnel.Serve(zLn)
-	m.closeFns = append(m.closeFns, func() { ztunnel.Close() })
+	m.serveZtunnel(t, zLn, func(req *hbone.Request) { m.connects <- req })
 
 	m.fillStore(t)
 
@@ -295,6 +279,31 @@ func waypointRef() *workloadapi.GatewayAddress {
 		Destination:   &workloadapi.GatewayAddress_Hostname{Hostname: &workloadapi.NamespacedHostname{Namespace: "default", Hostname: "waypoint.default.svc.cluster.local"}},
 		HboneMtlsPort: 15008,
 	}
+}
+
+// serveZtunnel serves HBONE on ln as an endpoint pod's ztunnel does: with
+// the pod's certificate, each CONNECT relayed to the application at its
+// authority. seen, if not nil, is told of each CONNECT first.
+func (m *mesh) serveZtunnel(t testing.TB, ln net.Listener, seen func(*hbone.Request)) {
+	ztunnel := &hbone.Server{TLSConfig: m.ca.ServerTLS(t, m.echoID), Handler: hbone.HandlerFunc(func(ctx context.Context, req *hbone.Request, tun *hbone.Tunnel) {
+		if seen != nil {
+			seen(req)
+		}
+		var d net.Dialer
+		up, err := d.DialContext(ctx, "tcp", req.Authority.String())
+		if err != nil {
+			tun.Reject(http.StatusServiceUnavailable, err.Error())
+			return
+		}
+		down, err := tun.Accept()
+		if err != nil {
+			up.Close()
+			return
+		}
+		hbone.Relay(down, up)
+	})}
+	go ztunnel.Serve(ln)
+	m.closeFns = append(m.closeFns, func() { ztunnel.Close() })
 }
 
 func (m *mesh) fillStore(t testing.TB) {

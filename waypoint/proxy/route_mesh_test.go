@@ -20,7 +20,6 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
 
-	"github.com/ambient-go/mesh/pkg/hbone"
 	"github.com/ambient-go/mesh/pkg/workloadapi"
 	wp "github.com/ambient-go/mesh/pkg/workloadapi/waypoint"
 	"github.com/ambient-go/mesh/pkg/xds/adspb"
@@ -109,22 +108,7 @@ func (m *mesh) startPod(t *testing.T, ip netip.Addr, name string) *testPod {
 	m.closeFns = append(m.closeFns, func() { tcpLn.Close(); wg.Wait() })
 
 	zLn := listen(t, netip.AddrPortFrom(ip, m.hbonePort).String())
-	ztunnel := &hbone.Server{TLSConfig: m.ca.ServerTLS(t, m.echoID), Handler: hbone.HandlerFunc(func(ctx context.Context, req *hbone.Request, tun *hbone.Tunnel) {
-		var d net.Dialer
-		up, err := d.DialContext(ctx, "tcp", req.Authority.String())
-		if err != nil {
-			tun.Reject(http.StatusServiceUnavailable, err.Error())
-			return
-		}
-		down, err := tun.Accept()
-		if err != nil {
-			up.Close()
-			return
-		}
-		hbone.Relay(down, up)
-	})}
-	go ztunnel.Serve(zLn)
-	m.closeFns = append(m.closeFns, func() { ztunnel.Close() })
+	m.serveZtunnel(t, zLn, nil)
 	return pod
 }
 
