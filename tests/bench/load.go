@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -216,6 +217,11 @@ type LoadResult struct {
 	// Late is the 99th percentile of how late the open-loop generator
 	// released requests relative to their schedule.
 	Late time.Duration
+	// Overlapped counts the open loop's requests whose time in flight
+	// (release to answer) overlapped another request's; Solo summarises
+	// the latencies of the others, which had the path to themselves.
+	Overlapped int
+	Solo       Latencies
 }
 
 // RPS is the achieved request rate.
@@ -258,12 +264,14 @@ func openLoop(ctx context.Context, dial Dialer, port uint16, newEx newExchange, 
 	period := time.Duration(float64(time.Second) / rate)
 	released := make(chan time.Time, n)
 	lat := make([][]time.Duration, len(cs))
+	spans := make([][]span, len(cs))
 	var errs atomic.Int64
 	var firstErr atomic.Pointer[error]
 	var wg sync.WaitGroup
 	stop := time.Now().Add(duration + 10*time.Second) // hard bound on a stuck path
 	for i, c := range cs {
 		lat[i] = make([]time.Duration, 0, n)
+		spans[i] = make([]span, 0, n)
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -275,7 +283,9 @@ func openLoop(ctx context.Context, dial Dialer, port uint16, newEx newExchange, 
 					firstErr.CompareAndSwap(nil, &err)
 					return
 				}
-				lat[i] = append(lat[i], time.Since(t))
+				end := time.Now()
+				lat[i] = append(lat[i], end.Sub(t))
+				spans[i] = append(spans[i], span{t, end})
 			}
 		}()
 	}
@@ -304,10 +314,36 @@ func openLoop(ctx context.Context, dial Dialer, port uint16, newEx newExchange, 
 	}
 	res := LoadResult{Latencies: Summarize(all), Requests: len(all), Errors: int(errs.Load()), Elapsed: time.Since(start),
 		Late: Summarize(late).P99}
+	var solo []time.Duration
+	res.Overlapped, solo = overlaps(slices.Concat(spans...))
+	res.Solo = Summarize(solo)
 	if res.Errors > 0 {
 		return res, fmt.Errorf("%d requests failed (first: %v)", res.Errors, errOf(firstErr.Load()))
 	}
 	return res, ctx.Err()
+}
+
+// span is one request's time in flight, from its release to its answer.
+type span struct{ start, end time.Time }
+
+// overlaps counts the spans that overlap another and returns the
+// durations of the others.
+func overlaps(spans []span) (n int, solo []time.Duration) {
+	slices.SortFunc(spans, func(a, b span) int { return a.start.Compare(b.start) })
+	var maxEnd time.Time // latest end of the spans before i
+	for i, s := range spans {
+		overlapped := i > 0 && s.start.Before(maxEnd) ||
+			i+1 < len(spans) && spans[i+1].start.Before(s.end)
+		if overlapped {
+			n++
+		} else {
+			solo = append(solo, s.end.Sub(s.start))
+		}
+		if s.end.After(maxEnd) {
+			maxEnd = s.end
+		}
+	}
+	return n, solo
 }
 
 // ClosedLoop sends ReqSize requests back to back over conns connections

@@ -144,3 +144,31 @@ func TestHTTPExchangeRefusesBadAnswers(t *testing.T) {
 		})
 	}
 }
+
+func TestOverlaps(t *testing.T) {
+	t0 := time.Unix(1000, 0)
+	at := func(startUs, endUs int) span {
+		return span{t0.Add(time.Duration(startUs) * time.Microsecond), t0.Add(time.Duration(endUs) * time.Microsecond)}
+	}
+	tests := []struct {
+		name     string
+		spans    []span
+		wantN    int
+		wantSolo []time.Duration
+	}{
+		{name: "none", wantN: 0},
+		{name: "apart", spans: []span{at(0, 100), at(1000, 1150)}, wantSolo: []time.Duration{100 * time.Microsecond, 150 * time.Microsecond}},
+		{name: "touching ends do not overlap", spans: []span{at(0, 100), at(100, 200)}, wantSolo: []time.Duration{100 * time.Microsecond, 100 * time.Microsecond}},
+		{name: "two at once", spans: []span{at(1000, 1200), at(1010, 1100), at(3000, 3100)}, wantN: 2, wantSolo: []time.Duration{100 * time.Microsecond}},
+		{name: "long one covers a later one", spans: []span{at(0, 5000), at(1000, 1100), at(2000, 2100)}, wantN: 3},
+		{name: "unsorted", spans: []span{at(3000, 3100), at(1010, 1100), at(1000, 1200)}, wantN: 2, wantSolo: []time.Duration{100 * time.Microsecond}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			n, solo := overlaps(tt.spans)
+			if n != tt.wantN || fmt.Sprint(solo) != fmt.Sprint(tt.wantSolo) {
+				t.Errorf("overlaps() = %d, %v, want %d, %v", n, solo, tt.wantN, tt.wantSolo)
+			}
+		})
+	}
+}

@@ -40,6 +40,8 @@ type options struct {
 	runs                                      int
 	quick, skipCP                             bool
 	only                                      string
+	ztunnelArgs                               string // more flags for the netns topology's ztunnels
+	adminFetch                                string // -only latency: a pprof path fetched from the Go proxies during a run
 }
 
 func main() {
@@ -54,13 +56,15 @@ func main() {
 	flag.IntVar(&o.runs, "runs", 5, "runs per variant of each figure (medians are reported)")
 	flag.BoolVar(&o.quick, "quick", false, "short runs, for trying the harness")
 	flag.BoolVar(&o.skipCP, "skip-control-plane", false, "skip the control-plane figures")
-	flag.StringVar(&o.only, "only", "", "run one group of figures alone and print it, writing no report: controlplane, l4 (the data-path figures without profiles), l7 (the HTTP figures; netns topology), quic (direct, mesh and mesh-quic on a clean then a lossy underlay; root), logstream (ztunnel CPU with and without a meshctl logs follower; root)")
+	flag.StringVar(&o.only, "only", "", "run one group of figures alone and print it, writing no report: controlplane, l4 (the data-path figures without profiles), l7 (the HTTP figures; netns topology), latency (only the 1000 rps latency and CPU figures, with how many requests overlapped another), quic (direct, mesh and mesh-quic on a clean then a lossy underlay; root), logstream (ztunnel CPU with and without a meshctl logs follower; root)")
+	flag.StringVar(&o.ztunnelArgs, "ztunnel-args", "", "more flags for both ztunnels of the netns topology, space separated (for trying a setting, e.g. \"--worker-threads 1\")")
+	flag.StringVar(&o.adminFetch, "admin-fetch", "", "with -only latency: a path fetched from every Go proxy of the mesh and floor variants (their pprof servers) during their last run at 1000 rps, saved in -out (e.g. \"/debug/pprof/trace?seconds=2\")")
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	runner := run
 	switch o.only {
-	case "", "l4", "l7":
+	case "", "l4", "l7", "latency":
 	case "controlplane":
 		runner = runControlPlaneOnly
 	case "quic":
@@ -174,14 +178,18 @@ func run(ctx context.Context, o options) error {
 		r.idleRSS = append(r.idleRSS, procRSS{p.Name, smp.RSS})
 	}
 
-	if o.only != "l7" {
+	if o.only == "latency" {
+		if err := runLatency(ctx, o, s, d, r); err != nil {
+			return err
+		}
+	} else if o.only != "l7" {
 		if err := runL4(ctx, o, s, d, r); err != nil {
 			return err
 		}
 	}
 
 	switch {
-	case o.only == "l4":
+	case o.only == "l4", o.only == "latency":
 	case len(s.l7) > 0:
 		if err := runL7(ctx, o, s, d, r); err != nil {
 			return fmt.Errorf("L7 figures: %w", err)
@@ -225,7 +233,12 @@ func run(ctx context.Context, o options) error {
 
 	var rows []bench.Row
 	var table string
-	if o.only != "l7" {
+	if o.only == "latency" {
+		rows = r.latencyRows()
+		fmt.Println()
+		fmt.Print(bench.Markdown(rows, []string{"direct", "mesh", "peer", "floor"}))
+		fmt.Println()
+	} else if o.only != "l7" {
 		rows = r.rows()
 		table = bench.Markdown(rows, []string{"direct", "mesh", "peer", "floor"})
 		fmt.Println()

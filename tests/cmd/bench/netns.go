@@ -13,6 +13,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -144,7 +145,7 @@ func setupNetns(ctx context.Context, o options, localPods int) (s *setup, err er
 	}()
 	var c *cluster.Cluster
 	err = withTB(func() error {
-		c = cluster.New(tb, cluster.Options{Nodes: 2, LogLevel: "info"})
+		c = cluster.New(tb, cluster.Options{Nodes: 2, LogLevel: "info", ZtunnelArgs: strings.Fields(o.ztunnelArgs)})
 		c.Namespace("bench-direct", map[string]string{})
 		c.Namespace("bench-mesh", ambientLabels)
 		c.Write("bench-l7.yaml", l7YAML)
