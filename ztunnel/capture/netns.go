@@ -123,6 +123,10 @@ type Dialer struct {
 	Netns *os.File
 	// Timeout bounds a connect; default 10s.
 	Timeout time.Duration
+	// KeepAlive is net.Dialer's: zero enables Go's default TCP keepalive
+	// (15 s), negative leaves keepalive alone, for a caller that sets its
+	// own on the connection (four system calls fewer per dial).
+	KeepAlive time.Duration
 }
 
 // Dial connects to to. A valid from binds the local address (port 0: any,
@@ -141,7 +145,7 @@ func (d *Dialer) Dial(ctx context.Context, from netip.Addr, to netip.AddrPort, t
 	if timeout == 0 {
 		timeout = 10 * time.Second
 	}
-	nd := net.Dialer{Timeout: timeout}
+	nd := net.Dialer{Timeout: timeout, KeepAlive: d.KeepAlive}
 	control := Control(transparent)
 	if from.IsValid() {
 		nd.LocalAddr = &net.TCPAddr{IP: from.AsSlice()}
