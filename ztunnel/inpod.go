@@ -434,7 +434,10 @@ func (d *inpod) dialPod(ctx context.Context, pod, from netip.Addr, to netip.Addr
 	if ns == nil {
 		return nil, fmt.Errorf("pod %s is not captured by this ztunnel", pod)
 	}
-	dialer := capture.Dialer{Netns: ns}
+	// Both callers (the proxy's DialPod, the HBONE pool) set their own
+	// keepalive on the connection (hbone.SocketOptions): Go's default would
+	// be four setsockopt calls per dial, overwritten at once.
+	dialer := capture.Dialer{Netns: ns, KeepAlive: -1}
 	return dialer.Dial(ctx, from, to, from != pod)
 }
 

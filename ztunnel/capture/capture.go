@@ -24,7 +24,10 @@
 //
 // Sockets: Listen opens a listener inside the pod's netns and Dial opens a
 // connection from inside it; both run on a locked OS thread that enters
-// the netns and leaves it again. Every socket carries SO_MARK 0x539.
+// the netns and leaves it again (Dial leaves as soon as socket(2) has
+// returned: a socket keeps the namespace it was created in, so bind,
+// connect and the wait for it run outside, on any thread). Every socket
+// carries SO_MARK 0x539.
 // OriginalDst reads SO_ORIGINAL_DST from a redirected connection.
 package capture
 

@@ -2,11 +2,13 @@ package capture
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
 	"os"
 	"runtime"
+	"sync"
 	"syscall"
 	"time"
 
@@ -24,20 +26,19 @@ func Do(ns *os.File, f func() error) error {
 	errc := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread()
-		orig, err := netns.Get()
+		host, err := hostNetns()
 		if err != nil {
 			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("capture: current netns: %w", err)
+			errc <- err
 			return
 		}
-		defer orig.Close()
 		if err := netns.Set(netns.NsHandle(ns.Fd())); err != nil {
 			runtime.UnlockOSThread()
 			errc <- fmt.Errorf("capture: entering netns %s: %w", ns.Name(), err)
 			return
 		}
 		ferr := f()
-		if err := netns.Set(orig); err != nil {
+		if err := netns.Set(host); err != nil {
 			// Leave the thread locked: it ends with this goroutine.
 			errc <- fmt.Errorf("capture: leaving netns %s: %w", ns.Name(), err)
 			return
@@ -47,6 +48,19 @@ func Do(ns *os.File, f func() error) error {
 	}()
 	return <-errc
 }
+
+// hostNetns is the network namespace of ztunnel's own threads: opened
+// once, on the first call, and kept open. Call it only from a locked
+// thread that has not entered another namespace (a thread that is not
+// locked is always in ztunnel's own namespace: Do and Dial unlock only
+// threads that are back in it).
+var hostNetns = sync.OnceValues(func() (netns.NsHandle, error) {
+	h, err := netns.Get()
+	if err != nil {
+		return netns.None(), fmt.Errorf("capture: current netns: %w", err)
+	}
+	return h, nil
+})
 
 // Control returns a net.Dialer / net.ListenConfig Control function that
 // sets SO_MARK Mark, and IP_TRANSPARENT when transparent is true (needed
@@ -109,32 +123,110 @@ type Dialer struct {
 	Netns *os.File
 	// Timeout bounds a connect; default 10s.
 	Timeout time.Duration
+	// KeepAlive is net.Dialer's: zero enables Go's default TCP keepalive
+	// (15 s), negative leaves keepalive alone, for a caller that sets its
+	// own on the connection (four system calls fewer per dial).
+	KeepAlive time.Duration
 }
 
 // Dial connects to to. A valid from binds the local address (port 0: any,
 // picked at connect with IP_BIND_ADDRESS_NO_PORT); transparent sets
 // IP_TRANSPARENT, so from may be an address that is not the pod's own (the
 // client's, for an inbound connection).
+//
+// Only socket(2) depends on the thread's namespace: a socket keeps the
+// namespace it was created in. So the dial runs on a goroutine of its own
+// whose thread enters the pod's namespace, creates the socket, and leaves
+// the namespace and unlocks the thread as soon as the socket exists (in
+// the dialer's Control, before bind and connect); the connect and its wait
+// run on any thread, as every other dial does.
 func (d *Dialer) Dial(ctx context.Context, from netip.Addr, to netip.AddrPort, transparent bool) (net.Conn, error) {
 	timeout := d.Timeout
 	if timeout == 0 {
 		timeout = 10 * time.Second
 	}
-	nd := net.Dialer{Timeout: timeout, Control: Control(transparent)}
+	nd := net.Dialer{Timeout: timeout, KeepAlive: d.KeepAlive}
+	control := Control(transparent)
 	if from.IsValid() {
 		nd.LocalAddr = &net.TCPAddr{IP: from.AsSlice()}
-		nd.Control = BindNoPort(nd.Control)
+		control = BindNoPort(control)
 	}
-	var c net.Conn
-	err := Do(d.Netns, func() error {
-		var err error
-		c, err = nd.DialContext(ctx, "tcp", to.String())
-		return err
-	})
+	type dialed struct {
+		c   net.Conn
+		err error
+	}
+	ch := make(chan dialed, 1)
+	go func() {
+		c, err := dialIn(ctx, d.Netns, &nd, control, to)
+		ch <- dialed{c, err}
+	}()
+	r := <-ch
+	return r.c, r.err
+}
+
+// dialIn dials to with nd, creating the socket inside ns and calling
+// control on it. It locks the calling goroutine's thread, which must not be
+// reused if it cannot return to ztunnel's namespace: the goroutine must end
+// when dialIn returns (the thread is then discarded with it).
+func dialIn(ctx context.Context, ns *os.File, nd *net.Dialer, control func(network, address string, c syscall.RawConn) error, to netip.AddrPort) (net.Conn, error) {
+	runtime.LockOSThread()
+	host, err := hostNetns()
 	if err != nil {
+		runtime.UnlockOSThread()
 		return nil, err
 	}
-	return c, nil
+	if err := netns.Set(netns.NsHandle(ns.Fd())); err != nil {
+		runtime.UnlockOSThread()
+		return nil, fmt.Errorf("capture: entering netns %s: %w", ns.Name(), err)
+	}
+	t := nsThread{host: host, name: ns.Name(), inside: true}
+	nd.Control = func(network, address string, c syscall.RawConn) error {
+		// The socket was just created, on this thread: in ns only if the
+		// thread has not left it yet.
+		if !t.inside {
+			return errSocketOutside
+		}
+		if err := t.leave(); err != nil {
+			return err
+		}
+		return control(network, address, c)
+	}
+	c, err := nd.DialContext(ctx, "tcp", to.String())
+	if lerr := t.leave(); lerr != nil {
+		if c != nil {
+			c.Close()
+		}
+		return nil, lerr
+	}
+	return c, err
+}
+
+// errSocketOutside: the dialer created a second socket after the thread
+// had left the pod's namespace (it would not be in it).
+var errSocketOutside = errors.New("capture: socket created outside the pod's netns")
+
+// nsThread is a locked thread that has entered a pod's namespace.
+type nsThread struct {
+	host   netns.NsHandle
+	name   string
+	inside bool  // in the pod's namespace, locked
+	err    error // leaving failed: the thread stays locked
+}
+
+// leave returns the thread to ztunnel's namespace and unlocks it, once;
+// on failure the thread stays locked (it ends with its goroutine) and
+// every call returns the error.
+func (t *nsThread) leave() error {
+	if !t.inside {
+		return t.err
+	}
+	t.inside = false
+	if err := netns.Set(t.host); err != nil {
+		t.err = fmt.Errorf("capture: leaving netns %s: %w", t.name, err)
+		return t.err
+	}
+	runtime.UnlockOSThread()
+	return nil
 }
 
 // OriginalDst returns the destination a redirected connection was

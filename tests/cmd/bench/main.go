@@ -71,6 +71,8 @@ func main() {
 		runner = runQUIC // quic.go
 	case "logstream":
 		runner = runLogstream // logstream.go
+	case "conns":
+		runner = runConns // conns.go: new connections alone, with per-connection counts and profiles (netns)
 	default:
 		fmt.Fprintln(os.Stderr, "bench: -only: unknown figure", o.only)
 		os.Exit(2)

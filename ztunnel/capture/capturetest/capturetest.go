@@ -27,7 +27,7 @@ import (
 const testPrefix = "zcap-"
 
 // RequireRoot skips the test without root, or fails it in CI.
-func RequireRoot(t *testing.T) {
+func RequireRoot(t testing.TB) {
 	t.Helper()
 	if os.Geteuid() == 0 {
 		return
@@ -41,7 +41,7 @@ func RequireRoot(t *testing.T) {
 // removeLeftovers deletes namespaces of earlier runs that did not clean
 // up: those whose creating process (named in them) is gone. Tests of other
 // packages running at the same time keep theirs.
-func removeLeftovers(t *testing.T) {
+func removeLeftovers(t testing.TB) {
 	ents, _ := os.ReadDir("/var/run/netns")
 	for _, e := range ents {
 		rest, ok := strings.CutPrefix(e.Name(), testPrefix)
@@ -59,7 +59,7 @@ func removeLeftovers(t *testing.T) {
 }
 
 // uniqueName is testPrefix, this process's id and a random suffix.
-func uniqueName(t *testing.T) string {
+func uniqueName(t testing.TB) string {
 	b := make([]byte, 3)
 	rand.Read(b)
 	return fmt.Sprintf("%s%d-%s", testPrefix, os.Getpid(), hex.EncodeToString(b))
@@ -67,7 +67,7 @@ func uniqueName(t *testing.T) string {
 
 // NewNetns creates a named network namespace with lo up, removed at the end
 // of the test.
-func NewNetns(t *testing.T, name string) *os.File {
+func NewNetns(t testing.TB, name string) *os.File {
 	t.Helper()
 	errc := make(chan error, 1)
 	go func() {
@@ -117,7 +117,7 @@ func NewNetns(t *testing.T, name string) *os.File {
 }
 
 // Handle returns a netlink handle in ns, closed at the end of the test.
-func Handle(t *testing.T, ns *os.File) *netlink.Handle {
+func Handle(t testing.TB, ns *os.File) *netlink.Handle {
 	t.Helper()
 	h, err := netlink.NewHandleAt(netns.NsHandle(ns.Fd()))
 	if err != nil {
@@ -135,7 +135,7 @@ type Pair struct {
 	PodLink         string     // the veth's name in each namespace
 }
 
-func NewPair(t *testing.T) *Pair {
+func NewPair(t testing.TB) *Pair {
 	t.Helper()
 	RequireRoot(t)
 	removeLeftovers(t)
@@ -186,7 +186,7 @@ func NewPair(t *testing.T) *Pair {
 
 // ListenIn opens a plain listener inside ns, as an unmodified application
 // would.
-func ListenIn(t *testing.T, ns *os.File, addr string) net.Listener {
+func ListenIn(t testing.TB, ns *os.File, addr string) net.Listener {
 	t.Helper()
 	var l net.Listener
 	if err := do(ns, func() (err error) { l, err = net.Listen("tcp", addr); return err }); err != nil {
