@@ -15,22 +15,26 @@ import (
 // idle ztunnel holds 1–2 MB of free heap it will not use until the next
 // burst. Once the configuration has stopped changing for settleDelay,
 // ztunnel collects and returns the free pages to the OS
-// (debug.FreeOSMemory), at most once every releaseEvery: a collection of
-// a small heap, about a millisecond, once per burst of changes.
+// (debug.FreeOSMemory): about a millisecond for an idle ztunnel's heap.
+// What it may cost is bounded by time, not by count: the next release
+// waits at least releaseShare times as long as the last one took, so
+// releases never take more than 1 % of a core, whatever the heap's size
+// and however often the configuration changes. (Under load the runtime
+// collects many times a second anyway.)
 const (
-	settleDelay  = 2 * time.Second
-	releaseEvery = time.Minute
+	settleDelay  = time.Second
+	releaseShare = 100
 )
 
 // releaseWhenSettled calls free once changed has been quiet for delay
-// after a change, and at most once every every (a change within every of
-// the last call defers the next until every has passed); it returns when
-// ctx is done. The first call comes delay after the start: the first sync
-// is a change too.
-func releaseWhenSettled(ctx context.Context, changed <-chan struct{}, delay, every time.Duration, free func()) {
+// after a change, and then again only share times as long as the last
+// call took after it (a change before then defers the next call until
+// then); it returns when ctx is done. The first call comes delay after
+// the start: the first sync is a change too.
+func releaseWhenSettled(ctx context.Context, changed <-chan struct{}, delay time.Duration, share int, free func()) {
 	settle := time.NewTimer(delay)
 	defer settle.Stop()
-	var last time.Time
+	var next time.Time // the earliest the next call may come
 	for {
 		select {
 		case <-ctx.Done():
@@ -38,14 +42,14 @@ func releaseWhenSettled(ctx context.Context, changed <-chan struct{}, delay, eve
 		case <-changed:
 			settle.Reset(delay)
 		case <-settle.C:
-			if !last.IsZero() {
-				if wait := every - time.Since(last); wait > 0 {
-					settle.Reset(wait)
-					continue
-				}
+			if wait := time.Until(next); wait > 0 {
+				settle.Reset(wait)
+				continue
 			}
+			start := time.Now()
 			free()
-			last = time.Now()
+			end := time.Now()
+			next = end.Add(time.Duration(share) * end.Sub(start))
 		}
 	}
 }
@@ -57,7 +61,7 @@ func (z *Ztunnel) releaseLoop(ctx context.Context) error {
 	case <-ctx.Done():
 		return nil
 	}
-	releaseWhenSettled(ctx, z.reconciled, settleDelay, releaseEvery, func() {
+	releaseWhenSettled(ctx, z.reconciled, settleDelay, releaseShare, func() {
 		start := time.Now()
 		debug.FreeOSMemory()
 		z.log.Info("memory returned to the OS after configuration changes", "took", time.Since(start))
