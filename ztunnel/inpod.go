@@ -353,7 +353,12 @@ func (d *inpod) capture(ip *inpodPod, w *state.Workload) error {
 	ip.uid, ip.addr, ip.listeners = w.Uid, addr, ls
 	serve := func(what string, f func() error) {
 		d.wg.Add(1)
-		go d.serveListener(what, name, f)
+		go func() {
+			defer d.wg.Done()
+			if err := f(); err != nil && !errors.Is(err, net.ErrClosed) {
+				d.z.log.Warn("pod listener stopped", "listener", what, "pod", name, "error", err)
+			}
+		}()
 	}
 	// Outbound finds the pod's workload by uid, so that it works while
 	// istiod-lite does not know the pod's IP yet. Inbound (plaintext and
@@ -366,23 +371,6 @@ func (d *inpod) capture(ip *inpodPod, w *state.Workload) error {
 	d.z.quic.listen(ip.netns, addr) // UDP 15008 when QUIC is on
 	d.z.log.Info("pod captured", "pod", name, "addr", addr.String(), "identity", w.ID.String())
 	return nil
-}
-
-// serveListener runs f, the accept loop of one of pod's listeners, in its
-// own goroutine (tracked by d.wg). It stays a small frame, the logging
-// in a call of its own: every captured pod has three of these goroutines
-// parked in Accept, and a frame of a few hundred bytes more grows each
-// of their stacks from 2 to 4 KiB (docs/optimisations.md).
-func (d *inpod) serveListener(what, pod string, f func() error) {
-	defer d.wg.Done()
-	if err := f(); err != nil && !errors.Is(err, net.ErrClosed) {
-		d.listenerStopped(what, pod, err)
-	}
-}
-
-//go:noinline // keeps serveListener's frame small
-func (d *inpod) listenerStopped(what, pod string, err error) {
-	d.z.log.Warn("pod listener stopped", "listener", what, "pod", pod, "error", err)
 }
 
 // uncapture closes the pod's listeners and, if removeRules, deletes its

@@ -19,59 +19,32 @@ const AcceptErrorHold = 5 * time.Second
 // (hbone.TemporaryAcceptError: out of file descriptors, a connection
 // aborted before accept, timeouts) are counted, reported to AcceptHealth
 // and retried with hbone.AcceptBackoff; any other error is returned. listener names l in metrics and logs.
-//
-// In in-pod mode every captured pod has two of these loops parked in
-// Accept, so their stack matters: the loop keeps its own frame small
-// (the error path and the handler's start are calls it does not inline)
-// so that a parked loop fits the goroutine's initial 2 KiB stack instead
-// of growing it to 4 KiB (TestAcceptLoopStack).
 func (p *Proxy) serve(l net.Listener, listener string, handle func(net.Conn)) error {
 	var backoff time.Duration
 	for {
 		c, err := l.Accept()
 		if err != nil {
-			var stop bool
-			if backoff, stop, err = p.acceptFailed(l, listener, err, backoff); stop {
-				return err
+			if errors.Is(err, net.ErrClosed) {
+				return nil
 			}
+			if !hbone.TemporaryAcceptError(err) {
+				return fmt.Errorf("%s accept: %w", listener, err)
+			}
+			p.AcceptError(listener, err)
+			backoff = hbone.AcceptBackoff(backoff)
+			p.log.Warn("accept failed, retrying", "listener", listener, "addr", l.Addr().String(), "error", err, "backoff", backoff)
+			time.Sleep(backoff)
 			continue
 		}
 		backoff = 0
-		p.start(c, handle)
+		if !p.track(c) {
+			continue
+		}
+		go func() {
+			defer p.untrack(c)
+			handle(c)
+		}()
 	}
-}
-
-// acceptFailed handles an error of serve's Accept: serve stops, returning
-// nil once l is closed or the error if it is not temporary; otherwise it
-// goes on after acceptFailed slept the next backoff, which it returns.
-//
-//go:noinline // keeps serve's frame small (see serve)
-func (p *Proxy) acceptFailed(l net.Listener, listener string, err error, backoff time.Duration) (next time.Duration, stop bool, _ error) {
-	if errors.Is(err, net.ErrClosed) {
-		return 0, true, nil
-	}
-	if !hbone.TemporaryAcceptError(err) {
-		return 0, true, fmt.Errorf("%s accept: %w", listener, err)
-	}
-	p.AcceptError(listener, err)
-	backoff = hbone.AcceptBackoff(backoff)
-	p.log.Warn("accept failed, retrying", "listener", listener, "addr", l.Addr().String(), "error", err, "backoff", backoff)
-	time.Sleep(backoff)
-	return backoff, false, nil
-}
-
-// start handles c, an accepted connection, in its own tracked goroutine
-// (or closes it when the proxy no longer takes connections).
-//
-//go:noinline // keeps serve's frame small (see serve)
-func (p *Proxy) start(c net.Conn, handle func(net.Conn)) {
-	if !p.track(c) {
-		return
-	}
-	go func() {
-		defer p.untrack(c)
-		handle(c)
-	}()
 }
 
 // AcceptError records a retried accept error of listener: it counts it
