@@ -190,10 +190,13 @@ type Ztunnel struct {
 	conn   *grpc.ClientConn
 	access *accesslog.Logger
 
-	kick      chan struct{}
-	ready     chan struct{}
-	readyOnce sync.Once
-	bound     atomic.Bool
+	kick  chan struct{}
+	ready chan struct{}
+	// reconciled is signalled after every reconcile, for releaseLoop
+	// (settle.go).
+	reconciled chan struct{}
+	readyOnce  sync.Once
+	bound      atomic.Bool
 
 	dp dataplane // local or in-pod (Config.Mode)
 
@@ -260,6 +263,8 @@ func New(cfg Config) (*Ztunnel, error) {
 		store: state.NewStore(),
 		kick:  make(chan struct{}, 1),
 		ready: make(chan struct{}),
+
+		reconciled: make(chan struct{}, 1),
 	}
 	z.dp = newDataplane(z)
 	z.store.SetLogger(z.log)
@@ -342,9 +347,9 @@ func New(cfg Config) (*Ztunnel, error) {
 	cfg.Limits.applyServer(z.server, limitHits)
 
 	z.xds, err = xds.NewClient(xds.ClientConfig{
-		Target:      cfg.XDSAddress,
-		DialOptions: []grpc.DialOption{grpc.WithTransportCredentials(creds)},
-		Token:       identity.TokenSource(cfg.Token, cfg.TokenFile),
+		Target: cfg.XDSAddress,
+		Conn:   conn, // the CA's and the log stream's: one connection to istiod-lite
+		Token:  identity.TokenSource(cfg.Token, cfg.TokenFile),
 		Node: &adspb.Node{
 			Id:      "ztunnel~127.0.0.1~ztunnel-" + cfg.Node + ".istio-system~istio-system.svc.cluster.local",
 			Cluster: cfg.ClusterID,
@@ -383,6 +388,7 @@ func New(cfg Config) (*Ztunnel, error) {
 		{"xds", z.xds.Start},
 		{"listeners", z.reconcileLoop},
 		{"memory", z.proxy.ReleaseMemoryLoop}, // memory back to the OS after load
+		{"settled", z.releaseLoop},            // and after configuration changes (settle.go)
 		{"idle", z.proxy.IdleLoop},            // tunnel idle timeout
 		{"logstream", logAgent.Start},
 	}
@@ -540,6 +546,10 @@ func (z *Ztunnel) reconcileLoop(ctx context.Context) error {
 			retry.Reset(time.Second)
 		} else {
 			z.readyOnce.Do(func() { close(z.ready) })
+		}
+		select {
+		case z.reconciled <- struct{}{}:
+		default:
 		}
 		select {
 		case <-ctx.Done():
