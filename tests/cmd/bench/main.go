@@ -56,7 +56,7 @@ func main() {
 	flag.IntVar(&o.runs, "runs", 5, "runs per variant of each figure (medians are reported)")
 	flag.BoolVar(&o.quick, "quick", false, "short runs, for trying the harness")
 	flag.BoolVar(&o.skipCP, "skip-control-plane", false, "skip the control-plane figures")
-	flag.StringVar(&o.only, "only", "", "run one group of figures alone and print it, writing no report: controlplane, l4 (the data-path figures without profiles), l7 (the HTTP figures; netns topology), latency (only the 1000 rps latency and CPU figures, with how many requests overlapped another), quic (direct, mesh and mesh-quic on a clean then a lossy underlay; root), logstream (ztunnel CPU with and without a meshctl logs follower; root)")
+	flag.StringVar(&o.only, "only", "", "run one group of figures alone and print it, writing no report: controlplane, l4 (the data-path figures without profiles), l7 (the HTTP figures; netns topology), latency (only the 1000 rps latency and CPU figures, with how many requests overlapped another), conns (only the new-connections figure, with per-connection counts and profiles; netns topology), quic (direct, mesh and mesh-quic on a clean then a lossy underlay; root), logstream (ztunnel CPU with and without a meshctl logs follower; root)")
 	flag.StringVar(&o.ztunnelArgs, "ztunnel-args", "", "more flags for both ztunnels of the netns topology, space separated (for trying a setting, e.g. \"--worker-threads 1\")")
 	flag.StringVar(&o.adminFetch, "admin-fetch", "", "with -only latency: a path fetched from every Go proxy of the mesh and floor variants (their pprof servers) during their last run at 1000 rps, saved in -out (e.g. \"/debug/pprof/trace?seconds=2\")")
 	flag.Parse()
