@@ -64,7 +64,7 @@ func (z *Ztunnel) releaseLoop(ctx context.Context) error {
 	releaseWhenSettled(ctx, z.reconciled, settleDelay, releaseShare, func() {
 		start := time.Now()
 		debug.FreeOSMemory()
-		z.log.Info("memory returned to the OS after configuration changes", "took", time.Since(start))
+		z.log.Debug("memory returned to the OS after configuration changes", "took", time.Since(start))
 	})
 	return nil
 }
