@@ -138,33 +138,20 @@ func connCounts(ctx context.Context, o options, s *setup, v variant, d time.Dura
 			break
 		}
 		secs := int(math.Ceil(d.Seconds())) + 1
-		type got struct {
-			file string
-			err  error
-		}
-		ch := make([]chan got, len(admin))
-		for i, get := range admin {
-			ch[i] = make(chan got, 1)
-			go func() {
-				file := filepath.Join(o.out, fmt.Sprintf("%s-%d-conns.%s", v.name, i, kind))
-				b, err := get(ctx, fmt.Sprintf("/debug/pprof/%s?seconds=%d", kind, secs))
-				if err == nil {
-					err = os.WriteFile(file, b, 0o644)
-				}
-				ch[i] <- got{file, err}
-			}()
-		}
+		wait := fetchAdmin(ctx, admin, fmt.Sprintf("/debug/pprof/%s?seconds=%d", kind, secs), func(i int) string {
+			return filepath.Join(o.out, fmt.Sprintf("%s-%d-conns.%s", v.name, i, kind))
+		})
 		time.Sleep(300 * time.Millisecond)
 		from := bench.Mono()
 		res := bench.NewConns(ctx, v.dial, connsWorkers, d)
 		to := bench.Mono()
 		for i := range admin {
-			g := <-ch[i]
-			if g.err != nil {
-				return fmt.Errorf("%s: %w", kind, g.err)
+			file, err := wait(i)
+			if err != nil {
+				return fmt.Errorf("%s: %w", kind, err)
 			}
 			if kind == "trace" {
-				tc, err := bench.CountTrace(ctx, g.file, from, to)
+				tc, err := bench.CountTrace(ctx, file, from, to)
 				if err != nil {
 					return err
 				}
@@ -176,11 +163,11 @@ func connCounts(ctx context.Context, o options, s *setup, v variant, d time.Dura
 			if v.name == "floor" {
 				bin = o.floor
 			}
-			top, err := exec.CommandContext(ctx, "go", "tool", "pprof", "-top", "-cum", "-nodecount=45", bin, g.file).Output()
+			top, err := exec.CommandContext(ctx, "go", "tool", "pprof", "-top", "-cum", "-nodecount=45", bin, file).Output()
 			if err != nil {
-				return fmt.Errorf("go tool pprof %s: %w", g.file, err)
+				return fmt.Errorf("go tool pprof %s: %w", file, err)
 			}
-			fmt.Printf("%s #%d CPU profile (%d conns), %s:\n%s\n", v.name, i, res.Conns, g.file, top)
+			fmt.Printf("%s #%d CPU profile (%d conns), %s:\n%s\n", v.name, i, res.Conns, file, top)
 		}
 	}
 

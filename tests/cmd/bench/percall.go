@@ -124,22 +124,9 @@ func measurePerCall(ctx context.Context, o options, s *setup, d durations, r *re
 			continue
 		}
 		secs := int(math.Ceil(d.latency.Seconds())) + 2
-		type got struct {
-			file string
-			err  error
-		}
-		ch := make([]chan got, len(admin))
-		for i, get := range admin {
-			ch[i] = make(chan got, 1)
-			go func() {
-				file := filepath.Join(o.out, fmt.Sprintf("%s-%d-1000rps.trace", v.name, i))
-				b, err := get(ctx, fmt.Sprintf("/debug/pprof/trace?seconds=%d", secs))
-				if err == nil {
-					err = os.WriteFile(file, b, 0o644)
-				}
-				ch[i] <- got{file, err}
-			}()
-		}
+		wait := fetchAdmin(ctx, admin, fmt.Sprintf("/debug/pprof/trace?seconds=%d", secs), func(i int) string {
+			return filepath.Join(o.out, fmt.Sprintf("%s-%d-1000rps.trace", v.name, i))
+		})
 		time.Sleep(500 * time.Millisecond) // tracing started
 		from := bench.Mono()
 		res, err = bench.OpenLoop(ctx, v.dial, perCallConns, perCallRate, d.latency)
@@ -148,11 +135,11 @@ func measurePerCall(ctx context.Context, o options, s *setup, d durations, r *re
 			return fmt.Errorf("%s: traced load: %w", v.name, err)
 		}
 		for i := range admin {
-			g := <-ch[i]
-			if g.err != nil {
-				return fmt.Errorf("%s: trace: %w", v.name, g.err)
+			file, err := wait(i)
+			if err != nil {
+				return fmt.Errorf("%s: trace: %w", v.name, err)
 			}
-			tc, err := bench.CountTrace(ctx, g.file, from, to)
+			tc, err := bench.CountTrace(ctx, file, from, to)
 			if err != nil {
 				return fmt.Errorf("%s: %w", v.name, err)
 			}
@@ -218,4 +205,22 @@ func ratios(v map[string]float64, triples ...string) []string {
 		}
 	}
 	return out
+}
+
+// fetchAdmin fetches path from every Go proxy's admin port at once (a
+// trace or profile that lasts while the caller runs its load), each into
+// the file named by file(i). wait(i) returns proxy i's file once written.
+func fetchAdmin(ctx context.Context, admin []adminGet, path string, file func(i int) string) (wait func(i int) (string, error)) {
+	errs := make([]chan error, len(admin))
+	for i, get := range admin {
+		errs[i] = make(chan error, 1)
+		go func() {
+			b, err := get(ctx, path)
+			if err == nil {
+				err = os.WriteFile(file(i), b, 0o644)
+			}
+			errs[i] <- err
+		}()
+	}
+	return func(i int) (string, error) { return file(i), <-errs[i] }
 }
