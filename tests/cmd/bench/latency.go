@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
 	"path/filepath"
 	"strings"
 	"time"
@@ -45,13 +44,9 @@ func runLatency(ctx context.Context, o options, s *setup, d durations, r *result
 		if err != nil {
 			return err
 		}
-		addLatency(r, "fixed", v.name, res)
 		addLatency(r, "solo", v.name, bench.LoadResult{Latencies: res.Solo})
 		r.add("overlapped", v.name, 100*float64(res.Overlapped)/float64(res.Requests))
-		r.add("late", v.name, float64(res.Late)/1e3)
-		for i, c := range cpuAfter(v.procs, cpu) {
-			r.add(fmt.Sprintf("cpu/1000req/%d", i), v.name, c.Seconds()/(float64(res.Requests)/1000))
-		}
+		addFixedRate(r, v, res, cpuAfter(v.procs, cpu))
 		return nil
 	})
 	if err != nil {
@@ -64,20 +59,14 @@ func runLatency(ctx context.Context, o options, s *setup, d durations, r *result
 // Go proxies) and returns a func that waits for them and saves each
 // answer in o.out as <variant>-<i>.out.
 func fetchDuring(ctx context.Context, o options, name string, gets []adminGet) func() error {
-	errs := make(chan error, len(gets))
-	for i, get := range gets {
-		go func() {
-			b, err := get(ctx, o.adminFetch)
-			if err == nil {
-				err = os.WriteFile(filepath.Join(o.out, fmt.Sprintf("%s-%d.out", name, i)), b, 0o644)
-			}
-			errs <- err
-		}()
-	}
+	wait := fetchAdmin(ctx, gets, o.adminFetch, func(i int) string {
+		return filepath.Join(o.out, fmt.Sprintf("%s-%d.out", name, i))
+	})
 	return func() error {
 		var all []error
-		for range gets {
-			all = append(all, <-errs)
+		for i := range gets {
+			_, err := wait(i)
+			all = append(all, err)
 		}
 		return errors.Join(all...)
 	}
@@ -105,4 +94,14 @@ func (r *results) latencyRows() []bench.Row {
 		})
 	}
 	return rows
+}
+
+// addFixedRate records a 1000 rps run's latency, the generator's lateness
+// and each proxy's CPU per 1000 requests (cpu: cpuAfter's).
+func addFixedRate(r *results, v variant, res bench.LoadResult, cpu []time.Duration) {
+	addLatency(r, "fixed", v.name, res)
+	r.add("late", v.name, float64(res.Late)/1e3)
+	for i, c := range cpu {
+		r.add(fmt.Sprintf("cpu/1000req/%d", i), v.name, c.Seconds()/(float64(res.Requests)/1000))
+	}
 }

@@ -350,11 +350,7 @@ func runL4(ctx context.Context, o options, s *setup, d durations, r *results) er
 		if err != nil {
 			return err
 		}
-		addLatency(r, "fixed", v.name, res)
-		r.add("late", v.name, float64(res.Late)/1e3)
-		for i, c := range cpuAfter(v.procs, cpu) {
-			r.add(fmt.Sprintf("cpu/1000req/%d", i), v.name, c.Seconds()/(float64(res.Requests)/1000))
-		}
+		addFixedRate(r, v, res, cpuAfter(v.procs, cpu))
 		return nil
 	})
 	if err != nil {
