@@ -347,9 +347,9 @@ func New(cfg Config) (*Ztunnel, error) {
 	cfg.Limits.applyServer(z.server, limitHits)
 
 	z.xds, err = xds.NewClient(xds.ClientConfig{
-		Target: cfg.XDSAddress,
-		Conn:   conn, // the CA's and the log stream's: one connection to istiod-lite
-		Token:  identity.TokenSource(cfg.Token, cfg.TokenFile),
+		Target:      cfg.XDSAddress,
+		DialOptions: []grpc.DialOption{grpc.WithTransportCredentials(creds)},
+		Token:       identity.TokenSource(cfg.Token, cfg.TokenFile),
 		Node: &adspb.Node{
 			Id:      "ztunnel~127.0.0.1~ztunnel-" + cfg.Node + ".istio-system~istio-system.svc.cluster.local",
 			Cluster: cfg.ClusterID,

@@ -61,8 +61,7 @@ const DefaultMaxRecvMsgSize = 256 << 20
 
 // ClientConfig configures a Client.
 type ClientConfig struct {
-	// Target is the gRPC target of istiod-lite, e.g. "istiod-lite.istio-system.svc:15012". Required; with
-	// Conn it only names the server in logs.
+	// Target is the gRPC target of istiod-lite, e.g. "istiod-lite.istio-system.svc:15012". Required.
 	Target string
 	// Token returns the bearer token that authenticates the client to istiod-lite (the same token the
 	// node's CA client sends), sent as `authorization: Bearer <token>` metadata on every stream; it is
@@ -74,13 +73,6 @@ type ClientConfig struct {
 	// DefaultMaxRecvMsgSize and KeepaliveDialOption), so a transport credentials option here replaces
 	// plaintext.
 	DialOptions []grpc.DialOption
-	// Conn, if set, is the connection the client opens its streams on instead of dialing Target (used
-	// then only in logs) with DialOptions for each stream: one the proxy shares with its other calls to
-	// istiod-lite (the CA's, the log stream's), which saves a connection, its TLS state, buffers and
-	// goroutines (docs/optimisations.md). It should carry KeepaliveDialOption. The client never closes
-	// it; gRPC redials it when it breaks, and a stream that ended is opened again on it after the
-	// backoff. Its streams accept responses up to DefaultMaxRecvMsgSize.
-	Conn grpc.ClientConnInterface
 	// Node identifies the proxy; Node.Id is required
 	// (`ztunnel~<ip>~<pod>.<ns>~<ns>.svc.cluster.local`).
 	Node *adspb.Node
@@ -206,23 +198,16 @@ func (c *Client) Start(ctx context.Context) error {
 
 // runStream dials, runs one stream until it fails and reports whether it received any response.
 func (c *Client) runStream(ctx context.Context) (gotResponse bool, err error) {
-	conn := c.cfg.Conn
-	var callOpts []grpc.CallOption
-	if conn != nil {
-		callOpts = append(callOpts, grpc.MaxCallRecvMsgSize(DefaultMaxRecvMsgSize))
-	} else {
-		opts := append([]grpc.DialOption{
-			grpc.WithTransportCredentials(insecure.NewCredentials()),
-			grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(DefaultMaxRecvMsgSize)),
-			KeepaliveDialOption(),
-		}, c.cfg.DialOptions...)
-		cc, err := grpc.NewClient(c.cfg.Target, opts...)
-		if err != nil {
-			return false, fmt.Errorf("dial %s: %w", c.cfg.Target, err)
-		}
-		defer cc.Close()
-		conn = cc
+	opts := append([]grpc.DialOption{
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(DefaultMaxRecvMsgSize)),
+		KeepaliveDialOption(),
+	}, c.cfg.DialOptions...)
+	conn, err := grpc.NewClient(c.cfg.Target, opts...)
+	if err != nil {
+		return false, fmt.Errorf("dial %s: %w", c.cfg.Target, err)
 	}
+	defer conn.Close()
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -233,7 +218,7 @@ func (c *Client) runStream(ctx context.Context) (gotResponse bool, err error) {
 		}
 		ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+tok)
 	}
-	cs, err := conn.NewStream(ctx, &deltaADSStream, DeltaADSMethod, callOpts...)
+	cs, err := conn.NewStream(ctx, &deltaADSStream, DeltaADSMethod)
 	if err != nil {
 		return false, fmt.Errorf("open delta ads stream: %w", err)
 	}

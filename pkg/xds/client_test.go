@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -15,10 +14,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"go.uber.org/goleak"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/connectivity"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
-	"google.golang.org/grpc/peer"
 	"google.golang.org/protobuf/testing/protocmp"
 	"google.golang.org/protobuf/types/known/anypb"
 
@@ -334,65 +330,5 @@ func TestClientSendsToken(t *testing.T) {
 			t.Errorf("authorization metadata (-want +got):\n%s", diff)
 		}
 		ads.end <- struct{}{}
-	}
-}
-
-// TestClientOnSharedConn: with Conn, every stream is opened on that one
-// connection (the server sees the same peer after a reconnect), responses
-// above gRPC's 4 MiB default are accepted, and the connection stays open
-// for its other users after Start returns.
-func TestClientOnSharedConn(t *testing.T) {
-	const addr = workloadapi.AddressTypeURL
-	ads, target := startScripted(t)
-	conn, err := grpc.NewClient(target, grpc.WithTransportCredentials(insecure.NewCredentials()), KeepaliveDialOption())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	rec := &recorder{}
-	c, err := NewClient(ClientConfig{
-		Target: target, Conn: conn, Node: testNode, TypeURLs: []string{addr}, Handler: rec,
-		MinBackoff: 5 * time.Millisecond, MaxBackoff: 20 * time.Millisecond,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	started := make(chan error, 1)
-	go func() { started <- c.Start(ctx) }()
-
-	var peers []string
-	for i := range 2 {
-		ss := ads.accept(t)
-		p, _ := peer.FromContext(ss.Context())
-		peers = append(peers, p.Addr.String())
-		recvRequest(t, ss)
-		big, err := anypb.New(&workloadapi.Address{Type: &workloadapi.Address_Workload{Workload: &workloadapi.Workload{
-			Uid: "big", Name: strings.Repeat("x", 5<<20)}}})
-		if err != nil {
-			t.Fatal(err)
-		}
-		big.TypeUrl = addr
-		if err := ss.Send(&discoveryv3.DeltaDiscoveryResponse{TypeUrl: addr, Nonce: fmt.Sprint(i),
-			Resources: []*discoveryv3.Resource{{Name: "big", Version: fmt.Sprint("v", i), Resource: big}}}); err != nil {
-			t.Fatal(err)
-		}
-		if req := recvRequest(t, ss); req.GetResponseNonce() != fmt.Sprint(i) || req.GetErrorDetail() != nil {
-			t.Fatalf("answer to a 5 MiB response = {nonce %q, error %v}, want the ACK of nonce %d", req.GetResponseNonce(), req.GetErrorDetail(), i)
-		}
-		ads.end <- struct{}{}
-	}
-	if peers[0] != peers[1] {
-		t.Errorf("streams came from %v, want one connection", peers)
-	}
-	cancel()
-	if err := <-started; err != nil {
-		t.Errorf("Start() = %v, want nil", err)
-	}
-	if s := conn.GetState(); s == connectivity.Shutdown {
-		t.Errorf("conn state after Start returned = %v, want it open", s)
-	}
-	if diff := cmp.Diff([]update{{TypeURL: addr, Updated: []string{"big"}}, {TypeURL: addr, Updated: []string{"big"}}}, rec.get()); diff != "" {
-		t.Errorf("handler calls (-want +got):\n%s", diff)
 	}
 }
