@@ -14,15 +14,7 @@ import (
 func BenchmarkDialerDial(b *testing.B) {
 	tp := capturetest.NewPair(b)
 	l := capturetest.ListenIn(b, tp.Pod, tp.PodIP.String()+":0")
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			c.Close()
-		}
-	}()
+	go closeAccepted(l)
 	to := l.Addr().(*net.TCPAddr).AddrPort()
 	d := Dialer{Netns: tp.Pod, Timeout: 2 * time.Second}
 	b.ReportAllocs()

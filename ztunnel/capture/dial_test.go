@@ -102,15 +102,7 @@ func init() { runtime.LockOSThread() }
 func TestDialerSocketInPodNetns(t *testing.T) {
 	tp := capturetest.NewPair(t)
 	l := capturetest.ListenIn(t, tp.Pod, tp.PodIP.String()+":0")
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			c.Close()
-		}
-	}()
+	go closeAccepted(l)
 	podCookie := netnsCookie(t, l.(*net.TCPListener))
 	hostL, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -203,4 +195,16 @@ func TestDialerNamespaceErrors(t *testing.T) {
 		t.Fatalf("Dial after the failures: %v", err)
 	}
 	c.Close()
+}
+
+// closeAccepted accepts on l and closes every connection at once, until l
+// is closed.
+func closeAccepted(l net.Listener) {
+	for {
+		c, err := l.Accept()
+		if err != nil {
+			return
+		}
+		c.Close()
+	}
 }
